@@ -1,0 +1,3 @@
+from matrix.llm.protocol import LLM, Chat, Completion, Message, Sampling
+
+__all__ = ["LLM", "Chat", "Completion", "Message", "Sampling"]

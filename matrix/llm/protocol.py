@@ -1,0 +1,65 @@
+"""The one protocol every LLM call in the project goes through.
+
+A backend takes a batch of chats plus sampling parameters and returns one completion per
+chat, with token counts. Stages never talk to a backend directly: they ask `Roles` (see
+`matrix.llm.roles`) for the LLM of a role (agent, modulator, summarizer, generator,
+responder, judge), which wraps the backend with the shared cache and ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Chat = list[Message]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding parameters. temperature == 0 means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    model: str = ""
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """Anything that turns a batch of chats into completions."""
+
+    @property
+    def name(self) -> str:
+        """Model identifier recorded in row lineage (e.g. a folder or a served model name)."""
+        ...
+
+    def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[Completion]:
+        """One completion per chat, in input order. Batches internally as it sees fit."""
+        ...
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the first stop string; returns (text, whether a stop string was hit)."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut], cut < len(text)
