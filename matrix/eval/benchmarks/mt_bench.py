@@ -75,7 +75,7 @@ class MTBench(Benchmark):
                 for k in idx:
                     histories[k].append({"role": "user", "content": items[k]["turns"][turn]})
                 outs = model.generate(
-                    [histories[k] for k in idx], **{**sampling, "temperature": temp}
+                    [list(histories[k]) for k in idx], **{**sampling, "temperature": temp}
                 )
                 for k, o in zip(idx, outs, strict=True):
                     histories[k].append({"role": "assistant", "content": o.text})
