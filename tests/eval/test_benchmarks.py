@@ -91,8 +91,13 @@ def test_arena_hard_plays_both_orders_and_scores():
 
 @pytest.mark.parametrize(
     "text,verdict",
-    [("My final verdict is [[A>>B]].", "A>>B"), ("[[B>A]] ... [[B>A]]", "B>A"), ("[A=B]", "A=B"),
-     ("[[A>B]] or maybe [[B>A]]", None), ("no verdict", None)],
+    [
+        ("My final verdict is [[A>>B]].", "A>>B"),
+        ("[[B>A]] ... [[B>A]]", "B>A"),
+        ("[A=B]", "A=B"),
+        ("[[A>B]] or maybe [[B>A]]", None),
+        ("no verdict", None),
+    ],
 )
 def test_arena_verdict_parsing(text, verdict):
     assert parse_arena_verdict(text) == verdict
@@ -105,7 +110,13 @@ def test_mt_bench_two_turns_two_judge_calls_and_failures_counted():
     answers = bench.answer(model, items)
     assert all(len(a["turns"]) == 2 for a in answers)
     assert len(model.calls[-1][0]) == 3  # turn 2 sees turn 1 and the model's own answer
-    judge = ScriptedLLM(lambda chat, i: "Rating: [[7]]" if "<|The Start of Assistant A's Conversation" not in chat[-1]["content"] else "???")
+    judge = ScriptedLLM(
+        lambda chat, i: (
+            "Rating: [[7]]"
+            if "<|The Start of Assistant A's Conversation" not in chat[-1]["content"]
+            else "???"
+        )
+    )
     judgments = bench.judge(judge, items, answers)
     s = bench.score(items, answers, judgments)
     # turn-1 prompts parse (7), turn-2 prompts never parse and count as 1
