@@ -31,7 +31,11 @@ class Candidate:
 
     @property
     def chosen(self) -> str | None:
-        return self.messages[-1]["content"] if self.kind == "dpo" and self.messages and self.messages[-1]["role"] == "assistant" else None
+        return (
+            self.messages[-1]["content"]
+            if self.kind == "dpo" and self.messages and self.messages[-1]["role"] == "assistant"
+            else None
+        )
 
     def assistant_texts(self) -> list[str]:
         return [m["content"] for m in self.messages if m["role"] == "assistant"]
@@ -44,8 +48,13 @@ class Candidate:
         if self.kind == "sft":
             return {**base, "messages": self.messages, "lineage": lineage}
         prompt = self.messages[:-1]
-        return {**base, "prompt": prompt, "chosen": self.chosen, "rejected": self.rejected,
-                "lineage": lineage}
+        return {
+            **base,
+            "prompt": prompt,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "lineage": lineage,
+        }
 
 
 def row_instruction(row: dict[str, Any]) -> str:

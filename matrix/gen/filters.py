@@ -17,8 +17,16 @@ import numpy as np
 from matrix.gen.candidates import Candidate
 
 REASONS = (
-    "empty", "unparseable", "too_short", "overlong", "truncated", "refusal", "language",
-    "chosen_eq_rejected", "exact_dup", "near_dup",
+    "empty",
+    "unparseable",
+    "too_short",
+    "overlong",
+    "truncated",
+    "refusal",
+    "language",
+    "chosen_eq_rejected",
+    "exact_dup",
+    "near_dup",
 )
 _CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 _WS = re.compile(r"\s+")
@@ -45,9 +53,14 @@ class Rules:
     @classmethod
     def from_cfg(cls, f) -> Rules:
         return cls(
-            int(f.min_instruction_chars), int(f.max_instruction_chars), int(f.min_response_chars),
-            int(f.max_response_chars), bool(f.drop_truncated), f.language or None,
-            int(f.language_seed), tuple(f.refusal_patterns or ()),
+            int(f.min_instruction_chars),
+            int(f.max_instruction_chars),
+            int(f.min_response_chars),
+            int(f.max_response_chars),
+            bool(f.drop_truncated),
+            f.language or None,
+            int(f.language_seed),
+            tuple(f.refusal_patterns or ()),
         )
 
 
@@ -76,7 +89,11 @@ class LanguageCheck:
 class RowChecks:
     def __init__(self, rules: Rules):
         self.rules = rules
-        self.refusal = re.compile("|".join(f"(?:{p})" for p in rules.refusal_patterns), re.I) if rules.refusal_patterns else None
+        self.refusal = (
+            re.compile("|".join(f"(?:{p})" for p in rules.refusal_patterns), re.I)
+            if rules.refusal_patterns
+            else None
+        )
         self.lang = LanguageCheck(rules.language, rules.language_seed)
 
     def reason(self, c: Candidate, allow_refusals: bool) -> str | None:
@@ -88,15 +105,23 @@ class RowChecks:
             return "empty"
         if c.kind == "dpo" and not (c.rejected or "").strip():
             return "empty"
-        if any(len(t) < r.min_instruction_chars for t in users) or any(len(t) < r.min_response_chars for t in answers):
+        if any(len(t) < r.min_instruction_chars for t in users) or any(
+            len(t) < r.min_response_chars for t in answers
+        ):
             return "too_short"
-        if any(len(t) > r.max_instruction_chars for t in users) or any(len(t) > r.max_response_chars for t in answers + [c.rejected or ""]):
+        if any(len(t) > r.max_instruction_chars for t in users) or any(
+            len(t) > r.max_response_chars for t in answers + [c.rejected or ""]
+        ):
             return "overlong"
         if r.drop_truncated and c.truncated:
             return "truncated"
         # Only the openings: a refusal shows up in the first sentences, and quoting one
         # later in a helpful answer should not count.
-        if not allow_refusals and self.refusal and any(self.refusal.search(t[:200]) for t in answers):
+        if (
+            not allow_refusals
+            and self.refusal
+            and any(self.refusal.search(t[:200]) for t in answers)
+        ):
             return "refusal"
         if not self.lang.ok(" ".join(users + answers)):
             return "language"
@@ -130,8 +155,14 @@ class Deduper:
         return None
 
 
-def filter_batch(cands: Sequence[Candidate], vectors: np.ndarray, checks: RowChecks,
-                 dedup: Deduper, allow_refusals: bool, need: int) -> tuple[list[Candidate], list[tuple[Candidate, str]], int]:
+def filter_batch(
+    cands: Sequence[Candidate],
+    vectors: np.ndarray,
+    checks: RowChecks,
+    dedup: Deduper,
+    allow_refusals: bool,
+    need: int,
+) -> tuple[list[Candidate], list[tuple[Candidate, str]], int]:
     """Accepted candidates (at most `need`, in order), dropped ones with reasons, surplus count.
 
     A row accepted here joins the duplicate index at once, so two paraphrases in the same

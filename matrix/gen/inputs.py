@@ -81,7 +81,9 @@ class Seed:
         return out
 
 
-def simulation_seeds(sim: SimulationData, scenario_idx: list[int], per_scenario: int | None) -> list[Seed]:
+def simulation_seeds(
+    sim: SimulationData, scenario_idx: list[int], per_scenario: int | None
+) -> list[Seed]:
     """(scenario, participant) pairs, scenario by scenario in retrieval order."""
     seeds = []
     for i in scenario_idx:

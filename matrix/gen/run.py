@@ -52,47 +52,85 @@ def effective_target(spec_target: int, limit: int | None) -> int:
     return min(spec_target, int(limit)) if limit is not None else spec_target
 
 
+def _retrieval(cfg: DictConfig, s: DictConfig) -> dict[str, Any]:
+    """The global `retrieval` settings with the set's own `retrieval:` block on top."""
+    merged = OmegaConf.merge(cfg.retrieval, s.get("retrieval") or {})
+    return OmegaConf.to_container(merged, resolve=True)
+
+
 def build_specs(cfg: DictConfig) -> list[SetSpec]:
     specs = []
     for name, s in cfg.generator.sets.items():
         need = str(s.need)
         need_text = str(cfg.needs[need]) if need in cfg.needs else need
-        specs.append(SetSpec(
-            name=str(name), kind=str(s.kind), domain=str(s.domain), source=str(s.source),
-            need_name=need if need in cfg.needs else "custom", need_text=need_text,
-            target=effective_target(int(s.target), cfg.generate.limit), turns=int(s.get("turns", 1)),
-            allow_refusals=bool(s.get("allow_refusals", False)),
-            prompts=OmegaConf.to_container(s.prompts, resolve=True),
-        ))
+        specs.append(
+            SetSpec(
+                name=str(name),
+                kind=str(s.kind),
+                domain=str(s.domain),
+                source=str(s.source),
+                need_name=need if need in cfg.needs else "custom",
+                need_text=need_text,
+                target=effective_target(int(s.target), cfg.generate.limit),
+                turns=int(s.get("turns", 1)),
+                allow_refusals=bool(s.get("allow_refusals", False)),
+                prompts=OmegaConf.to_container(s.prompts, resolve=True),
+                retrieval=_retrieval(cfg, s),
+            )
+        )
     return specs
 
 
 def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> None:
     key = f"generator.sets.{name}"
-    p.check(s.get("kind") in KINDS, f"{key}.kind", f"{s.get('kind')!r} is not one of {', '.join(KINDS)}")
+    p.check(
+        s.get("kind") in KINDS, f"{key}.kind", f"{s.get('kind')!r} is not one of {', '.join(KINDS)}"
+    )
     src = s.get("source")
     p.check(src in SOURCES, f"{key}.source", f"{src!r} is not one of {', '.join(SOURCES)}")
     target = s.get("target")
-    p.check(isinstance(target, int) and target >= 1, f"{key}.target", f"{target!r} must be an integer >= 1")
+    p.check(
+        isinstance(target, int) and target >= 1,
+        f"{key}.target",
+        f"{target!r} must be an integer >= 1",
+    )
     turns = s.get("turns", 1)
-    if p.check(isinstance(turns, int) and turns >= 1, f"{key}.turns", f"{turns!r} must be an integer >= 1"):
-        p.check(not (s.get("kind") == "dpo" and turns > 1), f"{key}.turns",
-                "DPO sets are single-turn (prompt, chosen, rejected); use turns: 1")
+    if p.check(
+        isinstance(turns, int) and turns >= 1, f"{key}.turns", f"{turns!r} must be an integer >= 1"
+    ):
+        p.check(
+            not (s.get("kind") == "dpo" and turns > 1),
+            f"{key}.turns",
+            "DPO sets are single-turn (prompt, chosen, rejected); use turns: 1",
+        )
     need = str(s.get("need") or "")
     # A need is either a name from `needs` or a sentence of its own; a lone unknown word is
     # almost always a typo of a name.
-    p.check(need in cfg.needs or len(need.split()) >= 3, f"{key}.need",
-            f"{need!r} is not one of {sorted(cfg.needs)}; name one, or write the need as a sentence")
+    p.check(
+        need in cfg.needs or len(need.split()) >= 3,
+        f"{key}.need",
+        f"{need!r} is not one of {sorted(cfg.needs)}; name one, or write the need as a sentence",
+    )
     prompts = s.get("prompts") or {}
     fields = {f: "x" for f in _SEED_FIELDS.get(src, ())}
-    if src != "magpie" and p.check(bool(prompts.get("instruction")), f"{key}.prompts.instruction", "missing"):
+    if src != "magpie" and p.check(
+        bool(prompts.get("instruction")), f"{key}.prompts.instruction", "missing"
+    ):
         _check_template(p, prompts.instruction, f"{key}.prompts.instruction", fields)
     if p.check(bool(prompts.get("response")), f"{key}.prompts.response", "missing"):
         _check_template(p, prompts.response, f"{key}.prompts.response", {"instruction": "x"})
-    if isinstance(turns, int) and turns > 1 and p.check(
-        bool(prompts.get("follow_up")), f"{key}.prompts.follow_up", "missing; needed when turns > 1"
+    if (
+        isinstance(turns, int)
+        and turns > 1
+        and p.check(
+            bool(prompts.get("follow_up")),
+            f"{key}.prompts.follow_up",
+            "missing; needed when turns > 1",
+        )
     ):
-        _check_template(p, prompts.follow_up, f"{key}.prompts.follow_up", {**fields, "conversation": "x"})
+        _check_template(
+            p, prompts.follow_up, f"{key}.prompts.follow_up", {**fields, "conversation": "x"}
+        )
 
 
 def _check_template(p: ConfigProblems, tpl: Any, key: str, fields: dict[str, str]) -> None:
@@ -110,27 +148,51 @@ def validate(cfg: DictConfig) -> None:
     p.check(bool(sets), "generator.sets", "no sets; pick a generator=... option or define sets")
     for name, s in sets.items():
         _check_set(p, cfg, str(name), s)
-    p.check(g.limit is None or (isinstance(g.limit, int) and g.limit >= 1), "generate.limit", "must be >= 1 or null")
+    p.check(
+        g.limit is None or (isinstance(g.limit, int) and g.limit >= 1),
+        "generate.limit",
+        "must be >= 1 or null",
+    )
     p.check(int(g.batch_size) >= 1, "generate.batch_size", "must be >= 1")
     p.check(float(g.oversample) >= 1.0, "generate.oversample", "must be >= 1.0")
     p.check(float(g.max_attempts_factor) >= 1.0, "generate.max_attempts_factor", "must be >= 1.0")
-    r, f = cfg.retrieval, cfg.filters
-    p.check(int(r.top_k) >= 1, "retrieval.top_k", "must be >= 1")
-    p.check(0.0 <= float(r.mmr_lambda) <= 1.0, "retrieval.mmr_lambda", "must be within [0, 1]")
-    p.check(r.personas_per_scenario is None or int(r.personas_per_scenario) >= 1,
-            "retrieval.personas_per_scenario", "must be >= 1 or null")
-    p.check(0.0 < float(f.near_dup_threshold) <= 1.0, "filters.near_dup_threshold", "must be within (0, 1]")
-    p.check(int(f.max_instruction_chars) > int(f.min_instruction_chars), "filters.max_instruction_chars",
-            "must be above filters.min_instruction_chars")
+    f = cfg.filters
+    for key, r in [("retrieval", cfg.retrieval)] + [
+        (f"generator.sets.{n}.retrieval", _retrieval(cfg, s))
+        for n, s in sets.items()
+        if s.get("retrieval")
+    ]:
+        p.check(
+            r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
+        )
+        p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
+        p.check(
+            r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
+            f"{key}.personas_per_scenario",
+            "must be >= 1 or null",
+        )
+    p.check(
+        0.0 < float(f.near_dup_threshold) <= 1.0,
+        "filters.near_dup_threshold",
+        "must be within (0, 1]",
+    )
+    p.check(
+        int(f.max_instruction_chars) > int(f.min_instruction_chars),
+        "filters.max_instruction_chars",
+        "must be above filters.min_instruction_chars",
+    )
     needed_roles = ["generator", "responder"]
     if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.rejected_model:
         needed_roles.append("rejecter")
     for role in needed_roles:
         p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
     if cfg.rejected_model:
-        p.check((Path(str(cfg.rejected_model)) / "config.json").is_file(), "rejected_model",
-                f"no Hugging Face model folder at {cfg.rejected_model} (expected config.json); "
-                "point it at train.py's hf_model/ folder")
+        p.check(
+            (Path(str(cfg.rejected_model)) / "config.json").is_file(),
+            "rejected_model",
+            f"no Hugging Face model folder at {cfg.rejected_model} (expected config.json); "
+            "point it at train.py's hf_model/ folder",
+        )
     if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
         _check_simulation(p, cfg)
     p.raise_if_any("generate")
@@ -138,12 +200,17 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_simulation(p: ConfigProblems, cfg: DictConfig) -> None:
     d = Path(str(cfg.simulation_dir))
-    how = (f"run `python simulate.py run.name={cfg.run.name}` first (it writes "
-           f"{cfg.paths.runs_dir}/{cfg.run.name}/simulate/), or set simulation_dir=<a simulate output folder>")
+    how = (
+        f"run `python simulate.py run.name={cfg.run.name}` first (it writes "
+        f"{cfg.paths.runs_dir}/{cfg.run.name}/simulate/), or set simulation_dir=<a simulate output folder>"
+    )
     if not (d / "scenarios.jsonl").is_file():
         p.add("simulation_dir", f"no scenarios.jsonl in {d}; {how}")
     elif not (d / "scenarios.jsonl").read_text(encoding="utf-8").strip():
-        p.add("simulation_dir", f"{d}/scenarios.jsonl has no scenarios; simulate for more rounds ({how})")
+        p.add(
+            "simulation_dir",
+            f"{d}/scenarios.jsonl has no scenarios; simulate for more rounds ({how})",
+        )
     elif not ((d / "agents.jsonl").is_file() or (d / "state.json").is_file()):
         p.add("simulation_dir", f"no agents.jsonl (or state.json) in {d}; {how}")
 
@@ -171,7 +238,13 @@ class GenState:
         return cls({k: SetState(**v) for k, v in d["sets"].items()}, d["filtered_rows"])
 
     def save(self, path: Path) -> None:
-        write_json(path, {"sets": {k: asdict(v) for k, v in self.sets.items()}, "filtered_rows": self.filtered_rows})
+        write_json(
+            path,
+            {
+                "sets": {k: asdict(v) for k, v in self.sets.items()},
+                "filtered_rows": self.filtered_rows,
+            },
+        )
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -181,17 +254,27 @@ def make_roles(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> Roles
     if cfg.rejected_model:
         llm_cfg = OmegaConf.create(OmegaConf.to_container(cfg.llm, resolve=True))
         llm_cfg.backends[REJECTED_BACKEND] = {
-            "_target_": "matrix.llm.hf.HFBackend", "model": str(cfg.rejected_model),
-            "dtype": "auto", "device": "auto",
+            "_target_": "matrix.llm.hf.HFBackend",
+            "model": str(cfg.rejected_model),
+            "dtype": "auto",
+            "device": "auto",
         }
-        rejecter = llm_cfg.roles.get("rejecter") or {"max_new_tokens": llm_cfg.roles.responder.max_new_tokens}
+        rejecter = llm_cfg.roles.get("rejecter") or {
+            "max_new_tokens": llm_cfg.roles.responder.max_new_tokens
+        }
         llm_cfg.roles.rejecter = {**rejecter, "backend": REJECTED_BACKEND}
     return Roles(llm_cfg, backends)
 
 
 class Generation:
-    def __init__(self, cfg: DictConfig, run: StageRun, roles: Roles, encoder: Encoder,
-                 sim: SimulationData | None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run: StageRun,
+        roles: Roles,
+        encoder: Encoder,
+        sim: SimulationData | None,
+    ):
         self.cfg, self.run, self.roles, self.encoder, self.sim = cfg, run, roles, encoder, sim
         self.specs = build_specs(cfg)
         self.state_path = run.dir / "state.json"
@@ -222,10 +305,12 @@ class Generation:
         assert self.sim is not None
         if spec.source == "persona":
             return persona_seeds(self.sim)
+        r = spec.retrieval
         summaries = [s["summary"] for s in self.sim.scenarios]
         vecs = self.encoder.encode([spec.need_text, *summaries])
-        order = mmr(vecs[0], vecs[1:], int(self.cfg.retrieval.top_k), float(self.cfg.retrieval.mmr_lambda))
-        per = self.cfg.retrieval.personas_per_scenario
+        top_k = len(summaries) if r["top_k"] is None else int(r["top_k"])
+        order = mmr(vecs[0], vecs[1:], top_k, float(r["mmr_lambda"]))
+        per = r["personas_per_scenario"]
         return simulation_seeds(self.sim, order, None if per is None else int(per))
 
     def models(self, kinds: set[str]) -> dict[str, str]:
@@ -235,9 +320,15 @@ class Generation:
     def lineage(self, spec: SetSpec) -> dict[str, Any]:
         models = self.models({spec.kind})
         templates = {k: template_id(spec.name, k, v) for k, v in spec.prompts.items()}
-        return {"generator": str(self.cfg.generator.name), "set": spec.name, "need": spec.need_name,
-                "source": spec.source, "template": templates.get("instruction"), "templates": templates,
-                "models": models}
+        return {
+            "generator": str(self.cfg.generator.name),
+            "set": spec.name,
+            "need": spec.need_name,
+            "source": spec.source,
+            "template": templates.get("instruction"),
+            "templates": templates,
+            "models": models,
+        }
 
     def run_set(self, spec: SetSpec, bar, task) -> None:
         st = self.state.sets[spec.name]
@@ -245,12 +336,17 @@ class Generation:
             return
         seeds = self.seeds(spec)
         if not seeds:
-            raise ConfigError(f"generator.sets.{spec.name}: no (scenario, persona) seeds in "
-                              f"{self.cfg.simulation_dir}; the simulation has no usable scenarios")
+            raise ConfigError(
+                f"generator.sets.{spec.name}: no (scenario, persona) seeds in "
+                f"{self.cfg.simulation_dir}; the simulation has no usable scenarios"
+            )
         g = self.cfg.generate
         cap = math.ceil(spec.target * float(g.max_attempts_factor))
-        roles = StepRoles(self.roles.get("generator"), self.roles.get("responder"),
-                          self.roles.get("rejecter") if spec.kind == "dpo" else None)
+        roles = StepRoles(
+            self.roles.get("generator"),
+            self.roles.get("responder"),
+            self.roles.get("rejecter") if spec.kind == "dpo" else None,
+        )
         base_lineage = self.lineage(spec)
         # Sets get their own sampling streams, stable under reordering of the config.
         set_offset = int(text_sha256(spec.name)[:6], 16)
@@ -261,38 +357,61 @@ class Generation:
                     f"seeds (cap: target x generate.max_attempts_factor={g.max_attempts_factor}); "
                     f"{len(seeds)} distinct (scenario, persona) seeds were retrieved and the filters "
                     f"dropped {dict(st.filtered)}. Simulate more scenarios, raise retrieval.top_k or "
-                    "generate.max_attempts_factor, loosen filters, or lower the target.")
+                    "generate.max_attempts_factor, loosen filters, or lower the target."
+                )
             missing = spec.target - st.rows
-            n = min(int(g.batch_size), max(1, math.ceil(missing * float(g.oversample))), cap - st.seeds_used)
+            n = min(
+                int(g.batch_size),
+                max(1, math.ceil(missing * float(g.oversample))),
+                cap - st.seeds_used,
+            )
             idx = range(st.seeds_used, st.seeds_used + n)
             batch = [seeds[i % len(seeds)] for i in idx]
             ids = [f"{spec.name}-{i:06d}" for i in idx]
             sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 7 * st.steps
-            cands = synthesize(spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars))
+            cands = synthesize(
+                spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars)
+            )
             vectors = self.encoder.encode([c.instruction for c in cands])
-            kept, dropped, surplus = filter_batch(cands, vectors, self.checks, self.dedup[spec.kind],
-                                                  spec.allow_refusals, missing)
-            rows = [c.to_row(spec.name, spec.domain, {**base_lineage, **c.seed.lineage(), "step": st.steps})
-                    for c in kept]
+            kept, dropped, surplus = filter_batch(
+                cands, vectors, self.checks, self.dedup[spec.kind], spec.allow_refusals, missing
+            )
+            rows = [
+                c.to_row(
+                    spec.name, spec.domain, {**base_lineage, **c.seed.lineage(), "step": st.steps}
+                )
+                for c in kept
+            ]
             # Commit: rows first, then the state that counts them.
             st.rows += self.logs[spec.name].append(rows)
             self.state.filtered_rows += self.filtered.append(
-                {"id": c.id, "set": spec.name, "reason": why, "messages": c.messages, "rejected": c.rejected}
-                for c, why in dropped)
+                {
+                    "id": c.id,
+                    "set": spec.name,
+                    "reason": why,
+                    "messages": c.messages,
+                    "rejected": c.rejected,
+                }
+                for c, why in dropped
+            )
             for _, why in dropped:
                 st.filtered[why] = st.filtered.get(why, 0) + 1
             st.seeds_used += n
             st.steps += 1
             st.surplus += surplus
             self.state.save(self.state_path)
-            self.run.log({f"gen/{spec.name}/rows": st.rows, f"gen/{spec.name}/dropped": len(dropped)})
+            self.run.log(
+                {f"gen/{spec.name}/rows": st.rows, f"gen/{spec.name}/dropped": len(dropped)}
+            )
             bar.update(task, completed=st.rows)
 
     def generate(self) -> None:
         with progress() as bar:
             for spec in self.specs:
                 st = self.state.sets[spec.name]
-                task = bar.add_task(f"generate: {spec.name}", total=spec.target, completed=min(st.rows, spec.target))
+                task = bar.add_task(
+                    f"generate: {spec.name}", total=spec.target, completed=min(st.rows, spec.target)
+                )
                 self.run_set(spec, bar, task)
 
     # -- outputs ---------------------------------------------------------------------------
@@ -325,21 +444,39 @@ class Generation:
             if rows:
                 ins = [row_instruction(r) for r in rows]
                 resp = [t for r in rows for t in row_responses(r)]
-                stats[kind] = {**diversity(ins, resp, self.encoder.encode(ins)), **coverage(rows, n_scen, n_agents)}
+                stats[kind] = {
+                    **diversity(ins, resp, self.encoder.encode(ins)),
+                    **coverage(rows, n_scen, n_agents),
+                }
         for spec in self.specs:
             rows = by_set[spec.name]
             if rows and len(self.specs) > 1:
                 ins = [row_instruction(r) for r in rows]
-                stats[f"set:{spec.name}"] = diversity(ins, [t for r in rows for t in row_responses(r)],
-                                                      self.encoder.encode(ins))
+                stats[f"set:{spec.name}"] = diversity(
+                    ins, [t for r in rows for t in row_responses(r)], self.encoder.encode(ins)
+                )
         write_json(out / "stats.json", stats)
-        set_rows = [{"name": s.name, "kind": s.kind, "domain": s.domain, "source": s.source,
-                     "need": s.need_name, "target": s.target, **asdict(self.state.sets[s.name]),
-                     "rows": len(by_set[s.name])} for s in self.specs]
+        set_rows = [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "domain": s.domain,
+                "source": s.source,
+                "need": s.need_name,
+                "target": s.target,
+                **asdict(self.state.sets[s.name]),
+                "rows": len(by_set[s.name]),
+            }
+            for s in self.specs
+        ]
         models = self.models({s.kind for s in self.specs})
         write_datacard(
-            out / "datacard.md", generator=str(self.cfg.generator.name),
-            sim_dir=str(self.cfg.simulation_dir), models=models, sets=set_rows, stats=stats,
+            out / "datacard.md",
+            generator=str(self.cfg.generator.name),
+            sim_dir=str(self.cfg.simulation_dir),
+            models=models,
+            sets=set_rows,
+            stats=stats,
             files=files + ["sets/<set>.jsonl", "filtered.jsonl", "stats.json", "manifest.json"],
             examples={s.name: by_set[s.name][:2] for s in self.specs},
             filters_cfg=OmegaConf.to_container(self.cfg.filters, resolve=True),
@@ -367,7 +504,9 @@ def export_hf(path: Path, splits: dict[str, list[dict]]) -> None:
 
 def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dict[str, Any]:
     validate(cfg)
-    needs_sim = any(s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values())
+    needs_sim = any(
+        s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values()
+    )
     sim = load_simulation(str(cfg.simulation_dir)) if needs_sim else None
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
@@ -376,8 +515,15 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
     gen.generate()
     result = gen.finalize()
     inputs = {"scenarios": sim.dir / "scenarios.jsonl", "agents": sim.agents_file} if sim else {}
-    run.finish(result["counts"], inputs=inputs,
-               extra={"llm": roles.ledger(), "models": result["models"], "stats": result["stats"],
-                      "sets": result["sets"]})
+    run.finish(
+        result["counts"],
+        inputs=inputs,
+        extra={
+            "llm": roles.ledger(),
+            "models": result["models"],
+            "stats": result["stats"],
+            "sets": result["sets"],
+        },
+    )
     log.info("generate: %s", result["counts"])
-    return result
+    return {**result, "ledger": roles.ledger(), "dir": str(run.dir)}

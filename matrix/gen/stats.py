@@ -50,13 +50,19 @@ def coverage(rows: Sequence[dict], n_scenarios: int, n_agents: int) -> dict[str,
     }
 
 
-def diversity(instructions: Sequence[str], responses: Sequence[str], vectors: np.ndarray) -> dict[str, float]:
+def diversity(
+    instructions: Sequence[str], responses: Sequence[str], vectors: np.ndarray
+) -> dict[str, float]:
     return {
         "instruction_distinct_1": distinct_n(instructions, 1),
         "instruction_distinct_2": distinct_n(instructions, 2),
         "response_distinct_1": distinct_n(responses, 1),
         "response_distinct_2": distinct_n(responses, 2),
         "instruction_embedding_spread": embedding_spread(vectors),
-        "mean_instruction_chars": round(float(np.mean([len(t) for t in instructions])), 1) if instructions else 0.0,
-        "mean_response_chars": round(float(np.mean([len(t) for t in responses])), 1) if responses else 0.0,
+        "mean_instruction_chars": round(float(np.mean([len(t) for t in instructions])), 1)
+        if instructions
+        else 0.0,
+        "mean_response_chars": round(float(np.mean([len(t) for t in responses])), 1)
+        if responses
+        else 0.0,
     }

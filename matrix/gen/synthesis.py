@@ -67,6 +67,7 @@ class SetSpec:
     turns: int
     allow_refusals: bool
     prompts: Mapping[str, Any]
+    retrieval: Mapping[str, Any]
 
     @property
     def instruction_prompt(self) -> Mapping[str, Any] | None:
@@ -84,19 +85,30 @@ def _fields(seed: Seed, spec: SetSpec, max_actions: int, max_action_chars: int) 
     return {"need": spec.need_text, **seed.fields(max_actions, max_action_chars)}
 
 
-def _first_instructions(spec: SetSpec, seeds: Sequence[Seed], roles: StepRoles, sample_seed: int,
-                        max_actions: int, max_action_chars: int) -> list[Completion]:
+def _first_instructions(
+    spec: SetSpec,
+    seeds: Sequence[Seed],
+    roles: StepRoles,
+    sample_seed: int,
+    max_actions: int,
+    max_action_chars: int,
+) -> list[Completion]:
     if spec.source == "magpie":
         prefix = roles.generator.pre_query_prefix()
         return roles.generator.complete([prefix] * len(seeds), seed=sample_seed)
     where = f"generator.sets.{spec.name}.prompts.instruction"
-    chats = [render_prompt(spec.instruction_prompt, where, **_fields(s, spec, max_actions, max_action_chars))
-             for s in seeds]
+    chats = [
+        render_prompt(
+            spec.instruction_prompt, where, **_fields(s, spec, max_actions, max_action_chars)
+        )
+        for s in seeds
+    ]
     return roles.generator.generate(chats, seed=sample_seed)
 
 
-def _respond(spec: SetSpec, cands: Sequence[Candidate], roles: StepRoles, first_turn: bool,
-             sample_seed: int) -> None:
+def _respond(
+    spec: SetSpec, cands: Sequence[Candidate], roles: StepRoles, first_turn: bool, sample_seed: int
+) -> None:
     """Append one assistant turn to every live candidate (one batched responder call)."""
     tpl = spec.prompts["response"]
     where = f"generator.sets.{spec.name}.prompts.response"
@@ -118,8 +130,15 @@ def _conversation_text(c: Candidate, name: str) -> str:
     return "\n\n".join(f"{who[m['role']]}: {m['content']}" for m in c.messages)
 
 
-def synthesize(spec: SetSpec, ids: Sequence[str], seeds: Sequence[Seed], roles: StepRoles,
-               sample_seed: int, max_actions: int, max_action_chars: int) -> list[Candidate]:
+def synthesize(
+    spec: SetSpec,
+    ids: Sequence[str],
+    seeds: Sequence[Seed],
+    roles: StepRoles,
+    sample_seed: int,
+    max_actions: int,
+    max_action_chars: int,
+) -> list[Candidate]:
     """Candidate rows for `seeds` (one each); failed ones carry `problem` for the filters."""
     cands = [Candidate(i, s, spec.kind) for i, s in zip(ids, seeds, strict=True)]
     outs = _first_instructions(spec, seeds, roles, sample_seed, max_actions, max_action_chars)
@@ -162,6 +181,8 @@ def synthesize(spec: SetSpec, ids: Sequence[str], seeds: Sequence[Seed], roles: 
         assert roles.rejecter is not None
         # The rejected model sees the bare prompt, as a user of the SFT model would send it.
         prompts = [c.messages[:-1] for c in live]
-        for c, out in zip(live, roles.rejecter.generate(prompts, seed=sample_seed + 2), strict=True):
+        for c, out in zip(
+            live, roles.rejecter.generate(prompts, seed=sample_seed + 2), strict=True
+        ):
             c.rejected = out.text
     return cands

@@ -16,7 +16,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 SCENARIOS = [
     "Riley and Alex argue about the community garden budget and who pays for new tools.",
-    "Jamie builds a small website for the bakery and struggles with a broken contact form.",
+    "Jamie codes a small website for the bakery and struggles with a broken JavaScript contact form.",
     "Taylor feels furious at a neighbour who keeps parking in her spot and wants revenge.",
     "The book club plans a weekend trip and compares train and bus prices for six people.",
     "Morgan learns Python to automate spreadsheets at the clinic and asks colleagues for help.",
@@ -70,8 +70,13 @@ class ScriptedGenerator:
             raise RuntimeError("simulated crash")
         out = []
         for i, chat in enumerate(chats):
-            text = self.constant or QUESTIONS[_pick(chat[-1]["content"], sampling.seed, i, n=len(QUESTIONS))]
-            out.append(Completion(f'Sure! Here is the request: "{text}"', 50, 12, "stop", self.name))
+            text = (
+                self.constant
+                or QUESTIONS[_pick(chat[-1]["content"], sampling.seed, i, n=len(QUESTIONS))]
+            )
+            out.append(
+                Completion(f'Sure! Here is the request: "{text}"', 50, 12, "stop", self.name)
+            )
         return out
 
 
@@ -85,9 +90,14 @@ class ScriptedResponder:
     def generate(self, chats, sampling):
         self.calls += 1
         return [
-            Completion(f"{self.prefix} About '{c[-1]['content'][:60]}': start with the basics, "
-                       "then take one practical step at a time and check the result.", 40, 30,
-                       "stop", self.name)
+            Completion(
+                f"{self.prefix} About '{c[-1]['content'][:60]}': start with the basics, "
+                "then take one practical step at a time and check the result.",
+                40,
+                30,
+                "stop",
+                self.name,
+            )
             for c in chats
         ]
 
@@ -100,12 +110,20 @@ class EchoingRejecter(ScriptedResponder):
     def generate(self, chats, sampling):
         self.calls += 1
         good = ScriptedResponder().generate(chats, sampling)
-        return [g if _pick(c[-1]["content"], n=3) == 0 else Completion("No idea, sorry pal.", 40, 5, "stop", self.name)
-                for g, c in zip(good, chats, strict=True)]
+        return [
+            g
+            if _pick(c[-1]["content"], n=3) == 0
+            else Completion("No idea, sorry pal.", 40, 5, "stop", self.name)
+            for g, c in zip(good, chats, strict=True)
+        ]
 
 
 def scripted_backends(**gen_kwargs) -> dict:
-    return {"gen": ScriptedGenerator(**gen_kwargs), "resp": ScriptedResponder(), "rej": EchoingRejecter()}
+    return {
+        "gen": ScriptedGenerator(**gen_kwargs),
+        "resp": ScriptedResponder(),
+        "rej": EchoingRejecter(),
+    }
 
 
 SCRIPTED_ROLES = [
@@ -120,20 +138,39 @@ def sim_dir(tmp_path) -> Path:
     d = tmp_path / "sim"
     d.mkdir()
     agents = [
-        {"index": i, "group": i % 2, "goal": f"{n} wants to help the neighbourhood.",
-         "personality": "", "plan": "",
-         "profile": {"id": f"p{i:03d}", "name": n, "bio": f"{n} lives in a small town.",
-                     "persona": f"{n} is curious, practical and busy.", "handle": "",
-                     "topics": [], "posts": []}}
+        {
+            "index": i,
+            "group": i % 2,
+            "goal": f"{n} wants to help the neighbourhood.",
+            "personality": "",
+            "plan": "",
+            "profile": {
+                "id": f"p{i:03d}",
+                "name": n,
+                "bio": f"{n} lives in a small town.",
+                "persona": f"{n} is curious, practical and busy.",
+                "handle": "",
+                "topics": [],
+                "posts": [],
+            },
+        }
         for i, n in enumerate(PEOPLE)
     ]
     rows = []
     for k, summary in enumerate(SCENARIOS):
         members = [k % 6, (k + 1) % 6, (k + 2) % 6]
-        rows.append({"id": f"s{k:05d}-g{k % 2:03d}", "group": k % 2, "rounds": [1, 2],
-                     "participants": members, "participant_names": [PEOPLE[m] for m in members],
-                     "events": [], "actions": [f"{PEOPLE[m]}: talks about it (noticed by nobody)" for m in members],
-                     "summary": summary})
+        rows.append(
+            {
+                "id": f"s{k:05d}-g{k % 2:03d}",
+                "group": k % 2,
+                "rounds": [1, 2],
+                "participants": members,
+                "participant_names": [PEOPLE[m] for m in members],
+                "events": [],
+                "actions": [f"{PEOPLE[m]}: talks about it (noticed by nobody)" for m in members],
+                "summary": summary,
+            }
+        )
     (d / "agents.jsonl").write_text("".join(json.dumps(a) + "\n" for a in agents))
     (d / "scenarios.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
@@ -141,7 +178,9 @@ def sim_dir(tmp_path) -> Path:
 
 def compose_generate(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("generate", overrides=["logger=none", f"paths.runs_dir={tmp_path / 'runs'}", *overrides])
+        return compose(
+            "generate", overrides=["logger=none", f"paths.runs_dir={tmp_path / 'runs'}", *overrides]
+        )
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -22,10 +22,18 @@ def tiny_model(tmp_path_factory) -> Path:
 
     tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     out = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -41,16 +49,28 @@ def test_pre_query_prefix_is_the_template_up_to_the_user_text(tiny_model):
 
 
 def _hf_overrides(tiny_model):
-    return [f"llm.backends.smollm2.model={tiny_model}", "llm.backends.smollm2.device=cpu",
-            "filters.language=null", "filters.min_instruction_chars=1", "filters.drop_truncated=false",
-            "filters.refusal_patterns=[]", "llm.roles.generator.max_new_tokens=8",
-            "llm.roles.responder.max_new_tokens=8", "llm.roles.rejecter.max_new_tokens=8"]
+    return [
+        f"llm.backends.smollm2.model={tiny_model}",
+        "llm.backends.smollm2.device=cpu",
+        "filters.language=null",
+        "filters.min_instruction_chars=1",
+        "filters.drop_truncated=false",
+        "filters.refusal_patterns=[]",
+        "llm.roles.generator.max_new_tokens=8",
+        "llm.roles.responder.max_new_tokens=8",
+        "llm.roles.rejecter.max_new_tokens=8",
+    ]
 
 
 def test_magpie_baseline_writes_rows_from_the_chat_template_alone(tmp_path, tiny_model):
     # No simulation_dir at all: Magpie needs nothing but the model and its chat template.
-    cfg = compose_generate(tmp_path, "generator=magpie", "generator.sets.magpie.target=3",
-                           f"simulation_dir={tmp_path / 'no_simulation'}", *_hf_overrides(tiny_model))
+    cfg = compose_generate(
+        tmp_path,
+        "generator=magpie",
+        "generator.sets.magpie.target=3",
+        f"simulation_dir={tmp_path / 'no_simulation'}",
+        *_hf_overrides(tiny_model),
+    )
     result = run_generate(cfg)
     rows = read_rows(tmp_path / "runs" / "default" / "generate" / "sft.jsonl")
     assert len(rows) == 3 and result["counts"]["sft"] == 3
@@ -63,10 +83,18 @@ def test_magpie_baseline_writes_rows_from_the_chat_template_alone(tmp_path, tiny
 
 
 def test_rejected_answers_come_from_the_rejected_model_folder(tmp_path, sim_dir, tiny_model):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", "generator=dpo_complex",
-                           "generator.sets.complex.target=2", f"rejected_model={tiny_model}",
-                           "filters.language=null", "filters.min_response_chars=1", "filters.drop_truncated=false",
-                           "llm.roles.rejecter.max_new_tokens=8", *SCRIPTED_ROLES[:2])
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=dpo_complex",
+        "generator.sets.complex.target=2",
+        f"rejected_model={tiny_model}",
+        "filters.language=null",
+        "filters.min_response_chars=1",
+        "filters.drop_truncated=false",
+        "llm.roles.rejecter.max_new_tokens=8",
+        *SCRIPTED_ROLES[:2],
+    )
     run_generate(cfg, backends=scripted_backends())
     rows = read_rows(tmp_path / "runs" / "default" / "generate" / "dpo.jsonl")
     assert len(rows) == 2

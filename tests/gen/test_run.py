@@ -25,11 +25,19 @@ def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
     # Targets met exactly: general 4 + multi_turn 2 + safety 2 SFT rows, complex 2 DPO rows.
     assert len(sft) == 8 and len(dpo) == 2
     assert result["counts"]["sft"] == 8 and result["counts"]["dpo"] == 2
-    agents = {json.loads(x)["profile"]["id"]: json.loads(x) for x in (sim_dir / "agents.jsonl").read_text().splitlines()}
-    scenarios = {json.loads(x)["id"]: json.loads(x) for x in (sim_dir / "scenarios.jsonl").read_text().splitlines()}
+    agents = {
+        json.loads(x)["profile"]["id"]: json.loads(x)
+        for x in (sim_dir / "agents.jsonl").read_text().splitlines()
+    }
+    scenarios = {
+        json.loads(x)["id"]: json.loads(x)
+        for x in (sim_dir / "scenarios.jsonl").read_text().splitlines()
+    }
     for row in sft + dpo:
         lin = row["lineage"]
-        assert lin["generator"] == "tiny" and lin["template"].startswith(f"{row['set']}/instruction@")
+        assert lin["generator"] == "tiny" and lin["template"].startswith(
+            f"{row['set']}/instruction@"
+        )
         assert len(lin["scenario_ids"]) == 1 and lin["scenario_ids"][0] in scenarios
         (aid,) = lin["agent_ids"]
         assert agents[aid]["index"] == lin["agent_indices"][0]
@@ -40,13 +48,22 @@ def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
     for row in dpo:
         assert row["lineage"]["models"]["rejecter"] == "scripted-rejecter"
         assert [m["role"] for m in row["prompt"]] == ["user"]
-        assert row["chosen"] != row["rejected"] and row["chosen"].strip() and row["rejected"].strip()
+        assert (
+            row["chosen"] != row["rejected"] and row["chosen"].strip() and row["rejected"].strip()
+        )
     roles = {r["set"]: [m["role"] for m in r["messages"]] for r in sft}
     assert roles["multi_turn"] == ["user", "assistant", "user", "assistant"]
     assert roles["general"] == ["user", "assistant"]
     assert len({r["id"] for r in sft + dpo}) == 10
-    for f in ("general.jsonl", "general_dpo.jsonl", "multi_turn.jsonl", "safety.jsonl", "datacard.md",
-              "manifest.json", "stats.json"):
+    for f in (
+        "general.jsonl",
+        "general_dpo.jsonl",
+        "multi_turn.jsonl",
+        "safety.jsonl",
+        "datacard.md",
+        "manifest.json",
+        "stats.json",
+    ):
         assert (out / f).exists(), f
     assert len(read_rows(out / "general.jsonl")) == 4
     # Loadable by the training side in both ways.
@@ -60,12 +77,21 @@ def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
     card = (out / "datacard.md").read_text()
     assert "near_dup" in card and "chosen_eq_rejected" in card and "instruction_distinct_2" in card
     stats = json.loads((out / "stats.json").read_text())
-    assert 0 < stats["sft"]["scenario_coverage"] <= 1 and stats["sft"]["instruction_embedding_spread"] > 0
+    assert (
+        0 < stats["sft"]["scenario_coverage"] <= 1
+        and stats["sft"]["instruction_embedding_spread"] > 0
+    )
 
 
 def test_dpo_rows_never_have_chosen_equal_rejected(tmp_path, sim_dir):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", "generator=dpo_complex",
-                           "generator.sets.complex.target=6", "filters.near_dup_threshold=0.95", *SCRIPTED_ROLES)
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=dpo_complex",
+        "generator.sets.complex.target=6",
+        "filters.near_dup_threshold=0.95",
+        *SCRIPTED_ROLES,
+    )
     run_generate(cfg, backends=scripted_backends())
     out = _out(tmp_path)
     rows = read_rows(out / "dpo.jsonl")
@@ -102,19 +128,51 @@ def test_resume_after_kill_has_no_duplicates_and_matches_an_uninterrupted_run(tm
 
 
 def test_scenarios_running_dry_raises_with_the_numbers(tmp_path, sim_dir):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", "generator=sft_general",
-                           "generator.sets.general.target=3", "generate.max_attempts_factor=2", *SCRIPTED_ROLES)
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=sft_general",
+        "generator.sets.general.target=3",
+        "generate.max_attempts_factor=2",
+        *SCRIPTED_ROLES,
+    )
     # A generator that always writes the same request: everything after the first row is a
     # duplicate, so the set can never reach its target.
     with pytest.raises(ConfigError, match=r"general: 1/3 rows after 6 seeds.*exact_dup"):
-        run_generate(cfg, backends=scripted_backends(constant="How do I fix a flat bicycle tyre quickly?"))
+        run_generate(
+            cfg, backends=scripted_backends(constant="How do I fix a flat bicycle tyre quickly?")
+        )
 
 
 def test_persona_only_baseline_has_agents_but_no_scenarios(tmp_path, sim_dir):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", "generator=persona_only",
-                           "generator.sets.persona_only.target=3", *SCRIPTED_ROLES)
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=persona_only",
+        "generator.sets.persona_only.target=3",
+        *SCRIPTED_ROLES,
+    )
     run_generate(cfg, backends=scripted_backends())
     rows = read_rows(_out(tmp_path) / "sft.jsonl")
     assert len(rows) == 3
-    assert all(r["lineage"]["scenario_ids"] == [] and len(r["lineage"]["agent_ids"]) == 1 for r in rows)
+    assert all(
+        r["lineage"]["scenario_ids"] == [] and len(r["lineage"]["agent_ids"]) == 1 for r in rows
+    )
     assert all(r["lineage"]["source"] == "persona" for r in rows)
+
+
+def test_retrieval_grounds_a_need_in_the_matching_scenarios(tmp_path, sim_dir):
+    # The code need should find the website and the Python-at-the-clinic scenarios.
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=code",
+        "generator.sets.code.target=4",
+        "generator.sets.code.retrieval.top_k=2",
+        "+generator.sets.code.retrieval.mmr_lambda=1.0",
+        *SCRIPTED_ROLES,
+    )
+    run_generate(cfg, backends=scripted_backends())
+    rows = read_rows(_out(tmp_path) / "code.jsonl")
+    assert len(rows) == 4
+    assert {s for r in rows for s in r["lineage"]["scenario_ids"]} == {"s00001-g001", "s00004-g000"}

@@ -25,14 +25,17 @@ def test_mmr_trades_relevance_for_diversity():
     assert mmr(q, docs, 10, lam=0.7)[:1] == [0] and len(mmr(q, docs, 10, lam=0.7)) == 4
 
 
-@pytest.mark.parametrize(("raw", "want"), [
-    ('Sure! Here is the request: "How do I fix my bike?"', "How do I fix my bike?"),
-    ("Question: What is a prime number?", "What is a prime number?"),
-    ("Riley Chen: Can you help me plan a trip?", "Can you help me plan a trip?"),
-    ("How do I bake bread?", "How do I bake bread?"),
-    ('""', None),
-    ("Here is the question:", None),
-])
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ('Sure! Here is the request: "How do I fix my bike?"', "How do I fix my bike?"),
+        ("Question: What is a prime number?", "What is a prime number?"),
+        ("Riley Chen: Can you help me plan a trip?", "Can you help me plan a trip?"),
+        ("How do I bake bread?", "How do I bake bread?"),
+        ('""', None),
+        ("Here is the question:", None),
+    ],
+)
 def test_parse_instruction(raw, want):
     assert parse_instruction(raw, speaker="Riley Chen") == want
 
@@ -42,27 +45,37 @@ def encoder():
     return Encoder()
 
 
-def _cand(i, user, answer="A helpful and complete answer to the question.", kind="sft", rejected=None):
-    c = Candidate(f"x-{i}", Seed(f"k{i}"), kind, [{"role": "user", "content": user},
-                                                  {"role": "assistant", "content": answer}])
+def _cand(
+    i, user, answer="A helpful and complete answer to the question.", kind="sft", rejected=None
+):
+    c = Candidate(
+        f"x-{i}",
+        Seed(f"k{i}"),
+        kind,
+        [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+    )
     c.rejected = rejected
     return c
 
 
-RULES = Rules(12, 2000, 2, 8000, True, "en", 0, ("i'?m sorry,? but", "as an ai(?: language model)?,? i"))
+RULES = Rules(
+    12, 2000, 2, 8000, True, "en", 0, ("i'?m sorry,? but", "as an ai(?: language model)?,? i")
+)
 
 
 def test_near_dup_filter_drops_paraphrases_keeps_distinct(encoder):
     texts = [
         "How do I bake sourdough bread at home?",
-        "How can I bake sourdough bread at home?",          # paraphrase
+        "How can I bake sourdough bread at home?",  # paraphrase
         "What is the capital city of Australia?",
-        "how do I bake sourdough bread at home",            # exact after normalisation
+        "how do I bake sourdough bread at home",  # exact after normalisation
         "Write a Python function that reverses a linked list.",
         "Write a Python function to reverse a linked list.",  # paraphrase
     ]
     cands = [_cand(i, t) for i, t in enumerate(texts)]
-    kept, dropped, surplus = filter_batch(cands, encoder.encode(texts), RowChecks(RULES), Deduper(0.9), False, 10)
+    kept, dropped, surplus = filter_batch(
+        cands, encoder.encode(texts), RowChecks(RULES), Deduper(0.9), False, 10
+    )
     assert [c.instruction for c in kept] == [texts[0], texts[2], texts[4]]
     assert sorted(why for _, why in dropped) == ["exact_dup", "near_dup", "near_dup"]
     assert surplus == 0
@@ -70,17 +83,36 @@ def test_near_dup_filter_drops_paraphrases_keeps_distinct(encoder):
 
 def test_row_checks_each_reason(encoder):
     checks = RowChecks(RULES)
-    ok = _cand(0, "How do I keep basil alive on a windowsill?",
-               "Water it when the soil is dry and give it six hours of sun.")
+    ok = _cand(
+        0,
+        "How do I keep basil alive on a windowsill?",
+        "Water it when the soil is dry and give it six hours of sun.",
+    )
     assert checks.reason(ok, False) is None
-    refusal = _cand(1, "How do I keep basil alive on a windowsill?", "I'm sorry, but I cannot help with that.")
+    refusal = _cand(
+        1, "How do I keep basil alive on a windowsill?", "I'm sorry, but I cannot help with that."
+    )
     assert checks.reason(refusal, False) == "refusal"
     assert checks.reason(refusal, allow_refusals=True) is None
     assert checks.reason(_cand(2, "short?"), False) == "too_short"
-    assert checks.reason(_cand(3, "Comment puis-je garder le basilic en vie sur le rebord de la fenêtre ?",
-                               "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil."),
-                         False) == "language"
-    same = _cand(4, "How do I keep basil alive on a windowsill?", "Water it often.", "dpo", rejected="water it often")
+    assert (
+        checks.reason(
+            _cand(
+                3,
+                "Comment puis-je garder le basilic en vie sur le rebord de la fenêtre ?",
+                "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil.",
+            ),
+            False,
+        )
+        == "language"
+    )
+    same = _cand(
+        4,
+        "How do I keep basil alive on a windowsill?",
+        "Water it often.",
+        "dpo",
+        rejected="water it often",
+    )
     assert checks.reason(same, False) == "chosen_eq_rejected"
     cut = _cand(5, "How do I keep basil alive on a windowsill?")
     cut.truncated = True
@@ -91,10 +123,19 @@ def test_row_checks_each_reason(encoder):
 
 
 def test_filter_batch_stops_at_need_and_counts_surplus(encoder):
-    texts = ["How do I tune a guitar by ear?", "What causes thunder during storms?",
-             "How much water should a cat drink each day?"]
-    kept, _, surplus = filter_batch([_cand(i, t) for i, t in enumerate(texts)], encoder.encode(texts),
-                                    RowChecks(RULES), Deduper(0.92), False, need=2)
+    texts = [
+        "How do I tune a guitar by ear?",
+        "What causes thunder during storms?",
+        "How much water should a cat drink each day?",
+    ]
+    kept, _, surplus = filter_batch(
+        [_cand(i, t) for i, t in enumerate(texts)],
+        encoder.encode(texts),
+        RowChecks(RULES),
+        Deduper(0.92),
+        False,
+        need=2,
+    )
     assert len(kept) == 2 and surplus == 1
 
 

@@ -27,25 +27,40 @@ def test_missing_simulation_names_key_and_command(tmp_path):
 
 def test_all_problems_listed_at_once(tmp_path, sim_dir):
     cfg = compose_generate(
-        tmp_path, f"simulation_dir={sim_dir}", "generator=tiny",
-        "generator.sets.general.target=0", "generator.sets.complex.kind=kto",
-        "generator.sets.safety.need=sefety", "generator.sets.multi_turn.prompts.follow_up=null",
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=tiny",
+        "generator.sets.general.target=0",
+        "generator.sets.complex.kind=kto",
+        "generator.sets.safety.need=sefety",
+        "generator.sets.multi_turn.prompts.follow_up=null",
         "generator.sets.general.prompts.instruction.user='About {scenery}'",
-        "generate.limit=0", "retrieval.mmr_lambda=2",
+        "generate.limit=0",
+        "retrieval.mmr_lambda=2",
     )
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     msg = str(e.value)
-    for key in ("generator.sets.general.target", "generator.sets.complex.kind", "generator.sets.safety.need",
-                "generator.sets.multi_turn.prompts.follow_up", "generator.sets.general.prompts.instruction",
-                "generate.limit", "retrieval.mmr_lambda"):
+    for key in (
+        "generator.sets.general.target",
+        "generator.sets.complex.kind",
+        "generator.sets.safety.need",
+        "generator.sets.multi_turn.prompts.follow_up",
+        "generator.sets.general.prompts.instruction",
+        "generate.limit",
+        "retrieval.mmr_lambda",
+    ):
         assert key in msg, key
     assert "scenery" in msg
 
 
 def test_rejected_model_must_be_a_model_folder(tmp_path, sim_dir):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", "generator=dpo_complex",
-                           f"rejected_model={tmp_path / 'no_model'}")
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=dpo_complex",
+        f"rejected_model={tmp_path / 'no_model'}",
+    )
     with pytest.raises(ConfigError, match="rejected_model"):
         validate(cfg)
 
@@ -56,10 +71,26 @@ def test_unknown_generator_name_is_refused_with_the_options(tmp_path):
     assert "sft_general" in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["sft_general", "dpo_complex", "code", "safety", "multi_turn",
-                                  "reasoning", "magpie", "persona_only", "matrix_20k", "tiny"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sft_general",
+        "dpo_complex",
+        "code",
+        "safety",
+        "multi_turn",
+        "reasoning",
+        "magpie",
+        "persona_only",
+        "matrix_20k",
+        "tiny",
+    ],
+)
 def test_every_generator_option_composes_and_validates(tmp_path, sim_dir, name):
     cfg = compose_generate(tmp_path, f"generator={name}", f"simulation_dir={sim_dir}")
     validate(cfg)
     if name == "matrix_20k":
-        assert cfg.generator.sets.general.target == 10_000 and cfg.generator.sets.complex.target == 10_000
+        assert (
+            cfg.generator.sets.general.target == 10_000
+            and cfg.generator.sets.complex.target == 10_000
+        )
