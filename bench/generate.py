@@ -56,7 +56,7 @@ def main() -> None:
                 f"paths.runs_dir={tmp}",
                 f"generate.limit={args.rows}",
                 f"generate.batch_size={args.batch_size}",
-                "filters.drop_truncated=false",
+                "generate.filters.drop_truncated=false",
                 *(
                     f"llm.roles.{r}.max_new_tokens={args.max_new_tokens}"
                     for r in ("generator", "responder", "rejecter")

@@ -54,7 +54,7 @@ def effective_target(spec_target: int, limit: int | None) -> int:
 
 def _retrieval(cfg: DictConfig, s: DictConfig) -> dict[str, Any]:
     """The global `retrieval` settings with the set's own `retrieval:` block on top."""
-    merged = OmegaConf.merge(cfg.retrieval, s.get("retrieval") or {})
+    merged = OmegaConf.merge(cfg.generate.retrieval, s.get("retrieval") or {})
     return OmegaConf.to_container(merged, resolve=True)
 
 
@@ -62,14 +62,14 @@ def build_specs(cfg: DictConfig) -> list[SetSpec]:
     specs = []
     for name, s in cfg.generator.sets.items():
         need = str(s.need)
-        need_text = str(cfg.needs[need]) if need in cfg.needs else need
+        need_text = str(cfg.generate.needs[need]) if need in cfg.generate.needs else need
         specs.append(
             SetSpec(
                 name=str(name),
                 kind=str(s.kind),
                 domain=str(s.domain),
                 source=str(s.source),
-                need_name=need if need in cfg.needs else "custom",
+                need_name=need if need in cfg.generate.needs else "custom",
                 need_text=need_text,
                 target=effective_target(int(s.target), cfg.generate.limit),
                 turns=int(s.get("turns", 1)),
@@ -107,9 +107,9 @@ def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> 
     # A need is either a name from `needs` or a sentence of its own; a lone unknown word is
     # almost always a typo of a name.
     p.check(
-        need in cfg.needs or len(need.split()) >= 3,
+        need in cfg.generate.needs or len(need.split()) >= 3,
         f"{key}.need",
-        f"{need!r} is not one of {sorted(cfg.needs)}; name one, or write the need as a sentence",
+        f"{need!r} is not one of {sorted(cfg.generate.needs)}; name one of generate.needs, or write the need as a sentence",
     )
     prompts = s.get("prompts") or {}
     fields = {f: "x" for f in _SEED_FIELDS.get(src, ())}
@@ -156,8 +156,8 @@ def validate(cfg: DictConfig) -> None:
     p.check(int(g.batch_size) >= 1, "generate.batch_size", "must be >= 1")
     p.check(float(g.oversample) >= 1.0, "generate.oversample", "must be >= 1.0")
     p.check(float(g.max_attempts_factor) >= 1.0, "generate.max_attempts_factor", "must be >= 1.0")
-    f = cfg.filters
-    for key, r in [("retrieval", cfg.retrieval)] + [
+    f = cfg.generate.filters
+    for key, r in [("generate.retrieval", cfg.generate.retrieval)] + [
         (f"generator.sets.{n}.retrieval", _retrieval(cfg, s))
         for n, s in sets.items()
         if s.get("retrieval")
@@ -173,13 +173,13 @@ def validate(cfg: DictConfig) -> None:
         )
     p.check(
         0.0 < float(f.near_dup_threshold) <= 1.0,
-        "filters.near_dup_threshold",
+        "generate.filters.near_dup_threshold",
         "must be within (0, 1]",
     )
     p.check(
         int(f.max_instruction_chars) > int(f.min_instruction_chars),
-        "filters.max_instruction_chars",
-        "must be above filters.min_instruction_chars",
+        "generate.filters.max_instruction_chars",
+        "must be above generate.filters.min_instruction_chars",
     )
     needed_roles = ["generator", "responder"]
     if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.rejected_model:
@@ -280,8 +280,8 @@ class Generation:
         self.state_path = run.dir / "state.json"
         self.filtered = JsonlLog(run.dir / "filtered.jsonl")
         self.logs = {s.name: JsonlLog(run.dir / "sets" / f"{s.name}.jsonl") for s in self.specs}
-        self.checks = RowChecks(Rules.from_cfg(cfg.filters))
-        self.dedup = {k: Deduper(float(cfg.filters.near_dup_threshold)) for k in KINDS}
+        self.checks = RowChecks(Rules.from_cfg(cfg.generate.filters))
+        self.dedup = {k: Deduper(float(cfg.generate.filters.near_dup_threshold)) for k in KINDS}
         self.state = self.resume()
 
     def resume(self) -> GenState:
@@ -356,7 +356,7 @@ class Generation:
                     f"generator.sets.{spec.name}: {st.rows}/{spec.target} rows after {st.seeds_used} "
                     f"seeds (cap: target x generate.max_attempts_factor={g.max_attempts_factor}); "
                     f"{len(seeds)} distinct (scenario, persona) seeds were retrieved and the filters "
-                    f"dropped {dict(st.filtered)}. Simulate more scenarios, raise retrieval.top_k or "
+                    f"dropped {dict(st.filtered)}. Simulate more scenarios, raise generate.retrieval.top_k or "
                     "generate.max_attempts_factor, loosen filters, or lower the target."
                 )
             missing = spec.target - st.rows
@@ -479,8 +479,8 @@ class Generation:
             stats=stats,
             files=files + ["sets/<set>.jsonl", "filtered.jsonl", "stats.json", "manifest.json"],
             examples={s.name: by_set[s.name][:2] for s in self.specs},
-            filters_cfg=OmegaConf.to_container(self.cfg.filters, resolve=True),
-            retrieval_cfg=OmegaConf.to_container(self.cfg.retrieval, resolve=True),
+            filters_cfg=OmegaConf.to_container(self.cfg.generate.filters, resolve=True),
+            retrieval_cfg=OmegaConf.to_container(self.cfg.generate.retrieval, resolve=True),
         )
         counts: dict[str, Any] = {"sft": len(kinds["sft"]), "dpo": len(kinds["dpo"])}
         counts |= {f"set/{s['name']}": s["rows"] for s in set_rows}

@@ -10,7 +10,7 @@ from matrix.validation import ConfigError
 
 from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 
-TINY = ["generator=tiny", "filters.near_dup_threshold=0.95", *SCRIPTED_ROLES]
+TINY = ["generator=tiny", "generate.filters.near_dup_threshold=0.95", *SCRIPTED_ROLES]
 
 
 def _out(tmp_path):
@@ -89,7 +89,7 @@ def test_dpo_rows_never_have_chosen_equal_rejected(tmp_path, sim_dir):
         f"simulation_dir={sim_dir}",
         "generator=dpo_complex",
         "generator.sets.complex.target=6",
-        "filters.near_dup_threshold=0.95",
+        "generate.filters.near_dup_threshold=0.95",
         *SCRIPTED_ROLES,
     )
     run_generate(cfg, backends=scripted_backends())

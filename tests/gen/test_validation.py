@@ -36,7 +36,7 @@ def test_all_problems_listed_at_once(tmp_path, sim_dir):
         "generator.sets.multi_turn.prompts.follow_up=null",
         "generator.sets.general.prompts.instruction.user='About {scenery}'",
         "generate.limit=0",
-        "retrieval.mmr_lambda=2",
+        "generate.retrieval.mmr_lambda=2",
     )
     with pytest.raises(ConfigError) as e:
         validate(cfg)
@@ -48,7 +48,7 @@ def test_all_problems_listed_at_once(tmp_path, sim_dir):
         "generator.sets.multi_turn.prompts.follow_up",
         "generator.sets.general.prompts.instruction",
         "generate.limit",
-        "retrieval.mmr_lambda",
+        "generate.retrieval.mmr_lambda",
     ):
         assert key in msg, key
     assert "scenery" in msg
