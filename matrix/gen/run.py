@@ -223,6 +223,9 @@ class SetState:
     steps: int = 0
     surplus: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
+    # What the committed rows were made with; a resume with other prompts is refused.
+    kind: str | None = None
+    templates: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,6 +293,7 @@ class Generation:
         for spec in self.specs:
             st = state.sets.setdefault(spec.name, SetState())
             dropped += self.logs[spec.name].truncate(st.rows)
+            self._check_unchanged(spec, st)
             rows = self.logs[spec.name].read()
             if rows:  # accepted rows of earlier runs keep blocking their duplicates
                 texts = [row_instruction(r) for r in rows]
@@ -298,6 +302,16 @@ class Generation:
         if dropped:
             log.info("resume: dropped %d rows written after the last checkpoint", dropped)
         return state
+
+    def _check_unchanged(self, spec: SetSpec, st: SetState) -> None:
+        templates = _templates(spec)
+        if st.rows and (st.kind, st.templates) != (spec.kind, templates):
+            raise ConfigError(
+                f"generator.sets.{spec.name}: its kind or prompts changed since {st.rows} rows were "
+                f"written to {self.logs[spec.name].path}; rows made with other prompts would mix. "
+                "Use a new run.name, or rename the set to keep both."
+            )
+        st.kind, st.templates = spec.kind, templates
 
     def seeds(self, spec: SetSpec) -> list[Seed]:
         if spec.source == "magpie":
@@ -319,7 +333,7 @@ class Generation:
 
     def lineage(self, spec: SetSpec) -> dict[str, Any]:
         models = self.models({spec.kind})
-        templates = {k: template_id(spec.name, k, v) for k, v in spec.prompts.items()}
+        templates = _templates(spec)
         return {
             "generator": str(self.cfg.generator.name),
             "set": spec.name,
@@ -487,6 +501,10 @@ class Generation:
         counts["filtered"] = sum(sum(s["filtered"].values()) for s in set_rows)
         counts["seeds_used"] = sum(s["seeds_used"] for s in set_rows)
         return {"counts": counts, "stats": stats, "sets": set_rows, "models": models}
+
+
+def _templates(spec: SetSpec) -> dict[str, str]:
+    return {k: template_id(spec.name, k, v) for k, v in spec.prompts.items()}
 
 
 def export_hf(path: Path, splits: dict[str, list[dict]]) -> None:

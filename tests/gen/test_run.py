@@ -176,3 +176,30 @@ def test_retrieval_grounds_a_need_in_the_matching_scenarios(tmp_path, sim_dir):
     rows = read_rows(_out(tmp_path) / "code.jsonl")
     assert len(rows) == 4
     assert {s for r in rows for s in r["lineage"]["scenario_ids"]} == {"s00001-g001", "s00004-g000"}
+
+
+def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
+    base = [
+        f"simulation_dir={sim_dir}",
+        "generator=sft_general",
+        "generator.sets.general.target=2",
+        *SCRIPTED_ROLES,
+    ]
+    run_generate(compose_generate(tmp_path, *base), backends=scripted_backends())
+    more = compose_generate(
+        tmp_path,
+        *base[:2],
+        "generator.sets.general.target=3",
+        "generator.sets.general.prompts.response.system='Be brief.'",
+        *SCRIPTED_ROLES,
+    )
+    with pytest.raises(ConfigError, match="general: its kind or prompts changed since 2 rows"):
+        run_generate(more, backends=scripted_backends())
+    # Same prompts, higher target: only the missing row is generated.
+    again = compose_generate(
+        tmp_path, *base[:2], "generator.sets.general.target=3", *SCRIPTED_ROLES
+    )
+    backends = scripted_backends()
+    run_generate(again, backends=backends)
+    assert len(read_rows(_out(tmp_path) / "sft.jsonl")) == 3
+    assert backends["gen"].calls == 1
