@@ -305,7 +305,7 @@ class Generation:
 
     def _check_unchanged(self, spec: SetSpec, st: SetState) -> None:
         templates = _templates(spec)
-        if st.rows and (st.kind, st.templates) != (spec.kind, templates):
+        if st.rows and st.kind is not None and (st.kind, st.templates) != (spec.kind, templates):
             raise ConfigError(
                 f"generator.sets.{spec.name}: its kind or prompts changed since {st.rows} rows were "
                 f"written to {self.logs[spec.name].path}; rows made with other prompts would mix. "
@@ -382,7 +382,9 @@ class Generation:
             idx = range(st.seeds_used, st.seeds_used + n)
             batch = [seeds[i % len(seeds)] for i in idx]
             ids = [f"{spec.name}-{i:06d}" for i in idx]
-            sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 7 * st.steps
+            # Steps are spaced far apart: a backend seeds its sub-batches with seed + b, and
+            # the streams of one step must not repeat another step's.
+            sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 10_007 * st.steps
             cands = synthesize(
                 spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars)
             )

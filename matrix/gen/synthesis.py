@@ -165,7 +165,7 @@ def synthesize(
             fields["conversation"] = _conversation_text(c, fields.get("name", "User"))
             chats.append(render_prompt(tpl, where, **fields))
         still: list[Candidate] = []
-        outs = roles.generator.generate(chats, seed=sample_seed + 7919 * turn)
+        outs = roles.generator.generate(chats, seed=sample_seed + 101 * turn)
         for c, out in zip(live, outs, strict=True):
             speaker = c.seed.agent["profile"]["name"] if c.seed.agent else None
             text = parse_instruction(out.text, speaker)
