@@ -19,7 +19,7 @@ class Candidate:
     id: str
     seed: Seed
     kind: str  # "sft" | "dpo"
-    messages: list[Message] = field(default_factory=list)  # sft: whole chat; dpo: the prompt
+    messages: list[Message] = field(default_factory=list)  # sft: the chat; dpo: prompt + chosen
     rejected: str | None = None
     truncated: bool = False  # some text it trains on was cut by max_new_tokens
     problem: str | None = None  # set during synthesis: "empty" | "unparseable"
