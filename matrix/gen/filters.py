@@ -34,6 +34,10 @@ _WS = re.compile(r"\s+")
 MIN_LANGUAGE_LETTERS = 20
 
 
+def _has_text(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
 def normalize(text: str) -> str:
     """Case, whitespace and edge punctuation folded, for exact-duplicate keys."""
     return _WS.sub(" ", text.lower()).strip(" \t\n.!?\"'`")
@@ -101,7 +105,8 @@ class RowChecks:
         if c.problem:
             return c.problem
         users, answers = c.user_texts(), c.assistant_texts()
-        if not users or not answers or any(not t.strip() for t in users + answers):
+        # A message with no letter or digit at all (blank, emoji-only) says nothing.
+        if not users or not answers or not all(_has_text(t) for t in users + answers):
             return "empty"
         if c.kind == "dpo" and not (c.rejected or "").strip():
             return "empty"
@@ -123,7 +128,8 @@ class RowChecks:
             and any(self.refusal.search(t[:200]) for t in answers)
         ):
             return "refusal"
-        if not self.lang.ok(" ".join(users + answers)):
+        # Per message: one English turn must not carry a conversation in another language.
+        if not all(self.lang.ok(t) for t in users + answers):
             return "language"
         if c.kind == "dpo" and normalize(c.rejected or "") == normalize(c.chosen or ""):
             return "chosen_eq_rejected"

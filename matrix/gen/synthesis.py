@@ -27,12 +27,30 @@ _PREAMBLE = re.compile(
 _QUOTES = "\"'“”‘’`"
 
 
-def parse_instruction(text: str, speaker: str | None = None) -> str | None:
+_LABEL_LINE = re.compile(r"^\s*([A-Z][A-Za-z' ]{2,30}):", re.MULTILINE)
+
+
+def template_labels(template: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Section labels of a prompt template ("Situation:", "Your goal:"), to spot echoes."""
+    if not template:
+        return ()
+    return tuple(dict.fromkeys(m + ":" for m in _LABEL_LINE.findall(template.get("user") or "")))
+
+
+def parse_instruction(
+    text: str, speaker: str | None = None, echo_labels: tuple[str, ...] = ()
+) -> str | None:
     """The request inside a generator output, or None when nothing usable is left.
 
-    Strips preambles, a leading speaker label ("Riley: ..."), and wrapping quotes.
+    Cuts the text where the model starts echoing its prompt (a line opening with one of the
+    template's section labels), then strips preambles, a leading speaker label
+    ("Riley: ..."), and wrapping quotes.
     """
     t = text.strip()
+    for label in echo_labels:
+        m = re.search(rf"(?:^|\n)\s*{re.escape(label)}", t)
+        if m:
+            t = t[: m.start()].strip()
     for _ in range(3):
         before = t
         t = _PREAMBLE.sub("", t, count=1).strip()
@@ -142,10 +160,12 @@ def synthesize(
     """Candidate rows for `seeds` (one each); failed ones carry `problem` for the filters."""
     cands = [Candidate(i, s, spec.kind) for i, s in zip(ids, seeds, strict=True)]
     outs = _first_instructions(spec, seeds, roles, sample_seed, max_actions, max_action_chars)
+    labels = template_labels(spec.instruction_prompt)
+    follow_labels = template_labels(spec.prompts.get("follow_up"))
     live: list[Candidate] = []
     for c, out in zip(cands, outs, strict=True):
         speaker = c.seed.agent["profile"]["name"] if c.seed.agent else None
-        text = parse_instruction(out.text, speaker)
+        text = parse_instruction(out.text, speaker, labels)
         if not out.text.strip():
             c.problem = "empty"
         elif text is None:
@@ -168,7 +188,7 @@ def synthesize(
         outs = roles.generator.generate(chats, seed=sample_seed + 101 * turn)
         for c, out in zip(live, outs, strict=True):
             speaker = c.seed.agent["profile"]["name"] if c.seed.agent else None
-            text = parse_instruction(out.text, speaker)
+            text = parse_instruction(out.text, speaker, follow_labels)
             if text is None:
                 c.problem = "empty" if not out.text.strip() else "unparseable"
                 continue

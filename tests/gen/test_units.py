@@ -9,7 +9,7 @@ from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch, normaliz
 from matrix.gen.inputs import Seed
 from matrix.gen.retrieval import mmr
 from matrix.gen.stats import distinct_n, embedding_spread
-from matrix.gen.synthesis import parse_instruction
+from matrix.gen.synthesis import parse_instruction, template_labels
 
 
 def _unit(v):
@@ -34,10 +34,15 @@ def test_mmr_trades_relevance_for_diversity():
         ("How do I bake bread?", "How do I bake bread?"),
         ('""', None),
         ("Here is the question:", None),
+        ("Can you plan my trip?\n\nYour goal: Riley wants to travel.", "Can you plan my trip?"),
+        ("Situation: a trip.\nWhat happened: nothing", None),
     ],
 )
 def test_parse_instruction(raw, want):
-    assert parse_instruction(raw, speaker="Riley Chen") == want
+    tpl = {"user": "Situation: {scenario}\n\nWhat happened:\n{actions}\nYour goal: {goal}"}
+    labels = template_labels(tpl)
+    assert labels == ("Situation:", "What happened:", "Your goal:")
+    assert parse_instruction(raw, speaker="Riley Chen", echo_labels=labels) == want
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +122,14 @@ def test_row_checks_each_reason(encoder):
     cut = _cand(5, "How do I keep basil alive on a windowsill?")
     cut.truncated = True
     assert checks.reason(cut, False) == "truncated"
+    emoji = _cand(7, "How do I keep basil alive on a windowsill?", "🌿🌞💧 🌿🌞💧")
+    assert checks.reason(emoji, False) == "empty"
+    mixed = _cand(
+        8,
+        "How do I keep basil alive on a windowsill and what soil should I use?",
+        "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil.",
+    )
+    assert checks.reason(mixed, False) == "language"
     bad = _cand(6, "How do I keep basil alive on a windowsill?")
     bad.problem = "unparseable"
     assert checks.reason(bad, False) == "unparseable"
