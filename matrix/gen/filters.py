@@ -38,6 +38,16 @@ def _has_text(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
+def _echoes(messages) -> bool:
+    """An answer that just repeats the request it answers (small models parrot)."""
+    for prev, m in zip(messages, messages[1:], strict=False):
+        if m["role"] == "assistant" and prev["role"] == "user":
+            ask = normalize(prev["content"])
+            if len(ask) >= 20 and normalize(m["content"]).startswith(ask):
+                return True
+    return False
+
+
 def normalize(text: str) -> str:
     """Case, whitespace and edge punctuation folded, for exact-duplicate keys."""
     return _WS.sub(" ", text.lower()).strip(" \t\n.!?\"'`")
@@ -120,6 +130,8 @@ class RowChecks:
             return "overlong"
         if r.drop_truncated and c.truncated:
             return "truncated"
+        if _echoes(c.messages):
+            return "echo"
         # Only the openings: a refusal shows up in the first sentences, and quoting one
         # later in a helpful answer should not count.
         if (

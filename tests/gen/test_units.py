@@ -130,6 +130,12 @@ def test_row_checks_each_reason(encoder):
         "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil.",
     )
     assert checks.reason(mixed, False) == "language"
+    parrot = _cand(
+        9,
+        "How do I keep basil alive on a windowsill?",
+        "How do I keep basil alive on a windowsill? That is a question.",
+    )
+    assert checks.reason(parrot, False) == "echo"
     bad = _cand(6, "How do I keep basil alive on a windowsill?")
     bad.problem = "unparseable"
     assert checks.reason(bad, False) == "unparseable"
