@@ -60,6 +60,8 @@ def write_datacard(
             f"| {s['name']} | {s['kind']} | {s['domain']} | {s['source']} | {s['need']} | "
             f"{s['target']} | {s['rows']} | {s['seeds_used']} | {s['steps']} | {s['surplus']} |"
         )
+    # Every reason counted appears, even one a future filter adds without listing it.
+    reasons = list(REASONS) + sorted({r for s in sets for r in s["filtered"]} - set(REASONS))
     out += [
         "",
         "## Filters",
@@ -67,12 +69,12 @@ def write_datacard(
         "Rows dropped per reason (each dropped row counted once, first failing check). "
         "`surplus` rows were generated past a set's target and not used.",
         "",
-        "| set | " + " | ".join(REASONS) + " |",
-        "|---|" + "---|" * len(REASONS),
+        "| set | " + " | ".join(reasons) + " |",
+        "|---|" + "---|" * len(reasons),
     ]
     for s in sets:
         out.append(
-            f"| {s['name']} | " + " | ".join(str(s["filtered"].get(r, 0)) for r in REASONS) + " |"
+            f"| {s['name']} | " + " | ".join(str(s["filtered"].get(r, 0)) for r in reasons) + " |"
         )
     out += [
         "",

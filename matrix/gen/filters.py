@@ -22,6 +22,7 @@ REASONS = (
     "too_short",
     "overlong",
     "truncated",
+    "echo",
     "refusal",
     "language",
     "chosen_eq_rejected",

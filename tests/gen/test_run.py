@@ -99,7 +99,18 @@ def test_dpo_rows_never_have_chosen_equal_rejected(tmp_path, sim_dir):
     # The rejecter double echoes the chosen answer for about a third of prompts: those were
     # generated, dropped and counted.
     state = json.loads((out / "state.json").read_text())
-    assert state["sets"]["complex"]["filtered"].get("chosen_eq_rejected", 0) > 0
+    n_eq = state["sets"]["complex"]["filtered"].get("chosen_eq_rejected", 0)
+    assert n_eq > 0
+    # The data card shows that count in the complex row, under its column.
+    lines = (out / "datacard.md").read_text().splitlines()
+    header = next(x for x in lines if x.startswith("| set | empty"))
+    row = next(
+        x
+        for x in lines
+        if x.startswith("| complex |") and "|" in x and x.count("|") == header.count("|")
+    )
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    assert cells[" chosen_eq_rejected "].strip() == str(n_eq)
     dropped = read_rows(out / "filtered.jsonl")
     assert any(d["reason"] == "chosen_eq_rejected" for d in dropped)
 
