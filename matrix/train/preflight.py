@@ -19,7 +19,7 @@ class TrainConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__(
-            "train config has %d problem(s):\n" % len(problems)
+            f"train config has {len(problems)} problem(s):\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
 
