@@ -30,9 +30,11 @@ class RNGState(L.Callback):
     a resume draw the same numbers as the uninterrupted run."""
 
     def state_dict(self) -> dict:
+        # Tensors and plain tuples only, so checkpoints load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
         state = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -41,7 +43,8 @@ class RNGState(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

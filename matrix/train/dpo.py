@@ -57,11 +57,12 @@ class DPOModule(CausalLMModule):
         model: torch.nn.Module,
         optimizer: DictConfig,
         scheduler: DictConfig,
+        total_steps: int,
         beta: float = 0.1,
         reference: str = "model",
         n_pairs: int = 0,
     ):
-        super().__init__(model, optimizer, scheduler)
+        super().__init__(model, optimizer, scheduler, total_steps)
         if reference not in ("model", "precomputed"):
             raise ValueError(f"dpo.reference={reference!r}; choose model or precomputed")
         self.beta = beta

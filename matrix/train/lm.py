@@ -53,8 +53,15 @@ def sequence_logps(
 class CausalLMModule(L.LightningModule):
     """Base module: owns the HF model, the optimizer config and the step metrics."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: DictConfig, scheduler: DictConfig):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        total_steps: int,
+    ):
         super().__init__()
+        self.total_steps = total_steps
         self.model = model
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
@@ -63,8 +70,10 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.optimizer_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.scheduler_cfg, total)}
+        # Not trainer.estimated_stepping_batches: it iterates the train loader before a resumed
+        # run restores the loader's position, which then is never restored.
+        sched = build_scheduler(opt, self.scheduler_cfg, self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Before clipping: the norm that tells whether clipping is active.

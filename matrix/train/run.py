@@ -52,6 +52,31 @@ def build_strategy(cfg: DictConfig, model: torch.nn.Module):
     )
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Ranks the run will have (devices=-1 counts the visible GPUs)."""
+    t = cfg.trainer
+    devices = t.devices
+    if devices == -1 or devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if t.accelerator != "cpu" else 1
+    elif isinstance(devices, str | list) or not isinstance(devices, int):
+        devices = len(devices) if not isinstance(devices, str) else len(devices.split(","))
+    return int(devices) * int(t.num_nodes)
+
+
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run (a partial accumulation window at an epoch's end still
+    steps, as Lightning does)."""
+    t = cfg.trainer
+    per_epoch = -(-batches_per_epoch // int(t.accumulate_grad_batches))
+    epochs = int(t.max_epochs)
+    by_epochs = per_epoch * epochs if epochs > 0 else None
+    if int(t.max_steps) > 0:
+        return min(int(t.max_steps), by_epochs) if by_epochs else int(t.max_steps)
+    if by_epochs is None:
+        raise ValueError("set trainer.max_epochs or trainer.max_steps")
+    return by_epochs
+
+
 def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     spec = cfg.checkpoint.get("resume")
     if not spec:
@@ -112,13 +137,15 @@ def run_train(cfg: DictConfig) -> dict | None:
     cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
+    total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
     if cfg.objective == "sft":
-        module = SFTModule(model, cfg.optimizer, cfg.scheduler)
+        module = SFTModule(model, cfg.optimizer, cfg.scheduler, total)
     else:
         module = DPOModule(
             model,
             cfg.optimizer,
             cfg.scheduler,
+            total,
             beta=float(cfg.dpo.beta),
             reference=str(cfg.dpo.reference),
             n_pairs=len(dm),
