@@ -41,18 +41,18 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def write_sft(path: Path, n: int, seed: int = 0) -> Path:
+def write_sft(path: Path, n: int, seed: int = 0, max_words: int = 60) -> Path:
     rng = random.Random(seed)
     with open(path, "w") as f:
         for i in range(n):
             msgs = [
                 {"role": "user", "content": words(rng, rng.randint(2, 20))},
-                {"role": "assistant", "content": words(rng, rng.randint(3, 60))},
+                {"role": "assistant", "content": words(rng, rng.randint(3, max_words))},
             ]
             if i % 3 == 0:  # some multi-turn rows
                 msgs += [
                     {"role": "user", "content": words(rng, 4)},
-                    {"role": "assistant", "content": words(rng, rng.randint(3, 20))},
+                    {"role": "assistant", "content": words(rng, rng.randint(3, max_words // 3))},
                 ]
             f.write(json.dumps({"messages": msgs, "scenario_ids": [i]}) + "\n")
     return path
@@ -89,6 +89,7 @@ def tokenizer():
 def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
     write_sft(d / "sft.jsonl", 48)
+    write_sft(d / "sft_short.jsonl", 24, seed=1, max_words=12)
     write_dpo(d / "dpo.jsonl", 32)
     return d
 
