@@ -45,8 +45,8 @@ def test_uninterrupted_run_writes_metrics_and_manifest(full_run):
         assert all(r[key] > 0 for r in rows), key
     assert all(r["train/padding_efficiency"] <= 1 for r in rows)
     assert "train/mfu" not in rows[0]  # undefined on CPU, not faked
-    l = losses(run_dir)
-    assert l[12] < l[1]
+    curve = losses(run_dir)
+    assert curve[12] < curve[1]
 
 
 @pytest.mark.parametrize("step", [4, 8])  # mid-epoch 1, mid-epoch 2
@@ -56,7 +56,11 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
     assert ckpt.exists()
     cfg = compose_train(
         tiny_overrides(
-            tmp_path, data_dir / "sft_short.jsonl", "resumed", *SETTINGS, f"checkpoint.resume={ckpt}"
+            tmp_path,
+            data_dir / "sft_short.jsonl",
+            "resumed",
+            *SETTINGS,
+            f"checkpoint.resume={ckpt}",
         )
     )
     manifest = run_train(cfg)
