@@ -23,7 +23,8 @@ from matrix.train.examples import Sequence1D
 
 
 def pack_best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Group item indices into bins of at most `capacity` tokens (best-fit decreasing).
+    """Group item indices into bins of at most `capacity` tokens (best-fit decreasing),
+    returned fullest first.
 
     Deterministic: ties break on the index. Items longer than capacity get a bin of their own
     (the tokenizer already truncated them to max_seq_len, so this only happens when
@@ -43,14 +44,18 @@ def pack_best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
             bins.append([i])
             if capacity - n > 0:
                 bisect.insort(free, (capacity - n, len(bins) - 1))
+    bins.sort(key=lambda b: -sum(lengths[i] for i in b))  # stable: deterministic
     return bins
 
 
 class BatchPlan(Sampler[list[int]]):
     """Yields lists of unit indices, `rows_per_batch` at a time, sharded across ranks.
 
-    The order is a permutation seeded by (seed, epoch). `state_dict` records how many batches
-    of the current epoch were consumed so `load_state_dict` can skip exactly those.
+    The order is a permutation seeded by (seed, epoch): of the units (a fresh batch
+    composition every epoch), or, with `fixed_batches`, of those batches (packed rows of
+    similar length batched together, so a batch pads its rows by a few tokens at most).
+    `state_dict` records how many batches of the current epoch were consumed so
+    `load_state_dict` can skip exactly those.
     """
 
     def __init__(
@@ -61,8 +66,10 @@ class BatchPlan(Sampler[list[int]]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        fixed_batches: list[list[int]] | None = None,
     ):
         self.n_units = n_units
+        self.fixed_batches = fixed_batches
         self.rows_per_batch = rows_per_batch
         self.seed = seed
         self.shuffle = shuffle
@@ -76,19 +83,26 @@ class BatchPlan(Sampler[list[int]]):
         self._skip = 0
 
     def _batches(self) -> list[list[int]]:
+        n = len(self.fixed_batches) if self.fixed_batches is not None else self.n_units
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n_units, generator=g).tolist()
+            order = torch.randperm(n, generator=g).tolist()
         else:
-            order = list(range(self.n_units))
-        b = self.rows_per_batch
-        batches = [order[i : i + b] for i in range(0, len(order), b)]
+            order = list(range(n))
+        if self.fixed_batches is not None:
+            batches = [self.fixed_batches[i] for i in order]
+        else:
+            b = self.rows_per_batch
+            batches = [order[i : i + b] for i in range(0, len(order), b)]
         # every rank needs the same number of batches or collectives hang
         per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
         return batches[self.rank :: self.world_size][:per_rank]
 
     def __len__(self) -> int:
-        n = -(-self.n_units // self.rows_per_batch)
+        if self.fixed_batches is not None:
+            n = len(self.fixed_batches)
+        else:
+            n = -(-self.n_units // self.rows_per_batch)
         return n // self.world_size if self.world_size > 1 else n
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -148,7 +148,18 @@ class ChatDataModule(L.LightningDataModule):
             rank, world = 0, 1
             if self.trainer is not None:
                 rank, world = self.trainer.global_rank, self.trainer.world_size
-            plan = BatchPlan(len(self.units), self.batch_size, self.seed, self.shuffle, rank, world)
+            fixed = None
+            if self.packing:
+                # bins come fullest first; batching neighbours keeps the rows of a batch
+                # about the same length, so padding them to the longest costs little
+                b = self.batch_size
+                fixed = [
+                    list(range(i, min(i + b, len(self.units))))
+                    for i in range(0, len(self.units), b)
+                ]
+            plan = BatchPlan(
+                len(self.units), self.batch_size, self.seed, self.shuffle, rank, world, fixed
+            )
             self._loader = ResumableLoader(
                 list(range(len(self.units))),
                 batch_sampler=plan,
