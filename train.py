@@ -1,8 +1,8 @@
 """Train stage: SFT or DPO on generated data. See docs/train.md.
 
-    python train.py                                   # SFT, SmolLM2-135M, runs/default/generate/sft.jsonl
-    python train.py experiment=paper_sft              # the paper's SFT recipe (Llama-3-8B, 8 GPUs)
-    python train.py model=llama3_8b data=matrix_20k --cfg job
+python train.py                                   # SFT, SmolLM2-135M, runs/default/generate/sft.jsonl
+python train.py experiment=paper_sft              # the paper's SFT recipe (Llama-3-8B, 8 GPUs)
+python train.py model=llama3_8b data=matrix_20k --cfg job
 """
 
 import hydra
