@@ -68,7 +68,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "shard",
     ),
     "generate": ("seed", "llm", "generator", "generate", "simulation_dir", "embedding", "shard"),
-    "train": ("seed", "data", "model", "optimizer", "scheduler", "trainer", "objective", "train"),
+    "train": ("seed", "data", "model", "optimizer", "scheduler", "trainer", "objective", "train",
+              "dpo"),
     "evaluate": ("seed", "llm", "eval", "shard"),
 }
 

@@ -21,7 +21,33 @@ _YES = re.compile(r"^\W*(yes|yeah|yep|achieved|done|true)\b", re.IGNORECASE)
 def _clean(text: str, fallback: str, max_chars: int = 400) -> str:
     text = " ".join((text or "").split())
     text = re.sub(r"^(goal|personality|answer|plan)\s*:\s*", "", text, flags=re.IGNORECASE)
-    return text[:max_chars] if text else fallback
+    text = whole_sentences(text[:max_chars])
+    return text if text else fallback
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """Drop a trailing half sentence (a generation cut by max_new_tokens) and sentences that
+    repeat verbatim; small models loop, and a story made of whole, distinct sentences reads
+    as English."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] < len(text.rstrip()):
+        text = text[: ends[-1]]
+    seen, kept = set(), []
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        sent = text[start : m.end()].strip()
+        start = m.end()
+        key = sent.lower()
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sent)
+    tail = text[start:].strip()
+    if tail and tail.lower() not in seen:
+        kept.append(tail)
+    return " ".join(kept)
 
 
 def profile_fields(p: Profile) -> dict[str, str]:

@@ -210,7 +210,8 @@ class Simulation:
         scenarios = []
         for (gid, buf, participants), c in zip(metas, outs, strict=True):
             sid = f"s{state.n_scenarios + len(scenarios):05d}-g{gid:03d}"
-            summary = " ".join(c.text.split()) or " ".join(x for s in buf for x in s["lines"])
+            summary = agent_ops.whole_sentences(" ".join(c.text.split())) or " ".join(
+                x for s in buf for x in s["lines"])
             scenarios.append(Scenario(
                 id=sid, group=gid, rounds=tuple(s["round"] for s in buf), participants=tuple(participants),
                 participant_names=tuple(agents[i].name for i in participants),

@@ -56,7 +56,7 @@ def test_paper_presets_carry_the_paper_settings():
 
 
 def test_debug_preset_composes_with_tiny_model():
-    cfg = compose_train(["debug=_train_tiny"])
+    cfg = compose_train(["debug=tiny"])
     assert cfg.model.init == "random" and cfg.trainer.max_steps > 0
 
 
