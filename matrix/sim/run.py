@@ -87,10 +87,11 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     return SimState(round=0, agents=agents, groups=groups), group_vectors, load_report
 
 
-def run_simulate(cfg: DictConfig) -> dict:
+def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
+    """Run (or resume) the simulate stage; `roles` lets callers inject LLMs (benchmarks)."""
     validate(cfg)
     run = open_stage(cfg, "simulate")
-    roles = Roles(cfg.llm)
+    roles = roles or Roles(cfg.llm)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
     sim_cfg = SimConfig(
         max_rounds=int(cfg.simulation.max_rounds), target_scenarios=cfg.simulation.target_scenarios,
