@@ -61,10 +61,18 @@ def profile_fields(p: Profile) -> dict[str, str]:
     }
 
 
+# Prompt budget: every action prompt carries profile, goal, plan and memory, and prefill is
+# most of a round's compute on small machines, so each part is capped.
+MEMORY_SHOWN = 4
+MEMORY_ITEM_CHARS = 160
+PROFILE_CHARS = 400
+
+
 def agent_fields(a: Agent, round_: int = 0) -> dict[str, Any]:
-    memory = a.memory[-6:]
+    memory = [m[:MEMORY_ITEM_CHARS] for m in a.memory[-MEMORY_SHOWN:]]
     return {
         **profile_fields(a.profile),
+        "profile": a.profile.describe(PROFILE_CHARS),
         "goal": a.goal,
         "personality": a.personality,
         "plan": a.plan,

@@ -48,7 +48,7 @@ class Group:
 
 def members_text(group: Group, agents: Sequence[Agent]) -> str:
     return "\n".join(
-        f"{local}: {agents[i].name} - {agents[i].profile.describe(160)}" for local, i in enumerate(group.members)
+        f"{local}: {agents[i].name} - {agents[i].profile.describe(120)}" for local, i in enumerate(group.members)
     )
 
 
