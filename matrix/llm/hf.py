@@ -95,12 +95,32 @@ class HFBackend:
     def _context_limit(self, model) -> int:
         return int(self.max_context or getattr(model.config, "max_position_embeddings", 2048))
 
-    @torch.inference_mode()
     def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[Completion]:
         if not chats:
             return []
-        model, tok = self.load()
+        _, tok = self.load()
         prompts = [render(tok, c, add_generation_prompt=True) for c in chats]
+        return self.complete(prompts, sampling)
+
+    def pre_query_prefix(self) -> str:
+        """The text the chat template puts before a user's words (Magpie's pre-query prefix).
+
+        Rendered from a one-message chat with a sentinel as the user text and cut at the
+        sentinel, so any template (including one that injects a default system prompt) works.
+        """
+        _, tok = self.load()
+        sentinel = "\x00MAGPIE\x00"
+        text = render(tok, [{"role": "user", "content": sentinel}])
+        if sentinel not in text:
+            raise ValueError(f"the chat template of {self.name} drops the user text")
+        return text[: text.index(sentinel)]
+
+    @torch.inference_mode()
+    def complete(self, prompts: Sequence[str], sampling: Sampling) -> list[Completion]:
+        """Continue raw text prompts (no chat template): the path Magpie-style sampling needs."""
+        if not prompts:
+            return []
+        model, tok = self.load()
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         limit = self._context_limit(model) - sampling.max_new_tokens
         for i, ids in enumerate(encoded):
@@ -114,8 +134,8 @@ class HFBackend:
                     )
                 encoded[i] = ids[len(ids) - limit :]
         # Longest first: batches of similar length waste little on padding.
-        order = sorted(range(len(chats)), key=lambda i: -len(encoded[i]))
-        out: list[Completion | None] = [None] * len(chats)
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        out: list[Completion | None] = [None] * len(prompts)
         eos_ids = {tok.eos_token_id, tok.pad_token_id} - {None}
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]

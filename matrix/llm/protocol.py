@@ -54,6 +54,23 @@ class LLM(Protocol):
         ...
 
 
+@runtime_checkable
+class RawCompleter(Protocol):
+    """Optional: a backend that also continues raw text (no chat template applied).
+
+    Magpie-style sampling needs it: the model continues the chat template's pre-query prefix
+    and so writes a user turn by itself. Local backends (HFBackend) implement it.
+    """
+
+    def pre_query_prefix(self) -> str:
+        """The rendered chat template up to where a user's words begin."""
+        ...
+
+    def complete(self, prompts: Sequence[str], sampling: Sampling) -> list[Completion]:
+        """One continuation per raw prompt, in input order."""
+        ...
+
+
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the first stop string; returns (text, whether a stop string was hit)."""
     cut = len(text)

@@ -23,7 +23,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.llm.protocol import LLM, Chat, Completion, Sampling
+from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,35 @@ class RoleLLM:
         """Complete a batch of chats; keyword overrides replace the role's sampling fields."""
         if not chats:
             return []
+        sampling = self._sampling(overrides)
+        t0 = time.perf_counter()
+        out = self.backend.generate(list(chats), sampling)
+        self.usage.add(out, time.perf_counter() - t0)
+        return out
+
+    def _raw(self) -> RawCompleter:
+        if not isinstance(self.backend, RawCompleter):
+            raise TypeError(
+                f"llm.roles.{self.role}: backend {self.name} cannot continue raw text "
+                "(needed by Magpie-style sampling); use a local HF backend for this role"
+            )
+        return self.backend
+
+    def pre_query_prefix(self) -> str:
+        return self._raw().pre_query_prefix()
+
+    def complete(self, prompts: Sequence[str], **overrides: Any) -> list[Completion]:
+        """Continue raw text prompts (no chat template); same sampling rules as `generate`."""
+        if not prompts:
+            return []
+        backend = self._raw()
+        sampling = self._sampling(overrides)
+        t0 = time.perf_counter()
+        out = backend.complete(list(prompts), sampling)
+        self.usage.add(out, time.perf_counter() - t0)
+        return out
+
+    def _sampling(self, overrides: dict[str, Any]) -> Sampling:
         unknown = set(overrides) - _SAMPLING_KEYS
         if unknown:
             raise TypeError(
@@ -82,11 +111,7 @@ class RoleLLM:
             )
         if "stop" in overrides:
             overrides["stop"] = tuple(overrides["stop"])
-        sampling = replace(self.sampling, **overrides)
-        t0 = time.perf_counter()
-        out = self.backend.generate(list(chats), sampling)
-        self.usage.add(out, time.perf_counter() - t0)
-        return out
+        return replace(self.sampling, **overrides)
 
 
 class Roles:

@@ -1,0 +1,1 @@
+"""MATRIX-Gen: scenarios from the simulation -> SFT / DPO / domain data with lineage."""

@@ -1,0 +1,202 @@
+"""Row filters. Each candidate gets at most one reason to be dropped; every reason is
+counted and shown in the data card.
+
+Per-row checks run first (empty, unparseable, too short, overlong, truncated, refusal,
+language, DPO chosen == rejected), then duplicates against everything already accepted
+(exact after normalisation, then near-duplicates by embedding cosine).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from matrix.gen.candidates import Candidate
+
+REASONS = (
+    "empty",
+    "unparseable",
+    "too_short",
+    "overlong",
+    "truncated",
+    "refusal",
+    "language",
+    "chosen_eq_rejected",
+    "exact_dup",
+    "near_dup",
+)
+_CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.DOTALL)
+_WS = re.compile(r"\s+")
+# langdetect guesses wildly on a few words; shorter texts are not checked.
+MIN_LANGUAGE_LETTERS = 20
+
+
+def _has_text(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def _echoes(messages) -> bool:
+    """An answer that just repeats the request it answers (small models parrot)."""
+    for prev, m in zip(messages, messages[1:], strict=False):
+        if m["role"] == "assistant" and prev["role"] == "user":
+            ask = normalize(prev["content"])
+            if len(ask) >= 20 and normalize(m["content"]).startswith(ask):
+                return True
+    return False
+
+
+def normalize(text: str) -> str:
+    """Case, whitespace and edge punctuation folded, for exact-duplicate keys."""
+    return _WS.sub(" ", text.lower()).strip(" \t\n.!?\"'`")
+
+
+@dataclass(frozen=True)
+class Rules:
+    min_instruction_chars: int
+    max_instruction_chars: int
+    min_response_chars: int
+    max_response_chars: int
+    drop_truncated: bool
+    language: str | None
+    language_seed: int
+    refusal_patterns: tuple[str, ...]
+
+    @classmethod
+    def from_cfg(cls, f) -> Rules:
+        return cls(
+            int(f.min_instruction_chars),
+            int(f.max_instruction_chars),
+            int(f.min_response_chars),
+            int(f.max_response_chars),
+            bool(f.drop_truncated),
+            f.language or None,
+            int(f.language_seed),
+            tuple(f.refusal_patterns or ()),
+        )
+
+
+class LanguageCheck:
+    def __init__(self, language: str | None, seed: int):
+        self.language = language
+        if language:
+            from langdetect import DetectorFactory
+
+            DetectorFactory.seed = seed  # langdetect samples; a fixed seed makes it repeatable
+
+    def ok(self, text: str) -> bool:
+        if not self.language:
+            return True
+        prose = _CODE_BLOCK.sub(" ", text)
+        if sum(ch.isalpha() for ch in prose) < MIN_LANGUAGE_LETTERS:
+            return True
+        from langdetect import LangDetectException, detect
+
+        try:
+            return detect(prose) == self.language
+        except LangDetectException:
+            return False
+
+
+class RowChecks:
+    def __init__(self, rules: Rules):
+        self.rules = rules
+        self.refusal = (
+            re.compile("|".join(f"(?:{p})" for p in rules.refusal_patterns), re.I)
+            if rules.refusal_patterns
+            else None
+        )
+        self.lang = LanguageCheck(rules.language, rules.language_seed)
+
+    def reason(self, c: Candidate, allow_refusals: bool) -> str | None:
+        r = self.rules
+        if c.problem:
+            return c.problem
+        users, answers = c.user_texts(), c.assistant_texts()
+        # A message with no letter or digit at all (blank, emoji-only) says nothing.
+        if not users or not answers or not all(_has_text(t) for t in users + answers):
+            return "empty"
+        if c.kind == "dpo" and not (c.rejected or "").strip():
+            return "empty"
+        if any(len(t) < r.min_instruction_chars for t in users) or any(
+            len(t) < r.min_response_chars for t in answers
+        ):
+            return "too_short"
+        if any(len(t) > r.max_instruction_chars for t in users) or any(
+            len(t) > r.max_response_chars for t in answers + [c.rejected or ""]
+        ):
+            return "overlong"
+        if r.drop_truncated and c.truncated:
+            return "truncated"
+        if _echoes(c.messages):
+            return "echo"
+        # Only the openings: a refusal shows up in the first sentences, and quoting one
+        # later in a helpful answer should not count.
+        if (
+            not allow_refusals
+            and self.refusal
+            and any(self.refusal.search(t[:200]) for t in answers)
+        ):
+            return "refusal"
+        # Per message: one English turn must not carry a conversation in another language.
+        if not all(self.lang.ok(t) for t in users + answers):
+            return "language"
+        if c.kind == "dpo" and normalize(c.rejected or "") == normalize(c.chosen or ""):
+            return "chosen_eq_rejected"
+        return None
+
+
+class Deduper:
+    """Exact and near-duplicate index over accepted instructions (one per data kind)."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.keys: set[str] = set()
+        self.vectors: list[np.ndarray] = []
+        self._matrix: np.ndarray | None = None
+
+    def add(self, text: str, vector: np.ndarray) -> None:
+        self.keys.add(normalize(text))
+        self.vectors.append(vector)
+        self._matrix = None
+
+    def reason(self, text: str, vector: np.ndarray) -> str | None:
+        if normalize(text) in self.keys:
+            return "exact_dup"
+        if self.vectors:
+            if self._matrix is None:
+                self._matrix = np.stack(self.vectors)
+            if float((self._matrix @ vector).max()) >= self.threshold:
+                return "near_dup"
+        return None
+
+
+def filter_batch(
+    cands: Sequence[Candidate],
+    vectors: np.ndarray,
+    checks: RowChecks,
+    dedup: Deduper,
+    allow_refusals: bool,
+    need: int,
+) -> tuple[list[Candidate], list[tuple[Candidate, str]], int]:
+    """Accepted candidates (at most `need`, in order), dropped ones with reasons, surplus count.
+
+    A row accepted here joins the duplicate index at once, so two paraphrases in the same
+    batch do not both pass. Rows past `need` are surplus: never checked, never indexed.
+    """
+    kept: list[Candidate] = []
+    dropped: list[tuple[Candidate, str]] = []
+    surplus = 0
+    for c, v in zip(cands, vectors, strict=True):
+        if len(kept) >= need:
+            surplus += 1
+            continue
+        why = checks.reason(c, allow_refusals) or dedup.reason(c.instruction, v)
+        if why:
+            dropped.append((c, why))
+        else:
+            kept.append(c)
+            dedup.add(c.instruction, v)
+    return kept, dropped, surplus

@@ -1,0 +1,1 @@
+from .doubles import sim_dir  # noqa: F401  (fixture)
