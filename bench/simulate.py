@@ -49,7 +49,10 @@ class CountingDouble:
             else:
                 reply = "I post an update about my project and ask my friends for advice on the next step."
             n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
-            n_out = min(sampling.max_new_tokens, len(self.tok(reply, add_special_tokens=False)["input_ids"]) + 1)
+            n_out = min(
+                sampling.max_new_tokens,
+                len(self.tok(reply, add_special_tokens=False)["input_ids"]) + 1,
+            )
             out.append(Completion(reply, n_prompt, n_out, "stop", self.name))
         return out
 
@@ -67,24 +70,39 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("simulate", overrides=[
-                f"paths.runs_dir={tmp}", "logger=none", f"population.size={args.agents}",
-                f"simulation.max_rounds={args.rounds}", "run.name=bench",
-            ])
+            cfg = compose(
+                "simulate",
+                overrides=[
+                    f"paths.runs_dir={tmp}",
+                    "logger=none",
+                    f"population.size={args.agents}",
+                    f"simulation.max_rounds={args.rounds}",
+                    "run.name=bench",
+                ],
+            )
         roles = Roles(cfg.llm, backends={"smollm2": CountingDouble()})
         t0 = time.perf_counter()
         counts = run_simulate(cfg, roles=roles)
         wall = time.perf_counter() - t0
-        rows = [json.loads(x) for x in (Path(tmp) / "bench/simulate/metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x)
+            for x in (Path(tmp) / "bench/simulate/metrics.jsonl").read_text().splitlines()
+        ]
     print("simulate bench (LLM = deterministic double; token counts from the SmolLM2 tokenizer)")
-    print(f"agents={counts['agents']} groups={counts['groups']} rounds={counts['rounds']} "
-          f"events={counts['events']} scenarios={counts['scenarios']} wall={wall:.1f}s (incl. setup)")
-    print(f"{'round':>5} {'calls':>7} {'prompt_tok':>11} {'compl_tok':>10} {'max_batch':>10} {'observations':>13}")
+    print(
+        f"agents={counts['agents']} groups={counts['groups']} rounds={counts['rounds']} "
+        f"events={counts['events']} scenarios={counts['scenarios']} wall={wall:.1f}s (incl. setup)"
+    )
+    print(
+        f"{'round':>5} {'calls':>7} {'prompt_tok':>11} {'compl_tok':>10} {'max_batch':>10} {'observations':>13}"
+    )
     for r in rows:
         if "sim/round" not in r:
             continue
-        print(f"{r['sim/round']:>5} {r['sim/llm_calls']:>7} {r['sim/prompt_tokens']:>11} "
-              f"{r['sim/completion_tokens']:>10} {r['sim/max_batch']:>10} {r['sim/observations']:>13}")
+        print(
+            f"{r['sim/round']:>5} {r['sim/llm_calls']:>7} {r['sim/prompt_tokens']:>11} "
+            f"{r['sim/completion_tokens']:>10} {r['sim/max_batch']:>10} {r['sim/observations']:>13}"
+        )
 
 
 if __name__ == "__main__":

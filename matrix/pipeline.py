@@ -41,7 +41,9 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
         from matrix.eval.run import run_evaluate
 
         return run_evaluate
-    raise ValueError(f"pipeline.stages: unknown stage '{stage}'; use simulate, generate, train, evaluate")
+    raise ValueError(
+        f"pipeline.stages: unknown stage '{stage}'; use simulate, generate, train, evaluate"
+    )
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
@@ -53,7 +55,9 @@ def name_sweep_job(cfg: DictConfig) -> None:
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
             arm = hc.job.override_dirname or str(hc.job.num)
-            cfg.run.sweep_id = cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
+            cfg.run.sweep_id = (
+                cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
+            )
             cfg.run.name = f"{cfg.run.name}/{arm}"
 
 

@@ -35,8 +35,14 @@ class ScriptedModulator:
 
 
 def _world():
-    agents = [Agent(index=i, profile=Profile(id=str(i), name=f"P{i}", bio="", persona=f"person {i}"),
-                    group=0 if i < 3 else 1) for i in range(6)]
+    agents = [
+        Agent(
+            index=i,
+            profile=Profile(id=str(i), name=f"P{i}", bio="", persona=f"person {i}"),
+            group=0 if i < 3 else 1,
+        )
+        for i in range(6)
+    ]
     groups = [Group(0, [0, 1, 2], "group zero"), Group(1, [3, 4, 5], "group one")]
     return agents, groups
 
@@ -44,8 +50,7 @@ def _world():
 def test_structured_routes_by_the_modulator_answer_in_one_batch():
     agents, groups = _world()
     # answers use member numbers local to the group (0, 1, 2)
-    mod = ScriptedModulator(["[1], friends", "[]", "[0, 2], both care",
-                             "[1]", "[0, 2]", "[1]"])
+    mod = ScriptedModulator(["[1], friends", "[]", "[0, 2], both care", "[1]", "[0, 2]", "[1]"])
     comm = StructuredCommunication(RoleLLM("modulator", mod, Sampling()), PROMPTS, None)
     d = comm.route(1, {i: f"action {i}" for i in range(6)}, agents, groups)
     assert mod.batches == [6]  # every action of the round in one batched call
@@ -80,7 +85,9 @@ def test_random_reaches_agents_outside_the_group_and_is_reproducible():
     agents, groups = _world()
     comm = RandomCommunication(seed=3, max_recipients=3)
     a = comm.route(1, {i: "x" for i in range(6)}, agents, groups)
-    b = RandomCommunication(seed=3, max_recipients=3).route(1, {i: "x" for i in range(6)}, agents, groups)
+    b = RandomCommunication(seed=3, max_recipients=3).route(
+        1, {i: "x" for i in range(6)}, agents, groups
+    )
     assert a == b
     assert all(1 <= len(x.observers) <= 3 and i not in x.observers for i, x in a.items())
     assert any(agents[o].group != agents[i].group for i, x in a.items() for o in x.observers)

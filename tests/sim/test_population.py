@@ -5,8 +5,15 @@ import pytest
 from matrix.sim.grouping import GroupingError, check_bounds, constrained_groups
 from matrix.sim.population import ProfileError, anonymize_rules, load_profiles
 
-FIELDS = {"id": "id", "name": "name", "handle": "username", "bio": "description",
-          "persona": "user_char_clean", "topics": "topics", "posts": "previous_tweets"}
+FIELDS = {
+    "id": "id",
+    "name": "name",
+    "handle": "username",
+    "bio": "description",
+    "persona": "user_char_clean",
+    "topics": "topics",
+    "posts": "previous_tweets",
+}
 
 
 def test_default_population_loads_1000_profiles():
@@ -22,16 +29,21 @@ def _write(tmp_path, lines):
 
 
 def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
-    good = json.dumps({"id": "a", "name": "Ann Lee", "user_char_clean": "A nurse.", "description": "hi"}).encode()
-    p = _write(tmp_path, [
-        good,
-        b"{not json",
-        json.dumps({"id": "b", "user_char_clean": ""}).encode(),       # empty persona
-        json.dumps({"id": "c", "user_char_clean": ["x"]}).encode(),     # wrong type
-        b"\xff\xfe bad utf8",
-        json.dumps({"id": "a", "user_char_clean": "dup"}).encode(),     # duplicate id
-        json.dumps({"id": "d", "user_char_clean": "A chef who loves jazz."}).encode(),
-    ])
+    good = json.dumps(
+        {"id": "a", "name": "Ann Lee", "user_char_clean": "A nurse.", "description": "hi"}
+    ).encode()
+    p = _write(
+        tmp_path,
+        [
+            good,
+            b"{not json",
+            json.dumps({"id": "b", "user_char_clean": ""}).encode(),  # empty persona
+            json.dumps({"id": "c", "user_char_clean": ["x"]}).encode(),  # wrong type
+            b"\xff\xfe bad utf8",
+            json.dumps({"id": "a", "user_char_clean": "dup"}).encode(),  # duplicate id
+            json.dumps({"id": "d", "user_char_clean": "A chef who loves jazz."}).encode(),
+        ],
+    )
     profiles, report = load_profiles(str(p), FIELDS, on_error="skip")
     assert [x.id for x in profiles] == ["a", "d"]
     assert [s.split(":")[1] for s in report.skipped] == ["2", "3", "4", "5", "6"]
@@ -41,8 +53,12 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
 
 def test_csv_with_field_mapping(tmp_path):
     p = tmp_path / "people.csv"
-    p.write_text("uid,full_name,about,interests\n1,Bo Chan,Retired teacher who paints.,\"['Art', 'Health']\"\n")
-    profiles, _ = load_profiles(str(p), {"id": "uid", "name": "full_name", "persona": "about", "topics": "interests"})
+    p.write_text(
+        "uid,full_name,about,interests\n1,Bo Chan,Retired teacher who paints.,\"['Art', 'Health']\"\n"
+    )
+    profiles, _ = load_profiles(
+        str(p), {"id": "uid", "name": "full_name", "persona": "about", "topics": "interests"}
+    )
     assert profiles[0].name == "Bo Chan" and profiles[0].topics == ("Art", "Health")
 
 
@@ -71,12 +87,15 @@ def test_grouping_respects_size_bounds():
     assert len(sizes) == 12 and sizes.min() >= 2 and sizes.max() <= 7 and sizes.sum() == 60
 
 
-@pytest.mark.parametrize(("n", "k", "lo", "hi", "msg"), [
-    (10, 0, 1, 10, "communication.k=0"),
-    (10, 6, 2, 10, "needs 12 agents"),
-    (100, 5, 1, 10, "holds only 50"),
-    (10, 2, 5, 3, "size_max=3 < size_min=5"),
-])
+@pytest.mark.parametrize(
+    ("n", "k", "lo", "hi", "msg"),
+    [
+        (10, 0, 1, 10, "communication.k=0"),
+        (10, 6, 2, 10, "needs 12 agents"),
+        (100, 5, 1, 10, "holds only 50"),
+        (10, 2, 5, 3, "size_max=3 < size_min=5"),
+    ],
+)
 def test_impossible_bounds_are_refused_with_the_fix(n, k, lo, hi, msg):
     with pytest.raises(GroupingError, match=msg):
         check_bounds(n, k, lo, hi)

@@ -17,16 +17,29 @@ from tests.conftest import ROOT, compose, tiny_llm_overrides
 
 
 def _overrides(tmp_path, model_dir, name="t", *extra):
-    return ["debug=tiny", f"paths.runs_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
-            f"run.name={name}", *tiny_llm_overrides(model_dir), *extra]
+    return [
+        "debug=tiny",
+        f"paths.runs_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path}/cache",
+        f"run.name={name}",
+        *tiny_llm_overrides(model_dir),
+        *extra,
+    ]
 
 
 def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
     cfg = compose("simulate", _overrides(tmp_path, tiny_model_dir))
     counts = run_simulate(cfg)
     out = tmp_path / "t" / "simulate"
-    for f in ("agents.jsonl", "groups.json", "events.jsonl", "scenarios.jsonl", "report.md",
-              "manifest.json", "state.json"):
+    for f in (
+        "agents.jsonl",
+        "groups.json",
+        "events.jsonl",
+        "scenarios.jsonl",
+        "report.md",
+        "manifest.json",
+        "state.json",
+    ):
         assert (out / f).exists(), f
     events, scenarios = read_jsonl(out / "events.jsonl"), read_jsonl(out / "scenarios.jsonl")
     assert counts["rounds"] == 4 and len(events) == 8 * 4 == counts["events"]
@@ -38,7 +51,8 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
         assert s["summary"] and set(s["events"]) <= ev_ids and s["participants"]
     groups = json.loads((out / "groups.json").read_text())
     assert sorted(len(g["members"]) for g in groups["groups"]) and all(
-        2 <= len(g["members"]) <= 6 for g in groups["groups"])
+        2 <= len(g["members"]) <= 6 for g in groups["groups"]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["counts"]["scenarios"] == 4
     assert manifest["llm"]["roles"]["agent"]["calls"] > 0
@@ -47,20 +61,30 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
 
 
 def _cli(tmp_path, model_dir, name):
-    return [sys.executable, str(ROOT / "simulate.py"), *_overrides(tmp_path, model_dir, name, "logger=none")]
+    return [
+        sys.executable,
+        str(ROOT / "simulate.py"),
+        *_overrides(tmp_path, model_dir, name, "logger=none"),
+    ]
 
 
 def test_killed_run_resumes_with_no_lost_or_duplicated_rows(tmp_path, tiny_model_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"}
-    subprocess.run(_cli(tmp_path, tiny_model_dir, "whole"), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _cli(tmp_path, tiny_model_dir, "whole"), check=True, env=env, capture_output=True
+    )
     ref = tmp_path / "whole" / "simulate"
 
     out = tmp_path / "killed" / "simulate"
     rng = random.Random(0)
     kills = 0
     for threshold in sorted(rng.sample(range(1, 30), 2)):
-        proc = subprocess.Popen(_cli(tmp_path, tiny_model_dir, "killed"), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cli(tmp_path, tiny_model_dir, "killed"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
             ev = out / "events.jsonl"
@@ -71,7 +95,9 @@ def test_killed_run_resumes_with_no_lost_or_duplicated_rows(tmp_path, tiny_model
             time.sleep(0.02)
         proc.wait()
     assert kills >= 1
-    subprocess.run(_cli(tmp_path, tiny_model_dir, "killed"), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _cli(tmp_path, tiny_model_dir, "killed"), check=True, env=env, capture_output=True
+    )
 
     for name in ("events.jsonl", "scenarios.jsonl"):
         a, b = read_jsonl(ref / name), read_jsonl(out / name)
@@ -79,17 +105,28 @@ def test_killed_run_resumes_with_no_lost_or_duplicated_rows(tmp_path, tiny_model
         assert b == a, f"{name}: resumed run differs from the uninterrupted one"
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("communication.k=0", "communication.k"),
-    ("communication.mode=telepathy", "communication.mode"),
-    ("population.path=/nonexistent.jsonl", "population.path"),
-    ("population.on_error=ignore", "population.on_error"),
-    ("simulation.max_rounds=0", "simulation.max_rounds"),
-    ("communication.size_min=5", "needs 10 agents"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("communication.k=0", "communication.k"),
+        ("communication.mode=telepathy", "communication.mode"),
+        ("population.path=/nonexistent.jsonl", "population.path"),
+        ("population.on_error=ignore", "population.on_error"),
+        ("simulation.max_rounds=0", "simulation.max_rounds"),
+        ("communication.size_min=5", "needs 10 agents"),
+    ],
+)
 def test_bad_config_fails_before_any_model_loads(tmp_path, override, message):
     # the model path does not exist: reaching a model load would raise a different error
-    cfg = compose("simulate", ["debug=tiny", f"paths.runs_dir={tmp_path}", "logger=none",
-                               "llm.backends.smollm2.model=/no/model", override])
+    cfg = compose(
+        "simulate",
+        [
+            "debug=tiny",
+            f"paths.runs_dir={tmp_path}",
+            "logger=none",
+            "llm.backends.smollm2.model=/no/model",
+            override,
+        ],
+    )
     with pytest.raises(ConfigError, match=message):
         run_simulate(cfg)
