@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.shard import SHARDED_STAGES
 from matrix.validation import ConfigProblems
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -139,7 +140,7 @@ def check_budgets(cfg: DictConfig, p: ConfigProblems) -> None:
             p.add(f"eval.benchmarks.{name}.limit", f"{limit!r}: use a number >= 1 or null (all)")
 
 
-def check_shard(cfg: DictConfig, p: ConfigProblems) -> None:
+def check_shard(cfg: DictConfig, p: ConfigProblems, stage: str) -> None:
     shard = _get(cfg, "shard")
     if shard is None:
         return
@@ -149,6 +150,11 @@ def check_shard(cfg: DictConfig, p: ConfigProblems) -> None:
         return
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
         p.add("shard.index", f"{index!r} must be an integer in [0, shard.count={count})")
+    if count > 1 and stage not in SHARDED_STAGES:
+        p.add(
+            "shard.count",
+            f"{stage} cannot be sharded (only {', '.join(SHARDED_STAGES)}); use shard.count=1",
+        )
 
 
 def check_config(cfg: DictConfig, stage: str) -> None:
@@ -156,7 +162,7 @@ def check_config(cfg: DictConfig, stage: str) -> None:
     p = ConfigProblems()
     check_keys(cfg, p)
     check_budgets(cfg, p)
-    check_shard(cfg, p)
+    check_shard(cfg, p, stage)
     roles = _get(cfg, "llm.roles") or {}
     backends = _get(cfg, "llm.backends") or {}
     for role, rc in roles.items():
