@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from matrix.config_check import check_config
 from matrix.validation import ConfigError
 
 log = logging.getLogger("matrix")
@@ -23,6 +24,8 @@ def run_stage(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        # Config-wide checks (unknown keys, zero budgets, shards) before any model loads.
+        check_config(cfg, fn.__name__.removeprefix("run_"))
         return fn(cfg)
     except USER_ERRORS as e:
         log.error("%s", e)

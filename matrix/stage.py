@@ -178,8 +178,12 @@ class StageRun:
         return manifest
 
 
-def stage_dir(cfg: DictConfig, stage: str) -> Path:
-    return Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage
+def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
+    """Where a stage writes; a shard of a sharded run writes to its own shards/ subfolder."""
+    from matrix.shard import SHARDED_STAGES, Shard
+
+    base = Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage
+    return Shard.from_cfg(cfg).dir(base) if shard and stage in SHARDED_STAGES else base
 
 
 def finished_manifest(cfg: DictConfig, stage: str) -> dict | None:

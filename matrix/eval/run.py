@@ -26,6 +26,7 @@ from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, wri
 from matrix.io import JsonlLog, read_json, write_json
 from matrix.llm.protocol import Sampling
 from matrix.llm.roles import RoleLLM, Roles
+from matrix.shard import Shard
 from matrix.stage import open_stage
 from matrix.validation import ConfigError
 
@@ -93,10 +94,10 @@ def _cached(path: Path, todo: list[Record], compute, chunk: int) -> list[Record]
 
 
 def evaluate_benchmark(
-    bench: Benchmark, model: Any, judge_fn, out_dir: Path, chunk: int
+    bench: Benchmark, model: Any, judge_fn, out_dir: Path, chunk: int, shard: Shard = Shard()
 ) -> tuple[dict, list[Record], list[Record], list[Record]]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = bench.load()
+    items = shard.slice(bench.load())
     answers = _cached(
         out_dir / "answers.jsonl", items, lambda part: bench.answer(model, part), chunk
     )
@@ -132,7 +133,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         bench = BENCHMARKS[name](bcfg)
         log.info("evaluate: %s", name)
         s, items, answers, judgments = evaluate_benchmark(
-            bench, model, lambda: roles.get("judge"), run.dir / name, chunk
+            bench, model, lambda: roles.get("judge"), run.dir / name, chunk, Shard.from_cfg(cfg)
         )
         scores[name] = s
         run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})

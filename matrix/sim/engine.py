@@ -98,6 +98,7 @@ class Simulation:
         self.events = JsonlLog(self.dir / "events.jsonl")
         self.scenarios = JsonlLog(self.dir / "scenarios.jsonl")
         self.state_path = self.dir / "state.json"
+        self.owns_group: Callable[[int], bool] | None = None
 
     @property
     def agent_llm(self) -> RoleLLM:
@@ -159,6 +160,8 @@ class Simulation:
 
         # Inter-group routing: another group's members hear of this group's events.
         forwarded = self.comm.inter_group(lines, agents, groups)
+        if self.owns_group is not None:  # a shard forwards only to groups it simulates
+            forwarded = {g: tuple(t for t in ts if self.owns_group(t)) for g, ts in forwarded.items()}
         for gid, targets in forwarded.items():
             for t in targets:
                 for m in groups[t].members:

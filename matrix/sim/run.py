@@ -13,6 +13,7 @@ from matrix.io import JsonlLog, read_json, write_json, write_jsonl
 from matrix.llm.roles import Roles
 from matrix.progress import progress
 from matrix.prompts import render_prompt
+from matrix.shard import Shard
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Group, build_communication, members_text
 from matrix.sim.engine import SimConfig, SimState, Simulation
@@ -91,6 +92,9 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     labels = constrained_groups(vectors, k, int(comm.size_min), int(comm.size_max), int(cfg.seed))
     groups = [Group(id=g, members=[i for i, x in enumerate(labels) if x == g]) for g in range(k)]
     agents = agent_ops.create_agents(roles.get("agent"), cfg.agent.prompts, profiles, labels)
+    shard = Shard.from_cfg(cfg)
+    for a in agents:  # another shard simulates these; done with no done_round marks them
+        a.done = a.done or not shard.owns(a.group)
     # Each modulator holds a description of its group, used for inter-group routing.
     chats = [
         render_prompt(
@@ -154,6 +158,8 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     sim = Simulation(
         run.dir, sim_cfg, roles, None, cfg.agent.prompts, cfg.scenario.prompt, on_round
     )
+    if Shard.from_cfg(cfg).active:
+        sim.owns_group = Shard.from_cfg(cfg).owns
     state = sim.load_state()
     if state is None:
         state, group_vectors, load_report = setup(cfg, roles, encoder)
