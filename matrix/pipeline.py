@@ -6,20 +6,28 @@
 One composed config (conf/pipeline.yaml) feeds every stage; each stage hashes only the keys
 it depends on (matrix.stage.STAGE_KEYS). A stage whose manifest says it finished with the
 same hash is reused; an unfinished one resumes from its own checkpoint.
+
+In a multirun each finished job adds its run dir to the sweep dir's arms.txt, and
+`CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml) writes the comparison of all
+arms (matrix.compare) into the sweep dir when the last job is done.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
-from matrix.stage import finished_manifest
+from matrix.stage import finished_manifest, stage_dir
 
 log = logging.getLogger("matrix.pipeline")
 
@@ -41,7 +49,9 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
         from matrix.eval.run import run_evaluate
 
         return run_evaluate
-    raise ValueError(f"pipeline.stages: unknown stage '{stage}'; use simulate, generate, train, evaluate")
+    raise ValueError(
+        f"pipeline.stages: unknown stage '{stage}'; use simulate, generate, train, evaluate"
+    )
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
@@ -53,7 +63,9 @@ def name_sweep_job(cfg: DictConfig) -> None:
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
             arm = hc.job.override_dirname or str(hc.job.num)
-            cfg.run.sweep_id = cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
+            cfg.run.sweep_id = (
+                cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
+            )
             cfg.run.name = f"{cfg.run.name}/{arm}"
 
 
@@ -68,7 +80,45 @@ def run_pipeline(cfg: DictConfig) -> dict:
             continue
         log.info("%s: running", stage)
         results[stage] = _stage_fn(stage)(cfg)
+    record_arm(cfg)
     return results
+
+
+def record_arm(cfg: DictConfig) -> None:
+    """Add this job's run dir to the sweep dir's arms file (multirun only)."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sweep = Path(hc.sweep.dir)
+    sweep.mkdir(parents=True, exist_ok=True)
+    run_dir = stage_dir(cfg, "train").parent.resolve()
+    with open(sweep / ARMS_FILE, "a", encoding="utf-8") as f:
+        f.write(f"{run_dir}\n")
+
+
+class CompareOnMultirunEnd(Callback):
+    """After the last job of a pipeline multirun: the comparison report, into the sweep dir."""
+
+    def __init__(self, enabled: bool = True, lineage_answers: int = 3) -> None:
+        self.enabled = enabled
+        self.lineage_answers = lineage_answers
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if not self.enabled or not (sweep / ARMS_FILE).exists():
+            return
+        from matrix.compare import compare
+        from matrix.embeddings import Encoder
+
+        encoder = Encoder(config.embedding.model, cache_dir=config.paths.cache_dir)
+        try:
+            compare([sweep], sweep, lineage_answers=self.lineage_answers, encoder=encoder)
+        except Exception:
+            # The arms' results are on disk either way; a failed report must not fail the sweep.
+            log.exception("compare failed; rerun: python -m matrix.compare %s", sweep)
 
 
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
