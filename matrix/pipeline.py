@@ -14,7 +14,9 @@ arms (matrix.compare) into the sweep dir when the last job is done.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, open_dict
 from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
 from matrix.stage import finished_manifest, stage_dir
+from matrix.validation import ConfigError
 
 log = logging.getLogger("matrix.pipeline")
 
@@ -54,6 +57,27 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
     )
 
 
+# Overrides that say where or how a job runs, not what it computes: left out of arm names, so
+# `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
+# `communication=a` and `communication=b`.
+_NOT_ARM = (
+    "experiment",
+    "debug",
+    "run.",
+    "paths.",
+    "logger.",
+    "llm.backends.",
+    "pipeline.",
+    "hydra.",
+)
+
+
+def arm_name(overrides: list[str]) -> str:
+    """A job's arm: its overrides that change results, sorted, as `key=value,key=value`."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_ARM)]
+    return ",".join(sorted(o.replace("/", "_") for o in keep))
+
+
 def name_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, each job gets its own run dir named by its overrides, under one sweep id."""
     try:
@@ -62,7 +86,7 @@ def name_sweep_job(cfg: DictConfig) -> None:
         return
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
-            arm = hc.job.override_dirname or str(hc.job.num)
+            arm = arm_name(list(hc.overrides.task)) or str(hc.job.num)
             cfg.run.sweep_id = (
                 cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
             )
@@ -121,10 +145,33 @@ class CompareOnMultirunEnd(Callback):
             log.exception("compare failed; rerun: python -m matrix.compare %s", sweep)
 
 
+def objective_value(cfg: DictConfig) -> float:
+    """`pipeline.objective` (`<benchmark>/<metric>`) from this run's evaluate/scores.json."""
+    bench, _, metric = str(cfg.pipeline.objective).partition("/")
+    path = stage_dir(cfg, "evaluate") / "scores.json"
+    scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
+    if metric not in scores.get(bench, {}):
+        raise ConfigError(
+            f"pipeline.objective={cfg.pipeline.objective}: no such score in {path}; "
+            f"use one of {[f'{b}/{k}' for b, s in scores.items() for k in s]}"
+        )
+    return float(scores[bench][metric])
+
+
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_stage(run_pipeline, cfg)
+    # a returned value is what an optimising sweeper (Optuna) maximises
+    return run_stage(objective_value, cfg) if cfg.pipeline.get("objective") else None
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """Move -m/--multirun before the overrides: Hydra's argparse rejects overrides that follow
+    it (`experiment=x -m communication=a,b`), the natural way to write a sweep."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]
 
 
 if __name__ == "__main__":
+    sys.argv = flags_first(sys.argv)
     main()

@@ -94,7 +94,7 @@ def _sweep_job(overrides: list[str], arm: str, num: int):
     cfg = _compose("pipeline", ["experiment=comm_ablation_tiny", *overrides], hydra_cfg=True)
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
-        cfg.hydra.job.override_dirname = arm
+        cfg.hydra.job.override_dirname = ",".join(sorted(cfg.hydra.overrides.task))
         cfg.hydra.job.num = num
         cfg.hydra.sweep.dir = "runs/multirun/pipeline/2026-01-01_00-00-00"
     HydraConfig.instance().set_config(cfg)
@@ -110,7 +110,8 @@ def _sweep_job(overrides: list[str], arm: str, num: int):
 
 def test_name_sweep_job_gives_distinct_runs_under_one_sweep() -> None:
     arms = ["communication=none", "communication=random", "communication=structured"]
-    cfgs = [_sweep_job([a], a, i)[0] for i, a in enumerate(arms)]
+    fixed = ["debug=tiny", "llm.backends.smollm2.model=/m/tiny", "run.name=comm_ablation_tiny"]
+    cfgs = [_sweep_job([*fixed, a], a, i)[0] for i, a in enumerate(arms)]
     names = [c.run.name for c in cfgs]
     assert names == [f"comm_ablation_tiny/{a}" for a in arms]
     assert len({c.run.sweep_id for c in cfgs}) == 1
