@@ -55,6 +55,15 @@ def test_objective_value_reads_the_runs_scores(tmp_path: Path) -> None:
         objective_value(cfg)
 
 
+# A random-init model never stops by itself and writes no language: keep its rows anyway.
+RANDOM_MODEL_FILTERS = [
+    "generate.filters.drop_truncated=false",
+    "generate.filters.language=null",
+    "generate.filters.min_instruction_chars=1",
+    "generate.filters.refusal_patterns=[]",
+]
+
+
 @pytest.mark.slow
 def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
     tiny_model_dir: Path, tmp_path: Path
