@@ -102,7 +102,12 @@ def arm_names(dirs: list[Path]) -> list[str]:
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1
-    return ["/".join(p[common:]) for p in parts]
+    names = ["/".join(p[common:]) for p in parts]
+    # Overrides every arm shares (`a=1,b=2` vs `a=1,b=3`) say nothing about the difference.
+    split = [n.split(",") for n in names]
+    shared = set.intersection(*(set(s) for s in split))
+    short = [",".join(x for x in s if x not in shared) for s in split]
+    return short if all(short) and len(set(short)) == len(short) else names
 
 
 def load_arms(paths: list[Path]) -> list[Arm]:

@@ -75,6 +75,8 @@ def test_sweep_dir_arms_file_and_names(sweep: Path, tmp_path: Path) -> None:
     (sweep_dir / ARMS_FILE).write_text("".join(f"{d}\n" for d in dirs[:2]))
     assert find_run_dirs([sweep_dir]) == [d.resolve() for d in dirs[:2]]
     assert arm_names([d.resolve() for d in dirs]) == sorted(ARMS)
+    shared = [Path(f"/r/x/communication={c},generate.limit=2") for c in ("none", "random")]
+    assert arm_names(shared) == ["communication=none", "communication=random"]
     with pytest.raises(FileNotFoundError, match="no run dirs"):
         find_run_dirs([tmp_path / "multirun"])
 
