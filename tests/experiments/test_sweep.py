@@ -82,6 +82,7 @@ def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
         "debug=tiny",
         "run.name=comm_ablation_tiny",
         *tiny_llm_overrides(tiny_model_dir),
+        *RANDOM_MODEL_FILTERS,
         "-m",
         "communication=none,random,structured",
     ]
