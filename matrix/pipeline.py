@@ -6,20 +6,31 @@
 One composed config (conf/pipeline.yaml) feeds every stage; each stage hashes only the keys
 it depends on (matrix.stage.STAGE_KEYS). A stage whose manifest says it finished with the
 same hash is reused; an unfinished one resumes from its own checkpoint.
+
+In a multirun each finished job adds its run dir to the sweep dir's arms.txt, and
+`CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml) writes the comparison of all
+arms (matrix.compare) into the sweep dir when the last job is done.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
-from matrix.stage import finished_manifest
+from matrix.stage import finished_manifest, stage_dir
+from matrix.validation import ConfigError
 
 log = logging.getLogger("matrix.pipeline")
 
@@ -46,6 +57,27 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
     )
 
 
+# Overrides that say where or how a job runs, not what it computes: left out of arm names, so
+# `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
+# `communication=a` and `communication=b`.
+_NOT_ARM = (
+    "experiment",
+    "debug",
+    "run.",
+    "paths.",
+    "logger.",
+    "llm.backends.",
+    "pipeline.",
+    "hydra.",
+)
+
+
+def arm_name(overrides: list[str]) -> str:
+    """A job's arm: its overrides that change results, sorted, as `key=value,key=value`."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_ARM)]
+    return ",".join(sorted(o.replace("/", "_") for o in keep))
+
+
 def name_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, each job gets its own run dir named by its overrides, under one sweep id."""
     try:
@@ -54,7 +86,7 @@ def name_sweep_job(cfg: DictConfig) -> None:
         return
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
-            arm = hc.job.override_dirname or str(hc.job.num)
+            arm = arm_name(list(hc.overrides.task)) or str(hc.job.num)
             cfg.run.sweep_id = (
                 cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
             )
@@ -72,13 +104,74 @@ def run_pipeline(cfg: DictConfig) -> dict:
             continue
         log.info("%s: running", stage)
         results[stage] = _stage_fn(stage)(cfg)
+    record_arm(cfg)
     return results
 
 
+def record_arm(cfg: DictConfig) -> None:
+    """Add this job's run dir to the sweep dir's arms file (multirun only)."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sweep = Path(hc.sweep.dir)
+    sweep.mkdir(parents=True, exist_ok=True)
+    run_dir = stage_dir(cfg, "train").parent.resolve()
+    with open(sweep / ARMS_FILE, "a", encoding="utf-8") as f:
+        f.write(f"{run_dir}\n")
+
+
+class CompareOnMultirunEnd(Callback):
+    """After the last job of a pipeline multirun: the comparison report, into the sweep dir."""
+
+    def __init__(self, enabled: bool = True, lineage_answers: int = 3) -> None:
+        self.enabled = enabled
+        self.lineage_answers = lineage_answers
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if not self.enabled or not (sweep / ARMS_FILE).exists():
+            return
+        from matrix.compare import compare
+        from matrix.embeddings import Encoder
+
+        encoder = Encoder(config.embedding.model, cache_dir=config.paths.cache_dir)
+        try:
+            compare([sweep], sweep, lineage_answers=self.lineage_answers, encoder=encoder)
+        except Exception:
+            # The arms' results are on disk either way; a failed report must not fail the sweep.
+            log.exception("compare failed; rerun: python -m matrix.compare %s", sweep)
+
+
+def objective_value(cfg: DictConfig) -> float:
+    """`pipeline.objective` (`<benchmark>/<metric>`) from this run's evaluate/scores.json."""
+    bench, _, metric = str(cfg.pipeline.objective).partition("/")
+    path = stage_dir(cfg, "evaluate") / "scores.json"
+    scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
+    if metric not in scores.get(bench, {}):
+        raise ConfigError(
+            f"pipeline.objective={cfg.pipeline.objective}: no such score in {path}; "
+            f"use one of {[f'{b}/{k}' for b, s in scores.items() for k in s]}"
+        )
+    return float(scores[bench][metric])
+
+
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_stage(run_pipeline, cfg)
+    # a returned value is what an optimising sweeper (Optuna) maximises
+    return run_stage(objective_value, cfg) if cfg.pipeline.get("objective") else None
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """Move -m/--multirun before the overrides: Hydra's argparse rejects overrides that follow
+    it (`experiment=x -m communication=a,b`), the natural way to write a sweep."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]
 
 
 if __name__ == "__main__":
+    sys.argv = flags_first(sys.argv)
     main()

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+from matrix.pipeline import name_sweep_job
+from matrix.stage import STAGE_KEYS, config_hash
+from tests.conftest import CONF, ROOT, tiny_llm_overrides
+
+PAPER_PRESETS = [
+    "paper_sft_10k",
+    "paper_matrix_tuned",
+    "comm_ablation",
+    "code",
+    "safety",
+    "multi_turn",
+]
+ALL_PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+TINY_PRESETS = [p for p in ALL_PRESETS if p.endswith("_tiny")]
+STAGE_CONFIGS = ["pipeline", "simulate", "generate", "train", "evaluate"]
+DOC = ROOT / "docs" / "experiments.md"
+
+
+def _compose(config_name: str, overrides: list[str], hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def test_every_paper_result_has_a_preset_and_a_tiny_variant() -> None:
+    for name in PAPER_PRESETS:
+        assert name in ALL_PRESETS and f"{name}_tiny" in TINY_PRESETS
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+@pytest.mark.parametrize("config_name", STAGE_CONFIGS)
+def test_preset_composes_for_every_stage(preset: str, config_name: str) -> None:
+    cfg = _compose(config_name, [f"experiment={preset}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for stage in STAGE_KEYS:
+        assert len(config_hash(cfg, stage)) == 12
+    if preset in PAPER_PRESETS or preset in TINY_PRESETS:
+        # a literal name, so the W&B group survives the sweep renaming run.name
+        assert resolved["experiment_name"] == preset
+        assert resolved["eval"]["model"]["checkpoint"].endswith(f"{preset}/train/hf_model")
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_preset_header_names_its_paper_number(preset: str) -> None:
+    header = "".join(
+        line
+        for line in (ROOT / "conf" / "experiment" / f"{preset}.yaml").read_text().splitlines()
+        if line.startswith("#")
+    )
+    numbers = set(re.findall(r"\d+\.\d+", header))
+    assert numbers, f"{preset}.yaml: the header names no paper number"
+    # the same numbers as the preset table of docs/experiments.md (taken from the paper)
+    assert numbers <= set(re.findall(r"\d+\.\d+", DOC.read_text()))
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_tiny_preset_composes_on_the_tiny_model(preset: str, tmp_path: Path) -> None:
+    overrides = [f"experiment={preset}", *tiny_llm_overrides(tmp_path / "tiny-llama")]
+    cfg = _compose("pipeline", overrides)
+    OmegaConf.resolve(cfg)
+    assert cfg.llm.backends.smollm2.model == str(tmp_path / "tiny-llama")
+    assert cfg.population.size <= 8 and cfg.simulation.max_rounds <= 4
+    assert all(s.target <= 32 for s in cfg.generator.sets.values())
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
+    assert all(b.limit is not None and b.limit <= 8 for b in cfg.eval.benchmarks.values())
+    full = _compose("pipeline", [f"experiment={preset.removesuffix('_tiny')}"])
+    # the same loop as the paper preset: same data sets and benchmarks, only smaller
+    assert set(cfg.generator.sets) == set(full.generator.sets)
+    assert set(cfg.eval.benchmarks) == set(full.eval.benchmarks)
+    assert cfg.objective == full.objective
+
+
+def test_debug_tiny_shrinks_a_tiny_preset_further(tmp_path: Path) -> None:
+    cfg = _compose("pipeline", ["experiment=comm_ablation_tiny", "debug=tiny"])
+    assert cfg.model.init == "random" and cfg.experiment_name == "comm_ablation_tiny"
+
+
+def test_comm_ablation_sweeps_three_arms() -> None:
+    cfg = _compose("pipeline", ["experiment=comm_ablation_tiny"], hydra_cfg=True)
+    assert cfg.hydra.sweeper.params.communication == "none,random,structured"
+
+
+def _sweep_job(overrides: list[str], arm: str, num: int):
+    cfg = _compose("pipeline", ["experiment=comm_ablation_tiny", *overrides], hydra_cfg=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.job.override_dirname = ",".join(sorted(cfg.hydra.overrides.task))
+        cfg.hydra.job.num = num
+        cfg.hydra.sweep.dir = "runs/multirun/pipeline/2026-01-01_00-00-00"
+    HydraConfig.instance().set_config(cfg)
+    hydra_node = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        name_sweep_job(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    return cfg, hydra_node
+
+
+def test_name_sweep_job_gives_distinct_runs_under_one_sweep() -> None:
+    arms = ["communication=none", "communication=random", "communication=structured"]
+    fixed = ["debug=tiny", "llm.backends.smollm2.model=/m/tiny", "run.name=comm_ablation_tiny"]
+    cfgs = [_sweep_job([*fixed, a], a, i)[0] for i, a in enumerate(arms)]
+    names = [c.run.name for c in cfgs]
+    assert names == [f"comm_ablation_tiny/{a}" for a in arms]
+    assert len({c.run.sweep_id for c in cfgs}) == 1
+    assert {c.experiment_name for c in cfgs} == {"comm_ablation_tiny"}
+    # every stage of an arm reads and writes inside that arm's run dir
+    for c, a in zip(cfgs, arms, strict=True):
+        assert c.simulation_dir.endswith(f"comm_ablation_tiny/{a}/simulate")
+        assert c.data.sft_path.endswith(f"comm_ablation_tiny/{a}/generate/sft.jsonl")
+        assert c.eval.model.checkpoint.endswith(f"comm_ablation_tiny/{a}/train/hf_model")
+    # the arms differ in the simulate config hash, so none reuses another's simulation
+    assert len({config_hash(c, "simulate") for c in cfgs}) == 3

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from matrix.io import write_json
+from matrix.pipeline import arm_name, flags_first, objective_value
+from matrix.validation import ConfigError
+from tests.conftest import ROOT, tiny_llm_overrides
+
+
+def test_arm_name_keeps_only_what_changes_results() -> None:
+    overrides = [
+        "experiment=comm_ablation_tiny",
+        "debug=tiny",
+        "run.name=x",
+        "llm.backends.smollm2.model=/a/b",
+        "optimizer.lr=0.001",
+        "communication=none",
+    ]
+    assert arm_name(overrides) == "communication=none,optimizer.lr=0.001"
+    assert arm_name(["experiment=x"]) == ""
+
+
+def test_multirun_flag_may_follow_overrides() -> None:
+    argv = ["pipeline.py", "experiment=comm_ablation_tiny", "-m", "communication=none,random"]
+    assert flags_first(argv) == [
+        "pipeline.py",
+        "-m",
+        "experiment=comm_ablation_tiny",
+        "communication=none,random",
+    ]
+
+
+def test_objective_value_reads_the_runs_scores(tmp_path: Path) -> None:
+    cfg = OmegaConf.create(
+        {
+            "paths": {"runs_dir": str(tmp_path)},
+            "run": {"name": "a"},
+            "pipeline": {"objective": "alpaca_eval2/win_rate"},
+        }
+    )
+    write_json(
+        tmp_path / "a" / "evaluate" / "scores.json",
+        {"scores": {"alpaca_eval2": {"win_rate": 12.5}}},
+    )
+    assert objective_value(cfg) == 12.5
+    cfg.pipeline.objective = "alpaca_eval2/nope"
+    with pytest.raises(ConfigError, match="alpaca_eval2/win_rate"):
+        objective_value(cfg)
+
+
+# A random-init model never stops by itself and writes no language: keep its rows anyway.
+RANDOM_MODEL_FILTERS = [
+    "generate.filters.drop_truncated=false",
+    "generate.filters.language=null",
+    "generate.filters.min_instruction_chars=1",
+    "generate.filters.refusal_patterns=[]",
+]
+
+
+@pytest.mark.slow
+def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "MATRIX_RUNS_DIR": str(tmp_path),
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(ROOT),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "matrix.pipeline",
+        "experiment=comm_ablation_tiny",
+        "debug=tiny",
+        "run.name=comm_ablation_tiny",
+        *tiny_llm_overrides(tiny_model_dir),
+        *RANDOM_MODEL_FILTERS,
+        "-m",
+        "communication=none,random,structured",
+    ]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    # the filter overrides change results, so they are part of every arm's dir name
+    dirs = sorted(p.name for p in (tmp_path / "comm_ablation_tiny").iterdir())
+    arms = ["communication=none", "communication=random", "communication=structured"]
+    assert [d.split(",")[0] for d in dirs] == arms
+    (sweep,) = (tmp_path / "multirun" / "pipeline").iterdir()
+    md = (sweep / "comparison.md").read_text()
+    # the report names arms by what differs between them
+    assert f"| metric | {' | '.join(arms)} |" in md
+    assert "alpaca_eval2/win_rate" in md and (sweep / "training_loss.png").exists()
