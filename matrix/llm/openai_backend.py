@@ -41,11 +41,9 @@ log = logging.getLogger(__name__)
 
 _CONTEXT_ERROR = re.compile(r"context length|context_length|maximum context|too long", re.I)
 _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)", re.I)
-_PROMPT_SIZE = re.compile(
-    r"(\d+) (?:input )?tokens? (?:in the messages|from the input)|"
-    r"(?:request|prompt|input) has (\d+)|has (\d+) input tokens",
-    re.I,
-)
+# vLLM: "However, your prompt contains at least 2049 input tokens"; OpenAI: "your messages
+# resulted in 9000 tokens"; others: "request has N tokens".
+_PROMPT_SIZE = re.compile(r"(?:contains|has|resulted in|requested)(?: at least)? (\d+)", re.I)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -369,7 +367,7 @@ def _snippet(text: str | None, n: int = 300) -> str:
 
 def _truncate_left(chat: Chat, message: str, max_new_tokens: int) -> Chat:
     """Cut the start of the longest message by the overflow the server reported (or by a
-    quarter when it did not say), keeping the system prompt and the question's end."""
+    quarter when it did not say); the end of a message is where the question usually is."""
     limit = _CONTEXT_LIMIT.search(message)
     size = next((int(g) for m in _PROMPT_SIZE.finditer(message) for g in m.groups() if g), None)
     keep = 0.75
