@@ -289,7 +289,7 @@ class OpenAIBackend:
     async def _complete(
         self, client: openai.AsyncOpenAI, chat: Chat, sampling: Sampling, row: int
     ) -> Completion:
-        for _ in range(4):  # truncate_left shrinks the prompt at most a few times
+        for attempt in range(6):  # truncate_left shrinks the prompt at most a few times
             try:
                 return await self._complete_once(client, chat, sampling)
             except openai.BadRequestError as e:
@@ -305,7 +305,7 @@ class OpenAIBackend:
                         "or set the backend's overflow=truncate_left",
                         row=row,
                     ) from e
-                chat = _truncate_left(chat, e.message or "", sampling.max_new_tokens)
+                chat = _truncate_left(chat, e.message or "", sampling.max_new_tokens, attempt)
             except openai.NotFoundError as e:
                 try:
                     served = await self.served_models(client)
@@ -365,15 +365,18 @@ def _snippet(text: str | None, n: int = 300) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def _truncate_left(chat: Chat, message: str, max_new_tokens: int) -> Chat:
-    """Cut the start of the longest message by the overflow the server reported (or by a
-    quarter when it did not say); the end of a message is where the question usually is."""
+def _truncate_left(chat: Chat, message: str, max_new_tokens: int, attempt: int = 0) -> Chat:
+    """Cut the start of the longest message by the overflow the server reported (servers
+    may only say "at least N tokens", so the character estimate is used when larger, and
+    each further attempt cuts harder); the end of a message is where the question usually is."""
     limit = _CONTEXT_LIMIT.search(message)
-    size = next((int(g) for m in _PROMPT_SIZE.finditer(message) for g in m.groups() if g), None)
+    size = next((int(g) for m in _PROMPT_SIZE.finditer(message) for g in m.groups() if g), 0)
+    size = max(size, estimate_prompt_tokens(chat))
     keep = 0.75
-    if limit and size:
+    if limit:
         room = int(limit.group(1)) - max_new_tokens
         keep = max(0.05, 0.95 * room / max(size, 1))
+    keep = min(keep, 0.8 ** (attempt + 1))
     longest = max(range(len(chat)), key=lambda i: len(chat[i].get("content") or ""))
     content = chat[longest].get("content") or ""
     cut = content[len(content) - int(len(content) * keep) :]
