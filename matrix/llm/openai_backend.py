@@ -331,7 +331,11 @@ class OpenAIBackend:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    resp = await client.chat.completions.create(**req)
+                    try:
+                        resp = await client.chat.completions.create(**req)
+                    except (ValueError, openai.APIResponseValidationError) as e:
+                        # A 2xx body that is not JSON, or JSON that is not a completion.
+                        raise _Garbage(f"{type(e).__name__}: {e}") from e
                     choices = getattr(resp, "choices", None)
                     if not choices or getattr(choices[0], "message", None) is None:
                         raise _Garbage(f"no choices in the answer: {_snippet(str(resp))}")
