@@ -287,3 +287,11 @@ class Roles:
             "total": self.total.as_dict(),
             "budget": {"max_tokens": self.budget.max_tokens, "max_cost": self.budget.max_cost},
         }
+
+    def metrics(self, prefix: str = "llm") -> dict[str, float]:
+        """The ledger flattened for W&B (`llm/judge/cache_hits`, `llm/total/cost`, ...)."""
+        led = self.ledger()
+        flat = {f"{prefix}/total/{k}": v for k, v in led["total"].items()}
+        for role, usage in led["roles"].items():
+            flat.update({f"{prefix}/{role}/{k}": v for k, v in usage.items()})
+        return flat
