@@ -127,7 +127,9 @@ class VLLMBackend:
         limit = engine.llm_engine.model_config.max_model_len - sampling.max_new_tokens
         prompts = []
         for i, chat in enumerate(chats):
-            ids = list(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True))
+            text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            # The template already holds the special tokens (BOS); don't add them twice.
+            ids = tok(text, add_special_tokens=False)["input_ids"]
             if len(ids) > limit:
                 if self.overflow == "error":
                     raise ContextOverflow(
