@@ -19,6 +19,9 @@ class ContextOverflow(LLMError, ValueError):
         super().__init__(message)
         self.row = row
 
+    def __reduce__(self):  # keep `row` across processes (data-parallel replicas, shards)
+        return (type(self), (str(self), self.row))
+
     def at_row(self, row: int) -> ContextOverflow:
         """The same error re-addressed to the caller's row index (batches get re-indexed
         when the cache answers part of them)."""
@@ -48,6 +51,9 @@ class BudgetExhausted(LLMError):
         self.spent = spent
         self.limit = limit
 
+    def __reduce__(self):
+        return (type(self), (str(self), self.spent, self.limit))
+
 
 class StructuredOutputError(LLMError, ValueError):
     """A completion could not be parsed into the requested structure, even after a repair."""
@@ -55,3 +61,6 @@ class StructuredOutputError(LLMError, ValueError):
     def __init__(self, message: str, text: str):
         super().__init__(message)
         self.text = text
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.text))
