@@ -1,0 +1,1 @@
+"""Evaluation suite: benchmark data, judges, statistics and the evaluate stage."""

@@ -1,0 +1,113 @@
+"""AlpacaEval 2: 805 instructions, pairwise against GPT-4-Turbo reference outputs.
+
+The judge sees the upstream `alpaca_eval_clf` prompt with both outputs (order randomised per
+instruction, as upstream) and answers `m` or `M`. Upstream reads the judge's token log-probs to get
+a soft preference; the LLM protocol returns text, so each judgment here is a hard 1 or 2. Raw win
+rate with standard error, and the length-controlled win rate (`matrix.eval.alpaca_lc`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from matrix.eval.alpaca_lc import Pairwise, bundled_difficulty, default_prior, fit_length_controlled
+from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
+from matrix.eval.datafiles import read_jsonl, read_text
+from matrix.eval.judging import judge_batch, parse_alpaca_identifier
+from matrix.eval.winrate import preferences_to_unit, win_rate
+from matrix.llm.protocol import Chat
+
+# LC needs enough rows to fit three coefficients; below this only the raw win rate is reported.
+MIN_ROWS_FOR_LC = 100
+
+
+def chatml_to_chat(text: str) -> Chat:
+    """Split an upstream `<|im_start|>role ... <|im_end|>` template into chat messages."""
+    chat = []
+    for block in text.split("<|im_start|>")[1:]:
+        role, _, content = block.partition("\n")
+        chat.append({"role": role.strip(), "content": content.split("<|im_end|>")[0].strip()})
+    return chat
+
+
+class AlpacaEval2(Benchmark):
+    name = "alpaca_eval2"
+
+    def load(self) -> list[Record]:
+        refs = read_jsonl("alpaca_eval_2/reference_outputs_gpt4_turbo.jsonl.gz")
+        items = [
+            {
+                "id": r["index"],
+                "instruction": r["instruction"],
+                "dataset": r["dataset"],
+                "reference": ref["output"],
+            }
+            for r, ref in zip(read_jsonl("alpaca_eval_2/instructions.jsonl"), refs, strict=True)
+        ]
+        return self.limit(items)
+
+    def answer(self, model: Any, items: list[Record]) -> list[Record]:
+        texts = single_turn(model, [it["instruction"] for it in items], **self.opt("sampling", {}))
+        return [{"id": it["id"], "turns": [t]} for it, t in zip(items, texts, strict=True)]
+
+    def judge(self, judge: Any, items: list[Record], answers: list[Record]) -> list[Record]:
+        template = read_text("alpaca_eval_2/judge/alpaca_eval_clf.txt")
+        ans = by_id(answers)
+        chats, swapped = [], []
+        for it in items:
+            # per-item seeded coin flip: the same item gets the same order on every rerun
+            swap = random.Random(f"{self.opt('seed', 0)}:{it['id']}").random() < 0.5
+            model_out, ref_out = ans[it["id"]]["turns"][0], it["reference"]
+            o1, o2 = (model_out, ref_out) if swap else (ref_out, model_out)
+            text = (
+                template.replace("{instruction}", it["instruction"])
+                .replace("{output_1}", o1)
+                .replace("{output_2}", o2)
+            )
+            chats.append(chatml_to_chat(text))
+            swapped.append(swap)
+        out = judge_batch(judge, chats, parse_alpaca_identifier, **self.opt("judge_sampling", {}))
+        rows = []
+        for it, j, swap in zip(items, out, swapped, strict=True):
+            if j.ok:
+                model_won = (j.verdict == "m") == swap  # "m" names output_1
+                preference = 2.0 if model_won else 1.0
+            else:
+                preference = 1.0  # an unparsed judgment counts as a loss, and is reported
+            rows.append({"id": it["id"], "preference": preference, "swapped": swap, **j.as_dict()})
+        return rows
+
+    def score(self, items: list[Record], answers: list[Record], judgments: list[Record]) -> dict:
+        ans, jud = by_id(answers), by_id(judgments)
+        ids = [it["id"] for it in items]
+        prefs = [jud[i]["preference"] for i in ids]
+        wr = win_rate(prefs)
+        model_len = np.array([len(ans[i]["turns"][0]) for i in ids])
+        ref_len = np.array([len(it["reference"]) for it in items])
+        out: dict[str, Any] = {
+            "win_rate": wr.win_rate,
+            "win_rate_se": wr.standard_error,
+            "win_rate_ci95": [
+                wr.win_rate - 1.96 * wr.standard_error,
+                wr.win_rate + 1.96 * wr.standard_error,
+            ],
+            "n": wr.n_total,
+            "judge_failures": sum(not jud[i]["ok"] for i in ids),
+            "avg_length": float(model_len.mean()),
+            "avg_length_reference": float(ref_len.mean()),
+        }
+        if len(ids) >= MIN_ROWS_FOR_LC and 0 < wr.win_rate < 100:
+            pairs = Pairwise(preferences_to_unit(prefs), model_len, ref_len)
+            fit = fit_length_controlled(
+                pairs, bundled_difficulty()[np.array(ids)], prior=default_prior()
+            )
+            out["length_controlled_win_rate"] = fit.length_controlled_win_rate
+        return out
+
+    def per_item_lengths(self, items: list[Record], answers: list[Record], judgments: list[Record]):
+        """(answer length, P(win)) per item, for the win-rate-vs-length plot."""
+        ans, jud = by_id(answers), by_id(judgments)
+        return [(len(ans[i["id"]]["turns"][0]), jud[i["id"]]["preference"] - 1) for i in items]

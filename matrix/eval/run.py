@@ -1,0 +1,176 @@
+"""The evaluate stage: answer each benchmark with the model under test, judge, score, report.
+
+    eval:
+      model: {checkpoint: path/to/folder} | {role: responder}   # model under test
+      sampling: {max_new_tokens: 1024, temperature: 0.0}          # its decoding defaults
+      benchmarks: {alpaca_eval2: {limit: 20}, ...}                 # from conf/eval/*.yaml
+      chunk_size: 64                                               # rows per cached batch
+      compare: null | [dirA, dirB]                                 # side-by-side instead
+
+The judge is the `judge` role of `llm`. Answers and judgments go to
+<stage dir>/<benchmark>/{answers,judgments}.jsonl keyed by item id; a rerun skips ids already
+present, so an interrupted evaluation resumes where it stopped without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from matrix.eval.benchmarks import BENCHMARKS
+from matrix.eval.benchmarks.base import Benchmark, Record
+from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
+from matrix.io import JsonlLog, read_json, write_json
+from matrix.llm.protocol import Sampling
+from matrix.llm.roles import RoleLLM, Roles
+from matrix.stage import open_stage
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: DictConfig) -> None:
+    """All config errors at once, before any model is loaded."""
+    errors = []
+    ev = cfg.get("eval")
+    if ev is None:
+        raise ValueError(
+            "config has no `eval` section; add `eval=demo` (or another conf/eval/ file)"
+        )
+    if ev.get("compare"):
+        if len(ev.compare) != 2:
+            errors.append("eval.compare must list exactly two evaluate stage dirs")
+        for d in ev.compare:
+            if not (Path(d) / "scores.json").exists():
+                errors.append(
+                    f"eval.compare: {d}/scores.json not found (run the evaluate stage there first)"
+                )
+    else:
+        unknown = set(ev.get("benchmarks") or {}) - set(BENCHMARKS)
+        if unknown:
+            errors.append(
+                f"eval.benchmarks has unknown {sorted(unknown)}; known: {sorted(BENCHMARKS)}"
+            )
+        if not ev.get("benchmarks"):
+            errors.append("eval.benchmarks is empty; pick a preset such as eval=suite or eval=demo")
+        model = ev.get("model") or {}
+        if bool(model.get("checkpoint")) == bool(model.get("role")):
+            errors.append(
+                "set exactly one of eval.model.checkpoint (a model folder) or eval.model.role"
+            )
+        if model.get("checkpoint") and not Path(model.checkpoint).exists():
+            errors.append(f"eval.model.checkpoint={model.checkpoint} does not exist")
+    if errors:
+        raise ValueError("invalid evaluate config:\n  - " + "\n  - ".join(errors))
+
+
+def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
+    ev = cfg.eval
+    sampling = Sampling(**OmegaConf.to_container(ev.get("sampling") or {}, resolve=True))
+    if ev.model.get("checkpoint"):
+        from matrix.llm.hf import HFBackend
+
+        return RoleLLM("model", HFBackend(model=str(ev.model.checkpoint)), sampling)
+    role = roles.get(str(ev.model.role))
+    return RoleLLM("model", role.backend, sampling)
+
+
+def _cached(path: Path, todo: list[Record], compute, chunk: int) -> list[Record]:
+    """Rows for `todo` from the JSONL cache, computing (and appending) the missing ones."""
+    jl = JsonlLog(path)
+    have = {r["id"]: r for r in jl.read()}  # a later duplicate would win, but none are written
+    missing = [it for it in todo if it["id"] not in have]
+    for start in range(0, len(missing), chunk):
+        part = missing[start : start + chunk]
+        rows = compute(part)
+        jl.append(rows)
+        have.update({r["id"]: r for r in rows})
+        log.info("%s: %d/%d", path.name, len(todo) - len(missing) + start + len(part), len(todo))
+    return [have[it["id"]] for it in todo]
+
+
+def evaluate_benchmark(
+    bench: Benchmark, model: Any, judge_fn, out_dir: Path, chunk: int
+) -> tuple[dict, list[Record], list[Record], list[Record]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = bench.load()
+    answers = _cached(
+        out_dir / "answers.jsonl", items, lambda part: bench.answer(model, part), chunk
+    )
+    ans_by_id = {a["id"]: a for a in answers}
+    judge = judge_fn() if bench.uses_judge else None
+    judgments = _cached(
+        out_dir / "judgments.jsonl",
+        items,
+        lambda part: bench.judge(judge, part, [ans_by_id[it["id"]] for it in part]),
+        chunk,
+    )
+    return bench.score(items, answers, judgments), items, answers, judgments
+
+
+def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
+    """Run the evaluate stage; returns the scores (or the comparison rows with `compare`)."""
+    validate(cfg)
+    run = open_stage(cfg, "evaluate")
+    ev = cfg.eval
+    if ev.get("compare"):
+        a, b = (read_json(Path(d) / "scores.json") for d in ev.compare)
+        table, rows = compare(a["scores"], b["scores"], (a["model"], b["model"]))
+        (run.dir / "compare.md").write_text(table, encoding="utf-8")
+        write_json(run.dir / "compare.json", rows)
+        run.finish(counts={"compared": len(rows)}, inputs={"a": ev.compare[0], "b": ev.compare[1]})
+        return {"compare": rows}
+
+    roles = roles or Roles(cfg.llm)
+    model = model_under_test(cfg, roles)
+    chunk = int(ev.get("chunk_size") or 64)
+    scores: dict[str, dict] = {}
+    for name, bcfg in ev.benchmarks.items():
+        bench = BENCHMARKS[name](bcfg)
+        log.info("evaluate: %s", name)
+        s, items, answers, judgments = evaluate_benchmark(
+            bench, model, lambda: roles.get("judge"), run.dir / name, chunk
+        )
+        scores[name] = s
+        run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})
+        if name == "alpaca_eval2" and len(items) >= 5:
+            plot_winrate_vs_length(
+                bench.per_item_lengths(items, answers, judgments),
+                run.dir / "alpaca_eval2_winrate_vs_length.png",
+            )
+    judge_name = roles.get("judge").name if any(BENCHMARKS[n].uses_judge for n in scores) else "-"
+    write_json(
+        run.dir / "scores.json", {"model": model.name, "judge": judge_name, "scores": scores}
+    )
+    plot_scores(scores, run.dir / "scores.png")
+    write_report(run.dir, model.name, judge_name, scores)
+    flat = {
+        f"{b}/{k}": v for b, s in scores.items() for k, v in s.items() if isinstance(v, int | float)
+    }
+    run.summary(flat)
+    _log_table(run, scores)
+    ledger = roles.ledger()
+    ledger["roles"]["model"] = model.usage.as_dict()
+    run.finish(
+        counts={f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()},
+        extra={"ledger": ledger, "model": model.name, "judge": judge_name},
+    )
+    return scores
+
+
+def _log_table(run, scores: dict[str, dict]) -> None:
+    if run.wandb_run is None:
+        return
+    import wandb
+
+    rows = [
+        [b, k, float(v)]
+        for b, s in scores.items()
+        for k, v in s.items()
+        if isinstance(v, int | float)
+    ]
+    run.wandb_run.log(
+        {"eval/scores": wandb.Table(columns=["benchmark", "metric", "value"], data=rows)}
+    )

@@ -1,0 +1,55 @@
+"""Structured communication, part 1: who shares a modulator.
+
+Profiles are embedded and clustered with size-constrained K-means (the paper: K=200 groups of
+1-10 agents for 1,000 agents), using the maintained `k-means-constrained` package.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from matrix.validation import ConfigError
+
+
+class GroupingError(ConfigError):
+    pass
+
+
+def check_bounds(n_agents: int, k: int, size_min: int, size_max: int) -> None:
+    """Raise if no grouping of n_agents into k groups can respect the size bounds."""
+    problems = []
+    if k < 1:
+        problems.append(f"communication.k={k}: must be >= 1")
+    if size_min < 1:
+        problems.append(f"communication.size_min={size_min}: must be >= 1")
+    if size_max < size_min:
+        problems.append(f"communication.size_max={size_max} < size_min={size_min}")
+    if not problems and k * size_min > n_agents:
+        problems.append(
+            f"communication.k={k} groups x size_min={size_min} needs {k * size_min} agents, "
+            f"the population has {n_agents}; lower k or size_min"
+        )
+    if not problems and k * size_max < n_agents:
+        problems.append(
+            f"communication.k={k} groups x size_max={size_max} holds only {k * size_max} of "
+            f"{n_agents} agents; raise k (>= {math.ceil(n_agents / size_max)}) or size_max"
+        )
+    if problems:
+        raise GroupingError("; ".join(problems))
+
+
+def constrained_groups(vectors: np.ndarray, k: int, size_min: int, size_max: int, seed: int) -> list[int]:
+    """Group label per row; every group holds between size_min and size_max rows."""
+    n = len(vectors)
+    check_bounds(n, k, size_min, size_max)
+    if k == 1:
+        return [0] * n
+    from k_means_constrained import KMeansConstrained
+
+    km = KMeansConstrained(
+        n_clusters=k, size_min=size_min, size_max=size_max, random_state=seed, n_init=4, n_jobs=1
+    )
+    labels = km.fit_predict(np.asarray(vectors, dtype=np.float64))
+    return [int(x) for x in labels]

@@ -1,0 +1,201 @@
+"""Profiles in, agents out: load (JSONL or CSV, any field names), anonymize, sample."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from matrix.schemas import Profile
+from matrix.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "matrix:"
+REQUIRED_FIELDS = ("id", "persona")
+
+# Neutral pseudonyms for rule-based anonymization; seeded shuffle so the same config gives the
+# same names.
+_PSEUDONYMS = (
+    "Alex Rivera", "Sam Okafor", "Jordan Lee", "Taylor Novak", "Casey Morgan", "Riley Chen",
+    "Morgan Silva", "Jamie Patel", "Avery Kim", "Quinn Murphy", "Drew Santos", "Parker Ng",
+    "Reese Adams", "Rowan Ali", "Skyler Brooks", "Emerson Cruz", "Hayden Park", "Kendall Diaz",
+    "Logan Weiss", "Micah Hughes", "Noel Fischer", "Peyton Rossi", "Sage Kowalski", "Blair Ito",
+    "Cameron Yusuf", "Dakota Berg", "Elliot Moreau", "Finley Costa", "Harper Lund", "Jesse Nair",
+)
+
+
+class ProfileError(ConfigError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    path: str
+    lines: int
+    loaded: int
+    skipped: tuple[str, ...]
+
+
+def resolve_data_path(path: str) -> Path:
+    """`matrix:data/...` -> a file shipped inside the package; anything else as given."""
+    if path.startswith(PACKAGE_PREFIX):
+        return Path(__file__).resolve().parents[1] / path[len(PACKAGE_PREFIX) :]
+    return Path(path).expanduser()
+
+
+def _rows(path: Path, fmt: str):
+    """(line number, row or error message) for every record of a JSONL or CSV file."""
+    fmt = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for i, row in enumerate(csv.DictReader(f), 2):
+                yield i, row
+        return
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield i, f"invalid UTF-8 at byte {e.start}"
+                continue
+            except json.JSONDecodeError as e:
+                yield i, f"not valid JSON ({e.msg})"
+                continue
+            yield i, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+
+
+def _as_list(value) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("["):
+            try:
+                value = json.loads(s.replace("'", '"'))
+            except json.JSONDecodeError:
+                value = [x.strip(" '\"") for x in s.strip("[]").split(",")]
+        else:
+            value = [x.strip() for x in s.split(";") if x.strip()]
+    return tuple(str(x) for x in value if str(x).strip())
+
+
+def _to_profile(row: Mapping, fields: Mapping[str, str | None], max_chars: int) -> Profile:
+    def get(key: str) -> object:
+        src = fields.get(key)
+        return row.get(src) if src else None
+
+    missing = [f"{k} (column '{fields.get(k)}')" for k in REQUIRED_FIELDS if not str(get(k) or "").strip()]
+    if missing:
+        raise ProfileError(f"missing or empty: {', '.join(missing)}")
+    for key in ("name", "bio", "persona", "handle"):
+        v = get(key)
+        if v is not None and not isinstance(v, str | int | float):
+            raise ProfileError(f"field '{fields.get(key)}' should be text, got {type(v).__name__}")
+    text = {k: str(get(k) or "").strip()[:max_chars] for k in ("name", "bio", "persona", "handle")}
+    return Profile(
+        id=str(get("id")).strip(),
+        name=text["name"] or str(get("id")),
+        bio=text["bio"],
+        persona=text["persona"],
+        handle=text["handle"],
+        topics=_as_list(get("topics")),
+        posts=_as_list(get("posts")),
+    )
+
+
+def load_profiles(
+    path: str,
+    fields: Mapping[str, str | None],
+    fmt: str = "auto",
+    on_error: str = "skip",
+    max_chars: int = 4000,
+    min_age: int | None = None,
+) -> tuple[list[Profile], LoadReport]:
+    """Read every profile; malformed lines are reported with their line number and skipped
+    (`on_error=skip`) or fail the run (`on_error=fail`)."""
+    p = resolve_data_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"population.path: no file at {p}; point population.path at a JSONL or CSV file of "
+            "profiles, or use population=default (the 1,000 shipped profiles)"
+        )
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"population.on_error={on_error!r}: use 'skip' or 'fail'")
+    profiles: list[Profile] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    lines = 0
+    for lineno, row in _rows(p, fmt):
+        lines += 1
+        try:
+            if isinstance(row, str):
+                raise ProfileError(row)
+            prof = _to_profile(row, fields, max_chars)
+            if prof.id in seen:
+                raise ProfileError(f"duplicate id '{prof.id}'")
+            if min_age is not None and (age := _stated_age(prof.persona)) is not None and age < min_age:
+                continue
+        except ProfileError as e:
+            msg = f"{p}:{lineno}: {e}"
+            if on_error == "fail":
+                raise ProfileError(f"{msg} (set population.on_error=skip to skip such lines)") from None
+            log.warning("skipping profile: %s", msg)
+            skipped.append(msg)
+            continue
+        seen.add(prof.id)
+        profiles.append(prof)
+    if not profiles:
+        raise ProfileError(f"{p}: no usable profile among {lines} lines; check population.fields")
+    return profiles, LoadReport(str(p), lines, len(profiles), tuple(skipped))
+
+
+def _stated_age(text: str) -> int | None:
+    m = re.search(r"(\d{1,2})-year-old", text)
+    return int(m.group(1)) if m else None
+
+
+def sample_profiles(profiles: list[Profile], size: int | None, seed: int) -> list[Profile]:
+    if size is None or size >= len(profiles):
+        return list(profiles)
+    rng = random.Random(seed)
+    return sorted(rng.sample(profiles, size), key=lambda p: p.id)
+
+
+def anonymize_rules(profiles: list[Profile], seed: int) -> list[Profile]:
+    """Replace each profile's own name and handle (and any @handle, URL) with a pseudonym.
+
+    The LLM pass (`population.anonymize=llm`, see agents.py) also removes places and other
+    people's names; this rule pass is exact for the fields we know and costs nothing.
+    """
+    rng = random.Random(seed)
+    names = list(_PSEUDONYMS)
+    rng.shuffle(names)
+    out = []
+    for i, p in enumerate(profiles):
+        pseudo = names[i % len(names)] + ("" if i < len(names) else f" {i // len(names) + 1}")
+        first = pseudo.split()[0]
+
+        def scrub(text: str, p=p, pseudo=pseudo, first=first) -> str:
+            if p.name:
+                text = re.sub(re.escape(p.name), pseudo, text, flags=re.IGNORECASE)
+                for part in p.name.split():
+                    if len(part) > 2:
+                        text = re.sub(rf"\b{re.escape(part)}\b", first, text)
+            if p.handle:
+                text = re.sub(re.escape(p.handle), pseudo.replace(" ", ""), text, flags=re.IGNORECASE)
+            text = re.sub(r"https?://\S+", "[link]", text)
+            return re.sub(r"@\w+", "@user", text)
+
+        out.append(
+            replace(p, name=pseudo, handle="", bio=scrub(p.bio), persona=scrub(p.persona),
+                    posts=tuple(scrub(x) for x in p.posts))
+        )
+    return out

@@ -1,0 +1,17 @@
+"""Run the MATRIX simulation: python simulate.py [population=...] [communication=...]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from matrix.cli import run_stage
+
+
+@hydra.main(config_path="conf", config_name="simulate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from matrix.sim.run import run_simulate
+
+    run_stage(run_simulate, cfg)
+
+
+if __name__ == "__main__":
+    main()
