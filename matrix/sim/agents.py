@@ -54,31 +54,52 @@ def anonymize_llm(llm: RoleLLM, prompts: Mapping, profiles: list[Profile]) -> li
     or places. Falls back to the rule-anonymized text when the answer is empty."""
     from dataclasses import replace
 
-    chats = [render_prompt(prompts["anonymize"], "agent.prompts.anonymize", **profile_fields(p)) for p in profiles]
+    chats = [
+        render_prompt(prompts["anonymize"], "agent.prompts.anonymize", **profile_fields(p))
+        for p in profiles
+    ]
     outs = llm.generate(chats)
-    return [replace(p, persona=_clean(o.text, p.persona, 2000)) for p, o in zip(profiles, outs, strict=True)]
+    return [
+        replace(p, persona=_clean(o.text, p.persona, 2000))
+        for p, o in zip(profiles, outs, strict=True)
+    ]
 
 
-def create_agents(llm: RoleLLM, prompts: Mapping, profiles: Sequence[Profile], groups: Sequence[int]) -> list[Agent]:
+def create_agents(
+    llm: RoleLLM, prompts: Mapping, profiles: Sequence[Profile], groups: Sequence[int]
+) -> list[Agent]:
     """Goal, personality and an initial plan for every agent: three batched calls."""
-    agents = [Agent(index=i, profile=p, group=g) for i, (p, g) in enumerate(zip(profiles, groups, strict=True))]
+    agents = [
+        Agent(index=i, profile=p, group=g)
+        for i, (p, g) in enumerate(zip(profiles, groups, strict=True))
+    ]
     for key, attr in (("goal", "goal"), ("personality", "personality")):
-        chats = [render_prompt(prompts[key], f"agent.prompts.{key}", **profile_fields(a.profile)) for a in agents]
+        chats = [
+            render_prompt(prompts[key], f"agent.prompts.{key}", **profile_fields(a.profile))
+            for a in agents
+        ]
         for a, c in zip(agents, llm.generate(chats, temperature=0.0), strict=True):
             setattr(a, attr, _clean(c.text, f"(no {attr} stated)"))
     revise_plans(llm, prompts, agents, round_=0, key="plan")
     return agents
 
 
-def revise_plans(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, key: str = "revise_plan") -> None:
+def revise_plans(
+    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, key: str = "revise_plan"
+) -> None:
     if not agents:
         return
-    chats = [render_prompt(prompts[key], f"agent.prompts.{key}", **agent_fields(a, round_)) for a in agents]
+    chats = [
+        render_prompt(prompts[key], f"agent.prompts.{key}", **agent_fields(a, round_))
+        for a in agents
+    ]
     for a, c in zip(agents, llm.generate(chats, temperature=0.0), strict=True):
         a.plan = _clean(c.text, a.plan or "(no plan yet)", 600)
 
 
-def act(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, seed: int) -> list[str]:
+def act(
+    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, seed: int
+) -> list[str]:
     """One action per agent: the with-observation prompt when its inbox holds something."""
     chats = []
     for a in agents:
@@ -96,7 +117,9 @@ def act(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, se
     return actions
 
 
-def summarize_memories(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], max_items: int, keep: int) -> int:
+def summarize_memories(
+    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], max_items: int, keep: int
+) -> int:
     """Fold the oldest memories of agents over `max_items` into their running summary."""
     over = [a for a in agents if len(a.memory) > max_items]
     if not over:
@@ -104,9 +127,14 @@ def summarize_memories(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], 
     chats = []
     for a in over:
         old = a.memory[: len(a.memory) - keep]
-        fields = {**agent_fields(a), "old_memories": "\n".join(f"- {m}" for m in old),
-                  "summary": a.memory_summary or "(none)"}
-        chats.append(render_prompt(prompts["memory_summary"], "agent.prompts.memory_summary", **fields))
+        fields = {
+            **agent_fields(a),
+            "old_memories": "\n".join(f"- {m}" for m in old),
+            "summary": a.memory_summary or "(none)",
+        }
+        chats.append(
+            render_prompt(prompts["memory_summary"], "agent.prompts.memory_summary", **fields)
+        )
     for a, c in zip(over, llm.generate(chats, temperature=0.0), strict=True):
         a.memory_summary = _clean(c.text, a.memory_summary, 800)
         a.memory = a.memory[len(a.memory) - keep :]
@@ -117,7 +145,10 @@ def check_goals(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_:
     """Ask each active agent whether its goal is reached; mark those who say yes."""
     if not agents:
         return 0
-    chats = [render_prompt(prompts["goal_check"], "agent.prompts.goal_check", **agent_fields(a, round_)) for a in agents]
+    chats = [
+        render_prompt(prompts["goal_check"], "agent.prompts.goal_check", **agent_fields(a, round_))
+        for a in agents
+    ]
     n = 0
     for a, c in zip(agents, llm.generate(chats, temperature=0.0, max_new_tokens=4), strict=True):
         if _YES.match(c.text or ""):
