@@ -88,18 +88,28 @@ def bench(
         inner = TimedBackend(backend)
         role = layer_roles(inner, tmp).get("bench")
         d_times, l_times, own, d_tok, l_tok = [], [], [], 0, 0
-        for r in range(repeats):  # interleaved, so drift hits both paths alike
-            dt, d_tok = timed(lambda r=r: direct(prompts(n, f"d{r}"), sampling))
-            before = inner.seconds
-            lt, l_tok = timed(
-                lambda r=r: sum(
-                    c.completion_tokens
-                    for c in role.generate(prompts(n, f"l{r}"), max_new_tokens=new_tokens)
+        for r in range(repeats):
+            # Interleaved, and the order swapped every repeat, so drift and warm-up effects
+            # hit both paths alike.
+            def run_direct(r: int = r) -> None:
+                nonlocal d_tok
+                dt, d_tok = timed(lambda: direct(prompts(n, f"d{r}"), sampling))
+                d_times.append(dt)
+
+            def run_layer(r: int = r) -> None:
+                nonlocal l_tok
+                before = inner.seconds
+                lt, l_tok = timed(
+                    lambda: sum(
+                        c.completion_tokens
+                        for c in role.generate(prompts(n, f"l{r}"), max_new_tokens=new_tokens)
+                    )
                 )
-            )
-            d_times.append(dt)
-            l_times.append(lt)
-            own.append((lt - (inner.seconds - before)) / (inner.seconds - before))
+                l_times.append(lt)
+                own.append((lt - (inner.seconds - before)) / (inner.seconds - before))
+
+            for step in (run_direct, run_layer) if r % 2 == 0 else (run_layer, run_direct):
+                step()
         warm = [timed(lambda r=r: len(role.generate(prompts(n, f"l{r}"), max_new_tokens=new_tokens)))[0]
                 for r in range(repeats)]  # fmt: skip
     d, lay, w = statistics.median(d_times), statistics.median(l_times), statistics.median(warm)
@@ -143,7 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--server", action="store_true", help="start a local vLLM server")
     ap.add_argument("--base-url", default=None, help="an already running server")
