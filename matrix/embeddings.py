@@ -20,13 +20,8 @@ DEFAULT_ENCODER = f"{EMBEDDED_PREFIX}{MINILM}"
 
 
 class Encoder:
-    def __init__(
-        self,
-        model: str = DEFAULT_ENCODER,
-        cache_dir: str | Path | None = None,
-        batch_size: int = 64,
-        device: str = "cpu",
-    ):
+    def __init__(self, model: str = DEFAULT_ENCODER, cache_dir: str | Path | None = None,
+                 batch_size: int = 64, device: str = "cpu"):
         self.model_spec = model
         self.batch_size = batch_size
         self.device = device
@@ -44,9 +39,7 @@ class Encoder:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(
-                resolve_model_path(self.model_spec), device=self.device
-            )
+            self._model = SentenceTransformer(resolve_model_path(self.model_spec), device=self.device)
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -62,27 +55,17 @@ class Encoder:
                     found[k] = np.frombuffer(v, dtype=np.float32)
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         if todo:
-            vecs = (
-                self._load()
-                .encode(
-                    [t for _, t in todo],
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-                .astype(np.float32)
-            )
+            vecs = self._load().encode(
+                [t for _, t in todo], batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            ).astype(np.float32)
             for (k, _), v in zip(todo, vecs, strict=True):
                 found[k] = v
             if self._db is not None:
                 with self._db:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
-                        [
-                            (self.model_spec, k, v.tobytes())
-                            for (k, _), v in zip(todo, vecs, strict=True)
-                        ],
+                        [(self.model_spec, k, v.tobytes()) for (k, _), v in zip(todo, vecs, strict=True)],
                     )
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)

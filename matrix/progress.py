@@ -11,10 +11,6 @@ def progress() -> Progress:
     # Only rank zero draws bars in multi-process runs.
     quiet = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("MATRIX_NO_PROGRESS") == "1"
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=quiet,
-        transient=False,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=quiet, transient=False,
     )

@@ -52,9 +52,35 @@ def resolved_config(cfg: DictConfig) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 
 
-def config_hash(cfg: DictConfig | dict, exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS) -> str:
+# The config keys each stage's outputs depend on. The config hash covers only these, so the
+# same stage composed from its own script or from the whole-loop pipeline hashes the same, and
+# a change to training settings does not invalidate a finished simulation.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "simulate": (
+        "seed",
+        "llm",
+        "population",
+        "communication",
+        "agent",
+        "simulation",
+        "scenario",
+        "embedding",
+        "shard",
+    ),
+    "generate": ("seed", "llm", "generator", "generate", "simulation_dir", "embedding", "shard"),
+    "train": ("seed", "data", "model", "optimizer", "scheduler", "trainer", "objective", "train",
+              "dpo"),
+    "evaluate": ("seed", "llm", "eval", "shard"),
+}
+
+
+def config_hash(
+    cfg: DictConfig | dict, stage: str | None = None, exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS
+) -> str:
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k not in exclude}
+    if stage in STAGE_KEYS:
+        data = {k: v for k, v in data.items() if k in STAGE_KEYS[stage]}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -117,6 +143,7 @@ class StageRun:
             "schema_version": SCHEMA_VERSION,
             "config_hash": self.config_hash,
             "git_sha": git_sha(),
+            "complete": True,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - self.started, 2),
             "host": {"python": platform.python_version(), "machine": platform.machine()},
@@ -137,10 +164,22 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage
 
 
+def finished_manifest(cfg: DictConfig, stage: str) -> dict | None:
+    """The stage's manifest if it finished with this very config (same hash), else None."""
+    path = stage_dir(cfg, stage) / "manifest.json"
+    if not path.exists():
+        return None
+
+    m = json.loads(path.read_text(encoding="utf-8"))
+    return m if m.get("complete") and m.get("config_hash") == config_hash(cfg, stage) else None
+
+
 def open_stage(cfg: DictConfig, stage: str) -> StageRun:
     out = stage_dir(cfg, stage)
     out.mkdir(parents=True, exist_ok=True)
-    run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg))
+    # A stage that starts (or resumes) is no longer complete until it finishes again.
+    (out / "manifest.json").unlink(missing_ok=True)
+    run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg, stage))
     run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash)
     log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)
     return run

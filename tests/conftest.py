@@ -1,4 +1,62 @@
+"""Shared fixtures: a tiny random-init Llama with the SmolLM2 tokenizer (fast, deterministic,
+real transformers code paths) and configs composed from the real conf/ tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_llama(out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from matrix.llm.embedded import smollm2_hf_dir
+
+    tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def tiny_llm_overrides(model_dir: Path) -> list[str]:
+    """Hydra overrides that put every LLM role on the tiny random model."""
+    return [
+        f"llm.backends.smollm2.model={model_dir}",
+        "llm.backends.smollm2.batch_size=64",
+    ]
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from matrix.io import JsonlLog, read_json, write_json
 from matrix.llm.protocol import Sampling
 from matrix.llm.roles import RoleLLM, Roles
 from matrix.stage import open_stage
+from matrix.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def validate(cfg: DictConfig) -> None:
     errors = []
     ev = cfg.get("eval")
     if ev is None:
-        raise ValueError(
+        raise ConfigError(
             "config has no `eval` section; add `eval=demo` (or another conf/eval/ file)"
         )
     if ev.get("compare"):
@@ -63,7 +64,7 @@ def validate(cfg: DictConfig) -> None:
         if model.get("checkpoint") and not Path(model.checkpoint).exists():
             errors.append(f"eval.model.checkpoint={model.checkpoint} does not exist")
     if errors:
-        raise ValueError("invalid evaluate config:\n  - " + "\n  - ".join(errors))
+        raise ConfigError("invalid evaluate config:\n  - " + "\n  - ".join(errors))
 
 
 def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:

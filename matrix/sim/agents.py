@@ -21,7 +21,33 @@ _YES = re.compile(r"^\W*(yes|yeah|yep|achieved|done|true)\b", re.IGNORECASE)
 def _clean(text: str, fallback: str, max_chars: int = 400) -> str:
     text = " ".join((text or "").split())
     text = re.sub(r"^(goal|personality|answer|plan)\s*:\s*", "", text, flags=re.IGNORECASE)
-    return text[:max_chars] if text else fallback
+    text = whole_sentences(text[:max_chars])
+    return text if text else fallback
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """Drop a trailing half sentence (a generation cut by max_new_tokens) and sentences that
+    repeat verbatim; small models loop, and a story made of whole, distinct sentences reads
+    as English."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] < len(text.rstrip()):
+        text = text[: ends[-1]]
+    seen, kept = set(), []
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        sent = text[start : m.end()].strip()
+        start = m.end()
+        key = sent.lower()
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sent)
+    tail = text[start:].strip()
+    if tail and tail.lower() not in seen:
+        kept.append(tail)
+    return " ".join(kept)
 
 
 def profile_fields(p: Profile) -> dict[str, str]:
@@ -35,10 +61,18 @@ def profile_fields(p: Profile) -> dict[str, str]:
     }
 
 
+# Prompt budget: every action prompt carries profile, goal, plan and memory, and prefill is
+# most of a round's compute on small machines, so each part is capped.
+MEMORY_SHOWN = 4
+MEMORY_ITEM_CHARS = 160
+PROFILE_CHARS = 400
+
+
 def agent_fields(a: Agent, round_: int = 0) -> dict[str, Any]:
-    memory = a.memory[-6:]
+    memory = [m[:MEMORY_ITEM_CHARS] for m in a.memory[-MEMORY_SHOWN:]]
     return {
         **profile_fields(a.profile),
+        "profile": a.profile.describe(PROFILE_CHARS),
         "goal": a.goal,
         "personality": a.personality,
         "plan": a.plan,
@@ -54,52 +88,31 @@ def anonymize_llm(llm: RoleLLM, prompts: Mapping, profiles: list[Profile]) -> li
     or places. Falls back to the rule-anonymized text when the answer is empty."""
     from dataclasses import replace
 
-    chats = [
-        render_prompt(prompts["anonymize"], "agent.prompts.anonymize", **profile_fields(p))
-        for p in profiles
-    ]
+    chats = [render_prompt(prompts["anonymize"], "agent.prompts.anonymize", **profile_fields(p)) for p in profiles]
     outs = llm.generate(chats)
-    return [
-        replace(p, persona=_clean(o.text, p.persona, 2000))
-        for p, o in zip(profiles, outs, strict=True)
-    ]
+    return [replace(p, persona=_clean(o.text, p.persona, 2000)) for p, o in zip(profiles, outs, strict=True)]
 
 
-def create_agents(
-    llm: RoleLLM, prompts: Mapping, profiles: Sequence[Profile], groups: Sequence[int]
-) -> list[Agent]:
+def create_agents(llm: RoleLLM, prompts: Mapping, profiles: Sequence[Profile], groups: Sequence[int]) -> list[Agent]:
     """Goal, personality and an initial plan for every agent: three batched calls."""
-    agents = [
-        Agent(index=i, profile=p, group=g)
-        for i, (p, g) in enumerate(zip(profiles, groups, strict=True))
-    ]
+    agents = [Agent(index=i, profile=p, group=g) for i, (p, g) in enumerate(zip(profiles, groups, strict=True))]
     for key, attr in (("goal", "goal"), ("personality", "personality")):
-        chats = [
-            render_prompt(prompts[key], f"agent.prompts.{key}", **profile_fields(a.profile))
-            for a in agents
-        ]
+        chats = [render_prompt(prompts[key], f"agent.prompts.{key}", **profile_fields(a.profile)) for a in agents]
         for a, c in zip(agents, llm.generate(chats, temperature=0.0), strict=True):
             setattr(a, attr, _clean(c.text, f"(no {attr} stated)"))
     revise_plans(llm, prompts, agents, round_=0, key="plan")
     return agents
 
 
-def revise_plans(
-    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, key: str = "revise_plan"
-) -> None:
+def revise_plans(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, key: str = "revise_plan") -> None:
     if not agents:
         return
-    chats = [
-        render_prompt(prompts[key], f"agent.prompts.{key}", **agent_fields(a, round_))
-        for a in agents
-    ]
+    chats = [render_prompt(prompts[key], f"agent.prompts.{key}", **agent_fields(a, round_)) for a in agents]
     for a, c in zip(agents, llm.generate(chats, temperature=0.0), strict=True):
         a.plan = _clean(c.text, a.plan or "(no plan yet)", 600)
 
 
-def act(
-    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, seed: int
-) -> list[str]:
+def act(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_: int, seed: int) -> list[str]:
     """One action per agent: the with-observation prompt when its inbox holds something."""
     chats = []
     for a in agents:
@@ -117,9 +130,7 @@ def act(
     return actions
 
 
-def summarize_memories(
-    llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], max_items: int, keep: int
-) -> int:
+def summarize_memories(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], max_items: int, keep: int) -> int:
     """Fold the oldest memories of agents over `max_items` into their running summary."""
     over = [a for a in agents if len(a.memory) > max_items]
     if not over:
@@ -127,14 +138,9 @@ def summarize_memories(
     chats = []
     for a in over:
         old = a.memory[: len(a.memory) - keep]
-        fields = {
-            **agent_fields(a),
-            "old_memories": "\n".join(f"- {m}" for m in old),
-            "summary": a.memory_summary or "(none)",
-        }
-        chats.append(
-            render_prompt(prompts["memory_summary"], "agent.prompts.memory_summary", **fields)
-        )
+        fields = {**agent_fields(a), "old_memories": "\n".join(f"- {m}" for m in old),
+                  "summary": a.memory_summary or "(none)"}
+        chats.append(render_prompt(prompts["memory_summary"], "agent.prompts.memory_summary", **fields))
     for a, c in zip(over, llm.generate(chats, temperature=0.0), strict=True):
         a.memory_summary = _clean(c.text, a.memory_summary, 800)
         a.memory = a.memory[len(a.memory) - keep :]
@@ -145,10 +151,7 @@ def check_goals(llm: RoleLLM, prompts: Mapping, agents: Sequence[Agent], round_:
     """Ask each active agent whether its goal is reached; mark those who say yes."""
     if not agents:
         return 0
-    chats = [
-        render_prompt(prompts["goal_check"], "agent.prompts.goal_check", **agent_fields(a, round_))
-        for a in agents
-    ]
+    chats = [render_prompt(prompts["goal_check"], "agent.prompts.goal_check", **agent_fields(a, round_)) for a in agents]
     n = 0
     for a, c in zip(agents, llm.generate(chats, temperature=0.0, max_new_tokens=4), strict=True):
         if _YES.match(c.text or ""):

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decision:
     observers: tuple[int, ...]  # agent indices
-    how: str  # modulator | retry | fallback | random | none
+    how: str                    # modulator | retry | fallback | random | none
     reason: str = ""
 
 
@@ -48,26 +48,19 @@ class Group:
 
 def members_text(group: Group, agents: Sequence[Agent]) -> str:
     return "\n".join(
-        f"{local}: {agents[i].name} - {agents[i].profile.describe(160)}"
-        for local, i in enumerate(group.members)
+        f"{local}: {agents[i].name} - {agents[i].profile.describe(120)}" for local, i in enumerate(group.members)
     )
 
 
 class Communication:
     mode = "base"
 
-    def route(
-        self,
-        round_: int,
-        actions: Mapping[int, str],
-        agents: Sequence[Agent],
-        groups: Sequence[Group],
-    ) -> dict[int, Decision]:
+    def route(self, round_: int, actions: Mapping[int, str], agents: Sequence[Agent],
+              groups: Sequence[Group]) -> dict[int, Decision]:
         raise NotImplementedError
 
-    def inter_group(
-        self, round_lines: Mapping[int, list[str]], agents: Sequence[Agent], groups: Sequence[Group]
-    ) -> dict[int, tuple[int, ...]]:
+    def inter_group(self, round_lines: Mapping[int, list[str]], agents: Sequence[Agent],
+                    groups: Sequence[Group]) -> dict[int, tuple[int, ...]]:
         """Group id -> ids of the other groups that hear of its events this round."""
         return {}
 
@@ -101,14 +94,8 @@ class RandomCommunication(Communication):
 class StructuredCommunication(Communication):
     mode = "structured"
 
-    def __init__(
-        self,
-        llm: RoleLLM,
-        prompts: Mapping,
-        group_vectors: np.ndarray | None,
-        inter_group: bool = True,
-        candidates: int = 8,
-    ):
+    def __init__(self, llm: RoleLLM, prompts: Mapping, group_vectors: np.ndarray | None,
+                 inter_group: bool = True, candidates: int = 8):
         self.llm = llm
         self.prompts = prompts
         self.group_vectors = group_vectors
@@ -129,15 +116,7 @@ class StructuredCommunication(Communication):
                 "action": actions[i],
                 "group_description": g.description,
             }
-            jobs.append(
-                (
-                    i,
-                    g,
-                    render_prompt(
-                        self.prompts["intra_group"], "communication.prompts.intra_group", **fields
-                    ),
-                )
-            )
+            jobs.append((i, g, render_prompt(self.prompts["intra_group"], "communication.prompts.intra_group", **fields)))
         out = {i: Decision((), "alone") for i in actions}
         pending = list(range(len(jobs)))
         for attempt, how in enumerate(("modulator", "retry")):
@@ -145,9 +124,7 @@ class StructuredCommunication(Communication):
                 break
             chats = [jobs[k][2] for k in pending]
             if attempt:
-                chats = [
-                    c + [{"role": "user", "content": self.prompts["retry_hint"]}] for c in chats
-                ]
+                chats = [c + [{"role": "user", "content": self.prompts["retry_hint"]}] for c in chats]
             answers = self.llm.generate(chats)
             still = []
             for k, ans in zip(pending, answers, strict=True):
@@ -161,14 +138,8 @@ class StructuredCommunication(Communication):
         for k in pending:
             actor, g, _ = jobs[k]
             self.fallbacks += 1
-            log.info(
-                "modulator of group %d gave no usable routing for agent %d: broadcasting",
-                g.id,
-                actor,
-            )
-            out[actor] = Decision(
-                tuple(m for m in g.members if m != actor), "fallback", "unparseable answer"
-            )
+            log.info("modulator of group %d gave no usable routing for agent %d: broadcasting", g.id, actor)
+            out[actor] = Decision(tuple(m for m in g.members if m != actor), "fallback", "unparseable answer")
         return out
 
     def _candidates(self, gid: int, groups: Sequence[Group]) -> list[int]:
@@ -191,15 +162,7 @@ class StructuredCommunication(Communication):
                 "events": "\n".join(f"- {x}" for x in lines),
                 "groups": "\n".join(f"{c}: {groups[c].description}" for c in cands),
             }
-            jobs.append(
-                (
-                    gid,
-                    set(cands),
-                    render_prompt(
-                        self.prompts["inter_group"], "communication.prompts.inter_group", **fields
-                    ),
-                )
-            )
+            jobs.append((gid, set(cands), render_prompt(self.prompts["inter_group"], "communication.prompts.inter_group", **fields)))
         answers = self.llm.generate([j[2] for j in jobs]) if jobs else []
         out = {}
         for (gid, cands, _), ans in zip(jobs, answers, strict=True):
@@ -208,17 +171,11 @@ class StructuredCommunication(Communication):
         return out
 
 
-def build_communication(
-    mode: str, cfg: Mapping, llm: RoleLLM | None, group_vectors, seed: int
-) -> Communication:
+def build_communication(mode: str, cfg: Mapping, llm: RoleLLM | None, group_vectors, seed: int) -> Communication:
     if mode == "structured":
-        return StructuredCommunication(
-            llm,
-            cfg["prompts"],
-            group_vectors,
-            inter_group=bool(cfg.get("inter_group", True)),
-            candidates=int(cfg.get("inter_group_candidates", 8)),
-        )
+        return StructuredCommunication(llm, cfg["prompts"], group_vectors,
+                                       inter_group=bool(cfg.get("inter_group", True)),
+                                       candidates=int(cfg.get("inter_group_candidates", 8)))
     if mode == "random":
         return RandomCommunication(seed, int(cfg.get("size_max", 10)) - 1)
     if mode == "none":

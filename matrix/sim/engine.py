@@ -78,16 +78,9 @@ class SimState:
 
 
 class Simulation:
-    def __init__(
-        self,
-        out_dir: Path,
-        cfg: SimConfig,
-        roles: Roles,
-        comm: Communication,
-        agent_prompts: Mapping,
-        scenario_prompt: Mapping,
-        on_round: Callable[[int, dict], None] | None = None,
-    ):
+    def __init__(self, out_dir: Path, cfg: SimConfig, roles: Roles, comm: Communication,
+                 agent_prompts: Mapping, scenario_prompt: Mapping,
+                 on_round: Callable[[int, dict], None] | None = None):
         self.dir = Path(out_dir)
         self.cfg = cfg
         self.roles = roles
@@ -111,12 +104,7 @@ class Simulation:
         dropped = self.events.truncate(state.n_events) + self.scenarios.truncate(state.n_scenarios)
         if dropped:
             log.info("resume: dropped %d rows written after the last checkpoint", dropped)
-        log.info(
-            "resuming after round %d (%d events, %d scenarios)",
-            state.round,
-            state.n_events,
-            state.n_scenarios,
-        )
+        log.info("resuming after round %d (%d events, %d scenarios)", state.round, state.n_events, state.n_scenarios)
         return state
 
     def save_state(self, state: SimState) -> None:
@@ -128,9 +116,7 @@ class Simulation:
         agents, groups = state.agents, state.groups
         before = self.roles.ledger()["total"]
         active = [a for a in agents if not a.done]
-        texts = agent_ops.act(
-            self.agent_llm, self.prompts, active, r, seed=self.cfg.seed * 100_003 + r
-        )
+        texts = agent_ops.act(self.agent_llm, self.prompts, active, r, seed=self.cfg.seed * 100_003 + r)
         actions = {a.index: t for a, t in zip(active, texts, strict=True)}
         decisions = self.comm.route(r, actions, agents, groups)
 
@@ -141,15 +127,8 @@ class Simulation:
             d = decisions[i]
             a = agents[i]
             ev = Event(
-                id=f"r{r:04d}-a{i:05d}",
-                round=r,
-                group=a.group,
-                agent=i,
-                agent_name=a.name,
-                action=actions[i],
-                observers=d.observers,
-                routing=d.how,
-                routing_reason=d.reason,
+                id=f"r{r:04d}-a{i:05d}", round=r, group=a.group, agent=i, agent_name=a.name,
+                action=actions[i], observers=d.observers, routing=d.how, routing_reason=d.reason,
             )
             events.append(ev)
             seen_by = ", ".join(agents[o].name for o in d.observers) or "nobody"
@@ -168,33 +147,20 @@ class Simulation:
 
         # Scenario formation: buffer each group's step; summarize full buffers.
         for gid, ls in lines.items():
-            step = {
-                "round": r,
-                "events": [e.id for e in events if e.group == gid],
-                "lines": ls,
-                "to_groups": list(forwarded.get(gid, ())),
-            }
+            step = {"round": r, "events": [e.id for e in events if e.group == gid], "lines": ls,
+                    "to_groups": list(forwarded.get(gid, ()))}
             state.buffers.setdefault(gid, []).append(step)
             groups[gid].memory = (groups[gid].memory + ls)[-6:]
         ready = [g for g, buf in state.buffers.items() if len(buf) >= self.cfg.interval]
         scenarios = self.summarize(state, ready)
 
         # Between rounds: memory, plans, goals.
-        agent_ops.summarize_memories(
-            self.roles.get("summarizer"),
-            self.prompts,
-            agents,
-            self.cfg.memory_max_items,
-            self.cfg.memory_keep,
-        )
+        agent_ops.summarize_memories(self.roles.get("summarizer"), self.prompts, agents,
+                                     self.cfg.memory_max_items, self.cfg.memory_keep)
         if self.cfg.revise_plan_every and r % self.cfg.revise_plan_every == 0:
-            agent_ops.revise_plans(
-                self.agent_llm, self.prompts, [a for a in agents if not a.done], r
-            )
+            agent_ops.revise_plans(self.agent_llm, self.prompts, [a for a in agents if not a.done], r)
         if self.cfg.goal_check_every and r % self.cfg.goal_check_every == 0:
-            agent_ops.check_goals(
-                self.agent_llm, self.prompts, [a for a in agents if not a.done], r
-            )
+            agent_ops.check_goals(self.agent_llm, self.prompts, [a for a in agents if not a.done], r)
 
         # Commit: rows first, then the state that counts them.
         state.n_events += self.events.append(asdict(e) for e in events)
@@ -229,19 +195,13 @@ class Simulation:
         chats, metas = [], []
         for gid in sorted(group_ids):
             buf = state.buffers[gid]
-            participants = sorted(
-                {agents[int(e.split("-a")[1])].index for s in buf for e in s["events"]}
-            )
-            log_text = "\n".join(
-                f"Step {k + 1} (round {s['round']}):\n" + "\n".join(f"  {x}" for x in s["lines"])
-                for k, s in enumerate(buf)
-            )
+            participants = sorted({agents[int(e.split("-a")[1])].index for s in buf for e in s["events"]})
+            log_text = "\n".join(f"Step {k + 1} (round {s['round']}):\n" + "\n".join(f"  {x}" for x in s["lines"])
+                                 for k, s in enumerate(buf))
             fields = {
                 "description": state.groups[gid].description,
-                "people": "\n".join(
-                    f"- {agents[i].name}: {agents[i].profile.describe(200)} Goal: {agents[i].goal}"
-                    for i in participants
-                ),
+                "people": "\n".join(f"- {agents[i].name}: {agents[i].profile.describe(200)} Goal: {agents[i].goal}"
+                                    for i in participants),
                 "log": log_text,
             }
             chats.append(render_prompt(self.scenario_prompt, "scenario.prompt", **fields))
@@ -250,19 +210,14 @@ class Simulation:
         scenarios = []
         for (gid, buf, participants), c in zip(metas, outs, strict=True):
             sid = f"s{state.n_scenarios + len(scenarios):05d}-g{gid:03d}"
-            summary = " ".join(c.text.split()) or " ".join(x for s in buf for x in s["lines"])
-            scenarios.append(
-                Scenario(
-                    id=sid,
-                    group=gid,
-                    rounds=tuple(s["round"] for s in buf),
-                    participants=tuple(participants),
-                    participant_names=tuple(agents[i].name for i in participants),
-                    events=tuple(e for s in buf for e in s["events"]),
-                    actions=tuple(x for s in buf for x in s["lines"]),
-                    summary=summary,
-                )
-            )
+            summary = agent_ops.whole_sentences(" ".join(c.text.split())) or " ".join(
+                x for s in buf for x in s["lines"])
+            scenarios.append(Scenario(
+                id=sid, group=gid, rounds=tuple(s["round"] for s in buf), participants=tuple(participants),
+                participant_names=tuple(agents[i].name for i in participants),
+                events=tuple(e for s in buf for e in s["events"]),
+                actions=tuple(x for s in buf for x in s["lines"]), summary=summary,
+            ))
             state.buffers[gid] = []
         return scenarios
 

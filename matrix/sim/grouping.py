@@ -40,9 +40,7 @@ def check_bounds(n_agents: int, k: int, size_min: int, size_max: int) -> None:
         raise GroupingError("; ".join(problems))
 
 
-def constrained_groups(
-    vectors: np.ndarray, k: int, size_min: int, size_max: int, seed: int
-) -> list[int]:
+def constrained_groups(vectors: np.ndarray, k: int, size_min: int, size_max: int, seed: int) -> list[int]:
     """Group label per row; every group holds between size_min and size_max rows."""
     n = len(vectors)
     check_bounds(n, k, size_min, size_max)

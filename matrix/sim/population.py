@@ -22,36 +22,11 @@ REQUIRED_FIELDS = ("id", "persona")
 # Neutral pseudonyms for rule-based anonymization; seeded shuffle so the same config gives the
 # same names.
 _PSEUDONYMS = (
-    "Alex Rivera",
-    "Sam Okafor",
-    "Jordan Lee",
-    "Taylor Novak",
-    "Casey Morgan",
-    "Riley Chen",
-    "Morgan Silva",
-    "Jamie Patel",
-    "Avery Kim",
-    "Quinn Murphy",
-    "Drew Santos",
-    "Parker Ng",
-    "Reese Adams",
-    "Rowan Ali",
-    "Skyler Brooks",
-    "Emerson Cruz",
-    "Hayden Park",
-    "Kendall Diaz",
-    "Logan Weiss",
-    "Micah Hughes",
-    "Noel Fischer",
-    "Peyton Rossi",
-    "Sage Kowalski",
-    "Blair Ito",
-    "Cameron Yusuf",
-    "Dakota Berg",
-    "Elliot Moreau",
-    "Finley Costa",
-    "Harper Lund",
-    "Jesse Nair",
+    "Alex Rivera", "Sam Okafor", "Jordan Lee", "Taylor Novak", "Casey Morgan", "Riley Chen",
+    "Morgan Silva", "Jamie Patel", "Avery Kim", "Quinn Murphy", "Drew Santos", "Parker Ng",
+    "Reese Adams", "Rowan Ali", "Skyler Brooks", "Emerson Cruz", "Hayden Park", "Kendall Diaz",
+    "Logan Weiss", "Micah Hughes", "Noel Fischer", "Peyton Rossi", "Sage Kowalski", "Blair Ito",
+    "Cameron Yusuf", "Dakota Berg", "Elliot Moreau", "Finley Costa", "Harper Lund", "Jesse Nair",
 )
 
 
@@ -94,12 +69,7 @@ def _rows(path: Path, fmt: str):
             except json.JSONDecodeError as e:
                 yield i, f"not valid JSON ({e.msg})"
                 continue
-            yield (
-                i,
-                obj
-                if isinstance(obj, dict)
-                else f"expected a JSON object, got {type(obj).__name__}",
-            )
+            yield i, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
 
 
 def _as_list(value) -> tuple[str, ...]:
@@ -122,9 +92,7 @@ def _to_profile(row: Mapping, fields: Mapping[str, str | None], max_chars: int) 
         src = fields.get(key)
         return row.get(src) if src else None
 
-    missing = [
-        f"{k} (column '{fields.get(k)}')" for k in REQUIRED_FIELDS if not str(get(k) or "").strip()
-    ]
+    missing = [f"{k} (column '{fields.get(k)}')" for k in REQUIRED_FIELDS if not str(get(k) or "").strip()]
     if missing:
         raise ProfileError(f"missing or empty: {', '.join(missing)}")
     for key in ("name", "bio", "persona", "handle"):
@@ -173,18 +141,12 @@ def load_profiles(
             prof = _to_profile(row, fields, max_chars)
             if prof.id in seen:
                 raise ProfileError(f"duplicate id '{prof.id}'")
-            if (
-                min_age is not None
-                and (age := _stated_age(prof.persona)) is not None
-                and age < min_age
-            ):
+            if min_age is not None and (age := _stated_age(prof.persona)) is not None and age < min_age:
                 continue
         except ProfileError as e:
             msg = f"{p}:{lineno}: {e}"
             if on_error == "fail":
-                raise ProfileError(
-                    f"{msg} (set population.on_error=skip to skip such lines)"
-                ) from None
+                raise ProfileError(f"{msg} (set population.on_error=skip to skip such lines)") from None
             log.warning("skipping profile: %s", msg)
             skipped.append(msg)
             continue
@@ -228,20 +190,12 @@ def anonymize_rules(profiles: list[Profile], seed: int) -> list[Profile]:
                     if len(part) > 2:
                         text = re.sub(rf"\b{re.escape(part)}\b", first, text)
             if p.handle:
-                text = re.sub(
-                    re.escape(p.handle), pseudo.replace(" ", ""), text, flags=re.IGNORECASE
-                )
+                text = re.sub(re.escape(p.handle), pseudo.replace(" ", ""), text, flags=re.IGNORECASE)
             text = re.sub(r"https?://\S+", "[link]", text)
             return re.sub(r"@\w+", "@user", text)
 
         out.append(
-            replace(
-                p,
-                name=pseudo,
-                handle="",
-                bio=scrub(p.bio),
-                persona=scrub(p.persona),
-                posts=tuple(scrub(x) for x in p.posts),
-            )
+            replace(p, name=pseudo, handle="", bio=scrub(p.bio), persona=scrub(p.persona),
+                    posts=tuple(scrub(x) for x in p.posts))
         )
     return out

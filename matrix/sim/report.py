@@ -8,40 +8,26 @@ from pathlib import Path
 from matrix.io import atomic_write_text
 
 
-def write_report(
-    out_dir: Path, state, scenarios: list[dict], events: list[dict], rounds: list[dict]
-) -> Path:
+def write_report(out_dir: Path, state, scenarios: list[dict], events: list[dict], rounds: list[dict]) -> Path:
     agents, groups = state.agents, state.groups
     lines = [f"# Simulation report: {out_dir}", ""]
-    lines += [
-        f"- agents: {len(agents)} ({sum(a.done for a in agents)} reached their goal)",
-        f"- groups: {len(groups)}",
-        f"- rounds: {state.round} (stopped: {state.stopped})",
-        f"- events: {len(events)}",
-        f"- scenarios: {len(scenarios)}",
-        "",
-    ]
+    lines += [f"- agents: {len(agents)} ({sum(a.done for a in agents)} reached their goal)",
+              f"- groups: {len(groups)}", f"- rounds: {state.round} (stopped: {state.stopped})",
+              f"- events: {len(events)}", f"- scenarios: {len(scenarios)}", ""]
     routing = Counter(e["routing"] for e in events)
     lines += ["## Routing decisions", "", "| how | events |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(routing.items())] + [""]
     sizes = Counter(len(g.members) for g in groups)
     width = max(sizes.values(), default=1)
     lines += ["## Group sizes", "", "| size | groups | |", "|---|---|---|"]
-    lines += [
-        f"| {s} | {n} | {'#' * max(1, round(30 * n / width))} |" for s, n in sorted(sizes.items())
-    ] + [""]
+    lines += [f"| {s} | {n} | {'#' * max(1, round(30 * n / width))} |" for s, n in sorted(sizes.items())] + [""]
     if rounds:
-        lines += [
-            "## LLM load per round",
-            "",
-            "| round | active agents | events | observations | fallbacks | LLM calls | prompt tokens | completion tokens | max batch |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += ["## LLM load per round", "",
+                  "| round | active agents | events | observations | fallbacks | LLM calls | prompt tokens | completion tokens | max batch |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rounds:
-            lines.append(
-                "| {round} | {active_agents} | {events} | {observations} | {routing_fallbacks} | "
-                "{llm_calls} | {prompt_tokens} | {completion_tokens} | {max_batch} |".format(**r)
-            )
+            lines.append("| {round} | {active_agents} | {events} | {observations} | {routing_fallbacks} | "
+                         "{llm_calls} | {prompt_tokens} | {completion_tokens} | {max_batch} |".format(**r))
         lines.append("")
     lines += ["## Groups", ""]
     by_group: dict[int, list[dict]] = {}
@@ -55,14 +41,9 @@ def write_report(
         lines += [f"### Group {g.id}: {names}", "", f"_{g.description}_", ""]
         for e in by_group.get(g.id, [])[:30]:
             seen = ", ".join(agents[o].name for o in e["observers"]) or "nobody"
-            lines.append(
-                f"- round {e['round']}, **{e['agent_name']}**: {e['action']} _(seen by {seen}; {e['routing']})_"
-            )
+            lines.append(f"- round {e['round']}, **{e['agent_name']}**: {e['action']} _(seen by {seen}; {e['routing']})_")
         for s in scen_by_group.get(g.id, []):
-            lines += [
-                "",
-                f"> **Scenario {s['id']}** (rounds {', '.join(map(str, s['rounds']))}): {s['summary']}",
-            ]
+            lines += ["", f"> **Scenario {s['id']}** (rounds {', '.join(map(str, s['rounds']))}): {s['summary']}"]
         lines.append("")
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

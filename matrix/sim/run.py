@@ -36,50 +36,32 @@ def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before a model loads, all problems listed at once."""
     p = ConfigProblems()
     comm, sim, pop = cfg.communication, cfg.simulation, cfg.population
-    p.check(
-        comm.mode in ("structured", "random", "none"),
-        "communication.mode",
-        f"'{comm.mode}' is not one of structured, random, none",
-    )
+    p.check(comm.mode in ("structured", "random", "none"), "communication.mode",
+            f"'{comm.mode}' is not one of structured, random, none")
     k = comm.k
     if k not in (None, "auto"):
-        p.check(
-            isinstance(k, int) and k >= 1,
-            "communication.k",
-            f"{k!r} must be an integer >= 1 or 'auto'",
-        )
+        p.check(isinstance(k, int) and k >= 1, "communication.k", f"{k!r} must be an integer >= 1 or 'auto'")
     p.check(int(sim.max_rounds) >= 1, "simulation.max_rounds", "must be >= 1")
     p.check(int(cfg.scenario.interval) >= 1, "scenario.interval", "must be >= 1")
     p.check(pop.on_error in ("skip", "fail"), "population.on_error", "use skip or fail")
-    p.check(
-        pop.anonymize in ("rules", "llm", "none"), "population.anonymize", "use rules, llm or none"
-    )
+    p.check(pop.anonymize in ("rules", "llm", "none"), "population.anonymize", "use rules, llm or none")
     p.check(pop.size is None or int(pop.size) >= 1, "population.size", "must be >= 1 or null (all)")
     path = resolve_data_path(str(pop.path))
-    p.check(
-        path.is_file(),
-        "population.path",
-        f"no file at {path}; use population=default or a JSONL/CSV file",
-    )
+    p.check(path.is_file(), "population.path", f"no file at {path}; use population=default or a JSONL/CSV file")
     if not p and pop.size is not None and isinstance(k, int):
         try:
             check_bounds(int(pop.size), k, int(comm.size_min), int(comm.size_max))
         except ValueError as e:
             p.add("communication", str(e))
     for role in ("agent", "summarizer") + (("modulator",) if comm.mode == "structured" else ()):
-        p.check(
-            role in cfg.llm.roles,
-            f"llm.roles.{role}",
-            "missing; every simulate role needs a backend",
-        )
+        p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; every simulate role needs a backend")
     p.raise_if_any("simulate")
 
 
 def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
     pop = cfg.population
-    profiles, report = load_profiles(
-        str(pop.path), dict(pop.fields), pop.format, pop.on_error, int(pop.max_chars), pop.min_age
-    )
+    profiles, report = load_profiles(str(pop.path), dict(pop.fields), pop.format, pop.on_error,
+                                     int(pop.max_chars), pop.min_age)
     profiles = sample_profiles(profiles, pop.size, int(pop.sample_seed))
     if pop.anonymize in ("rules", "llm"):
         profiles = anonymize_rules(profiles, int(cfg.seed))
@@ -92,51 +74,31 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     groups = [Group(id=g, members=[i for i, x in enumerate(labels) if x == g]) for g in range(k)]
     agents = agent_ops.create_agents(roles.get("agent"), cfg.agent.prompts, profiles, labels)
     # Each modulator holds a description of its group, used for inter-group routing.
-    chats = [
-        render_prompt(
-            comm.prompts.group_description,
-            "communication.prompts.group_description",
-            members=members_text(g, agents),
-        )
-        for g in groups
-    ]
+    chats = [render_prompt(comm.prompts.group_description, "communication.prompts.group_description",
+                           members=members_text(g, agents)) for g in groups]
     for g, c in zip(groups, roles.get("summarizer").generate(chats), strict=True):
-        g.description = " ".join(c.text.split())[:300] or ", ".join(
-            agents[i].name for i in g.members
-        )
+        g.description = " ".join(c.text.split())[:300] or ", ".join(agents[i].name for i in g.members)
     group_vectors = np.stack([vectors[g.members].mean(0) for g in groups])
     group_vectors /= np.linalg.norm(group_vectors, axis=1, keepdims=True) + 1e-9
-    log.info(
-        "population: %d profiles from %s (%d skipped), %d groups",
-        len(profiles),
-        report.path,
-        len(report.skipped),
-        k,
-    )
-    load_report = {
-        "path": report.path,
-        "lines": report.lines,
-        "loaded": report.loaded,
-        "skipped": list(report.skipped),
-    }
+    log.info("population: %d profiles from %s (%d skipped), %d groups", len(profiles), report.path,
+             len(report.skipped), k)
+    load_report = {"path": report.path, "lines": report.lines, "loaded": report.loaded,
+                   "skipped": list(report.skipped)}
     return SimState(round=0, agents=agents, groups=groups), group_vectors, load_report
 
 
-def run_simulate(cfg: DictConfig) -> dict:
+def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
+    """Run (or resume) the simulate stage; `roles` lets callers inject LLMs (benchmarks)."""
     validate(cfg)
     run = open_stage(cfg, "simulate")
-    roles = Roles(cfg.llm)
+    roles = roles or Roles(cfg.llm)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
     sim_cfg = SimConfig(
-        max_rounds=int(cfg.simulation.max_rounds),
-        target_scenarios=cfg.simulation.target_scenarios,
-        interval=int(cfg.scenario.interval),
-        flush_partial=bool(cfg.scenario.flush_partial),
-        memory_max_items=int(cfg.simulation.memory.max_items),
-        memory_keep=int(cfg.simulation.memory.keep),
+        max_rounds=int(cfg.simulation.max_rounds), target_scenarios=cfg.simulation.target_scenarios,
+        interval=int(cfg.scenario.interval), flush_partial=bool(cfg.scenario.flush_partial),
+        memory_max_items=int(cfg.simulation.memory.max_items), memory_keep=int(cfg.simulation.memory.keep),
         revise_plan_every=int(cfg.simulation.revise_plan_every),
-        goal_check_every=int(cfg.simulation.goal_check_every),
-        inbox_max=int(cfg.simulation.inbox_max),
+        goal_check_every=int(cfg.simulation.goal_check_every), inbox_max=int(cfg.simulation.inbox_max),
         seed=int(cfg.seed),
     )
     per_round: list[dict] = []
@@ -144,15 +106,9 @@ def run_simulate(cfg: DictConfig) -> dict:
     def on_round(r: int, stats: dict) -> None:
         per_round.append(stats)
         run.log({f"sim/{k}": v for k, v in stats.items()}, step=r)
-        bar.update(
-            task,
-            completed=r,
-            description=f"simulate: round {r}, {stats['scenarios_total']} scenarios",
-        )
+        bar.update(task, completed=r, description=f"simulate: round {r}, {stats['scenarios_total']} scenarios")
 
-    sim = Simulation(
-        run.dir, sim_cfg, roles, None, cfg.agent.prompts, cfg.scenario.prompt, on_round
-    )
+    sim = Simulation(run.dir, sim_cfg, roles, None, cfg.agent.prompts, cfg.scenario.prompt, on_round)
     state = sim.load_state()
     if state is None:
         state, group_vectors, load_report = setup(cfg, roles, encoder)
@@ -161,62 +117,34 @@ def run_simulate(cfg: DictConfig) -> dict:
         sim.save_state(state)
     else:
         group_vectors = np.asarray(read_json(run.dir / "group_vectors.json"))
-    sim.comm = build_communication(
-        cfg.communication.mode,
-        OmegaConf.to_container(cfg.communication, resolve=True),
-        roles.get("modulator") if cfg.communication.mode == "structured" else None,
-        group_vectors,
-        int(cfg.seed),
-    )
+    sim.comm = build_communication(cfg.communication.mode, OmegaConf.to_container(cfg.communication, resolve=True),
+                                   roles.get("modulator") if cfg.communication.mode == "structured" else None,
+                                   group_vectors, int(cfg.seed))
     with progress() as bar:
         task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
         sim.run(state)
 
     write_jsonl(run.dir / "agents.jsonl", (a.to_row() for a in state.agents))
-    write_json(
-        run.dir / "groups.json",
-        {
-            "k": len(state.groups),
-            "mode": cfg.communication.mode,
-            "groups": [
-                {"id": g.id, "members": g.members, "description": g.description}
-                for g in state.groups
-            ],
-        },
-    )
+    write_json(run.dir / "groups.json", {
+        "k": len(state.groups), "mode": cfg.communication.mode,
+        "groups": [{"id": g.id, "members": g.members, "description": g.description} for g in state.groups],
+    })
     scenarios = sim.scenarios.read()
     events = sim.events.read()
     write_report(run.dir, state, scenarios, events, _read_rounds(run.dir, per_round))
     ledger = roles.ledger()
-    counts = {
-        "agents": len(state.agents),
-        "groups": len(state.groups),
-        "rounds": state.round,
-        "events": len(events),
-        "scenarios": len(scenarios),
-        "agents_done": sum(a.done for a in state.agents),
-        "routing_fallbacks": sum(1 for e in events if e["routing"] == "fallback"),
-    }
-    run.finish(
-        counts,
-        inputs={"population": resolve_data_path(str(cfg.population.path))},
-        extra={
-            "stopped": state.stopped,
-            "llm": ledger,
-            "models": {
-                r: roles.get(r).name
-                for r in ("agent", "modulator", "summarizer")
-                if r in cfg.llm.roles
-            },
-        },
-    )
+    counts = {"agents": len(state.agents), "groups": len(state.groups), "rounds": state.round,
+              "events": len(events), "scenarios": len(scenarios),
+              "agents_done": sum(a.done for a in state.agents),
+              "routing_fallbacks": sum(1 for e in events if e["routing"] == "fallback")}
+    run.finish(counts, inputs={"population": resolve_data_path(str(cfg.population.path))},
+               extra={"stopped": state.stopped, "llm": ledger,
+                      "models": {r: roles.get(r).name for r in ("agent", "modulator", "summarizer") if r in cfg.llm.roles}})
     return counts
 
 
 def _read_rounds(out_dir, fresh: list[dict]) -> list[dict]:
     """Per-round stats from metrics.jsonl (survives resumes), falling back to this process's."""
     rows = [r for r in JsonlLog(out_dir / "metrics.jsonl").read() if "sim/round" in r]
-    by_round = {
-        int(r["sim/round"]): {k[4:]: v for k, v in r.items() if k.startswith("sim/")} for r in rows
-    }
+    by_round = {int(r["sim/round"]): {k[4:]: v for k, v in r.items() if k.startswith("sim/")} for r in rows}
     return [by_round[k] for k in sorted(by_round)] or fresh

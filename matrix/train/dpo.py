@@ -1,0 +1,129 @@
+"""Direct Preference Optimization (sigmoid loss) from an SFT checkpoint.
+
+The reference policy is the starting model, either as a frozen copy kept in memory
+(`dpo.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
+log-probs computed once before training (`dpo.reference=precomputed`: no second model in
+memory; the values live in a buffer so a resumed run keeps the original reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from matrix.train.lm import CausalLMModule, forward_logits, sequence_logps
+
+log = logging.getLogger(__name__)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    margin = chosen_reward - rejected_reward
+    loss = -F.logsigmoid(margin).mean()
+    metrics = {
+        "loss": float(loss.detach()),
+        "rewards/chosen": float(chosen_reward.mean()),
+        "rewards/rejected": float(rejected_reward.mean()),
+        "rewards/accuracy": float((margin > 0).float().mean()),
+        "rewards/margin": float(margin.mean()),
+        "logps/chosen": float(policy_chosen.detach().mean()),
+        "logps/rejected": float(policy_rejected.detach().mean()),
+    }
+    return loss, metrics
+
+
+def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    logps = sequence_logps(
+        forward_logits(model, batch), batch["labels"], batch["seq_ids"], batch["n_sequences"]
+    )
+    return logps[0::2], logps[1::2]  # sequences alternate chosen, rejected
+
+
+class DPOModule(CausalLMModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        total_steps: int,
+        beta: float = 0.1,
+        reference: str = "model",
+        n_pairs: int = 0,
+    ):
+        super().__init__(model, optimizer, scheduler, total_steps)
+        if reference not in ("model", "precomputed"):
+            raise ValueError(f"dpo.reference={reference!r}; choose model or precomputed")
+        self.beta = beta
+        self.reference = reference
+        self.uses_adapters = hasattr(model, "disable_adapter")
+        self.ref_model = None
+        if reference == "model" and not self.uses_adapters:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # NaN = not computed yet; filled once from the starting model, then saved in checkpoints
+        self.register_buffer("ref_logps", torch.full((n_pairs, 2), float("nan")))
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The reference policy: the frozen copy, or the LoRA model with adapters off."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        with self.model.disable_adapter():
+            yield self.model
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference == "precomputed":
+            ref = self.ref_logps[batch["example_index"]]
+            return ref[:, 0], ref[:, 1]
+        with self._reference() as ref_model:
+            was_training = ref_model.training
+            ref_model.eval()
+            out = pair_logps(ref_model, batch)
+            ref_model.train(was_training)
+        return out
+
+    def on_fit_start(self) -> None:
+        if self.reference != "precomputed" or not torch.isnan(self.ref_logps).any():
+            return  # nothing to do, or restored from a checkpoint
+        dm = self.trainer.datamodule
+        log.info("DPO: computing reference log-probs for %d pairs", len(self.ref_logps))
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(dm.units), dm.batch_size):
+                batch = dm.collate(list(range(start, min(start + dm.batch_size, len(dm.units)))))
+                batch = self.trainer.strategy.batch_to_device(batch)
+                chosen, rejected = pair_logps(self.model, batch)
+                self.ref_logps[batch["example_index"]] = torch.stack([chosen, rejected], 1)
+        self.model.train(was_training)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        chosen, rejected = pair_logps(self.model, batch)
+        loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        self.step_metrics = metrics
+        return loss
+
+    def state_dict(self, *args, **kwargs):
+        # The frozen copy is the starting checkpoint on disk; no need to store it again.
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        if self.ref_model is not None:
+            ref = {f"ref_model.{k}": v for k, v in self.ref_model.state_dict().items()}
+            state_dict = {**state_dict, **ref}
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)

@@ -1,0 +1,191 @@
+"""`run_train(cfg)`: the train stage from a composed config (what `train.py` calls).
+
+Order matters: validate everything (no model loaded), tokenize the data, open the stage run,
+build model + Lightning trainer, fit (resuming if asked), export the HF folder, write the
+manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from matrix.stage import open_stage, stage_dir
+from matrix.train.attention import select_attention
+from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
+from matrix.train.datamodule import ChatDataModule, data_path
+from matrix.train.dpo import DPOModule
+from matrix.train.export import save_hf_folder
+from matrix.train.models import build_model, count_parameters, load_tokenizer
+from matrix.train.preflight import preflight
+from matrix.train.sft import SFTModule
+
+log = logging.getLogger(__name__)
+
+
+def build_strategy(cfg: DictConfig, model: torch.nn.Module):
+    """Lightning strategy: FSDP full-shard wraps (and checkpoints activations of) the model's
+    decoder layer class, read from the model so any architecture works."""
+    t = cfg.trainer
+    if t.strategy != "fsdp":
+        return t.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(inner, "_no_split_modules", None) or [])
+    layers = {type(m) for m in inner.modules() if type(m).__name__ in names}
+    if not layers:
+        raise ValueError(f"FSDP: cannot find decoder layer classes {names} in the model")
+    f = t.fsdp
+    return FSDPStrategy(
+        auto_wrap_policy=layers,
+        activation_checkpointing_policy=layers if f.activation_checkpointing else None,
+        sharding_strategy=f.sharding_strategy,
+        state_dict_type=f.state_dict_type,
+        limit_all_gathers=True,
+        cpu_offload=bool(f.cpu_offload),
+    )
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Ranks the run will have (devices=-1 counts the visible GPUs)."""
+    t = cfg.trainer
+    devices = t.devices
+    if devices == -1 or devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if t.accelerator != "cpu" else 1
+    elif isinstance(devices, str | list) or not isinstance(devices, int):
+        devices = len(devices) if not isinstance(devices, str) else len(devices.split(","))
+    return int(devices) * int(t.num_nodes)
+
+
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run (a partial accumulation window at an epoch's end still
+    steps, as Lightning does)."""
+    t = cfg.trainer
+    per_epoch = -(-batches_per_epoch // int(t.accumulate_grad_batches))
+    epochs = int(t.max_epochs)
+    by_epochs = per_epoch * epochs if epochs > 0 else None
+    if int(t.max_steps) > 0:
+        return min(int(t.max_steps), by_epochs) if by_epochs else int(t.max_steps)
+    if by_epochs is None:
+        raise ValueError("set trainer.max_epochs or trainer.max_steps")
+    return by_epochs
+
+
+def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    spec = cfg.checkpoint.get("resume")
+    if not spec:
+        return None
+    if spec == "last":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"checkpoint.resume={spec} does not exist")
+    return str(spec)
+
+
+def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.Trainer:
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=int(cfg.checkpoint.every_n_steps) or None,
+        save_top_k=int(cfg.checkpoint.keep),
+        monitor="step",
+        mode="max",
+        save_last=True,
+    )
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=int(t.num_nodes),
+        strategy=build_strategy(cfg, model),
+        precision=t.precision,
+        max_epochs=int(t.max_epochs),
+        max_steps=int(t.max_steps),
+        accumulate_grad_batches=int(t.accumulate_grad_batches),
+        gradient_clip_val=t.gradient_clip_val,
+        callbacks=[LoaderPosition(), RNGState(), *callbacks, ckpt],
+        logger=False,  # metrics go through StageRun (metrics.jsonl + the stage's W&B run)
+        enable_checkpointing=True,
+        enable_progress_bar=bool(t.get("progress_bar", True)),
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # BatchPlan shards by rank itself
+        deterministic=bool(t.get("deterministic", False)),
+        num_sanity_val_steps=0,
+        default_root_dir=str(ckpt_dir.parent),
+    )
+
+
+def run_train(cfg: DictConfig) -> dict | None:
+    """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
+    preflight(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer = load_tokenizer(cfg.model)
+    dm = ChatDataModule.from_config(cfg, tokenizer)
+    dm.setup()
+
+    rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+    stage = open_stage(cfg, "train") if rank_zero else None
+    out = stage_dir(cfg, "train")
+    cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
+    model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
+    total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
+    if cfg.objective == "sft":
+        module = SFTModule(model, cfg.optimizer, cfg.scheduler, total)
+    else:
+        module = DPOModule(
+            model,
+            cfg.optimizer,
+            cfg.scheduler,
+            total,
+            beta=float(cfg.dpo.beta),
+            reference=str(cfg.dpo.reference),
+            n_pairs=len(dm),
+        )
+    logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
+    trainer = build_trainer(cfg, model, out / "checkpoints", [logger])
+    ckpt = resume_path(cfg, out / "checkpoints")
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+
+    provenance = {
+        "objective": cfg.objective,
+        "base_model": str(cfg.model.path),
+        "data": data_path(cfg),
+        "config_hash": stage.config_hash if stage else None,
+        "steps": trainer.global_step,
+    }
+    hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
+    if stage is None:
+        return None
+    last = logger.history[-1] if logger.history else {}
+    counts = {
+        **dm.stats.as_counts(),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
+        "packed_rows": len(dm.units) if dm.packing else None,
+        "tokens_trained_on": logger.tokens_seen,
+        "parameters": count_parameters(module.model),
+        "trainable_parameters": count_parameters(module.model, trainable_only=True),
+    }
+    stage.summary({k: v for k, v in last.items() if k != "step"})
+    return stage.finish(
+        counts,
+        inputs={"data": data_path(cfg)},
+        extra={
+            "attention": attn,
+            "hf_model": str(hf_dir) if hf_dir else None,
+            "final_metrics": last,
+            "resumed_from": ckpt,
+        },
+    )

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from matrix.sim.grouping import GroupingError, check_bounds, constrained_groups
+from matrix.sim.population import ProfileError, anonymize_rules, load_profiles
+
+FIELDS = {"id": "id", "name": "name", "handle": "username", "bio": "description",
+          "persona": "user_char_clean", "topics": "topics", "posts": "previous_tweets"}
+
+
+def test_default_population_loads_1000_profiles():
+    profiles, report = load_profiles("matrix:data/profiles/oasis_x_synthetic_1000.jsonl", FIELDS)
+    assert len(profiles) == 1000 and not report.skipped
+    assert all(p.persona for p in profiles)
+
+
+def _write(tmp_path, lines):
+    p = tmp_path / "profiles.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
+    good = json.dumps({"id": "a", "name": "Ann Lee", "user_char_clean": "A nurse.", "description": "hi"}).encode()
+    p = _write(tmp_path, [
+        good,
+        b"{not json",
+        json.dumps({"id": "b", "user_char_clean": ""}).encode(),       # empty persona
+        json.dumps({"id": "c", "user_char_clean": ["x"]}).encode(),     # wrong type
+        b"\xff\xfe bad utf8",
+        json.dumps({"id": "a", "user_char_clean": "dup"}).encode(),     # duplicate id
+        json.dumps({"id": "d", "user_char_clean": "A chef who loves jazz."}).encode(),
+    ])
+    profiles, report = load_profiles(str(p), FIELDS, on_error="skip")
+    assert [x.id for x in profiles] == ["a", "d"]
+    assert [s.split(":")[1] for s in report.skipped] == ["2", "3", "4", "5", "6"]
+    with pytest.raises(ProfileError, match=r"profiles.jsonl:2: not valid JSON"):
+        load_profiles(str(p), FIELDS, on_error="fail")
+
+
+def test_csv_with_field_mapping(tmp_path):
+    p = tmp_path / "people.csv"
+    p.write_text("uid,full_name,about,interests\n1,Bo Chan,Retired teacher who paints.,\"['Art', 'Health']\"\n")
+    profiles, _ = load_profiles(str(p), {"id": "uid", "name": "full_name", "persona": "about", "topics": "interests"})
+    assert profiles[0].name == "Bo Chan" and profiles[0].topics == ("Art", "Health")
+
+
+def test_missing_file_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="population.path"):
+        load_profiles(str(tmp_path / "nope.jsonl"), FIELDS)
+
+
+def test_rule_anonymization_removes_name_and_handle():
+    profiles, _ = load_profiles("matrix:data/profiles/oasis_x_synthetic_1000.jsonl", FIELDS)
+    sample = profiles[:50]
+    anon = anonymize_rules(sample, seed=0)
+    for before, after in zip(sample, anon, strict=True):
+        assert before.name not in after.persona
+        assert before.handle == "" or before.handle.lower() not in after.persona.lower()
+        assert after.name != before.name
+
+
+def test_grouping_respects_size_bounds():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(60, 16)).astype("float32")
+    labels = constrained_groups(vecs, k=12, size_min=2, size_max=7, seed=0)
+    sizes = np.bincount(labels, minlength=12)
+    assert len(sizes) == 12 and sizes.min() >= 2 and sizes.max() <= 7 and sizes.sum() == 60
+
+
+@pytest.mark.parametrize(("n", "k", "lo", "hi", "msg"), [
+    (10, 0, 1, 10, "communication.k=0"),
+    (10, 6, 2, 10, "needs 12 agents"),
+    (100, 5, 1, 10, "holds only 50"),
+    (10, 2, 5, 3, "size_max=3 < size_min=5"),
+])
+def test_impossible_bounds_are_refused_with_the_fix(n, k, lo, hi, msg):
+    with pytest.raises(GroupingError, match=msg):
+        check_bounds(n, k, lo, hi)

@@ -1,0 +1,95 @@
+"""Packed rows compute exactly what padded rows compute: same SFT loss, same per-sequence
+log-probs, because position ids restart per sequence and no token attends across sequences."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from matrix.train.batching import collate_rows, pack_best_fit
+from matrix.train.examples import tokenize_sft
+from matrix.train.lm import forward_logits, sequence_logps
+from matrix.train.models import build_model
+from matrix.train.sft import sft_loss
+
+from .conftest import compose_train, write_sft
+
+
+def test_best_fit_places_every_item_once_within_capacity():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 100) for _ in range(500)]
+    bins = pack_best_fit(lengths, 128)
+    flat = sorted(i for b in bins for i in b)
+    assert flat == list(range(500))
+    assert all(sum(lengths[i] for i in b) <= 128 for b in bins)
+    fill = sum(lengths) / (128 * len(bins))
+    assert fill > 0.95  # best-fit decreasing leaves little room unused
+    assert pack_best_fit(lengths, 128) == bins  # deterministic
+
+
+@pytest.fixture(scope="module")
+def sequences(tokenizer, tmp_path_factory):
+    path = write_sft(tmp_path_factory.mktemp("pack") / "sft.jsonl", 12, seed=3)
+    from matrix.io import read_jsonl
+
+    seqs, _ = tokenize_sft(tokenizer, read_jsonl(path), max_length=256)
+    return seqs
+
+
+def tiny_model(tokenizer, attn: str):
+    cfg = compose_train(["model=tiny_debug"])
+    return build_model(cfg.model, tokenizer, attn, seed=0).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_equals_padded(tokenizer, sequences, attn):
+    model = tiny_model(tokenizer, attn)
+    pad = tokenizer.pad_token_id
+    padded = collate_rows([[s] for s in sequences], packed=False, pad_id=pad)
+    # two packed rows of unequal length, so the packed batch has trailing padding too
+    packed = collate_rows([sequences[:7], sequences[7:]], packed=True, pad_id=pad)
+    assert "attention_mask" not in packed
+    assert packed["padded_tokens"] < padded["padded_tokens"]
+    with torch.no_grad():
+        lp, lq = forward_logits(model, padded), forward_logits(model, packed)
+        loss_padded, n_padded = sft_loss(lp, padded["labels"])
+        loss_packed, n_packed = sft_loss(lq, packed["labels"])
+        seq_padded = sequence_logps(lp, padded["labels"], padded["seq_ids"], len(sequences))
+        seq_packed = sequence_logps(lq, packed["labels"], packed["seq_ids"], len(sequences))
+    assert n_padded == n_packed > 0
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seq_packed, seq_padded, rtol=1e-4, atol=1e-3)
+
+
+def test_without_restarting_positions_sequences_would_leak(tokenizer, sequences):
+    """The control: the same packed row with positions running on is treated as one long
+    sequence (later sequences attend to earlier ones), and the loss changes."""
+    model = tiny_model(tokenizer, "sdpa")
+    pad = tokenizer.pad_token_id
+    packed = collate_rows([sequences[:7], sequences[7:]], packed=True, pad_id=pad)
+    leaky = dict(packed)
+    width = packed["input_ids"].shape[1]
+    leaky["position_ids"] = torch.arange(width).expand_as(packed["position_ids"])
+    with torch.no_grad():
+        good, _ = sft_loss(forward_logits(model, packed), packed["labels"])
+        bad, _ = sft_loss(forward_logits(model, leaky), packed["labels"])
+    assert not torch.allclose(good, bad, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_batches_in_the_datamodule_cover_the_data(tokenizer, data_dir):
+    from matrix.train.datamodule import ChatDataModule
+
+    cfg = compose_train(["model=tiny_debug", f"data.path={data_dir / 'sft.jsonl'}"])
+    cfg = OmegaConf.merge(cfg, {"data": {"max_seq_len": 256, "batch_size": 2}})
+    dm = ChatDataModule.from_config(cfg, tokenizer)
+    dm.setup()
+    seen = []
+    for batch in dm.train_dataloader():
+        seen += batch["example_index"].tolist()
+        # a packed row's positions restart at each sequence start
+        starts = (batch["position_ids"] == 0) & (batch["seq_ids"] >= 0)
+        assert int(starts.sum()) == batch["n_sequences"]
+    assert sorted(seen) == list(range(len(dm)))

@@ -1,0 +1,24 @@
+"""Train stage: SFT or DPO on generated data. See docs/train.md.
+
+python train.py                                   # SFT, SmolLM2-135M, runs/default/generate/sft.jsonl
+python train.py experiment=paper_sft              # the paper's SFT recipe (Llama-3-8B, 8 GPUs)
+python train.py model=llama3_8b data=matrix_20k --cfg job
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from matrix.train.preflight import TrainConfigError
+from matrix.train.run import run_train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_train(cfg)
+    except TrainConfigError as e:
+        raise SystemExit(str(e)) from None  # a config problem needs the message, not a trace
+
+
+if __name__ == "__main__":
+    main()
