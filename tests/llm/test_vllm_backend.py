@@ -45,26 +45,15 @@ try:
     overflow = None
 except ContextOverflow as e:
     overflow = e.row
-dp = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16", data_parallel_size=2)
-try:
-    dp_out = dp.generate(chats + chats[:1], Sampling(max_new_tokens=12))
-    try:
-        dp.generate(chats + [[{"role": "user", "content": "word " * 2000}]],
-                    Sampling(max_new_tokens=8))
-        dp_overflow = None
-    except ContextOverflow as e:
-        dp_overflow = e.row
-finally:
-    dp.close()
 print("RESULT" + json.dumps({
-    "dp_prompt_tokens": [c.prompt_tokens for c in dp_out], "dp_overflow_row": dp_overflow,
     "plain": [[c.text, c.prompt_tokens, c.completion_tokens] for c in plain],
     "guided": guided[0].text, "sampled": sampled, "overflow_row": overflow}))
 """
 
 
-@pytest.mark.server
-def test_offline_engine_on_cpu(tmp_path):
+def run_in_vllm_venv(script: str, timeout: float = 900) -> dict:
+    """Run `script` with the vLLM venv's interpreter (this project on its path); returns the
+    JSON it prints after RESULT."""
     from matrix.llm.embedded import smollm2_hf_dir
 
     model = str(smollm2_hf_dir())
@@ -75,17 +64,18 @@ def test_offline_engine_on_cpu(tmp_path):
         py = vllm_python()
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1"}
     run = subprocess.run(
-        [str(py), "-c", SCRIPT, model], capture_output=True, text=True, env=env, timeout=900
+        [str(py), "-c", script, model], capture_output=True, text=True, env=env, timeout=timeout
     )
     line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT")), None)
     assert line, run.stderr[-3000:]
-    res = json.loads(line[len("RESULT") :])
+    return json.loads(line[len("RESULT") :])
+
+
+@pytest.mark.server
+def test_offline_engine_on_cpu():
+    res = run_in_vllm_venv(SCRIPT)
     for text, prompt_tokens, completion_tokens in res["plain"]:
         assert text and prompt_tokens > 5 and 0 < completion_tokens <= 12
     assert isinstance(json.loads(res["guided"]).get("name"), str)  # valid JSON by construction
     assert res["sampled"][0] == res["sampled"][1]  # same seed, same sample
     assert res["overflow_row"] == 2
-    # Two engine processes, the batch split between them, rows back in order.
-    single = [p for _, p, _ in res["plain"]]
-    assert res["dp_prompt_tokens"] == [*single, single[0]]
-    assert res["dp_overflow_row"] == 2  # re-addressed from the second replica's shard
