@@ -51,9 +51,9 @@ print("RESULT" + json.dumps({
 """
 
 
-def run_in_vllm_venv(script: str, timeout: float = 900) -> dict:
-    """Run `script` with the vLLM venv's interpreter (this project on its path); returns the
-    JSON it prints after RESULT."""
+def run_in_vllm_venv(script: str, tmp_path, timeout: float = 900) -> dict:
+    """Run `script` as a file (spawned replicas re-import it) with the vLLM venv's interpreter
+    and this project on its path; returns the JSON it prints after RESULT."""
     from matrix.llm.embedded import smollm2_hf_dir
 
     model = str(smollm2_hf_dir())
@@ -63,8 +63,10 @@ def run_in_vllm_venv(script: str, timeout: float = 900) -> dict:
         subprocess.run([str(REPO / "scripts/setup_llm_server.sh")], check=True)
         py = vllm_python()
     env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    path = tmp_path / "script.py"
+    path.write_text(script)
     run = subprocess.run(
-        [str(py), "-c", script, model], capture_output=True, text=True, env=env, timeout=timeout
+        [str(py), str(path), model], capture_output=True, text=True, env=env, timeout=timeout
     )
     line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT")), None)
     assert line, run.stderr[-3000:]
@@ -72,10 +74,52 @@ def run_in_vllm_venv(script: str, timeout: float = 900) -> dict:
 
 
 @pytest.mark.server
-def test_offline_engine_on_cpu():
-    res = run_in_vllm_venv(SCRIPT)
+def test_offline_engine_on_cpu(tmp_path):
+    res = run_in_vllm_venv(SCRIPT, tmp_path)
     for text, prompt_tokens, completion_tokens in res["plain"]:
         assert text and prompt_tokens > 5 and 0 < completion_tokens <= 12
     assert isinstance(json.loads(res["guided"]).get("name"), str)  # valid JSON by construction
     assert res["sampled"][0] == res["sampled"][1]  # same seed, same sample
     assert res["overflow_row"] == 2
+
+
+DP_SCRIPT = r"""
+import json, sys
+from matrix.llm.errors import ContextOverflow
+from matrix.llm.protocol import Sampling
+from matrix.llm.vllm_backend import VLLMBackend
+
+
+def main():
+    single = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16")
+    chats = [[{"role": "user", "content": q}] for q in ["Name a fruit.", "What colour is grass?"]]
+    expected = [c.prompt_tokens for c in single.generate(chats, Sampling(max_new_tokens=4))]
+    del single
+    dp = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16", data_parallel_size=2)
+    try:
+        out = dp.generate(chats + chats[:1], Sampling(max_new_tokens=8))
+        try:
+            dp.generate(chats + [[{"role": "user", "content": "word " * 2000}]],
+                        Sampling(max_new_tokens=8))
+            overflow = None
+        except ContextOverflow as e:
+            overflow = e.row
+    finally:
+        dp.close()
+    print("RESULT" + json.dumps({"expected": expected, "overflow_row": overflow,
+                                 "prompt_tokens": [c.prompt_tokens for c in out],
+                                 "texts": [c.text for c in out]}))
+
+
+if __name__ == "__main__":  # replicas are spawned processes: they re-import this file
+    main()
+"""
+
+
+@pytest.mark.server
+def test_data_parallel_replicas_on_cpu(tmp_path):
+    res = run_in_vllm_venv(DP_SCRIPT, tmp_path)
+    # Two engine processes, the batch split between them, rows back in input order.
+    assert res["prompt_tokens"] == [*res["expected"], res["expected"][0]]
+    assert all(res["texts"])
+    assert res["overflow_row"] == 2  # re-addressed from the second replica's shard
