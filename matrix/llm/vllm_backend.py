@@ -186,11 +186,16 @@ class VLLMBackend:
         for r, rep in enumerate(self._replicas):
             rep.send(chats[bounds[r] : bounds[r + 1]], sampling)
         out: list[Completion] = []
-        for r, rep in enumerate(self._replicas):
-            try:
+        error: Exception | None = None
+        for r, rep in enumerate(self._replicas):  # drain every replica, or a stale answer
+            try:  # would be read as the next batch's
                 out.extend(rep.receive())
             except ContextOverflow as e:
-                raise ContextOverflow(str(e), e.row).at_row(bounds[r] + (e.row or 0)) from e
+                error = error or e.at_row(bounds[r] + (e.row or 0))
+            except Exception as e:
+                error = error or e
+        if error is not None:
+            raise error
         return out
 
     def close(self) -> None:
