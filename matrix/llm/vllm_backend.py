@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,6 +221,9 @@ def _visible_gpus() -> list[str]:
 
 
 def _replica_main(conn: Any, settings: dict[str, Any], gpus: list[str]) -> None:
+    # Own process group: vLLM's engine processes are its children, and close() must be able
+    # to stop them all even if the engine does not shut down cleanly.
+    os.setsid()
     if gpus:  # before vLLM (and CUDA) is imported in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     backend = VLLMBackend(**settings)
@@ -258,5 +262,6 @@ class _Replica:
             with contextlib.suppress(OSError):
                 self.conn.send(None)
             self.proc.join(30)
-            if self.proc.is_alive():
-                self.proc.terminate()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftover engine processes
+        self.proc.join(5)

@@ -32,6 +32,8 @@ from matrix.llm.errors import ContextOverflow
 from matrix.llm.protocol import Sampling
 from matrix.llm.vllm_backend import VLLMBackend
 
+if __name__ != "__main__":  # vLLM's engine process is spawned and re-imports this file
+    raise SystemExit
 b = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16")
 chats = [[{"role": "user", "content": q}] for q in ["Name a fruit.", "What colour is grass?"]]
 plain = b.generate(chats, Sampling(max_new_tokens=12))
