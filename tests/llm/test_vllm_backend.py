@@ -32,24 +32,28 @@ from matrix.llm.errors import ContextOverflow
 from matrix.llm.protocol import Sampling
 from matrix.llm.vllm_backend import VLLMBackend
 
-if __name__ != "__main__":  # vLLM's engine process is spawned and re-imports this file
-    raise SystemExit
-b = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16")
-chats = [[{"role": "user", "content": q}] for q in ["Name a fruit.", "What colour is grass?"]]
-plain = b.generate(chats, Sampling(max_new_tokens=12))
-schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-guided = b.generate([[{"role": "user", "content": "Your name as JSON"}]],
-                    Sampling(max_new_tokens=40, json_schema=schema))
-sampled = [b.generate(chats[:1], Sampling(max_new_tokens=12, temperature=1.0, seed=s))[0].text
-           for s in (1, 1, 2)]
-try:
-    b.generate(chats + [[{"role": "user", "content": "word " * 2000}]], Sampling(max_new_tokens=8))
-    overflow = None
-except ContextOverflow as e:
-    overflow = e.row
-print("RESULT" + json.dumps({
-    "plain": [[c.text, c.prompt_tokens, c.completion_tokens] for c in plain],
-    "guided": guided[0].text, "sampled": sampled, "overflow_row": overflow}))
+
+def main():
+    b = VLLMBackend(sys.argv[1], max_model_len=1024, dtype="bfloat16")
+    chats = [[{"role": "user", "content": q}] for q in ["Name a fruit.", "What colour is grass?"]]
+    plain = b.generate(chats, Sampling(max_new_tokens=12))
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    guided = b.generate([[{"role": "user", "content": "Your name as JSON"}]],
+                        Sampling(max_new_tokens=40, json_schema=schema))
+    sampled = [b.generate(chats[:1], Sampling(max_new_tokens=12, temperature=1.0, seed=s))[0].text
+               for s in (1, 1, 2)]
+    try:
+        b.generate(chats + [[{"role": "user", "content": "word " * 2000}]], Sampling(max_new_tokens=8))
+        overflow = None
+    except ContextOverflow as e:
+        overflow = e.row
+    print("RESULT" + json.dumps({
+        "plain": [[c.text, c.prompt_tokens, c.completion_tokens] for c in plain],
+        "guided": guided[0].text, "sampled": sampled, "overflow_row": overflow}))
+
+
+if __name__ == "__main__":  # vLLM's engine process is spawned and re-imports this file
+    main()
 """
 
 
