@@ -64,3 +64,10 @@ def compose(config_name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return hydra_compose(config_name, overrides=overrides)
+
+
+@pytest.fixture(autouse=True)
+def _own_llm_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """LLM answers are cached across runs by design (llm.cache); each test gets its own
+    cache so no test is answered by another test's (or an earlier run's) backend."""
+    monkeypatch.setenv("MATRIX_LLM_CACHE", str(tmp_path_factory.mktemp("llm_cache")))

@@ -9,13 +9,10 @@ import torch
 
 from matrix.chat import render, set_chat_template
 from matrix.llm.embedded import resolve_model_path
+from matrix.llm.errors import ContextOverflow
 from matrix.llm.protocol import Chat, Completion, Sampling, truncate_at_stop
 
 log = logging.getLogger(__name__)
-
-
-class ContextOverflow(ValueError):
-    pass
 
 
 def pick_device(device: str = "auto") -> str:
@@ -130,7 +127,8 @@ class HFBackend:
                         f"row {i}: prompt of {len(ids)} tokens + max_new_tokens "
                         f"{sampling.max_new_tokens} exceeds the context of {self.name} "
                         f"({self._context_limit(model)}); shorten the prompt, lower "
-                        "max_new_tokens, or set the backend's overflow=truncate_left"
+                        "max_new_tokens, or set the backend's overflow=truncate_left",
+                        row=i,
                     )
                 encoded[i] = ids[len(ids) - limit :]
         # Longest first: batches of similar length waste little on padding.

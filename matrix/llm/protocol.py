@@ -18,13 +18,20 @@ Chat = list[Message]
 
 @dataclass(frozen=True)
 class Sampling:
-    """Decoding parameters. temperature == 0 means greedy decoding."""
+    """Decoding parameters. temperature == 0 means greedy decoding.
+
+    `json_schema` asks for structured output where the backend can constrain decoding
+    (vLLM guided decoding, OpenAI-compatible `response_format`): True for any JSON object,
+    a dict for a JSON schema. Backends that cannot constrain ignore it; parse the text with
+    `matrix.llm.structured` either way.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    json_schema: dict | bool | None = None
 
     @property
     def greedy(self) -> bool:
@@ -50,7 +57,13 @@ class LLM(Protocol):
         ...
 
     def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[Completion]:
-        """One completion per chat, in input order. Batches internally as it sees fit."""
+        """One completion per chat, in input order. Batches internally as it sees fit.
+
+        Backends that answer rows out of order (network servers) may also accept an
+        `on_result(index, completion)` keyword, called as each row arrives, and set
+        `streams_results = True`; the call cache then stores every answer the moment it is
+        paid for, so a batch killed half-way resumes from where it stopped.
+        """
         ...
 
 

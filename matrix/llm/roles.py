@@ -8,6 +8,12 @@ loaded once per process and shared.
       roles:
         agent: {backend: smollm2, max_new_tokens: 96, temperature: 0.7}
         judge: {backend: smollm2, max_new_tokens: 8}
+      cache: {enabled: true, dir: ${paths.cache_dir}}
+      budget: {max_tokens: null, max_cost: null}
+
+Every role gets the same wrappers around its backend: the persistent call cache (only the
+misses of a batch go to the backend, as one batch), the per-role ledger and the run's
+budget. A backend may carry `prices: {prompt: $, completion: $}` per 1M tokens.
 
 Stages only ever call `roles.get(name).generate(chats, **overrides)`.
 """
@@ -23,63 +29,85 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.llm.cache import CallCache, batch_keys, model_identity
+from matrix.llm.embedded import cache_root
+from matrix.llm.errors import BudgetExhausted, ContextOverflow
+from matrix.llm.ledger import Budget, Prices, Usage, estimate_prompt_tokens
 from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling
 
 log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
+_BACKEND_EXTRA_KEYS = ("prices",)  # read by Roles, not passed to the backend constructor
 
-
-@dataclass
-class Usage:
-    calls: int = 0
-    batches: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    max_batch: int = 0
-
-    def add(self, completions: Sequence[Completion], seconds: float) -> None:
-        self.calls += len(completions)
-        self.batches += 1
-        self.prompt_tokens += sum(c.prompt_tokens for c in completions)
-        self.completion_tokens += sum(c.completion_tokens for c in completions)
-        self.seconds += seconds
-        self.max_batch = max(self.max_batch, len(completions))
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "calls": self.calls,
-            "batches": self.batches,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "seconds": round(self.seconds, 3),
-            "max_batch": self.max_batch,
-        }
+__all__ = ["RoleLLM", "Roles", "Usage"]
 
 
 @dataclass
 class RoleLLM:
-    """An LLM bound to a role: the backend plus the role's default sampling and usage."""
+    """An LLM bound to a role: the backend plus the role's default sampling, usage, and the
+    run-wide cache, budget and totals it shares with the other roles."""
 
     role: str
     backend: LLM
     sampling: Sampling
     usage: Usage = field(default_factory=Usage)
+    prices: Prices = field(default_factory=Prices)
+    cache: CallCache | None = None
+    budget: Budget = field(default_factory=Budget)
+    run_usage: Usage = field(default_factory=Usage)  # shared by every role of a Roles
 
     @property
     def name(self) -> str:
         return self.backend.name
 
+    def sampling_for(self, **overrides: Any) -> Sampling:
+        unknown = set(overrides) - _SAMPLING_KEYS
+        if unknown:
+            raise TypeError(
+                f"unknown sampling fields {sorted(unknown)}; known: {sorted(_SAMPLING_KEYS)}"
+            )
+        if "stop" in overrides:
+            overrides["stop"] = tuple(overrides["stop"] or ())
+        return replace(self.sampling, **overrides)
+
     def generate(self, chats: Sequence[Chat], **overrides: Any) -> list[Completion]:
         """Complete a batch of chats; keyword overrides replace the role's sampling fields."""
         if not chats:
             return []
-        sampling = self._sampling(overrides)
+        chats = list(chats)
+        sampling = self.sampling_for(**overrides)
         t0 = time.perf_counter()
-        out = self.backend.generate(list(chats), sampling)
-        self.usage.add(out, time.perf_counter() - t0)
-        return out
+        out: list[Completion | None] = [None] * len(chats)
+        keys: list[str] | None = None
+        if self.cache is not None:
+            keys = batch_keys(model_identity(self.backend.name), chats, sampling)
+            hits = self.cache.get_many(keys)
+            todo: dict[str, int] = {}  # one backend row per distinct missing key
+            for i, k in enumerate(keys):
+                if k in hits:
+                    out[i] = hits[k]
+                else:
+                    todo.setdefault(k, i)
+            send = list(todo.values())
+        else:
+            send = list(range(len(chats)))
+        try:
+            self._call_backend(chats, send, keys, sampling, out)
+        finally:
+            dt = time.perf_counter() - t0
+            for u in (self.usage, self.run_usage):
+                u.requests += len(chats)
+                u.batches += 1
+                u.max_batch = max(u.max_batch, len(chats))
+                u.seconds += dt
+        hits_now = len(chats) - len(send)
+        self.usage.cache_hits += hits_now
+        self.run_usage.cache_hits += hits_now
+        if keys is not None:  # duplicates of a greedy request share its one answer
+            first = {k: out[i] for i, k in enumerate(keys) if out[i] is not None}
+            out = [first[k] for k in keys]
+        return out  # type: ignore[return-value]
 
     def _raw(self) -> RawCompleter:
         if not isinstance(self.backend, RawCompleter):
@@ -93,32 +121,143 @@ class RoleLLM:
         return self._raw().pre_query_prefix()
 
     def complete(self, prompts: Sequence[str], **overrides: Any) -> list[Completion]:
-        """Continue raw text prompts (no chat template); same sampling rules as `generate`."""
+        """Continue raw text prompts (no chat template, not cached); same sampling rules and
+        ledger as `generate`."""
         if not prompts:
             return []
         backend = self._raw()
-        sampling = self._sampling(overrides)
+        sampling = self.sampling_for(**overrides)
         t0 = time.perf_counter()
         out = backend.complete(list(prompts), sampling)
-        self.usage.add(out, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        for u in (self.usage, self.run_usage):
+            u.requests += len(prompts)
+            u.batches += 1
+            u.max_batch = max(u.max_batch, len(prompts))
+            u.seconds += dt
+            u.add_calls(out, self.prices)
         return out
 
-    def _sampling(self, overrides: dict[str, Any]) -> Sampling:
-        unknown = set(overrides) - _SAMPLING_KEYS
-        if unknown:
-            raise TypeError(
-                f"unknown sampling fields {sorted(unknown)}; known: {sorted(_SAMPLING_KEYS)}"
+    def _call_backend(
+        self,
+        chats: list[Chat],
+        send: list[int],
+        keys: list[str] | None,
+        sampling: Sampling,
+        out: list[Completion | None],
+    ) -> None:
+        # Budget: send the longest run of rows that fits (estimated from the prompt size and
+        # max_new_tokens), so the rows paid for are kept (cached) and the stage stops before
+        # the first row that would go past the cap. Without a cap this is one batch.
+        remaining = send
+        while remaining:
+            fit, est_p, est_c = 0, 0, 0
+            for i in remaining:
+                p = estimate_prompt_tokens(chats[i])
+                if not self._fits(est_p + p, est_c + sampling.max_new_tokens):
+                    break
+                est_p, est_c, fit = est_p + p, est_c + sampling.max_new_tokens, fit + 1
+            if fit == 0:
+                i = remaining[0]
+                p = estimate_prompt_tokens(chats[i])
+                n = sampling.max_new_tokens
+                self.budget.check(self.run_usage, p + n, self.prices.cost(p, n), self.role)
+            self._send(chats, remaining[:fit], keys, sampling, out)
+            remaining = remaining[fit:]
+
+    def _fits(self, prompt_tokens: int, completion_tokens: int) -> bool:
+        try:
+            self.budget.check(
+                self.run_usage,
+                prompt_tokens + completion_tokens,
+                self.prices.cost(prompt_tokens, completion_tokens),
+                self.role,
             )
-        if "stop" in overrides:
-            overrides["stop"] = tuple(overrides["stop"])
-        return replace(self.sampling, **overrides)
+        except BudgetExhausted:
+            return False
+        return True
+
+    def _send(
+        self,
+        chats: list[Chat],
+        batch: list[int],
+        keys: list[str] | None,
+        sampling: Sampling,
+        out: list[Completion | None],
+    ) -> None:
+        got: dict[int, Completion] = {}
+
+        def record(j: int, c: Completion) -> None:
+            # Called as each row is paid for: ledger and cache are never behind the server.
+            got[j] = c
+            self.usage.add_calls([c], self.prices)
+            self.run_usage.add_calls([c], self.prices)
+            if self.cache is not None and keys is not None:
+                self.cache.put(keys[batch[j]], c)
+
+        sub = [chats[i] for i in batch]
+        try:
+            if getattr(self.backend, "streams_results", False):
+                result = self.backend.generate(sub, sampling, on_result=record)
+            else:
+                result = self.backend.generate(sub, sampling)
+        except ContextOverflow as e:
+            raise (e.at_row(batch[e.row]) if e.row is not None else e) from e
+        finally:
+            for j, c in got.items():
+                out[batch[j]] = c
+        if len(result) != len(sub):
+            raise RuntimeError(
+                f"backend {self.backend.name} returned {len(result)} completions for "
+                f"{len(sub)} chats"
+            )
+        for j, c in enumerate(result):
+            if j not in got:
+                record(j, c)
+            out[batch[j]] = c
+
+
+def _prices(node: Any) -> Prices:
+    if not node:
+        return Prices()
+    unknown = set(node) - {"prompt", "completion"}
+    if unknown:
+        raise KeyError(
+            f"llm.backends.*.prices has unknown keys {sorted(unknown)}; use prompt and "
+            "completion (US$ per 1M tokens)"
+        )
+    return Prices(float(node.get("prompt", 0.0)), float(node.get("completion", 0.0)))
 
 
 class Roles:
-    def __init__(self, llm_cfg: DictConfig, backends: dict[str, LLM] | None = None):
+    """The LLM of every role, built from `llm` config.
+
+    `cache` overrides llm.cache (pass a CallCache, or False to turn it off); `budget`
+    overrides llm.budget.
+    """
+
+    def __init__(
+        self,
+        llm_cfg: DictConfig,
+        backends: dict[str, LLM] | None = None,
+        cache: CallCache | bool | None = None,
+        budget: Budget | None = None,
+    ):
         self.cfg = llm_cfg
         self._backends: dict[str, LLM] = dict(backends or {})
         self._roles: dict[str, RoleLLM] = {}
+        self.cache = self._open_cache(cache)
+        self.budget = budget or Budget(**dict(llm_cfg.get("budget") or {}))
+        self.total = Usage()  # run-wide totals the budget is checked against
+
+    def _open_cache(self, cache: CallCache | bool | None) -> CallCache | None:
+        if isinstance(cache, CallCache):
+            return cache
+        ccfg = self.cfg.get("cache") or {}
+        if cache is False or (cache is None and not ccfg.get("enabled", False)):
+            return None
+        directory = ccfg.get("dir") or cache_root()
+        return CallCache.in_dir(directory)
 
     def names(self) -> list[str]:
         return list(self.cfg.roles.keys())
@@ -129,8 +268,16 @@ class Roles:
                 raise KeyError(
                     f"llm.backends has no '{name}'; defined: {sorted(self.cfg.backends)}"
                 )
-            self._backends[name] = instantiate(self.cfg.backends[name])
+            node = OmegaConf.to_container(self.cfg.backends[name], resolve=True)
+            for k in _BACKEND_EXTRA_KEYS:
+                node.pop(k, None)
+            self._backends[name] = instantiate(node)
         return self._backends[name]
+
+    def prices(self, name: str) -> Prices:
+        """Prices of a backend (llm.backends.<name>.prices), also for backends passed in."""
+        node = self.cfg.backends.get(name) if self.cfg.get("backends") else None
+        return _prices(node.get("prices") if node is not None else None)
 
     def get(self, role: str) -> RoleLLM:
         if role not in self._roles:
@@ -149,19 +296,31 @@ class Roles:
                 )
             if "stop" in rc:
                 rc["stop"] = tuple(rc["stop"] or ())
-            self._roles[role] = RoleLLM(role, self.backend(backend_name), Sampling(**rc))
+            backend = self.backend(backend_name)
+            self._roles[role] = RoleLLM(
+                role,
+                backend,
+                Sampling(**rc),
+                prices=self.prices(backend_name),
+                cache=self.cache,
+                budget=self.budget,
+                run_usage=self.total,
+            )
         return self._roles[role]
 
-    def ledger(self) -> dict[str, dict[str, float]]:
-        """Token and call totals per role, for manifests and W&B."""
-        per_role = {r: x.usage.as_dict() for r, x in self._roles.items()}
-        total = Usage()
-        for x in self._roles.values():
-            u = x.usage
-            total.calls += u.calls
-            total.batches += u.batches
-            total.prompt_tokens += u.prompt_tokens
-            total.completion_tokens += u.completion_tokens
-            total.seconds += u.seconds
-            total.max_batch = max(total.max_batch, u.max_batch)
-        return {"roles": per_role, "total": total.as_dict()}
+    def ledger(self) -> dict[str, Any]:
+        """Requests, backend calls, cache hits, tokens and cost per role and in total, for
+        manifests and W&B."""
+        return {
+            "roles": {r: x.usage.as_dict() for r, x in self._roles.items()},
+            "total": self.total.as_dict(),
+            "budget": {"max_tokens": self.budget.max_tokens, "max_cost": self.budget.max_cost},
+        }
+
+    def metrics(self, prefix: str = "llm") -> dict[str, float]:
+        """The ledger flattened for W&B (`llm/judge/cache_hits`, `llm/total/cost`, ...)."""
+        led = self.ledger()
+        flat = {f"{prefix}/total/{k}": v for k, v in led["total"].items()}
+        for role, usage in led["roles"].items():
+            flat.update({f"{prefix}/{role}/{k}": v for k, v in usage.items()})
+        return flat
