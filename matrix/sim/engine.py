@@ -161,7 +161,9 @@ class Simulation:
         # Inter-group routing: another group's members hear of this group's events.
         forwarded = self.comm.inter_group(lines, agents, groups)
         if self.owns_group is not None:  # a shard forwards only to groups it simulates
-            forwarded = {g: tuple(t for t in ts if self.owns_group(t)) for g, ts in forwarded.items()}
+            forwarded = {
+                g: tuple(t for t in ts if self.owns_group(t)) for g, ts in forwarded.items()
+            }
         for gid, targets in forwarded.items():
             for t in targets:
                 for m in groups[t].members:
