@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all lint format clean-demo
+.PHONY: install demo test test-all llm-server bench-llm lint format clean-demo
 
 install: $(STAMP)
 
@@ -35,9 +35,20 @@ demo: install
 test: install
 	$(PY) -m pytest -q -m "not slow and not server"
 
-# Everything, including the slow tests and the real OpenAI-compatible server tests.
+# Everything, including the slow tests and the real OpenAI-compatible server tests (vLLM's
+# CPU build in its own virtualenv, .venv-vllm, set up by scripts/setup_llm_server.sh).
 test-all: install
+	bash scripts/setup_llm_server.sh
 	$(PY) -m pytest -q
+
+# A real OpenAI-compatible server for the embedded model on 127.0.0.1:8000 (llm=smollm2_server).
+llm-server: install
+	bash scripts/setup_llm_server.sh
+	$(PY) -m matrix.llm.server --port 8000
+
+bench-llm: install
+	bash scripts/setup_llm_server.sh
+	$(PY) bench/llm.py --server
 
 lint: install
 	$(VENV)/bin/ruff check .

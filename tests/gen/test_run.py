@@ -116,7 +116,14 @@ def test_dpo_rows_never_have_chosen_equal_rejected(tmp_path, sim_dir):
 
 
 def test_resume_after_kill_has_no_duplicates_and_matches_an_uninterrupted_run(tmp_path, sim_dir):
-    overrides = [f"simulation_dir={sim_dir}", *TINY, "generate.batch_size=2"]
+    # The call cache off: the stage's own checkpoint must give the resume, and a cache shared
+    # by both runs would answer the killed run without reaching the crashing backend.
+    overrides = [
+        f"simulation_dir={sim_dir}",
+        *TINY,
+        "generate.batch_size=2",
+        "llm.cache.enabled=false",
+    ]
     whole = tmp_path / "whole"
     run_generate(compose_generate(whole, *overrides), backends=scripted_backends())
 
