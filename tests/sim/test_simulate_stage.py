@@ -61,10 +61,11 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
 
 
 def _cli(tmp_path, model_dir, name):
+    # The LLM call cache is off so the stage's own checkpoint alone must give an identical run.
     return [
         sys.executable,
         str(ROOT / "simulate.py"),
-        *_overrides(tmp_path, model_dir, name, "logger=none"),
+        *_overrides(tmp_path, model_dir, name, "logger=none", "llm.cache.enabled=false"),
     ]
 
 
