@@ -90,9 +90,11 @@ class AlpacaEval2(Benchmark):
         out: dict[str, Any] = {
             "win_rate": wr.win_rate,
             "win_rate_se": wr.standard_error,
+            # Normal interval (as AlpacaEval reports its SE), clipped to the 0-100 scale that
+            # small samples would otherwise leave.
             "win_rate_ci95": [
-                wr.win_rate - 1.96 * wr.standard_error,
-                wr.win_rate + 1.96 * wr.standard_error,
+                max(0.0, wr.win_rate - 1.96 * wr.standard_error),
+                min(100.0, wr.win_rate + 1.96 * wr.standard_error),
             ],
             "n": wr.n_total,
             "judge_failures": sum(not jud[i]["ok"] for i in ids),
