@@ -80,7 +80,8 @@ def main() -> None:
                     "run.name=bench",
                 ],
             )
-        roles = Roles(cfg.llm, backends={"smollm2": CountingDouble()})
+        # No call cache: every request reaches the double, so tokens are per round.
+        roles = Roles(cfg.llm, backends={"smollm2": CountingDouble()}, cache=False)
         t0 = time.perf_counter()
         counts = run_simulate(cfg, roles=roles)
         wall = time.perf_counter() - t0
@@ -94,13 +95,13 @@ def main() -> None:
         f"events={counts['events']} scenarios={counts['scenarios']} wall={wall:.1f}s (incl. setup)"
     )
     print(
-        f"{'round':>5} {'calls':>7} {'prompt_tok':>11} {'compl_tok':>10} {'max_batch':>10} {'observations':>13}"
+        f"{'round':>5} {'requests':>9} {'calls':>7} {'prompt_tok':>11} {'compl_tok':>10} {'max_batch':>10} {'observations':>13}"
     )
     for r in rows:
         if "sim/round" not in r:
             continue
         print(
-            f"{r['sim/round']:>5} {r['sim/llm_calls']:>7} {r['sim/prompt_tokens']:>11} "
+            f"{r['sim/round']:>5} {r['sim/llm_requests']:>9} {r['sim/llm_calls']:>7} {r['sim/prompt_tokens']:>11} "
             f"{r['sim/completion_tokens']:>10} {r['sim/max_batch']:>10} {r['sim/observations']:>13}"
         )
 

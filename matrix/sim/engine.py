@@ -219,6 +219,8 @@ class Simulation:
             "routing_fallbacks": sum(1 for e in events if e.routing == "fallback"),
             "observations": sum(len(e.observers) for e in events),
             "agents_done": sum(a.done for a in agents),
+            # requests: rows the round asked for; calls: rows paid for (cache misses)
+            "llm_requests": after["total"]["requests"] - before["requests"],
             "llm_calls": after["total"]["calls"] - before["calls"],
             "prompt_tokens": after["total"]["prompt_tokens"] - before["prompt_tokens"],
             "completion_tokens": after["total"]["completion_tokens"] - before["completion_tokens"],
