@@ -94,3 +94,14 @@ def test_every_eval_preset_composes_and_validates(tmp_path):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("base", overrides=[f"+eval={preset}", "logger=none"])
         validate(cfg)
+
+
+def test_eval_limit_caps_every_benchmark_and_keeps_smaller_limits():
+    from omegaconf import OmegaConf
+
+    from matrix.eval.run import _capped
+
+    assert _capped(OmegaConf.create({"limit": None}), 5).limit == 5
+    assert _capped(OmegaConf.create({"limit": 3}), 5).limit == 3
+    assert _capped(OmegaConf.create({"limit": 100}), 5).limit == 5
+    assert _capped(OmegaConf.create({"limit": 100}), None).limit == 100
