@@ -100,10 +100,11 @@ def _merge_simulate(shards: list[tuple[Path, dict]], out: Path) -> dict[str, Any
 
 def _merge_evaluate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> dict[str, Any]:
     from matrix.eval.benchmarks import BENCHMARKS
+    from matrix.eval.run import capped
 
     scores: dict[str, dict] = {}
     for name, bcfg in cfg.eval.benchmarks.items():
-        bench = BENCHMARKS[name](bcfg)
+        bench = BENCHMARKS[name](capped(bcfg, cfg.eval.get("limit")))
         items = bench.load()
         rows = {}
         for kind in ("answers", "judgments"):

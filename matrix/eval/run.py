@@ -112,7 +112,7 @@ def evaluate_benchmark(
     return bench.score(items, answers, judgments), items, answers, judgments
 
 
-def _capped(bcfg: DictConfig, limit: int | None) -> DictConfig:
+def capped(bcfg: DictConfig, limit: int | None) -> DictConfig:
     """`eval.limit` caps every benchmark's item count (debug=tiny), keeping smaller limits."""
     if not limit or "limit" not in bcfg:
         return bcfg
@@ -139,7 +139,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     chunk = int(ev.get("chunk_size") or 64)
     scores: dict[str, dict] = {}
     for name, bcfg in ev.benchmarks.items():
-        bench = BENCHMARKS[name](_capped(bcfg, ev.get("limit")))
+        bench = BENCHMARKS[name](capped(bcfg, ev.get("limit")))
         log.info("evaluate: %s", name)
         s, items, answers, judgments = evaluate_benchmark(
             bench, model, lambda: roles.get("judge"), run.dir / name, chunk, Shard.from_cfg(cfg)

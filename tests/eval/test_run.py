@@ -99,9 +99,9 @@ def test_every_eval_preset_composes_and_validates(tmp_path):
 def test_eval_limit_caps_every_benchmark_and_keeps_smaller_limits():
     from omegaconf import OmegaConf
 
-    from matrix.eval.run import _capped
+    from matrix.eval.run import capped
 
-    assert _capped(OmegaConf.create({"limit": None}), 5).limit == 5
-    assert _capped(OmegaConf.create({"limit": 3}), 5).limit == 3
-    assert _capped(OmegaConf.create({"limit": 100}), 5).limit == 5
-    assert _capped(OmegaConf.create({"limit": 100}), None).limit == 100
+    assert capped(OmegaConf.create({"limit": None}), 5).limit == 5
+    assert capped(OmegaConf.create({"limit": 3}), 5).limit == 3
+    assert capped(OmegaConf.create({"limit": 100}), 5).limit == 5
+    assert capped(OmegaConf.create({"limit": 100}), None).limit == 100
