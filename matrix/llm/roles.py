@@ -95,12 +95,7 @@ class RoleLLM:
         try:
             self._call_backend(chats, send, keys, sampling, out)
         finally:
-            dt = time.perf_counter() - t0
-            for u in (self.usage, self.run_usage):
-                u.requests += len(chats)
-                u.batches += 1
-                u.max_batch = max(u.max_batch, len(chats))
-                u.seconds += dt
+            self._count_batch(len(chats), time.perf_counter() - t0)
         hits_now = len(chats) - len(send)
         self.usage.cache_hits += hits_now
         self.run_usage.cache_hits += hits_now
@@ -129,14 +124,18 @@ class RoleLLM:
         sampling = self.sampling_for(**overrides)
         t0 = time.perf_counter()
         out = backend.complete(list(prompts), sampling)
-        dt = time.perf_counter() - t0
+        self._count_batch(len(prompts), time.perf_counter() - t0)
         for u in (self.usage, self.run_usage):
-            u.requests += len(prompts)
-            u.batches += 1
-            u.max_batch = max(u.max_batch, len(prompts))
-            u.seconds += dt
             u.add_calls(out, self.prices)
         return out
+
+    def _count_batch(self, n_requests: int, seconds: float) -> None:
+        """One batch asked of this role: requests, batch size and time, in both ledgers."""
+        for u in (self.usage, self.run_usage):
+            u.requests += n_requests
+            u.batches += 1
+            u.max_batch = max(u.max_batch, n_requests)
+            u.seconds += seconds
 
     def _call_backend(
         self,
