@@ -19,11 +19,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.io import JsonlLog, file_sha256, write_json
+
+if TYPE_CHECKING:
+    from matrix.llm.roles import Roles
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,14 @@ class StageRun:
         JsonlLog(self.dir / "metrics.jsonl").append([row])
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+
+    def track_llm_spend(self, roles: Roles) -> None:
+        """Count every attempt of this stage run against llm.budget: a resumed run starts from
+        what the killed or budget-stopped attempts spent (llm_spend.json). The key leaves
+        llm.budget out, so raising the budget and rerunning resumes with the spend so far."""
+        data = OmegaConf.to_container(self.cfg, resolve=True)
+        (data.get("llm") or {}).pop("budget", None)
+        roles.carry_spend(self.dir / "llm_spend.json", config_hash(data, self.stage))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:

@@ -135,6 +135,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         return {"compare": rows}
 
     roles = roles or Roles(cfg.llm)
+    run.track_llm_spend(roles)
     model = model_under_test(cfg, roles)
     chunk = int(ev.get("chunk_size") or 64)
     scores: dict[str, dict] = {}

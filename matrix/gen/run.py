@@ -530,6 +530,7 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
     sim = load_simulation(str(cfg.simulation_dir)) if needs_sim else None
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
+    run.track_llm_spend(roles)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
     gen = Generation(cfg, run, roles, encoder, sim)
     gen.generate()

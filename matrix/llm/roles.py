@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.io import read_json, write_json
 from matrix.llm.cache import CallCache, batch_keys, model_identity
 from matrix.llm.embedded import cache_root
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
@@ -56,6 +58,7 @@ class RoleLLM:
     cache: CallCache | None = None
     budget: Budget = field(default_factory=Budget)
     run_usage: Usage = field(default_factory=Usage)  # shared by every role of a Roles
+    on_batch: Callable[[], None] | None = None  # after every batch (Roles records its spend)
 
     @property
     def name(self) -> str:
@@ -95,10 +98,10 @@ class RoleLLM:
         try:
             self._call_backend(chats, send, keys, sampling, out)
         finally:
+            hits_now = len(chats) - len(send)
+            self.usage.cache_hits += hits_now
+            self.run_usage.cache_hits += hits_now
             self._count_batch(len(chats), time.perf_counter() - t0)
-        hits_now = len(chats) - len(send)
-        self.usage.cache_hits += hits_now
-        self.run_usage.cache_hits += hits_now
         if keys is not None:  # duplicates of a greedy request share its one answer
             first = {k: out[i] for i, k in enumerate(keys) if out[i] is not None}
             out = [first[k] for k in keys]
@@ -124,9 +127,9 @@ class RoleLLM:
         sampling = self.sampling_for(**overrides)
         t0 = time.perf_counter()
         out = backend.complete(list(prompts), sampling)
-        self._count_batch(len(prompts), time.perf_counter() - t0)
         for u in (self.usage, self.run_usage):
             u.add_calls(out, self.prices)
+        self._count_batch(len(prompts), time.perf_counter() - t0)
         return out
 
     def _count_batch(self, n_requests: int, seconds: float) -> None:
@@ -136,6 +139,8 @@ class RoleLLM:
             u.batches += 1
             u.max_batch = max(u.max_batch, n_requests)
             u.seconds += seconds
+        if self.on_batch is not None:
+            self.on_batch()
 
     def _call_backend(
         self,
@@ -216,6 +221,11 @@ class RoleLLM:
             out[batch[j]] = c
 
 
+def _usage(d: dict[str, Any]) -> Usage:
+    known = {f.name for f in fields(Usage)}
+    return Usage(**{k: v for k, v in d.items() if k in known})
+
+
 def _prices(node: Any) -> Prices:
     if not node:
         return Prices()
@@ -248,6 +258,35 @@ class Roles:
         self.cache = self._open_cache(cache)
         self.budget = budget or Budget(**dict(llm_cfg.get("budget") or {}))
         self.total = Usage()  # run-wide totals the budget is checked against
+        self._spend_file: Path | None = None
+        self._spend_key = ""
+        self._carried: dict[str, Usage] = {}  # per-role spend of earlier attempts
+
+    def carry_spend(self, path: str | Path, key: str) -> None:
+        """Make the budget span resumes: start from what earlier attempts of the same stage run
+        spent (recorded in `path` under the same `key`), and keep `path` current after every
+        batch. A different key (another config) starts from zero.
+
+        A SIGKILL loses at most the spend of the batch in flight; its paid rows are in the call
+        cache, so the resume gets them as free hits."""
+        self._spend_file, self._spend_key = Path(path), key
+        if not self._spend_file.exists():
+            return
+        saved = read_json(self._spend_file)
+        if saved.get("key") != key:
+            log.info("%s: earlier spend was for another config; counting from zero", path)
+            return
+        self.total.merge(_usage(saved["total"]))
+        for role, d in saved.get("roles", {}).items():
+            if role in self._roles:
+                self._roles[role].usage.merge(_usage(d))
+            else:
+                self._carried[role] = _usage(d)
+        log.info("LLM spend carried over from earlier attempts: %s tokens", self.total.tokens)
+
+    def _record_spend(self) -> None:
+        if self._spend_file is not None:
+            write_json(self._spend_file, {"key": self._spend_key, **self.ledger()})
 
     def _open_cache(self, cache: CallCache | bool | None) -> CallCache | None:
         if isinstance(cache, CallCache):
@@ -300,10 +339,12 @@ class Roles:
                 role,
                 backend,
                 Sampling(**rc),
+                usage=self._carried.pop(role, None) or Usage(),
                 prices=self.prices(backend_name),
                 cache=self.cache,
                 budget=self.budget,
                 run_usage=self.total,
+                on_batch=self._record_spend,
             )
         return self._roles[role]
 
@@ -311,7 +352,10 @@ class Roles:
         """Requests, backend calls, cache hits, tokens and cost per role and in total, for
         manifests and W&B."""
         return {
-            "roles": {r: x.usage.as_dict() for r, x in self._roles.items()},
+            "roles": {
+                **{r: u.as_dict() for r, u in self._carried.items()},
+                **{r: x.usage.as_dict() for r, x in self._roles.items()},
+            },
             "total": self.total.as_dict(),
             "budget": {"max_tokens": self.budget.max_tokens, "max_cost": self.budget.max_cost},
         }

@@ -131,6 +131,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     validate(cfg)
     run = open_stage(cfg, "simulate")
     roles = roles or Roles(cfg.llm)
+    run.track_llm_spend(roles)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
     sim_cfg = SimConfig(
         max_rounds=int(cfg.simulation.max_rounds),

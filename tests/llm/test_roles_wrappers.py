@@ -1,6 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
+from matrix.io import read_json
 from matrix.llm.cache import CallCache
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
 from matrix.llm.ledger import Budget
@@ -98,6 +99,46 @@ def test_budget_stops_before_the_call_that_would_exceed_it_and_resumes(tmp_path)
     assert [c.text for c in out] == [f"echo: question {i}" for i in range(5)]
     assert backend.rows_sent == 5
     assert roles.ledger()["total"]["cache_hits"] == 3
+
+
+def test_budget_spans_resumes_of_the_same_run(tmp_path):
+    """A killed or budget-stopped run that restarts keeps counting what it already spent; the
+    cap is per run, not per attempt. Another config (key) starts from zero."""
+    spend = tmp_path / "run" / "llm_spend.json"
+    spend.parent.mkdir()
+    backend = ScriptedBackend()
+    first = make_roles(tmp_path, backend, cache=False, budget={"max_tokens": 40})
+    first.carry_spend(spend, "cfg-a")
+    first.get("judge").generate(chats_of("question 0", "question 1"))  # 2 x 8 tokens
+    assert read_json(spend)["total"]["tokens"] == 16
+
+    again = make_roles(tmp_path, backend, cache=False, budget={"max_tokens": 40})
+    again.carry_spend(spend, "cfg-a")
+    assert again.ledger()["total"]["tokens"] == 16
+    assert again.ledger()["roles"]["judge"]["calls"] == 2  # per-role spend carried too
+    with pytest.raises(BudgetExhausted, match="24 spent"):
+        # alone each attempt would fit 40 tokens; together only one more row does
+        again.get("judge").generate(chats_of("question 2", "question 3", "question 4"))
+    assert backend.rows_sent == 3
+    assert read_json(spend)["total"]["tokens"] == 24
+
+    other = make_roles(tmp_path, backend, cache=False, budget={"max_tokens": 40})
+    other.carry_spend(spend, "cfg-b")
+    assert other.ledger()["total"]["tokens"] == 0
+
+
+def test_stage_spend_key_leaves_the_budget_out(tmp_path):
+    """Raising llm.budget and rerunning resumes the same run: its spend so far still counts."""
+    from matrix.stage import StageRun
+
+    def key_of(max_tokens):
+        cfg = OmegaConf.create({"seed": 1, "llm": {"budget": {"max_tokens": max_tokens}}})
+        run = StageRun(stage="evaluate", dir=tmp_path, cfg=cfg, config_hash="x")
+        roles = make_roles(tmp_path, ScriptedBackend(), cache=False)
+        run.track_llm_spend(roles)
+        return roles._spend_key
+
+    assert key_of(10) == key_of(1000)
 
 
 def test_cost_budget(tmp_path):
