@@ -154,7 +154,11 @@ class Simulation:
             )
             events.append(ev)
             seen_by = ", ".join(agents[o].name for o in d.observers) or "nobody"
-            lines.setdefault(a.group, []).append(f"{a.name}: {actions[i]} (noticed by {seen_by})")
+            # Reported speech, not a transcript: a small summarizer copies "Name: I ..." lines
+            # verbatim and slips into the first person; "Name posted: ..." keeps it reporting.
+            lines.setdefault(a.group, []).append(
+                f'{a.name} posted: "{actions[i]}" (read by {seen_by})'
+            )
             for o in d.observers:
                 agents[o].inbox.append(f"{a.name}: {actions[i]}")
 
@@ -239,10 +243,7 @@ class Simulation:
             participants = sorted(
                 {agents[int(e.split("-a")[1])].index for s in buf for e in s["events"]}
             )
-            log_text = "\n".join(
-                f"Step {k + 1} (round {s['round']}):\n" + "\n".join(f"  {x}" for x in s["lines"])
-                for k, s in enumerate(buf)
-            )
+            log_text = "\n".join(f"- {x}" for s in buf for x in s["lines"])
             fields = {
                 "description": state.groups[gid].description,
                 "people": "\n".join(
