@@ -24,7 +24,21 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class SFTModule(CausalLMModule):
+    """`tokens_per_batch` (labelled tokens per micro-batch, averaged over the epoch), when
+    set, makes the loss token-weighted across micro-batches too: each micro-batch returns its
+    summed loss over that constant instead of its own mean. Lightning divides by the
+    accumulation count, so a window of k micro-batches holding about k * tokens_per_batch
+    tokens gives the per-token mean of the window, and a micro-batch with few tokens no
+    longer weighs as much as a full one (the same holds across DDP ranks, which average).
+    The logged loss stays the micro-batch's per-token mean."""
+
+    def __init__(self, *args, tokens_per_batch: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_per_batch = tokens_per_batch
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, n = sft_loss(forward_logits(self.model, batch), batch["labels"])
         self.step_metrics = {"loss": float(loss.detach()), "trained_tokens": n}
+        if self.tokens_per_batch:
+            return loss * (n / self.tokens_per_batch)
         return loss

@@ -93,3 +93,30 @@ def test_packed_batches_in_the_datamodule_cover_the_data(tokenizer, data_dir):
         starts = (batch["position_ids"] == 0) & (batch["seq_ids"] >= 0)
         assert int(starts.sum()) == batch["n_sequences"]
     assert sorted(seen) == list(range(len(dm)))
+
+
+def test_accumulated_micro_batches_weigh_every_token_the_same(tokenizer, sequences):
+    """Two micro-batches with different token counts, accumulated the way Lightning does it
+    (each step's loss / 2), give the gradient of one batch holding all their tokens."""
+    from matrix.train.sft import SFTModule
+
+    model = tiny_model(tokenizer, "sdpa")
+    pad = tokenizer.pad_token_id
+    small, large = sequences[:2], sequences[2:]
+    whole = collate_rows([[s] for s in sequences], packed=False, pad_id=pad)
+    parts = [collate_rows([[s] for s in part], packed=False, pad_id=pad) for part in (small, large)]
+
+    def grads(batches, tokens_per_batch):
+        module = SFTModule(model, None, None, 1, tokens_per_batch=tokens_per_batch)
+        model.zero_grad()
+        for b in batches:
+            (module.training_step(b, 0) / len(batches)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    reference = grads([whole], None)
+    n = [sum(1 for x in s.labels[1:] if x != -100) for s in sequences]
+    assert sum(n[:2]) != sum(n[2:])  # the micro-batches really differ in size
+    weighted = grads(parts, tokens_per_batch=sum(n) / 2)
+    per_batch_mean = grads(parts, None)
+    torch.testing.assert_close(weighted, reference, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(per_batch_mean, reference, rtol=1e-3, atol=1e-5)
