@@ -27,12 +27,12 @@ def test_submitit_local_shards_then_merge(tmp_path, tiny_model_dir):
         sys.executable,
         str(ROOT / "simulate.py"),
         "-m",
-        "hydra/launcher=local",
+        "hydra/launcher=submitit_local",
         "shard.count=2",
         "shard.index=0,1",
-        f"hydra.sweep.dir={tmp_path}/multirun",
         *common,
     ]
+    # the sweep dir is the default one (runs_dir/multirun/simulate/<time>), as users get it
     out = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     merged = subprocess.run(
