@@ -48,6 +48,9 @@ def constrained_groups(
     check_bounds(n, k, size_min, size_max)
     if k == 1:
         return [0] * n
+    # No group can hold more than what the other k-1 groups leave at their minimum; saying so
+    # changes no feasible grouping, and k-means-constrained refuses size_max >= n.
+    size_max = min(size_max, n - (k - 1) * size_min)
     from k_means_constrained import KMeansConstrained
 
     km = KMeansConstrained(

@@ -87,6 +87,17 @@ def test_grouping_respects_size_bounds():
     assert len(sizes) == 12 and sizes.min() >= 2 and sizes.max() <= 7 and sizes.sum() == 60
 
 
+def test_small_population_with_the_paper_bounds_groups():
+    """population=tiny (8 agents) with the default bounds 1-10 and k=auto (2 groups): a bound
+    above the population size is no constraint, not an error."""
+    import numpy as np
+
+    vecs = np.random.default_rng(1).normal(size=(8, 16)).astype("float32")
+    labels = constrained_groups(vecs, k=2, size_min=1, size_max=10, seed=0)
+    sizes = np.bincount(labels, minlength=2)
+    assert len(sizes) == 2 and sizes.min() >= 1 and sizes.sum() == 8
+
+
 @pytest.mark.parametrize(
     ("n", "k", "lo", "hi", "msg"),
     [
