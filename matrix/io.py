@@ -3,7 +3,10 @@
 Every write that replaces a file goes through a temp file + fsync + rename, so a killed
 process leaves either the old file or the new one. JSONL outputs are appended row by row
 and committed by a checkpoint that records the row count; on resume `JsonlLog.truncate`
-drops whatever was appended after the last checkpoint (including a torn last line).
+drops whatever was appended after the last checkpoint (including a torn last line). Logs
+without a checkpoint (evaluate's answers keyed by id, metrics.jsonl) drop a torn last line
+before they are read or appended to (`JsonlLog.drop_torn_tail`), so a row half-written by a
+killed process never fuses with the next one.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -103,10 +109,38 @@ class JsonlLog:
             os.fsync(f.fileno())
         return dropped
 
+    def drop_torn_tail(self) -> int:
+        """Cut a last line that lacks its newline (a write killed midway); returns the number
+        of bytes cut."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return 0
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return 0
+            keep, pos = 0, end
+            while pos > 0:  # back to the last newline, 64 KiB at a time
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                newline = f.read(step).rfind(b"\n")
+                if newline >= 0:
+                    keep = pos - step + newline + 1
+                    break
+                pos -= step
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("%s: dropped a torn last line (%d bytes)", self.path, end - keep)
+        return end - keep
+
     def append(self, rows: Iterable[dict]) -> int:
         lines = [json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows]
         if not lines:
             return 0
+        self.drop_torn_tail()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
