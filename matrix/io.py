@@ -60,16 +60,38 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Rows of a JSONL file (optionally .gz). A malformed line raises with its line number."""
+    for lineno, value, error in jsonl_lines(path):
+        if error is not None:
+            raise ValueError(f"{path}:{lineno}: {error}")
+        yield value
+
+
+def jsonl_lines(
+    path: str | Path, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, parsed value, None) for every non-blank line of a JSONL file (optionally
+    .gz), or (line number, None, why) for a line that is not UTF-8, not JSON, or longer than
+    `max_line_bytes` (such a line is skipped over, never held in memory whole)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with opener(path, "rb") as f:
+        lineno = 0
+        while raw := f.readline(max_line_bytes + 1 if max_line_bytes else -1):
+            lineno += 1
+            if max_line_bytes and len(raw) > max_line_bytes:
+                size = len(raw)
+                while not raw.endswith(b"\n") and (raw := f.readline(1 << 20)):
+                    size += len(raw)
+                yield lineno, None, f"line of {size} bytes is over the limit of {max_line_bytes}"
+                continue
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield lineno, json.loads(raw.decode("utf-8")), None
+            except UnicodeDecodeError as e:
+                yield lineno, None, f"invalid UTF-8 at byte {e.start}"
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                yield lineno, None, f"not valid JSON ({e.msg})"
 
 
 class JsonlLog:
