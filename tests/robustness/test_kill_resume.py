@@ -60,6 +60,7 @@ def test_generate_killed_at_random_rows_resumes_to_the_same_rows(tmp_path, tiny_
         "generate.batch_size=1",  # a checkpoint per row: kills land between and within steps
         *RANDOM_MODEL_FILTERS,
         "llm.roles.responder.temperature=0.8",  # greedy decoding of random weights is blank
+        *(f"llm.roles.{r}.max_new_tokens=16" for r in ("generator", "responder", "rejecter")),
     ]
     ref, out, seen = _kill_and_finish(
         "generate.py",
@@ -91,7 +92,8 @@ def test_evaluate_killed_at_random_rows_resumes_to_the_same_scores(tmp_path, tin
         "evaluate.py",
         tmp_path,
         tiny_model_dir,
-        ["eval.chunk_size=1"],  # every answer and judgment is appended on its own
+        # every answer and judgment appended on its own; short answers (this tests resuming)
+        ["eval.chunk_size=1", "eval.sampling.max_new_tokens=16"],
         lambda d: [d / bench / "answers.jsonl", d / bench / "judgments.jsonl"],
         total=10,
         seed=2,
