@@ -34,8 +34,11 @@ def complete_rows(paths: Iterable[Path]) -> int:
 
 
 def thresholds(seed: int, total: int, kills: int) -> list[int]:
-    """`kills` distinct row counts in [1, total), ascending: where to kill."""
-    return sorted(random.Random(seed).sample(range(1, total), kills))
+    """Where to kill: one row count drawn from each of `kills` equal parts of [1, total),
+    so the kills spread over the run (and over several sets or benchmarks)."""
+    rng = random.Random(seed)
+    edges = [1 + (total - 1) * k // kills for k in range(kills + 1)]
+    return [rng.randrange(a, b) for a, b in zip(edges, edges[1:], strict=False)]
 
 
 def start(cmd: Sequence[str], log: Path) -> subprocess.Popen:

@@ -69,7 +69,7 @@ def test_generate_killed_at_random_rows_resumes_to_the_same_rows(tmp_path, tiny_
         extra,
         lambda d: (d / "sets").glob("*.jsonl"),
         total=10,
-        seed=1,
+        seed=1,  # kills at >= 2 rows (set general) and >= 9 rows (set safety)
     )
     assert len(seen) == 2, seen
     sets = sorted(p.name for p in (ref / "sets").glob("*.jsonl"))
@@ -95,8 +95,8 @@ def test_evaluate_killed_at_random_rows_resumes_to_the_same_scores(tmp_path, tin
         # every answer and judgment appended on its own; short answers (this tests resuming)
         ["eval.chunk_size=1", "eval.sampling.max_new_tokens=16"],
         lambda d: [d / bench / "answers.jsonl", d / bench / "judgments.jsonl"],
-        total=10,
-        seed=2,
+        total=10,  # 5 answers, then 5 judgments
+        seed=5,  # kills at >= 3 rows (answering) and >= 7 rows (judging)
     )
     assert len(seen) == 2, seen
     for kind in ("answers", "judgments"):
