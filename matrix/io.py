@@ -3,7 +3,10 @@
 Every write that replaces a file goes through a temp file + fsync + rename, so a killed
 process leaves either the old file or the new one. JSONL outputs are appended row by row
 and committed by a checkpoint that records the row count; on resume `JsonlLog.truncate`
-drops whatever was appended after the last checkpoint (including a torn last line).
+drops whatever was appended after the last checkpoint (including a torn last line). Logs
+without a checkpoint (evaluate's answers keyed by id, metrics.jsonl) drop a torn last line
+before they are read or appended to (`JsonlLog.drop_torn_tail`), so a row half-written by a
+killed process never fuses with the next one.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -54,16 +60,38 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Rows of a JSONL file (optionally .gz). A malformed line raises with its line number."""
+    for lineno, value, error in jsonl_lines(path):
+        if error is not None:
+            raise ValueError(f"{path}:{lineno}: {error}")
+        yield value
+
+
+def jsonl_lines(
+    path: str | Path, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, parsed value, None) for every non-blank line of a JSONL file (optionally
+    .gz), or (line number, None, why) for a line that is not UTF-8, not JSON, or longer than
+    `max_line_bytes` (such a line is skipped over, never held in memory whole)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with opener(path, "rb") as f:
+        lineno = 0
+        while raw := f.readline(max_line_bytes + 1 if max_line_bytes else -1):
+            lineno += 1
+            if max_line_bytes and len(raw) > max_line_bytes:
+                size = len(raw)
+                while not raw.endswith(b"\n") and (raw := f.readline(1 << 20)):
+                    size += len(raw)
+                yield lineno, None, f"line of {size} bytes is over the limit of {max_line_bytes}"
+                continue
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield lineno, json.loads(raw.decode("utf-8")), None
+            except UnicodeDecodeError as e:
+                yield lineno, None, f"invalid UTF-8 at byte {e.start}"
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                yield lineno, None, f"not valid JSON ({e.msg})"
 
 
 class JsonlLog:
@@ -103,10 +131,38 @@ class JsonlLog:
             os.fsync(f.fileno())
         return dropped
 
+    def drop_torn_tail(self) -> int:
+        """Cut a last line that lacks its newline (a write killed midway); returns the number
+        of bytes cut."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return 0
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return 0
+            keep, pos = 0, end
+            while pos > 0:  # back to the last newline, 64 KiB at a time
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                newline = f.read(step).rfind(b"\n")
+                if newline >= 0:
+                    keep = pos - step + newline + 1
+                    break
+                pos -= step
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("%s: dropped a torn last line (%d bytes)", self.path, end - keep)
+        return end - keep
+
     def append(self, rows: Iterable[dict]) -> int:
         lines = [json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows]
         if not lines:
             return 0
+        self.drop_torn_tail()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()

@@ -1,4 +1,4 @@
-"""Join a sharded stage: python -m matrix.merge <simulate|evaluate> run.name=... [shard.count=N]
+"""Join a sharded stage: python -m matrix.merge <simulate|generate|evaluate> run.name=... [shard.count=N]
 
 Reads `<stage dir>/shards/*-of-N/manifest.json`, checks that shards 0..N-1 each finished
 exactly once with the same config (config hashes equal once shard.index is set aside), then
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,17 @@ from matrix.io import JsonlLog, read_json, read_jsonl, write_json, write_jsonl
 from matrix.shard import SHARDED_STAGES, Shard
 from matrix.stage import StageRun, config_hash, stage_dir
 from matrix.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Merged:
+    """What a stage's merge wrote: the manifest's counts, inputs and extra fields."""
+
+    counts: dict[str, Any]
+    inputs: dict[str, Path] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _hash_apart_from_index(manifest: dict, stage: str) -> str:
@@ -71,7 +84,7 @@ def shard_manifests(base: Path, stage: str, count: int | None = None) -> list[tu
     return out
 
 
-def _merge_simulate(shards: list[tuple[Path, dict]], out: Path) -> dict[str, Any]:
+def _merge_simulate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
     count = len(shards)
     events = sorted(
         (r for d, _ in shards for r in read_jsonl(d / "events.jsonl")), key=lambda r: r["id"]
@@ -90,15 +103,85 @@ def _merge_simulate(shards: list[tuple[Path, dict]], out: Path) -> dict[str, Any
     write_jsonl(out / "scenarios.jsonl", scenarios)
     write_jsonl(out / "agents.jsonl", agents)
     write_json(out / "groups.json", read_json(shards[0][0] / "groups.json"))
-    return {
-        "agents": len(agents),
-        "events": len(events),
-        "scenarios": len(scenarios),
-        "rounds": max(m["counts"]["rounds"] for _, m in shards),
-    }
+    return Merged(
+        {
+            "agents": len(agents),
+            "events": len(events),
+            "scenarios": len(scenarios),
+            "rounds": max(m["counts"]["rounds"] for _, m in shards),
+        }
+    )
 
 
-def _merge_evaluate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> dict[str, Any]:
+def _merge_generate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
+    """Every set's rows of all shards in id order (the order of an unsharded run's seeds),
+    then the duplicate filter an unsharded run applies across all rows of a kind: a row
+    that duplicates (exactly or near) an earlier row of another shard is dropped, recorded
+    in filtered.jsonl with `cross_shard: true` and counted. Such drops leave the merged
+    set short of its target by that many rows; the merge cannot generate replacements."""
+    from matrix.embeddings import Encoder
+    from matrix.gen.candidates import row_instruction
+    from matrix.gen.filters import Deduper
+    from matrix.gen.run import KINDS, SetState, build_specs, simulation_input, write_outputs
+
+    sim, inputs = simulation_input(cfg)
+    encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
+    dedup = {k: Deduper(float(cfg.generate.filters.near_dup_threshold)) for k in KINDS}
+    by_set: dict[str, list[dict]] = {}
+    states: dict[str, SetState] = {}
+    cross: list[dict] = []
+    for spec in build_specs(cfg):  # the unsharded targets
+        rows = [
+            r
+            for d, m in shards
+            for r in JsonlLog(d / "sets" / f"{spec.name}.jsonl").read()[
+                : m["counts"][f"set/{spec.name}"]
+            ]
+        ]
+        rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+        vectors = encoder.encode([row_instruction(r) for r in rows]) if rows else []
+        parts = [next(s for s in m["sets"] if s["name"] == spec.name) for _, m in shards]
+        st = SetState(kind=parts[0]["kind"], templates=parts[0]["templates"])
+        for part in parts:
+            st.seeds_used += part["seeds_used"]
+            st.steps += part["steps"]
+            st.surplus += part["surplus"]
+            for why, n in part["filtered"].items():
+                st.filtered[why] = st.filtered.get(why, 0) + n
+        by_set[spec.name] = []
+        for r, v in zip(rows, vectors, strict=True):
+            why = dedup[spec.kind].admit(row_instruction(r), v)
+            if why is None:
+                by_set[spec.name].append(r)
+                continue
+            st.filtered[why] = st.filtered.get(why, 0) + 1
+            cross.append(
+                {"id": r["id"], "set": spec.name, "reason": why, "cross_shard": True, "row": r}
+            )
+        st.rows = len(by_set[spec.name])
+        states[spec.name] = st
+        write_jsonl(out / "sets" / f"{spec.name}.jsonl", by_set[spec.name])
+    write_jsonl(
+        out / "filtered.jsonl",
+        [r for d, _ in shards for r in JsonlLog(d / "filtered.jsonl").read()] + cross,
+    )
+    if cross:
+        log.warning(
+            "generate merge: dropped %d rows that duplicate another shard's rows; the merged "
+            "sets are short of their targets by that many (see filtered.jsonl, cross_shard)",
+            len(cross),
+        )
+    result = write_outputs(
+        out, cfg, build_specs(cfg), by_set, states, shards[0][1]["models"], encoder, sim
+    )
+    return Merged(
+        {**result["counts"], "cross_shard_dups": len(cross)},
+        inputs,
+        {"models": result["models"], "stats": result["stats"], "sets": result["sets"]},
+    )
+
+
+def _merge_evaluate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
     from matrix.eval.benchmarks import BENCHMARKS
     from matrix.eval.run import capped
 
@@ -122,7 +205,10 @@ def _merge_evaluate(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig)
     write_json(
         out / "scores.json", {"model": first["model"], "judge": first["judge"], "scores": scores}
     )
-    return {f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()}
+    return Merged({f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()})
+
+
+_MERGERS = {"simulate": _merge_simulate, "generate": _merge_generate, "evaluate": _merge_evaluate}
 
 
 def merge(stage: str, cfg: DictConfig) -> dict:
@@ -137,19 +223,22 @@ def merge(stage: str, cfg: DictConfig) -> dict:
     shard_cfg = OmegaConf.create(shards[0][1]["config"])
     shard_cfg.shard = {"index": 0, "count": 1}
     (base / "manifest.json").unlink(missing_ok=True)
-    counts = (
-        _merge_simulate(shards, base)
-        if stage == "simulate"
-        else _merge_evaluate(shards, base, shard_cfg)
-    )
+    merged = _MERGERS[stage](shards, base, shard_cfg)
     run = StageRun(stage=stage, dir=base, cfg=shard_cfg, config_hash=config_hash(shard_cfg, stage))
     return run.finish(
-        counts,
+        merged.counts,
+        inputs=merged.inputs,
         extra={
+            **merged.extra,
             "merged_from": [
-                {"dir": str(d), "config_hash": m["config_hash"], "counts": m["counts"]}
+                {
+                    "dir": str(d),
+                    "config_hash": m["config_hash"],
+                    "counts": m["counts"],
+                    "llm": m.get("llm") or m.get("ledger"),  # each shard's calls and tokens
+                }
                 for d, m in shards
-            ]
+            ],
         },
     )
 

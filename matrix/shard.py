@@ -5,6 +5,12 @@ processes) each run one `shard.index`. Ownership is a fixed modulo rule, so it n
 coordination and is the same on every host:
 
 - simulate: the groups with `group id % count == index` (agents of other groups never act);
+- generate: the scenarios at positions `i % count == index` of scenarios.jsonl (source
+  `simulation`; every shard ranks all scenarios by the need, then keeps its own in that
+  order), the agents at positions `i % count == index` in agent-index order (source
+  `persona`); `magpie` sets have no input to split. Each set's target is split with
+  `Shard.share`, row ids and sampling streams are interleaved (`Shard.global_index`), so
+  shards never write the same id or draw the same stream;
 - evaluate: the benchmark items at positions `i % count == index`.
 
 A shard writes to `<stage dir>/shards/<index>-of-<count>/` with its own manifest;
@@ -21,8 +27,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig
 
 T = TypeVar("T")
-# Stages that know how to split their work (generate and train run whole).
-SHARDED_STAGES = ("simulate", "evaluate")
+# Stages that know how to split their work (train runs whole).
+SHARDED_STAGES = ("simulate", "generate", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,16 @@ class Shard:
 
     def slice(self, items: Sequence[T]) -> list[T]:
         return [x for i, x in enumerate(items) if self.owns(i)]
+
+    def share(self, total: int) -> int:
+        """This shard's part of a total: `total // count`, plus one for the first
+        `total % count` shards, so the parts of all shards add up to `total` exactly."""
+        return total // self.count + (1 if self.index < total % self.count else 0)
+
+    def global_index(self, local: int) -> int:
+        """The `local`-th item of this shard as a number unique across shards (shard i
+        numbers i, i + count, i + 2 count, ...); the identity for an unsharded run."""
+        return local * self.count + self.index
 
     def dir(self, stage_dir: Path) -> Path:
         return stage_dir / "shards" / self.name if self.active else stage_dir

@@ -58,6 +58,15 @@ def tiny_llm_overrides(model_dir: Path) -> list[str]:
     ]
 
 
+# A random-init model never stops by itself and writes no language: keep its rows anyway.
+RANDOM_MODEL_FILTERS = [
+    "generate.filters.drop_truncated=false",
+    "generate.filters.language=null",
+    "generate.filters.min_instruction_chars=1",
+    "generate.filters.refusal_patterns=[]",
+]
+
+
 def compose(config_name: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -82,6 +82,7 @@ def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
 def _cached(path: Path, todo: list[Record], compute, chunk: int) -> list[Record]:
     """Rows for `todo` from the JSONL cache, computing (and appending) the missing ones."""
     jl = JsonlLog(path)
+    jl.drop_torn_tail()  # the file is its own commit record: a half-written row is not one
     have = {r["id"]: r for r in jl.read()}  # a later duplicate would win, but none are written
     missing = [it for it in todo if it["id"] not in have]
     for start in range(0, len(missing), chunk):

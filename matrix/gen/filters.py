@@ -173,6 +173,13 @@ class Deduper:
                 return "near_dup"
         return None
 
+    def admit(self, text: str, vector: np.ndarray) -> str | None:
+        """The duplicate reason, or None after adding the text to the index."""
+        why = self.reason(text, vector)
+        if why is None:
+            self.add(text, vector)
+        return why
+
 
 def filter_batch(
     cands: Sequence[Candidate],
@@ -194,10 +201,9 @@ def filter_batch(
         if len(kept) >= need:
             surplus += 1
             continue
-        why = checks.reason(c, allow_refusals) or dedup.reason(c.instruction, v)
+        why = checks.reason(c, allow_refusals) or dedup.admit(c.instruction, v)
         if why:
             dropped.append((c, why))
         else:
             kept.append(c)
-            dedup.add(c.instruction, v)
     return kept, dropped, surplus

@@ -6,6 +6,9 @@ exactly. Crash safety follows the simulator: a step appends accepted rows to
 sets/<set>.jsonl and dropped ones to filtered.jsonl, then writes state.json atomically; on
 resume both files are truncated to the counts state.json records, and seeds, ids and
 sampling seeds derive from those counts, so a killed run continues with no duplicates.
+
+A shard (`shard.count>1`, see matrix.shard) generates its part of every set from the
+scenarios it owns; `python -m matrix.merge generate` joins the shards.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from matrix.llm.protocol import LLM
 from matrix.llm.roles import Roles
 from matrix.progress import progress
 from matrix.prompts import PromptError, render_prompt
+from matrix.shard import Shard
 from matrix.stage import StageRun, open_stage
 from matrix.validation import ConfigError, ConfigProblems
 
@@ -58,7 +62,10 @@ def _retrieval(cfg: DictConfig, s: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-def build_specs(cfg: DictConfig) -> list[SetSpec]:
+def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
+    """The sets to generate; a shard's targets are its share of each set's target, so the
+    shards' rows add up to the unsharded target (before the merge drops cross-shard
+    duplicates, see merge_shards)."""
     specs = []
     for name, s in cfg.generator.sets.items():
         need = str(s.need)
@@ -71,7 +78,7 @@ def build_specs(cfg: DictConfig) -> list[SetSpec]:
                 source=str(s.source),
                 need_name=need if need in cfg.generate.needs else "custom",
                 need_text=need_text,
-                target=effective_target(int(s.target), cfg.generate.limit),
+                target=shard.share(effective_target(int(s.target), cfg.generate.limit)),
                 turns=int(s.get("turns", 1)),
                 allow_refusals=bool(s.get("allow_refusals", False)),
                 prompts=OmegaConf.to_container(s.prompts, resolve=True),
@@ -279,7 +286,8 @@ class Generation:
         sim: SimulationData | None,
     ):
         self.cfg, self.run, self.roles, self.encoder, self.sim = cfg, run, roles, encoder, sim
-        self.specs = build_specs(cfg)
+        self.shard = Shard.from_cfg(cfg)
+        self.specs = build_specs(cfg, self.shard)
         self.state_path = run.dir / "state.json"
         self.filtered = JsonlLog(run.dir / "filtered.jsonl")
         self.logs = {s.name: JsonlLog(run.dir / "sets" / f"{s.name}.jsonl") for s in self.specs}
@@ -318,14 +326,17 @@ class Generation:
             return [Seed("magpie")]
         assert self.sim is not None
         if spec.source == "persona":
-            return persona_seeds(self.sim)
+            return self.shard.slice(persona_seeds(self.sim))
         r = spec.retrieval
         summaries = [s["summary"] for s in self.sim.scenarios]
         vecs = self.encoder.encode([spec.need_text, *summaries])
         top_k = len(summaries) if r["top_k"] is None else int(r["top_k"])
+        # Every shard ranks all scenarios, then keeps its own: the shards together use the
+        # scenarios an unsharded run retrieves, each scenario in one shard only.
         order = mmr(vecs[0], vecs[1:], top_k, float(r["mmr_lambda"]))
         per = r["personas_per_scenario"]
-        return simulation_seeds(self.sim, order, None if per is None else int(per))
+        owned = [i for i in order if self.shard.owns(i)]
+        return simulation_seeds(self.sim, owned, None if per is None else int(per))
 
     def models(self, kinds: set[str]) -> dict[str, str]:
         roles = ["generator", "responder"] + (["rejecter"] if "dpo" in kinds else [])
@@ -349,6 +360,13 @@ class Generation:
         if st.rows >= spec.target:
             return
         seeds = self.seeds(spec)
+        if not seeds and self.shard.active:
+            raise ConfigError(
+                f"generator.sets.{spec.name}: shard {self.shard.name} owns none of the "
+                f"{spec.source} seeds (a shard owns the scenarios or personas at positions "
+                f"i % {self.shard.count} == {self.shard.index}); lower shard.count, or raise "
+                "generate.retrieval.top_k"
+            )
         if not seeds:
             raise ConfigError(
                 f"generator.sets.{spec.name}: no (scenario, persona) seeds in "
@@ -381,10 +399,11 @@ class Generation:
             )
             idx = range(st.seeds_used, st.seeds_used + n)
             batch = [seeds[i % len(seeds)] for i in idx]
-            ids = [f"{spec.name}-{i:06d}" for i in idx]
+            ids = [f"{spec.name}-{self.shard.global_index(i):06d}" for i in idx]
             # Steps are spaced far apart: a backend seeds its sub-batches with seed + b, and
-            # the streams of one step must not repeat another step's.
-            sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 10_007 * st.steps
+            # the streams of one step must not repeat another step's (nor another shard's).
+            stream = self.shard.global_index(st.steps)
+            sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 10_007 * stream
             cands = synthesize(
                 spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars)
             )
@@ -432,77 +451,101 @@ class Generation:
 
     # -- outputs ---------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:
-        out = self.run.dir
         by_set = {s.name: self.logs[s.name].read()[: s.target] for s in self.specs}
-        files: list[str] = []
-        kinds: dict[str, list[dict]] = {k: [] for k in KINDS}
-        domains: dict[str, list[dict]] = {}
-        for spec in self.specs:
-            kinds[spec.kind].extend(by_set[spec.name])
-            dkey = spec.domain if spec.kind == "sft" else f"{spec.domain}_dpo"
-            domains.setdefault(dkey, []).extend(by_set[spec.name])
-        for kind, rows in kinds.items():
-            if rows:
-                write_jsonl(out / f"{kind}.jsonl", rows)
-                files.append(f"{kind}.jsonl")
-        for dkey, rows in domains.items():
-            if dkey not in KINDS:  # a domain named sft/dpo would overwrite the main files
-                write_jsonl(out / f"{dkey}.jsonl", rows)
-                files.append(f"{dkey}.jsonl")
-        if self.cfg.generate.export_hf:
-            export_hf(out / "hf", {k: v for k, v in kinds.items() if v})
-            files.append("hf/ (datasets.load_from_disk)")
-
-        stats: dict[str, dict[str, Any]] = {}
-        n_scen = len(self.sim.scenarios) if self.sim else 0
-        n_agents = len(self.sim.agents) if self.sim else 0
-        for kind, rows in kinds.items():
-            if rows:
-                ins = [row_instruction(r) for r in rows]
-                resp = [t for r in rows for t in row_responses(r)]
-                stats[kind] = {
-                    **diversity(ins, resp, self.encoder.encode(ins)),
-                    **coverage(rows, n_scen, n_agents),
-                }
-        for spec in self.specs:
-            rows = by_set[spec.name]
-            if rows and len(self.specs) > 1:
-                ins = [row_instruction(r) for r in rows]
-                stats[f"set:{spec.name}"] = diversity(
-                    ins, [t for r in rows for t in row_responses(r)], self.encoder.encode(ins)
-                )
-        write_json(out / "stats.json", stats)
-        set_rows = [
-            {
-                "name": s.name,
-                "kind": s.kind,
-                "domain": s.domain,
-                "source": s.source,
-                "need": s.need_name,
-                "target": s.target,
-                **asdict(self.state.sets[s.name]),
-                "rows": len(by_set[s.name]),
-            }
-            for s in self.specs
-        ]
         models = self.models({s.kind for s in self.specs})
-        write_datacard(
-            out / "datacard.md",
-            generator=str(self.cfg.generator.name),
-            sim_dir=str(self.cfg.simulation_dir),
-            models=models,
-            sets=set_rows,
-            stats=stats,
-            files=files + ["sets/<set>.jsonl", "filtered.jsonl", "stats.json", "manifest.json"],
-            examples={s.name: by_set[s.name][:2] for s in self.specs},
-            filters_cfg=OmegaConf.to_container(self.cfg.generate.filters, resolve=True),
-            retrieval_cfg=OmegaConf.to_container(self.cfg.generate.retrieval, resolve=True),
+        return write_outputs(
+            self.run.dir,
+            self.cfg,
+            self.specs,
+            by_set,
+            self.state.sets,
+            models,
+            self.encoder,
+            self.sim,
         )
-        counts: dict[str, Any] = {"sft": len(kinds["sft"]), "dpo": len(kinds["dpo"])}
-        counts |= {f"set/{s['name']}": s["rows"] for s in set_rows}
-        counts["filtered"] = sum(sum(s["filtered"].values()) for s in set_rows)
-        counts["seeds_used"] = sum(s["seeds_used"] for s in set_rows)
-        return {"counts": counts, "stats": stats, "sets": set_rows, "models": models}
+
+
+def write_outputs(
+    out: Path,
+    cfg: DictConfig,
+    specs: list[SetSpec],
+    by_set: dict[str, list[dict]],
+    states: dict[str, SetState],
+    models: dict[str, str],
+    encoder: Encoder,
+    sim: SimulationData | None,
+) -> dict[str, Any]:
+    """sft.jsonl / dpo.jsonl / <domain>.jsonl, hf/, stats.json and datacard.md from the
+    accepted rows of each set; returns counts, stats and the per-set table for the manifest.
+    (Written by a finished run and by the merge of shards.)"""
+    files: list[str] = []
+    kinds: dict[str, list[dict]] = {k: [] for k in KINDS}
+    domains: dict[str, list[dict]] = {}
+    for spec in specs:
+        kinds[spec.kind].extend(by_set[spec.name])
+        dkey = spec.domain if spec.kind == "sft" else f"{spec.domain}_dpo"
+        domains.setdefault(dkey, []).extend(by_set[spec.name])
+    for kind, rows in kinds.items():
+        if rows:
+            write_jsonl(out / f"{kind}.jsonl", rows)
+            files.append(f"{kind}.jsonl")
+    for dkey, rows in domains.items():
+        if dkey not in KINDS:  # a domain named sft/dpo would overwrite the main files
+            write_jsonl(out / f"{dkey}.jsonl", rows)
+            files.append(f"{dkey}.jsonl")
+    if cfg.generate.export_hf:
+        export_hf(out / "hf", {k: v for k, v in kinds.items() if v})
+        files.append("hf/ (datasets.load_from_disk)")
+
+    stats: dict[str, dict[str, Any]] = {}
+    n_scen = len(sim.scenarios) if sim else 0
+    n_agents = len(sim.agents) if sim else 0
+    for kind, rows in kinds.items():
+        if rows:
+            ins = [row_instruction(r) for r in rows]
+            resp = [t for r in rows for t in row_responses(r)]
+            stats[kind] = {
+                **diversity(ins, resp, encoder.encode(ins)),
+                **coverage(rows, n_scen, n_agents),
+            }
+    for spec in specs:
+        rows = by_set[spec.name]
+        if rows and len(specs) > 1:
+            ins = [row_instruction(r) for r in rows]
+            stats[f"set:{spec.name}"] = diversity(
+                ins, [t for r in rows for t in row_responses(r)], encoder.encode(ins)
+            )
+    write_json(out / "stats.json", stats)
+    set_rows = [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "domain": s.domain,
+            "source": s.source,
+            "need": s.need_name,
+            "target": s.target,
+            **asdict(states[s.name]),
+            "rows": len(by_set[s.name]),
+        }
+        for s in specs
+    ]
+    write_datacard(
+        out / "datacard.md",
+        generator=str(cfg.generator.name),
+        sim_dir=str(cfg.simulation_dir),
+        models=models,
+        sets=set_rows,
+        stats=stats,
+        files=files + ["sets/<set>.jsonl", "filtered.jsonl", "stats.json", "manifest.json"],
+        examples={s.name: by_set[s.name][:2] for s in specs},
+        filters_cfg=OmegaConf.to_container(cfg.generate.filters, resolve=True),
+        retrieval_cfg=OmegaConf.to_container(cfg.generate.retrieval, resolve=True),
+    )
+    counts: dict[str, Any] = {"sft": len(kinds["sft"]), "dpo": len(kinds["dpo"])}
+    counts |= {f"set/{s['name']}": s["rows"] for s in set_rows}
+    counts["filtered"] = sum(sum(s["filtered"].values()) for s in set_rows)
+    counts["seeds_used"] = sum(s["seeds_used"] for s in set_rows)
+    return {"counts": counts, "stats": stats, "sets": set_rows, "models": models}
 
 
 def _templates(spec: SetSpec) -> dict[str, str]:
@@ -522,12 +565,18 @@ def export_hf(path: Path, splits: dict[str, list[dict]]) -> None:
     tmp.rename(path)
 
 
+def simulation_input(cfg: DictConfig) -> tuple[SimulationData | None, dict[str, Path]]:
+    """The simulate output the sets draw from (None when every set is magpie) and the files
+    the manifest records as inputs."""
+    if not any(s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values()):
+        return None, {}
+    sim = load_simulation(str(cfg.simulation_dir))
+    return sim, {"scenarios": sim.dir / "scenarios.jsonl", "agents": sim.agents_file}
+
+
 def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dict[str, Any]:
     validate(cfg)
-    needs_sim = any(
-        s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values()
-    )
-    sim = load_simulation(str(cfg.simulation_dir)) if needs_sim else None
+    sim, inputs = simulation_input(cfg)
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
     run.track_llm_spend(roles)
@@ -535,7 +584,6 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
     gen = Generation(cfg, run, roles, encoder, sim)
     gen.generate()
     result = gen.finalize()
-    inputs = {"scenarios": sim.dir / "scenarios.jsonl", "agents": sim.agents_file} if sim else {}
     run.finish(
         result["counts"],
         inputs=inputs,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from matrix.bad_rows import BadRows
+from matrix.io import jsonl_lines
 from matrix.schemas import Profile
 from matrix.validation import ConfigError
-
-log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "matrix:"
 REQUIRED_FIELDS = ("id", "persona")
@@ -82,24 +81,10 @@ def _rows(path: Path, fmt: str):
             for i, row in enumerate(csv.DictReader(f), 2):
                 yield i, row
         return
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield i, f"invalid UTF-8 at byte {e.start}"
-                continue
-            except json.JSONDecodeError as e:
-                yield i, f"not valid JSON ({e.msg})"
-                continue
-            yield (
-                i,
-                obj
-                if isinstance(obj, dict)
-                else f"expected a JSON object, got {type(obj).__name__}",
-            )
+    for i, obj, error in jsonl_lines(path):
+        if error is None and not isinstance(obj, dict):
+            error = f"expected a JSON object, got {type(obj).__name__}"
+        yield i, obj if error is None else error
 
 
 def _as_list(value) -> tuple[str, ...]:
@@ -159,10 +144,8 @@ def load_profiles(
             f"population.path: no file at {p}; point population.path at a JSONL or CSV file of "
             "profiles, or use population=default (the 1,000 shipped profiles)"
         )
-    if on_error not in ("skip", "fail"):
-        raise ValueError(f"population.on_error={on_error!r}: use 'skip' or 'fail'")
+    bad = BadRows(p, on_error, "population.on_error", ProfileError)
     profiles: list[Profile] = []
-    skipped: list[str] = []
     seen: set[str] = set()
     lines = 0
     for lineno, row in _rows(p, fmt):
@@ -180,19 +163,14 @@ def load_profiles(
             ):
                 continue
         except ProfileError as e:
-            msg = f"{p}:{lineno}: {e}"
-            if on_error == "fail":
-                raise ProfileError(
-                    f"{msg} (set population.on_error=skip to skip such lines)"
-                ) from None
-            log.warning("skipping profile: %s", msg)
-            skipped.append(msg)
+            bad.add(lineno, str(e))
             continue
         seen.add(prof.id)
         profiles.append(prof)
     if not profiles:
         raise ProfileError(f"{p}: no usable profile among {lines} lines; check population.fields")
-    return profiles, LoadReport(str(p), lines, len(profiles), tuple(skipped))
+    bad.summary(lines)
+    return profiles, LoadReport(str(p), lines, len(profiles), tuple(bad.skipped))
 
 
 def _stated_age(text: str) -> int | None:

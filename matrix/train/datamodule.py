@@ -16,9 +16,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from matrix.io import iter_jsonl
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
-from matrix.train.examples import PreferencePair, TokenStats, tokenize_dpo, tokenize_sft
+from matrix.train.examples import (
+    PreferencePair,
+    TokenStats,
+    load_rows,
+    tokenize_dpo,
+    tokenize_sft,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class ChatDataModule(L.LightningDataModule):
         packing: bool,
         pack_length: int | None = None,
         limit: int | None = None,
+        on_error: str = "skip",
+        max_line_bytes: int | None = None,
         seed: int = 0,
         shuffle: bool = True,
         num_workers: int = 0,
@@ -56,12 +63,15 @@ class ChatDataModule(L.LightningDataModule):
         self.packing = packing
         self.pack_length = pack_length or max_seq_len
         self.limit = limit
+        self.on_error = on_error
+        self.max_line_bytes = max_line_bytes
         self.seed = seed
         self.shuffle = shuffle
         self.num_workers = num_workers
         self.examples: list | None = None
         self.units: list[list[int]] = []
         self.stats = TokenStats()
+        self.skipped: list[str] = []  # "file:line: why" of every malformed row skipped
         self._loader: ResumableLoader | None = None
 
     @classmethod
@@ -76,6 +86,8 @@ class ChatDataModule(L.LightningDataModule):
             packing=bool(d.packing),
             pack_length=d.get("pack_length"),
             limit=d.get("limit"),
+            on_error=str(d.get("on_error", "skip")),
+            max_line_bytes=d.get("max_line_bytes"),
             seed=int(cfg.seed),
             shuffle=bool(d.get("shuffle", True)),
             num_workers=int(d.get("num_workers", 0)),
@@ -84,13 +96,14 @@ class ChatDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.examples is not None:
             return
-        rows = []
-        for row in iter_jsonl(self.path):
-            rows.append(row)
-            if self.limit and len(rows) >= self.limit:
-                break
+        rows, bad = load_rows(
+            self.path, self.objective, self.on_error, self.max_line_bytes, self.limit
+        )
         tokenize = tokenize_sft if self.objective == "sft" else tokenize_dpo
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
+        self.stats.rows += len(bad.skipped)
+        self.stats.skipped_malformed += len(bad.skipped)
+        self.skipped = bad.skipped
         if not self.examples:
             raise ValueError(
                 f"{self.path}: no trainable rows out of {self.stats.rows} "

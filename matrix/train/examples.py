@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from matrix.bad_rows import BadRows
 from matrix.chat import IGNORE_INDEX, TokenizedChat, render, tokenize_for_training
+from matrix.io import jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,92 @@ class TokenStats:
         }
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def _messages_problem(value: Any, key: str) -> str | None:
+    if not isinstance(value, list):
+        return f"`{key}` should be a list of {{role, content}} messages, got {type(value).__name__}"
+    if not value:
+        return f"`{key}` is empty"
+    for i, m in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            return f"`{where}` should be an object {{role, content}}, got {type(m).__name__}"
+        if m.get("role") not in ROLES:
+            return f"`{where}.role` is {m.get('role')!r}, not one of {', '.join(ROLES)}"
+        if not isinstance(m.get("content"), str):
+            return f"`{where}.content` should be a string, got {type(m.get('content')).__name__}"
+        if not m["content"].strip():
+            return f"`{where}.content` is empty"
+    return None
+
+
+def _answer_problem(value: Any, key: str) -> str | None:
+    """A DPO answer: an assistant string, one message, or a list of messages."""
+    if isinstance(value, str):
+        return None if value.strip() else f"`{key}` is empty"
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return f"`{key}` should be a string or a list of messages, got {type(value).__name__}"
+    return _messages_problem(value, key)
+
+
+def row_problem(row: Any, objective: str) -> str | None:
+    """Why a row on disk cannot be trained on (the field and what it should be), or None.
+
+    SFT rows need `messages` with an assistant turn; DPO rows `prompt` (a string or
+    messages), `chosen` and `rejected`. Every message has a role of ROLES and non-blank text.
+    """
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    fields = ("messages",) if objective == "sft" else ("prompt", "chosen", "rejected")
+    missing = [k for k in fields if k not in row]
+    if missing:
+        return f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    if objective == "sft":
+        why = _messages_problem(row["messages"], "messages")
+        if why is None and not any(m["role"] == "assistant" for m in row["messages"]):
+            why = "no assistant message in `messages` (nothing to train on)"
+        return why
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        why = None if prompt.strip() else "`prompt` is empty"
+    else:
+        why = _messages_problem(prompt, "prompt")
+    return (
+        why
+        or _answer_problem(row["chosen"], "chosen")
+        or _answer_problem(row["rejected"], "rejected")
+    )
+
+
+def load_rows(
+    path: Path,
+    objective: str,
+    on_error: str = "skip",
+    max_line_bytes: int | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict], BadRows]:
+    """The trainable rows of a JSONL file (the first `limit`); every malformed line is
+    named with its line number and skipped or fatal per `on_error` (data.on_error)."""
+    bad = BadRows(path, on_error, "data.on_error")
+    rows: list[dict] = []
+    lines = 0
+    for lineno, row, error in jsonl_lines(path, max_line_bytes):
+        lines += 1
+        why = error or row_problem(row, objective)
+        if why:
+            bad.add(lineno, why)
+            continue
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
+    bad.summary(lines)
+    return rows, bad
+
+
 def _as_messages(value) -> list[dict]:
     """A DPO answer given as a plain string is one assistant message."""
     if isinstance(value, str):
@@ -80,11 +170,10 @@ def tokenize_sft(
     out: list[Sequence1D] = []
     for row in rows:
         stats.rows += 1
-        messages = row.get("messages")
-        if not isinstance(messages, list) or not messages:
+        if row_problem(row, "sft"):
             stats.skipped_malformed += 1
             continue
-        tc = tokenize_for_training(tokenizer, messages, max_length)
+        tc = tokenize_for_training(tokenizer, row["messages"], max_length)
         stats.truncated_assistant_turns += tc.truncated_assistant_turns
         seq = _first_token_unlabelled(tc)
         n_trained = sum(1 for x in seq.labels if x != IGNORE_INDEX)
@@ -116,12 +205,12 @@ def tokenize_dpo(
     out: list[PreferencePair] = []
     for row in rows:
         stats.rows += 1
-        prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not prompt or chosen in (None, "", []) or rejected in (None, "", []):
+        if row_problem(row, "dpo"):
             stats.skipped_malformed += 1
             continue
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
         c, cut_c = _response_only(tokenizer, prompt, _as_messages(chosen), max_length)
         r, cut_r = _response_only(tokenizer, prompt, _as_messages(rejected), max_length)
         stats.truncated_assistant_turns += cut_c + cut_r

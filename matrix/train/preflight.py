@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from matrix.bad_rows import ON_ERROR
+from matrix.io import jsonl_lines
 from matrix.llm.embedded import EMBEDDED_PREFIX
 from matrix.train.attention import CHOICES, flash_attn_available
 from matrix.train.datamodule import data_path
@@ -57,15 +59,11 @@ def check_data(cfg: DictConfig, problems: list[str]) -> None:
             + "\n    or point data.path=... at an existing JSONL file"
         )
         return
-    with open(path, encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), None)
-    if first is None:
-        problems.append(f"data file {path} is empty")
-        return
-    try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        problems.append(f"data file {path}: first line is not JSON")
+    # The first well-formed row tells the file's kind; malformed ones are data.on_error's.
+    lines = jsonl_lines(path, cfg.data.get("max_line_bytes"))
+    row = next((r for _, r, err in lines if err is None and isinstance(r, dict)), None)
+    if row is None:
+        problems.append(f"data file {path} has no JSON object row (empty, or every line malformed)")
         return
     missing = [k for k in REQUIRED_KEYS[cfg.objective] if k not in row]
     if missing:
@@ -145,6 +143,11 @@ def check_runtime(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"objective={cfg.objective!r}; choose sft or dpo")
     if int(cfg.data.batch_size) < 1:
         problems.append("data.batch_size must be >= 1")
+    if cfg.data.get("on_error", "skip") not in ON_ERROR:
+        problems.append(f"data.on_error={cfg.data.on_error!r}: use skip or fail")
+    mlb = cfg.data.get("max_line_bytes")
+    if mlb is not None and (not isinstance(mlb, int) or mlb < 1):
+        problems.append(f"data.max_line_bytes={mlb!r}: use a number of bytes >= 1, or null")
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from matrix.bad_rows import SHOWN
 from matrix.stage import open_stage, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
@@ -199,5 +200,6 @@ def run_train(cfg: DictConfig) -> dict | None:
             "hf_model": str(hf_dir) if hf_dir else None,
             "final_metrics": last,
             "resumed_from": ckpt,
+            "skipped_rows": dm.skipped[:SHOWN],
         },
     )

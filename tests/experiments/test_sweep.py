@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from matrix.io import write_json
 from matrix.pipeline import arm_name, flags_first, objective_value
 from matrix.validation import ConfigError
-from tests.conftest import ROOT, tiny_llm_overrides
+from tests.conftest import RANDOM_MODEL_FILTERS, ROOT, tiny_llm_overrides
 
 
 def test_arm_name_keeps_only_what_changes_results() -> None:
@@ -53,15 +53,6 @@ def test_objective_value_reads_the_runs_scores(tmp_path: Path) -> None:
     cfg.pipeline.objective = "alpaca_eval2/nope"
     with pytest.raises(ConfigError, match="alpaca_eval2/win_rate"):
         objective_value(cfg)
-
-
-# A random-init model never stops by itself and writes no language: keep its rows anyway.
-RANDOM_MODEL_FILTERS = [
-    "generate.filters.drop_truncated=false",
-    "generate.filters.language=null",
-    "generate.filters.min_instruction_chars=1",
-    "generate.filters.refusal_patterns=[]",
-]
 
 
 @pytest.mark.slow

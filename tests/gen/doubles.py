@@ -133,10 +133,9 @@ SCRIPTED_ROLES = [
 ]
 
 
-@pytest.fixture
-def sim_dir(tmp_path) -> Path:
-    d = tmp_path / "sim"
-    d.mkdir()
+def write_sim_dir(d: Path) -> Path:
+    """A simulate output folder: 6 agents, 6 scenarios of 3 participants each."""
+    d.mkdir(parents=True)
     agents = [
         {
             "index": i,
@@ -174,6 +173,11 @@ def sim_dir(tmp_path) -> Path:
     (d / "agents.jsonl").write_text("".join(json.dumps(a) + "\n" for a in agents))
     (d / "scenarios.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
+
+
+@pytest.fixture
+def sim_dir(tmp_path) -> Path:
+    return write_sim_dir(tmp_path / "sim")
 
 
 def compose_generate(tmp_path: Path, *overrides: str):

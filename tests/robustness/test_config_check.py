@@ -54,6 +54,13 @@ def test_wrong_config_is_refused_before_any_model_loads(tmp_path, stage, overrid
         _check_then_run(stage, [override], tmp_path)
 
 
+def test_only_train_refuses_shards():
+    for stage in ("simulate", "generate", "evaluate"):
+        check_config(compose(stage, ["shard.count=2", "shard.index=1"]), stage)
+    with pytest.raises(ConfigError, match="train cannot be sharded"):
+        check_config(compose("train", ["shard.count=2"]), "train")
+
+
 def test_user_yaml_with_a_misspelled_key_is_refused(tmp_path):
     """A generator from the user's own config dir: Hydra merges it without complaint."""
     extra = tmp_path / "conf" / "generator"

@@ -1,7 +1,8 @@
-"""Secrets stay out of outputs; appends survive a torn last line."""
+"""Secrets stay out of outputs; appends and resumes survive a torn last line."""
 
 import json
 
+from matrix.eval.run import run_evaluate
 from matrix.io import JsonlLog, read_jsonl
 from matrix.llm.roles import Roles
 from matrix.sim.run import run_simulate
@@ -55,3 +56,31 @@ def test_torn_line_inside_the_committed_rows_is_an_error(tmp_path):
         assert "expects 2 rows, only 1" in str(e)
     else:
         raise AssertionError("a checkpoint past the torn line must not pass")
+
+
+def test_append_after_a_torn_tail_starts_a_fresh_line(tmp_path):
+    """metrics.jsonl has no checkpoint: a killed process's half row must not fuse with the
+    first row the restarted process appends."""
+    log = JsonlLog(tmp_path / "metrics.jsonl")
+    log.append([{"i": 0}])
+    with open(log.path, "ab") as f:
+        f.write(b'{"i": 1, "lo')
+    log.append([{"i": 2}])
+    assert read_jsonl(log.path) == [{"i": 0}, {"i": 2}]
+    assert log.drop_torn_tail() == 0  # a whole file is left alone
+
+
+def test_evaluate_resumes_past_a_torn_answer_line(tmp_path):
+    """Evaluate's answers file is its own commit record (rows keyed by item id)."""
+    cfg = compose(
+        "evaluate",
+        ["debug=tiny", f"paths.runs_dir={tmp_path}", "logger=none", "eval.chunk_size=1"],
+    )
+    roles = Roles(cfg.llm, {"smollm2": PromptHashLLM()})
+    run_evaluate(cfg, roles)
+    answers = tmp_path / "tiny" / "evaluate" / "alpaca_eval2" / "answers.jsonl"
+    whole = answers.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    answers.write_bytes(b"".join(lines[:2]) + lines[2][:15])  # killed while writing row 3
+    run_evaluate(cfg, Roles(cfg.llm, {"smollm2": PromptHashLLM()}))
+    assert answers.read_bytes() == whole

@@ -1,12 +1,7 @@
 """The simulate stage end to end on the tiny random model: outputs, manifest, W&B, resume."""
 
 import json
-import os
-import random
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,6 +9,7 @@ from matrix.io import read_jsonl
 from matrix.sim.run import run_simulate
 from matrix.validation import ConfigError
 from tests.conftest import ROOT, compose, tiny_llm_overrides
+from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
 
 
 def _overrides(tmp_path, model_dir, name="t", *extra):
@@ -70,36 +66,17 @@ def _cli(tmp_path, model_dir, name):
 
 
 def test_killed_run_resumes_with_no_lost_or_duplicated_rows(tmp_path, tiny_model_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"}
-    subprocess.run(
-        _cli(tmp_path, tiny_model_dir, "whole"), check=True, env=env, capture_output=True
-    )
-    ref = tmp_path / "whole" / "simulate"
-
+    log = tmp_path / "log.txt"
+    whole = start(_cli(tmp_path, tiny_model_dir, "whole"), log)  # meanwhile, on another core
     out = tmp_path / "killed" / "simulate"
-    rng = random.Random(0)
-    kills = 0
-    for threshold in sorted(rng.sample(range(1, 30), 2)):
-        proc = subprocess.Popen(
-            _cli(tmp_path, tiny_model_dir, "killed"),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline:
-            ev = out / "events.jsonl"
-            if ev.exists() and ev.read_bytes().count(b"\n") >= threshold:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                break
-            time.sleep(0.02)
-        proc.wait()
-    assert kills >= 1
-    subprocess.run(
-        _cli(tmp_path, tiny_model_dir, "killed"), check=True, env=env, capture_output=True
-    )
+    cmd = _cli(tmp_path, tiny_model_dir, "killed")
+    # 8 agents x 4 rounds = 32 events
+    seen = kill_when(cmd, lambda: complete_rows([out / "events.jsonl"]), thresholds(0, 30, 2), log)
+    assert len(seen) == 2
+    finish(start(cmd, log), log)
+    finish(whole, log)
 
+    ref = tmp_path / "whole" / "simulate"
     for name in ("events.jsonl", "scenarios.jsonl"):
         a, b = read_jsonl(ref / name), read_jsonl(out / name)
         assert [r["id"] for r in b] == [r["id"] for r in a], name
