@@ -155,8 +155,9 @@ def comment_for(comments: FileComments, key: str) -> str:
 
 
 def header_blocks(header: tuple[str, ...]) -> list[tuple[str, str]]:
-    """A header as ("text", paragraph) and ("code", lines) blocks. A line is code when it is
-    indented, or starts a command, or continues an indented block."""
+    """A header as ("text", paragraph) and ("code", lines) blocks. A line is code when it
+    starts a command or is indented (unless it is the hanging indent of an unfinished
+    sentence)."""
     blocks: list[tuple[str, str]] = []
     para: list[str] = []
     code: list[str] = []
@@ -319,6 +320,7 @@ def changes(default: dict, option: dict, replaces: bool) -> str:
 
 
 def _collapse(items: list[tuple[str, str]], option: dict) -> list[tuple[str, str]]:
+    """`m.a.k=v`, `m.b.k=v`, `m.c.k=v` -> `m.*.k=v` when a, b, c are all of map m's entries."""
     groups: dict[tuple[str, str, str], list[str]] = {}
     for key, value in items:
         parts = key.split(".")
@@ -348,11 +350,11 @@ def _collapse(items: list[tuple[str, str]], option: dict) -> list[tuple[str, str
 
 
 def code(text: str) -> str:
-    """An inline code span that survives backticks and table pipes in `text`."""
+    """An inline code span that survives backticks in `text`."""
     longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}".replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def prose(text: str) -> str:
@@ -361,8 +363,9 @@ def prose(text: str) -> str:
     return "".join(p if p.startswith("`") else p.replace("<", "&lt;") for p in parts)
 
 
-def cell(text: str) -> str:
-    return prose(text.replace("\n", " ")).replace("|", "\\|")
+def row(*cells: str) -> str:
+    """A table row. GitHub splits cells at every unescaped `|`, inside code spans too."""
+    return "| " + " | ".join(c.replace("\n", " ").replace("|", "\\|") for c in cells) + " |"
 
 
 def _link(rel: str) -> str:
@@ -403,14 +406,18 @@ def _groups(conf_dir: Path) -> dict[str, list[str]]:
     return out
 
 
-def _compose(config_name: str, overrides: list[str] | None = None) -> dict:
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _compose(config_name: str) -> dict:
     from hydra import compose
 
     with warnings.catch_warnings():
         # A group file composed on its own warns that its defaults lack `_self_`; Hydra
         # appends it at the end either way, as it does inside the pipeline.
         warnings.simplefilter("ignore", UserWarning)
-        cfg = compose(config_name, overrides=overrides or [])
+        cfg = compose(config_name)
     return OmegaConf.to_container(cfg, resolve=False)
 
 
@@ -424,7 +431,7 @@ def _default_sources(conf_dir: Path) -> list[Source]:
         if d.config_path is None or d.package == "hydra" or d.package.startswith("hydra."):
             continue
         f = conf_dir / f"{d.config_path}.yaml"
-        out.append(Source(f"{d.config_path}.yaml", d.package, read_comments(f.read_text())))
+        out.append(Source(f"{d.config_path}.yaml", d.package, read_comments(_read(f))))
     return out
 
 
@@ -436,7 +443,7 @@ def _package(group: str, comments: FileComments) -> str:
 
 def _defaults_of(path: Path) -> tuple[list[str], list[str]]:
     """(configs it builds on, `group=option` overrides) from a file's defaults list."""
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(_read(path)) or {}
     bases, overrides = [], []
     for d in data.get("defaults", []):
         if isinstance(d, str) and d != "_self_":
@@ -499,7 +506,7 @@ def render(conf_dir: Path = CONF_DIR) -> str:
     )
     parts = [
         INTRO.format(command=COMMAND, groups=group_links, sections=section_links),
-        _top_level_files(conf_dir, groups),
+        _top_level_files(conf_dir),
         "## Config groups\n\nEach option says what choosing it changes in the default config: "
         "the keys it sets to another value, the keys or blocks it adds, and those it removes "
         "(keys relative to the group, e.g. `k` for `communication.k`; `map.*.key` stands for "
@@ -521,10 +528,10 @@ def _scrub(text: str) -> str:
     return text
 
 
-def _top_level_files(conf_dir: Path, groups: dict[str, list[str]]) -> str:
+def _top_level_files(conf_dir: Path) -> str:
     out = ["## Top-level files", ""]
     for f in sorted(conf_dir.glob("*.yaml")):
-        c = read_comments(f.read_text())
+        c = read_comments(_read(f))
         out.append(f"- {_link(f'conf/{f.name}')}")
         body = _header_markdown(c.header, "  ")
         if body:
@@ -537,13 +544,13 @@ def _group_section(
 ) -> str:
     """One group: each option with its header and what it changes."""
     out = [f"### `{group}=`", ""]
-    first = read_comments((conf_dir / group / f"{options[0]}.yaml").read_text())
+    first = read_comments(_read(conf_dir / group / f"{options[0]}.yaml"))
     package = _package(group, first)
     where = f"keys under `{package}`" if package else "keys anywhere in the config"
     out += [f"`conf/{group}/`; default: {f'`{chosen}`' if chosen else 'none'}; {where}.", ""]
     for name in options:
         rel = f"conf/{group}/{name}.yaml"
-        c = read_comments((conf_dir / group / f"{name}.yaml").read_text())
+        c = read_comments(_read(conf_dir / group / f"{name}.yaml"))
         pkg = _package(group, c)
         tag = " (default)" if name == chosen else ""
         out.append(f"- **`{name}`**{tag}: {_link(rel)}")
@@ -555,7 +562,7 @@ def _group_section(
         if group.startswith(HYDRA_GROUP_PREFIX):
             # A plugin's group: not composable here; list the file's own keys.
             f = conf_dir / group / f"{name}.yaml"
-            data = yaml.safe_load(f.read_text()) or {}
+            data = yaml.safe_load(_read(f)) or {}
             data.pop("defaults", None)
             bases, _ = _defaults_of(f)
             sets = ", ".join(code(f"{k}={show_leaf(k, v, 40)}") for k, v in leaves(data))
@@ -584,16 +591,12 @@ def _presets(conf_dir: Path, names: list[str]) -> str:
         f = conf_dir / PRESET_GROUP / f"{name}.yaml"
         bases, overrides = _defaults_of(f)
         out.append(
-            "| "
-            + " | ".join(
-                [
-                    f"[`{name}`](../conf/{PRESET_GROUP}/{name}.yaml)",
-                    cell(first_sentence(read_comments(f.read_text()).header)),
-                    ", ".join(f"`{b}`" for b in bases),
-                    ", ".join(code(o) for o in overrides),
-                ]
+            row(
+                f"[`{name}`](../conf/{PRESET_GROUP}/{name}.yaml)",
+                prose(first_sentence(read_comments(_read(f)).header)),
+                ", ".join(code(b) for b in bases),
+                ", ".join(code(o) for o in overrides),
             )
-            + " |"
         )
     return "\n".join(out) + "\n"
 
@@ -606,7 +609,7 @@ def _defaults_table(conf_dir: Path, default: dict, sources: list[Source]) -> str
     flow: set[str] = set()  # one-line {...} blocks: their comment is on each of their keys
     hydra = OmegaConf.create()
     for s in sources:
-        data = yaml.safe_load((conf_dir / s.rel).read_text()) or {}
+        data = yaml.safe_load(_read(conf_dir / s.rel)) or {}
         data.pop("defaults", None)
         if not s.package and "hydra" in data:
             hydra = OmegaConf.merge(hydra, {"hydra": data["hydra"]})
@@ -656,7 +659,7 @@ def _defaults_table(conf_dir: Path, default: dict, sources: list[Source]) -> str
         ]
         for key, value, comment in section:
             shown = code(value) if value else "(block)"
-            out.append(f"| `{key}` | {shown} | {cell(comment)} |")
+            out.append(row(code(key), shown, prose(comment)))
     return "\n".join(out) + "\n"
 
 
