@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm lint format clean-demo
+.PHONY: install demo test test-all llm-server bench-llm lint format config-doc clean-demo
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# docs/config.md, the config reference, regenerated from conf/ (a test fails when it is stale).
+config-doc: install
+	$(PY) -m matrix.config_reference
 
 clean-demo:
 	rm -rf runs/demo

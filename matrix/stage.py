@@ -36,6 +36,11 @@ _HASH_EXCLUDED_KEYS = ("paths", "logger", "run", "hydra", "debug_name")
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
 
 
+def is_secret_key(key: str) -> bool:
+    """True for a config key whose value would be a secret (`api_key`, `token`, ...)."""
+    return bool(_SECRET_KEY.search(key))
+
+
 def redact(obj: Any) -> Any:
     """Copy of a config container with secret-looking values replaced by '***'.
 
@@ -43,7 +48,7 @@ def redact(obj: Any) -> Any:
     """
     if isinstance(obj, dict):
         return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+            k: ("***" if is_secret_key(str(k)) and v not in (None, "") else redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
