@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from matrix.io import write_json
 from matrix.pipeline import arm_name, flags_first, objective_value
 from matrix.validation import ConfigError
-from tests.conftest import ROOT, tiny_llm_overrides
+from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 
 
 def test_arm_name_keeps_only_what_changes_results() -> None:
@@ -55,15 +55,6 @@ def test_objective_value_reads_the_runs_scores(tmp_path: Path) -> None:
         objective_value(cfg)
 
 
-# A random-init model never stops by itself and writes no language: keep its rows anyway.
-RANDOM_MODEL_FILTERS = [
-    "generate.filters.drop_truncated=false",
-    "generate.filters.language=null",
-    "generate.filters.min_instruction_chars=1",
-    "generate.filters.refusal_patterns=[]",
-]
-
-
 @pytest.mark.slow
 def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
     tiny_model_dir: Path, tmp_path: Path
@@ -82,7 +73,7 @@ def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
         "debug=tiny",
         "run.name=comm_ablation_tiny",
         *tiny_llm_overrides(tiny_model_dir),
-        *RANDOM_MODEL_FILTERS,
+        *RANDOM_MODEL_OVERRIDES,
         "-m",
         "communication=none,random,structured",
     ]
