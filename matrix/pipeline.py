@@ -7,6 +7,11 @@ One composed config (conf/pipeline.yaml) feeds every stage; each stage hashes on
 it depends on (matrix.stage.STAGE_KEYS). A stage whose manifest says it finished with the
 same hash is reused; an unfinished one resumes from its own checkpoint.
 
+`pipeline.stages` lists the steps in order. A step is a stage, or a named step from
+`pipeline.steps`: a stage run with its own settings merged over the composed config, into
+its own folder (experiment=paper_matrix_tuned trains SFT as `train_sft`, then DPO from that
+model as `train`). Reuse and resume work per step, as for any stage.
+
 In a multirun each finished job adds its run dir to the sweep dir's arms.txt, and
 `CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml) writes the comparison of all
 arms (matrix.compare) into the sweep dir when the last job is done.
@@ -18,6 +23,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +31,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
 
 from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
-from matrix.stage import finished_manifest, stage_dir
-from matrix.validation import ConfigError
+from matrix.config_check import check_config
+from matrix.stage import STAGE_KEYS, finished_manifest, stage_dir
+from matrix.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix.pipeline")
 
@@ -93,17 +101,62 @@ def name_sweep_job(cfg: DictConfig) -> None:
             cfg.run.name = f"{cfg.run.name}/{arm}"
 
 
+@dataclass(frozen=True)
+class Step:
+    """One entry of pipeline.stages: `stage` run with `cfg`, writing to runs/<run.name>/<name>/."""
+
+    name: str
+    stage: str
+    cfg: DictConfig
+
+
+def pipeline_steps(cfg: DictConfig) -> list[Step]:
+    """The steps of pipeline.stages with their configs, every problem reported at once before
+    any step starts: unknown stages, a folder used twice, unknown keys in a step's config."""
+    defs = cfg.pipeline.get("steps") or {}
+    p = ConfigProblems()
+    steps: list[Step] = []
+    for name in cfg.pipeline.stages:
+        name = str(name)
+        spec = defs.get(name) or {}
+        stage = str(spec.get("stage") or name)
+        if stage not in STAGE_KEYS:
+            key = f"pipeline.steps.{name}.stage" if name in defs else "pipeline.stages"
+            p.add(
+                key,
+                f"'{stage}' is not a stage ({', '.join(STAGE_KEYS)}); a named step needs "
+                f"pipeline.steps.{name}.stage",
+            )
+            continue
+        try:
+            # struct merge: a key the composed config lacks is a typo, not a new setting
+            step_cfg = OmegaConf.merge(cfg, spec.get("config") or {})
+        except ConfigKeyError as e:
+            p.add(f"pipeline.steps.{name}.config", f"unknown key {e.full_key}")
+            continue
+        if name != stage:
+            with open_dict(step_cfg):
+                step_cfg.run.stage_dirs[stage] = name
+        steps.append(Step(name, stage, step_cfg))
+    if len({s.name for s in steps}) < len(steps):
+        p.add("pipeline.stages", "a step is listed twice; it would overwrite its own folder")
+    p.raise_if_any("pipeline")
+    for s in steps:
+        check_config(s.cfg, s.stage)
+    return steps
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
-    for stage in cfg.pipeline.stages:
-        done = finished_manifest(cfg, stage)
+    for step in pipeline_steps(cfg):
+        done = finished_manifest(step.cfg, step.stage)
         if done is not None and cfg.pipeline.reuse:
-            log.info("%s: reusing finished run (config hash %s)", stage, done["config_hash"])
-            results[stage] = done.get("counts")
+            log.info("%s: reusing finished run (config hash %s)", step.name, done["config_hash"])
+            results[step.name] = done.get("counts")
             continue
-        log.info("%s: running", stage)
-        results[stage] = _stage_fn(stage)(cfg)
+        log.info("%s: running", step.name)
+        results[step.name] = _stage_fn(step.stage)(step.cfg)
     record_arm(cfg)
     return results
 
