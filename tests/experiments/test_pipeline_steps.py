@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from matrix.compare import compare
 from matrix.pipeline import pipeline_steps
 from matrix.stage import config_hash, stage_dir
 from matrix.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
+from tests.experiments.fake_runs import BagOfWords
 
 TUNED_STEPS = ["simulate", "generate", "train_sft", "train", "evaluate"]
 
@@ -123,6 +125,11 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     _assert_same_weights(run / "train_sft" / "hf_model", run / "train" / "hf_model")
     evaluated = json.loads((run / "evaluate" / "manifest.json").read_text())
     assert evaluated["config"]["eval"]["model"]["checkpoint"] == str(run / "train" / "hf_model")
+    # the comparison reads the final (DPO) train stage and passes over train_sft/
+    result = compare([run], tmp_path / "report", encoder=BagOfWords(), wandb_log=False)
+    training = dict((r[0], r[1]) for r in result["tables"]["training"])
+    assert training["final_loss"] == "0.6931"  # DPO's ln 2: the policy is its reference (lr 0)
+    assert "alpaca_eval2/win_rate" in dict((r[0], r[1]) for r in result["tables"]["evaluation"])
 
     # A rerun reuses every finished step and reruns the one that did not finish.
     (run / "train" / "manifest.json").unlink()
