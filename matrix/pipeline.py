@@ -19,10 +19,11 @@ arms (matrix.compare) into the sweep dir when the last job is done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,23 +68,44 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
 
 # Overrides that say where or how a job runs, not what it computes: left out of arm names, so
 # `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
-# `communication=a` and `communication=b`.
+# `communication=a` and `communication=b`. (pipeline.steps stays: it changes results.)
 _NOT_ARM = (
     "experiment",
+    "experiment_name",
     "debug",
-    "run.",
-    "paths.",
-    "logger.",
-    "llm.backends.",
-    "pipeline.",
-    "hydra.",
+    "run",
+    "paths",
+    "logger",
+    "llm.backends",
+    "pipeline.stages",
+    "pipeline.reuse",
+    "pipeline.objective",
+    "hydra",
 )
+# A folder name has at most 255 bytes; a longer arm keeps a readable start and a hash.
+_ARM_MAX_BYTES = 200
 
 
-def arm_name(overrides: list[str]) -> str:
-    """A job's arm: its overrides that change results, sorted, as `key=value,key=value`."""
-    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_ARM)]
-    return ",".join(sorted(o.replace("/", "_") for o in keep))
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].replace("/", ".")
+
+
+def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
+    """A job's arm: its overrides that change results as `key=value,key=value`, the `swept`
+    keys (the sweeper's params) first, the rest sorted; too long for a folder name, it is cut
+    and ends in a hash of the whole."""
+    swept = set(swept)
+    keep = [
+        o
+        for o in overrides
+        if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
+    ]
+    keep.sort(key=lambda o: (_override_key(o) not in swept, o))
+    name = ",".join(o.replace("/", "_") for o in keep)
+    if len(name.encode()) <= _ARM_MAX_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name.encode()[: _ARM_MAX_BYTES - 9].decode(errors="ignore") + f"~{digest}"
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
@@ -94,7 +116,8 @@ def name_sweep_job(cfg: DictConfig) -> None:
         return
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
-            arm = arm_name(list(hc.overrides.task)) or str(hc.job.num)
+            swept = hc.sweeper.get("params") or {}
+            arm = arm_name(list(hc.overrides.task), swept) or str(hc.job.num)
             cfg.run.sweep_id = (
                 cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
             )

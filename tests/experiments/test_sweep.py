@@ -25,6 +25,21 @@ def test_arm_name_keeps_only_what_changes_results() -> None:
     ]
     assert arm_name(overrides) == "communication=none,optimizer.lr=0.001"
     assert arm_name(["experiment=x"]) == ""
+    # group choices of placement settings are left out too; a step's own settings stay
+    placement = ["logger=none", "hydra/sweeper=optuna_lr", "pipeline.objective=a/b"]
+    step = "+pipeline.steps.train_sft.config.optimizer.lr=0.1"
+    assert arm_name([*placement, step]) == step
+
+
+def test_arm_name_puts_swept_keys_first_and_fits_a_folder_name() -> None:
+    fixed = [f"generate.filters.option_{i}=a_long_value_{i}" for i in range(12)]
+    names = [
+        arm_name([*fixed, f"optimizer.lr={lr}", "trainer.max_epochs=2"], swept=["optimizer.lr"])
+        for lr in (0.00012520653814999459, 0.00019578897201212982)
+    ]
+    assert names[0].startswith("optimizer.lr=0.00012520653814999459,generate.filters.option_0=")
+    assert all(len(n.encode()) <= 200 and "~" in n for n in names)
+    assert names[0] != names[1]
 
 
 def test_multirun_flag_may_follow_overrides() -> None:
