@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -169,10 +170,22 @@ def pipeline_steps(cfg: DictConfig) -> list[Step]:
     return steps
 
 
+def helper_rank() -> bool:
+    """Whether this process is rank 1..n-1 of a multi-process training run. Lightning starts
+    those ranks by rerunning the command; they take part in the train steps only."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]) != 0
+    return False
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
+    helper = helper_rank()
     for step in pipeline_steps(cfg):
+        if helper and step.stage != "train":
+            continue  # rank 0 simulates, generates and evaluates
         done = finished_manifest(step.cfg, step.stage)
         if done is not None and cfg.pipeline.reuse:
             log.info("%s: reusing finished run (config hash %s)", step.name, done["config_hash"])
@@ -180,7 +193,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
             continue
         log.info("%s: running", step.name)
         results[step.name] = _stage_fn(step.stage)(step.cfg)
-    record_arm(cfg)
+    if not helper:
+        record_arm(cfg)
     return results
 
 
@@ -237,8 +251,10 @@ def objective_value(cfg: DictConfig) -> float:
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_stage(run_pipeline, cfg)
+    if not cfg.pipeline.get("objective") or helper_rank():
+        return None
     # a returned value is what an optimising sweeper (Optuna) maximises
-    return run_stage(objective_value, cfg) if cfg.pipeline.get("objective") else None
+    return run_stage(objective_value, cfg)
 
 
 def flags_first(argv: list[str]) -> list[str]:

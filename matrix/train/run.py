@@ -165,27 +165,31 @@ def run_train(cfg: DictConfig) -> dict | None:
         "steps": trainer.global_step,
     }
     hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
-    if stage is None:
-        return None
-    last = logger.history[-1] if logger.history else {}
-    counts = {
-        **dm.stats.as_counts(),
-        "steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
-        "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
-        "packed_rows": len(dm.units) if dm.packing else None,
-        "tokens_trained_on": logger.tokens_seen,
-        "parameters": count_parameters(module.model),
-        "trainable_parameters": count_parameters(module.model, trainable_only=True),
-    }
-    stage.summary({k: v for k, v in last.items() if k != "step"})
-    return stage.finish(
-        counts,
-        inputs={"data": data_path(cfg)},
-        extra={
-            "attention": attn,
-            "hf_model": str(hf_dir) if hf_dir else None,
-            "final_metrics": last,
-            "resumed_from": ckpt,
-        },
-    )
+    manifest = None
+    if stage is not None:
+        last = logger.history[-1] if logger.history else {}
+        counts = {
+            **dm.stats.as_counts(),
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
+            "packed_rows": len(dm.units) if dm.packing else None,
+            "tokens_trained_on": logger.tokens_seen,
+            "parameters": count_parameters(module.model),
+            "trainable_parameters": count_parameters(module.model, trainable_only=True),
+        }
+        stage.summary({k: v for k, v in last.items() if k != "step"})
+        manifest = stage.finish(
+            counts,
+            inputs={"data": data_path(cfg)},
+            extra={
+                "attention": attn,
+                "hf_model": str(hf_dir) if hf_dir else None,
+                "final_metrics": last,
+                "resumed_from": ckpt,
+            },
+        )
+    # The other ranks wait for rank 0's export and manifest: a pipeline step after this one
+    # (DPO from this model) reads them on every rank.
+    trainer.strategy.barrier("train_exported")
+    return manifest

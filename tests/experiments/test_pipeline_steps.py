@@ -146,3 +146,32 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.slow
+def test_two_train_steps_under_ddp_on_two_cpu_processes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning starts rank 1 by rerunning the command: it joins both train steps (waiting for
+    # rank 0's SFT export before DPO) and leaves simulate, generate and evaluate to rank 0.
+    log = _pipeline(
+        [
+            "experiment=paper_matrix_tuned_tiny",
+            "debug=tiny",
+            "run.name=ddp",
+            "logger=none",
+            *tiny_llm_overrides(tiny_model_dir),
+            *RANDOM_MODEL_OVERRIDES,
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "data.packing=false",  # one row per rank and batch: the tiny data has two
+            "data.batch_size=1",
+            "pipeline.objective=alpaca_eval2/avg_length",
+        ],
+        tmp_path,
+    )
+    counts = {step: log.count(f"{step}: running") for step in TUNED_STEPS}
+    assert counts == {"simulate": 1, "generate": 1, "train_sft": 2, "train": 2, "evaluate": 1}
+    for step in ("train_sft", "train"):
+        manifest = json.loads((tmp_path / "ddp" / step / "manifest.json").read_text())
+        assert manifest["counts"]["steps"] > 0
