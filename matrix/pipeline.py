@@ -84,7 +84,7 @@ _NOT_ARM = (
     "hydra",
 )
 # A folder name has at most 255 bytes; a longer arm keeps a readable start and a hash.
-_ARM_MAX_BYTES = 200
+_ARM_MAX_BYTES = 240
 
 
 def _override_key(override: str) -> str:
@@ -93,8 +93,8 @@ def _override_key(override: str) -> str:
 
 def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
     """A job's arm: its overrides that change results as `key=value,key=value`, the `swept`
-    keys (the sweeper's params) first, the rest sorted; too long for a folder name, it is cut
-    and ends in a hash of the whole."""
+    keys (the sweeper's params) first, the rest sorted. Too long for a folder name, it keeps
+    the swept overrides only (or, with none known, its start) and ends in a hash of the whole."""
     swept = set(swept)
     keep = [
         o
@@ -106,7 +106,8 @@ def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
     if len(name.encode()) <= _ARM_MAX_BYTES:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return name.encode()[: _ARM_MAX_BYTES - 9].decode(errors="ignore") + f"~{digest}"
+    head = ",".join(o.replace("/", "_") for o in keep if _override_key(o) in swept) or name
+    return head.encode()[: _ARM_MAX_BYTES - 9].decode(errors="ignore") + f"~{digest}"
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
