@@ -83,7 +83,7 @@ _NOT_ARM = (
     "pipeline.objective",
     "hydra",
 )
-# A folder name has at most 255 bytes; a longer arm keeps a readable start and a hash.
+# A folder name has at most 255 bytes; arm_name shortens a longer arm (keeping a hash).
 _ARM_MAX_BYTES = 240
 
 
