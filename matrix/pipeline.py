@@ -7,6 +7,11 @@ One composed config (conf/pipeline.yaml) feeds every stage; each stage hashes on
 it depends on (matrix.stage.STAGE_KEYS). A stage whose manifest says it finished with the
 same hash is reused; an unfinished one resumes from its own checkpoint.
 
+`pipeline.stages` lists the steps in order. A step is a stage, or a named step from
+`pipeline.steps`: a stage run with its own settings merged over the composed config, into
+its own folder (experiment=paper_matrix_tuned trains SFT as `train_sft`, then DPO from that
+model as `train`). Reuse and resume work per step, as for any stage.
+
 In a multirun each finished job adds its run dir to the sweep dir's arms.txt, and
 `CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml) writes the comparison of all
 arms (matrix.compare) into the sweep dir when the last job is done.
@@ -14,10 +19,13 @@ arms (matrix.compare) into the sweep dir when the last job is done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +33,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
 
 from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
-from matrix.stage import finished_manifest, stage_dir
-from matrix.validation import ConfigError
+from matrix.config_check import check_config
+from matrix.stage import STAGE_KEYS, finished_manifest, stage_dir
+from matrix.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix.pipeline")
 
@@ -59,23 +69,45 @@ def _stage_fn(stage: str) -> Callable[[DictConfig], object]:
 
 # Overrides that say where or how a job runs, not what it computes: left out of arm names, so
 # `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
-# `communication=a` and `communication=b`.
+# `communication=a` and `communication=b`. (pipeline.steps stays: it changes results.)
 _NOT_ARM = (
     "experiment",
+    "experiment_name",
     "debug",
-    "run.",
-    "paths.",
-    "logger.",
-    "llm.backends.",
-    "pipeline.",
-    "hydra.",
+    "run",
+    "paths",
+    "logger",
+    "llm.backends",
+    "pipeline.stages",
+    "pipeline.reuse",
+    "pipeline.objective",
+    "hydra",
 )
+# A folder name has at most 255 bytes; arm_name shortens a longer arm (keeping a hash).
+_ARM_MAX_BYTES = 240
 
 
-def arm_name(overrides: list[str]) -> str:
-    """A job's arm: its overrides that change results, sorted, as `key=value,key=value`."""
-    keep = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_ARM)]
-    return ",".join(sorted(o.replace("/", "_") for o in keep))
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].replace("/", ".")
+
+
+def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
+    """A job's arm: its overrides that change results as `key=value,key=value`, the `swept`
+    keys (the sweeper's params) first, the rest sorted. Too long for a folder name, it keeps
+    the swept overrides only (or, with none known, its start) and ends in a hash of the whole."""
+    swept = set(swept)
+    keep = [
+        o
+        for o in overrides
+        if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
+    ]
+    keep.sort(key=lambda o: (_override_key(o) not in swept, o))
+    name = ",".join(o.replace("/", "_") for o in keep)
+    if len(name.encode()) <= _ARM_MAX_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = ",".join(o.replace("/", "_") for o in keep if _override_key(o) in swept) or name
+    return head.encode()[: _ARM_MAX_BYTES - 9].decode(errors="ignore") + f"~{digest}"
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
@@ -86,25 +118,84 @@ def name_sweep_job(cfg: DictConfig) -> None:
         return
     if hc.mode == RunMode.MULTIRUN:
         with open_dict(cfg):
-            arm = arm_name(list(hc.overrides.task)) or str(hc.job.num)
+            swept = hc.sweeper.get("params") or {}
+            arm = arm_name(list(hc.overrides.task), swept) or str(hc.job.num)
             cfg.run.sweep_id = (
                 cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
             )
             cfg.run.name = f"{cfg.run.name}/{arm}"
 
 
+@dataclass(frozen=True)
+class Step:
+    """One entry of pipeline.stages: `stage` run with `cfg`, writing to runs/<run.name>/<name>/."""
+
+    name: str
+    stage: str
+    cfg: DictConfig
+
+
+def pipeline_steps(cfg: DictConfig) -> list[Step]:
+    """The steps of pipeline.stages with their configs, every problem reported at once before
+    any step starts: unknown stages, a folder used twice, unknown keys in a step's config."""
+    defs = cfg.pipeline.get("steps") or {}
+    p = ConfigProblems()
+    steps: list[Step] = []
+    for name in cfg.pipeline.stages:
+        name = str(name)
+        spec = defs.get(name) or {}
+        stage = str(spec.get("stage") or name)
+        if stage not in STAGE_KEYS:
+            key = f"pipeline.steps.{name}.stage" if name in defs else "pipeline.stages"
+            p.add(
+                key,
+                f"'{stage}' is not a stage ({', '.join(STAGE_KEYS)}); a named step needs "
+                f"pipeline.steps.{name}.stage",
+            )
+            continue
+        try:
+            # struct merge: a key the composed config lacks is a typo, not a new setting
+            step_cfg = OmegaConf.merge(cfg, spec.get("config") or {})
+        except ConfigKeyError as e:
+            p.add(f"pipeline.steps.{name}.config", f"unknown key {e.full_key}")
+            continue
+        if name != stage:
+            with open_dict(step_cfg):
+                step_cfg.run.stage_dirs[stage] = name
+        steps.append(Step(name, stage, step_cfg))
+    if len({s.name for s in steps}) < len(steps):
+        p.add("pipeline.stages", "a step is listed twice; it would overwrite its own folder")
+    p.raise_if_any("pipeline")
+    for s in steps:
+        check_config(s.cfg, s.stage)
+    return steps
+
+
+def helper_rank() -> bool:
+    """Whether this process is rank 1..n-1 of a multi-process training run. Lightning starts
+    those ranks by rerunning the command; they take part in the train steps only."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]) != 0
+    return False
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
-    for stage in cfg.pipeline.stages:
-        done = finished_manifest(cfg, stage)
+    helper = helper_rank()
+    for step in pipeline_steps(cfg):
+        if helper and step.stage != "train":
+            continue  # rank 0 simulates, generates and evaluates
+        done = finished_manifest(step.cfg, step.stage)
         if done is not None and cfg.pipeline.reuse:
-            log.info("%s: reusing finished run (config hash %s)", stage, done["config_hash"])
-            results[stage] = done.get("counts")
+            log.info("%s: reusing finished run (config hash %s)", step.name, done["config_hash"])
+            results[step.name] = done.get("counts")
             continue
-        log.info("%s: running", stage)
-        results[stage] = _stage_fn(stage)(cfg)
-    record_arm(cfg)
+        log.info("%s: running", step.name)
+        results[step.name] = _stage_fn(step.stage)(step.cfg)
+    if not helper:
+        record_arm(cfg)
     return results
 
 
@@ -161,8 +252,10 @@ def objective_value(cfg: DictConfig) -> float:
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_stage(run_pipeline, cfg)
+    if not cfg.pipeline.get("objective") or helper_rank():
+        return None
     # a returned value is what an optimising sweeper (Optuna) maximises
-    return run_stage(objective_value, cfg) if cfg.pipeline.get("objective") else None
+    return run_stage(objective_value, cfg)
 
 
 def flags_first(argv: list[str]) -> list[str]:

@@ -194,11 +194,19 @@ class StageRun:
         return manifest
 
 
+def stage_folder(cfg: DictConfig, stage: str) -> str:
+    """The folder of `stage` under runs/<run.name>/: the stage's name, or the name of the
+    pipeline step that runs the stage again with its own settings (`run.stage_dirs`, which
+    the pipeline sets, e.g. {train: train_sft})."""
+    dirs = (cfg.get("run") or {}).get("stage_dirs") or {}
+    return str(dirs.get(stage, stage))
+
+
 def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     """Where a stage writes; a shard of a sharded run writes to its own shards/ subfolder."""
     from matrix.shard import SHARDED_STAGES, Shard
 
-    base = Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage
+    base = Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage_folder(cfg, stage)
     return Shard.from_cfg(cfg).dir(base) if shard and stage in SHARDED_STAGES else base
 
 
@@ -243,7 +251,7 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
         entity=wcfg.get("entity"),
         group=wcfg.get("group") or experiment,
         job_type=stage,
-        name=f"{cfg.run.name}/{stage}",
+        name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
         tags=tags,
         dir=str(out),
         mode=mode,

@@ -58,12 +58,14 @@ def tiny_llm_overrides(model_dir: Path) -> list[str]:
     ]
 
 
-# A random-init model never stops by itself and writes no language: keep its rows anyway.
-RANDOM_MODEL_FILTERS = [
+# A random-init model never stops by itself, writes no language, and its greedy answers are
+# runs of newlines (empty once stripped): keep its rows anyway and let the responder sample.
+RANDOM_MODEL_OVERRIDES = [
     "generate.filters.drop_truncated=false",
     "generate.filters.language=null",
     "generate.filters.min_instruction_chars=1",
     "generate.filters.refusal_patterns=[]",
+    "llm.roles.responder.temperature=1.0",
 ]
 
 

@@ -15,7 +15,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from matrix.bad_rows import SHOWN
 from matrix.stage import open_stage, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
@@ -124,16 +123,6 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
     )
 
 
-def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
-    """Labelled tokens per micro-batch (epoch mean) when one optimizer step sums several
-    micro-batches (accumulation or DDP ranks); None for one micro-batch per step, whose own
-    per-token mean already is the step's."""
-    steps_over = int(cfg.trainer.accumulate_grad_batches) * world_size(cfg)
-    if steps_over <= 1:
-        return None
-    return dm.stats.trained_tokens / max(dm.batches_per_epoch(1), 1)
-
-
 def run_train(cfg: DictConfig) -> dict | None:
     """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
     preflight(cfg)
@@ -150,9 +139,7 @@ def run_train(cfg: DictConfig) -> dict | None:
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
     if cfg.objective == "sft":
-        module = SFTModule(
-            model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
-        )
+        module = SFTModule(model, cfg.optimizer, cfg.scheduler, total)
     else:
         module = DPOModule(
             model,
@@ -178,28 +165,32 @@ def run_train(cfg: DictConfig) -> dict | None:
         "steps": trainer.global_step,
     }
     hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
-    if stage is None:
-        return None
-    last = logger.history[-1] if logger.history else {}
-    counts = {
-        **dm.stats.as_counts(),
-        "steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
-        "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
-        "packed_rows": len(dm.units) if dm.packing else None,
-        "tokens_trained_on": logger.tokens_seen,
-        "parameters": count_parameters(module.model),
-        "trainable_parameters": count_parameters(module.model, trainable_only=True),
-    }
-    stage.summary({k: v for k, v in last.items() if k != "step"})
-    return stage.finish(
-        counts,
-        inputs={"data": data_path(cfg)},
-        extra={
-            "attention": attn,
-            "hf_model": str(hf_dir) if hf_dir else None,
-            "final_metrics": last,
-            "resumed_from": ckpt,
-            "skipped_rows": dm.skipped[:SHOWN],
-        },
-    )
+    manifest = None
+    if stage is not None:
+        last = logger.history[-1] if logger.history else {}
+        counts = {
+            **dm.stats.as_counts(),
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
+            "packed_rows": len(dm.units) if dm.packing else None,
+            "tokens_trained_on": logger.tokens_seen,
+            "parameters": count_parameters(module.model),
+            "trainable_parameters": count_parameters(module.model, trainable_only=True),
+        }
+        stage.summary({k: v for k, v in last.items() if k != "step"})
+        manifest = stage.finish(
+            counts,
+            inputs={"data": data_path(cfg)},
+            extra={
+                "attention": attn,
+                "hf_model": str(hf_dir) if hf_dir else None,
+                "final_metrics": last,
+                "resumed_from": ckpt,
+                "skipped_rows": dm.skipped[:SHOWN],
+            },
+        )
+    # The other ranks wait for rank 0's export and manifest: a pipeline step after this one
+    # (DPO from this model) reads them on every rank.
+    trainer.strategy.barrier("train_exported")
+    return manifest

@@ -6,7 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from matrix.io import write_json
+
+
+class BagOfWords:
+    """A deterministic stand-in for the sentence encoder (hashed word counts, L2-normalised)."""
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, sum(map(ord, w)) % 64] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

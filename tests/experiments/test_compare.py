@@ -1,26 +1,15 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from matrix.arms import ARMS_FILE, arm_names, find_run_dirs
 from matrix.compare import compare
-from tests.experiments.fake_runs import write_fake_run
+from tests.experiments.fake_runs import BagOfWords, write_fake_run
 
 ARMS = {"communication=none": 0.3, "communication=random": 0.5, "communication=structured": 1.0}
-
-
-class BagOfWords:
-    """A deterministic stand-in for the sentence encoder (hashed word counts, L2-normalised)."""
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), 64), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, sum(map(ord, w)) % 64] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 @pytest.fixture
@@ -86,3 +75,16 @@ def test_wandb_offline_run_logs_tables(sweep: Path, tmp_path: Path, monkeypatch)
     out = tmp_path / "r"
     compare([sweep], out, encoder=BagOfWords(), lineage_answers=0)
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_run_with_an_sft_step_is_compared_by_its_final_train_stage(tmp_path: Path) -> None:
+    # experiment=paper_matrix_tuned: train_sft/ (SFT) next to train/ (DPO from it)
+    root = tmp_path / "runs"
+    run = write_fake_run(root / "paper_matrix_tuned_tiny", "tuned", 1.0, "paper_matrix_tuned_tiny")
+    sft = run / "train_sft"
+    shutil.copytree(run / "train", sft)
+    (sft / "metrics.jsonl").write_text('{"step": 1, "train/loss": 99.0}\n', encoding="utf-8")
+    assert find_run_dirs([root]) == [run.resolve()]
+    result = compare([root], tmp_path / "r", encoder=BagOfWords(), wandb_log=False)
+    training = dict((r[0], r[1]) for r in result["tables"]["training"])
+    assert training["first_loss"] == "4.75" and training["final_loss"] == "3"  # train/, not SFT's

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from matrix.io import write_json
 from matrix.pipeline import arm_name, flags_first, objective_value
 from matrix.validation import ConfigError
-from tests.conftest import RANDOM_MODEL_FILTERS, ROOT, tiny_llm_overrides
+from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 
 
 def test_arm_name_keeps_only_what_changes_results() -> None:
@@ -25,6 +25,24 @@ def test_arm_name_keeps_only_what_changes_results() -> None:
     ]
     assert arm_name(overrides) == "communication=none,optimizer.lr=0.001"
     assert arm_name(["experiment=x"]) == ""
+    # group choices of placement settings are left out too; a step's own settings stay
+    placement = ["logger=none", "hydra/sweeper=optuna_lr", "pipeline.objective=a/b"]
+    step = "+pipeline.steps.train_sft.config.optimizer.lr=0.1"
+    assert arm_name([*placement, step]) == step
+
+
+def test_arm_name_puts_swept_keys_first_and_fits_a_folder_name() -> None:
+    fixed = [f"generate.filters.option_{i}=a_long_value_{i}" for i in range(16)]
+    names = [
+        arm_name([*fixed, f"optimizer.lr={lr}", "trainer.max_epochs=2"], swept=["optimizer.lr"])
+        for lr in (0.00012520653814999459, 0.00019578897201212982)
+    ]
+    # too long: the swept value and a hash of the whole name
+    assert names[0].startswith("optimizer.lr=0.00012520653814999459~")
+    assert names[0] != names[1]
+    # with no swept keys known (a sweep on the command line), the start of the name
+    cut = arm_name([*fixed, "optimizer.lr=0.1"])
+    assert cut.startswith("generate.filters.option_0=a_long_value_0,") and len(cut.encode()) <= 240
 
 
 def test_multirun_flag_may_follow_overrides() -> None:
@@ -73,7 +91,7 @@ def test_comm_ablation_tiny_multirun_writes_three_arms_and_a_report(
         "debug=tiny",
         "run.name=comm_ablation_tiny",
         *tiny_llm_overrides(tiny_model_dir),
-        *RANDOM_MODEL_FILTERS,
+        *RANDOM_MODEL_OVERRIDES,
         "-m",
         "communication=none,random,structured",
     ]

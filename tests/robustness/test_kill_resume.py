@@ -11,7 +11,7 @@ import json
 import sys
 
 from matrix.io import read_json, read_jsonl
-from tests.conftest import RANDOM_MODEL_FILTERS, ROOT, tiny_llm_overrides
+from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 from tests.gen.doubles import write_sim_dir
 from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
 
@@ -58,8 +58,7 @@ def test_generate_killed_at_random_rows_resumes_to_the_same_rows(tmp_path, tiny_
         "generator=tiny",  # general 4, complex 2 (DPO), multi_turn 2, safety 2
         "generate.limit=null",
         "generate.batch_size=1",  # a checkpoint per row: kills land between and within steps
-        *RANDOM_MODEL_FILTERS,
-        "llm.roles.responder.temperature=0.8",  # greedy decoding of random weights is blank
+        *RANDOM_MODEL_OVERRIDES,
         *(f"llm.roles.{r}.max_new_tokens=16" for r in ("generator", "responder", "rejecter")),
     ]
     ref, out, seen = _kill_and_finish(

@@ -1,0 +1,177 @@
+"""Pipeline steps: a stage run again with its own settings into its own folder
+(experiment=paper_matrix_tuned: SFT as `train_sft`, then DPO from its model as `train`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matrix.compare import compare
+from matrix.pipeline import pipeline_steps
+from matrix.stage import config_hash, stage_dir
+from matrix.validation import ConfigError
+from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
+from tests.experiments.fake_runs import BagOfWords
+
+TUNED_STEPS = ["simulate", "generate", "train_sft", "train", "evaluate"]
+
+
+@pytest.mark.parametrize("preset", ["paper_matrix_tuned", "paper_matrix_tuned_tiny"])
+def test_matrix_tuned_is_sft_then_dpo_from_the_sft_model(preset: str, tmp_path: Path) -> None:
+    cfg = compose("pipeline", [f"experiment={preset}", f"paths.runs_dir={tmp_path}"])
+    steps = {s.name: s for s in pipeline_steps(cfg)}
+    assert list(steps) == TUNED_STEPS
+    sft, dpo = steps["train_sft"], steps["train"]
+    assert (sft.stage, dpo.stage) == ("train", "train")
+    assert stage_dir(sft.cfg, "train") == tmp_path / preset / "train_sft"
+    assert stage_dir(dpo.cfg, "train") == tmp_path / preset / "train"
+    assert (sft.cfg.objective, dpo.cfg.objective) == ("sft", "dpo")
+    # SFT starts from the base model, DPO from SFT's export; both train on this run's data
+    assert sft.cfg.model.path == cfg.model.path
+    assert dpo.cfg.model.path == str(tmp_path / preset / "train_sft" / "hf_model")
+    assert sft.cfg.data.sft_path == dpo.cfg.data.sft_path
+    assert dpo.cfg.data.dpo_path == str(tmp_path / preset / "generate" / "dpo.jsonl")
+    # the same hyperparameters (the paper_sft ones) in both steps
+    assert sft.cfg.optimizer == dpo.cfg.optimizer and sft.cfg.trainer == dpo.cfg.trainer
+    # two runs of one stage, each with its own config hash; other stages are untouched
+    assert config_hash(sft.cfg, "train") != config_hash(dpo.cfg, "train")
+    assert config_hash(steps["evaluate"].cfg, "evaluate") == config_hash(cfg, "evaluate")
+    assert cfg.eval.model.checkpoint == str(tmp_path / preset / "train" / "hf_model")
+
+
+def test_debug_tiny_dpo_step_loads_the_sft_weights() -> None:
+    # debug=tiny builds a random model; only the SFT step may: DPO must load SFT's weights
+    cfg = compose("pipeline", ["experiment=paper_matrix_tuned_tiny", "debug=tiny"])
+    steps = {s.name: s for s in pipeline_steps(cfg)}
+    assert steps["train_sft"].cfg.model.init == "random"
+    assert steps["train"].cfg.model.init == "pretrained"
+
+
+def test_default_pipeline_steps_are_the_four_stages() -> None:
+    cfg = compose("pipeline", [])
+    steps = pipeline_steps(cfg)
+    assert [(s.name, s.stage) for s in steps] == [(s, s) for s in cfg.pipeline.stages]
+    assert all(stage_dir(s.cfg, s.stage) == stage_dir(cfg, s.stage) for s in steps)
+
+
+def test_step_problems_are_reported_at_once_before_any_step_runs() -> None:
+    cfg = compose(
+        "pipeline",
+        [
+            "experiment=paper_matrix_tuned_tiny",
+            "pipeline.stages=[simulate,bogus,train_sft,train_sft]",
+            "+pipeline.steps.train_sft.config.optimizer.lrr=0.1",
+        ],
+    )
+    with pytest.raises(ConfigError) as e:
+        pipeline_steps(cfg)
+    msg = str(e.value)
+    assert "pipeline.stages: 'bogus' is not a stage" in msg
+    assert "pipeline.steps.train_sft.config: unknown key optimizer.lrr" in msg
+
+
+def test_a_step_listed_twice_is_refused() -> None:
+    cfg = compose("pipeline", ["pipeline.stages=[simulate,simulate]"])
+    with pytest.raises(ConfigError, match="listed twice"):
+        pipeline_steps(cfg)
+
+
+def _pipeline(args: list[str], runs: Path) -> str:
+    env = {**os.environ, "MATRIX_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "matrix.pipeline", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stderr + out.stdout
+
+
+def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    args = [
+        "experiment=paper_matrix_tuned_tiny",
+        "debug=tiny",
+        "run.name=tuned",
+        "logger=none",
+        *tiny_llm_overrides(tiny_model_dir),
+        *RANDOM_MODEL_OVERRIDES,
+        # lr 0 in the DPO step: its weights must then equal train_sft's exactly, which shows it
+        # started from them (and not from debug=tiny's random init)
+        "+pipeline.steps.train.config.optimizer.lr=0.0",
+    ]
+    log = _pipeline(args, tmp_path)
+    run = tmp_path / "tuned"
+    for step in TUNED_STEPS:
+        assert f"{step}: running" in log
+        assert json.loads((run / step / "manifest.json").read_text())["complete"]
+    sft = json.loads((run / "train_sft" / "manifest.json").read_text())
+    dpo = json.loads((run / "train" / "manifest.json").read_text())
+    assert (sft["stage"], sft["config"]["objective"]) == ("train", "sft")
+    assert (dpo["stage"], dpo["config"]["objective"]) == ("train", "dpo")
+    assert sft["inputs"]["data"]["path"].endswith("generate/sft.jsonl")
+    assert dpo["inputs"]["data"]["path"].endswith("generate/dpo.jsonl")
+    assert dpo["config"]["model"]["path"] == str(run / "train_sft" / "hf_model")
+    assert sft["counts"]["steps"] > 0 and dpo["counts"]["steps"] > 0
+    _assert_same_weights(run / "train_sft" / "hf_model", run / "train" / "hf_model")
+    evaluated = json.loads((run / "evaluate" / "manifest.json").read_text())
+    assert evaluated["config"]["eval"]["model"]["checkpoint"] == str(run / "train" / "hf_model")
+    # the comparison reads the final (DPO) train stage and passes over train_sft/
+    result = compare([run], tmp_path / "report", encoder=BagOfWords(), wandb_log=False)
+    training = dict((r[0], r[1]) for r in result["tables"]["training"])
+    assert training["final_loss"] == "0.6931"  # DPO's ln 2: the policy is its reference (lr 0)
+    assert "alpaca_eval2/win_rate" in dict((r[0], r[1]) for r in result["tables"]["evaluation"])
+
+    # A rerun reuses every finished step and reruns the one that did not finish.
+    (run / "train" / "manifest.json").unlink()
+    log = _pipeline(args, tmp_path)
+    for step in ("simulate", "generate", "train_sft", "evaluate"):
+        assert f"{step}: reusing finished run" in log
+    assert "train: running" in log
+    assert "train_sft: running" not in log
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.slow
+def test_two_train_steps_under_ddp_on_two_cpu_processes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Lightning starts rank 1 by rerunning the command: it joins both train steps (waiting for
+    # rank 0's SFT export before DPO) and leaves simulate, generate and evaluate to rank 0.
+    log = _pipeline(
+        [
+            "experiment=paper_matrix_tuned_tiny",
+            "debug=tiny",
+            "run.name=ddp",
+            "logger=none",
+            *tiny_llm_overrides(tiny_model_dir),
+            *RANDOM_MODEL_OVERRIDES,
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "data.packing=false",  # one row per rank and batch: the tiny data has two
+            "data.batch_size=1",
+            "pipeline.objective=alpaca_eval2/avg_length",
+        ],
+        tmp_path,
+    )
+    counts = {step: log.count(f"{step}: running") for step in TUNED_STEPS}
+    assert counts == {"simulate": 1, "generate": 1, "train_sft": 2, "train": 2, "evaluate": 1}
+    for step in ("train_sft", "train"):
+        manifest = json.loads((tmp_path / "ddp" / step / "manifest.json").read_text())
+        assert manifest["counts"]["steps"] > 0
