@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from matrix.bad_rows import SHOWN
 from matrix.stage import open_stage, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
@@ -123,6 +124,16 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
     )
 
 
+def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
+    """Labelled tokens per micro-batch (epoch mean) when one optimizer step sums several
+    micro-batches (accumulation or DDP ranks); None for one micro-batch per step, whose own
+    per-token mean already is the step's."""
+    steps_over = int(cfg.trainer.accumulate_grad_batches) * world_size(cfg)
+    if steps_over <= 1:
+        return None
+    return dm.stats.trained_tokens / max(dm.batches_per_epoch(1), 1)
+
+
 def run_train(cfg: DictConfig) -> dict | None:
     """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
     preflight(cfg)
@@ -139,7 +150,9 @@ def run_train(cfg: DictConfig) -> dict | None:
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
     if cfg.objective == "sft":
-        module = SFTModule(model, cfg.optimizer, cfg.scheduler, total)
+        module = SFTModule(
+            model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
+        )
     else:
         module = DPOModule(
             model,
