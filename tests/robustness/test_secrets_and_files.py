@@ -55,3 +55,15 @@ def test_torn_line_inside_the_committed_rows_is_an_error(tmp_path):
         assert "expects 2 rows, only 1" in str(e)
     else:
         raise AssertionError("a checkpoint past the torn line must not pass")
+
+
+def test_atomic_writes_get_the_users_usual_file_mode(tmp_path):
+    """The temp file behind an atomic write is owner-only; the written file must not be."""
+    import os
+
+    from matrix.io import write_json
+
+    write_json(tmp_path / "state.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o666 & ~umask
