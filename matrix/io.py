@@ -21,7 +21,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+<<<<<<< HEAD
 log = logging.getLogger(__name__)
+=======
+# mkstemp makes owner-only files; outputs get the mode any other file of the user gets.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+>>>>>>> main
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -29,6 +35,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -84,3 +84,15 @@ def test_evaluate_resumes_past_a_torn_answer_line(tmp_path):
     answers.write_bytes(b"".join(lines[:2]) + lines[2][:15])  # killed while writing row 3
     run_evaluate(cfg, Roles(cfg.llm, {"smollm2": PromptHashLLM()}))
     assert answers.read_bytes() == whole
+
+
+def test_atomic_writes_get_the_users_usual_file_mode(tmp_path):
+    """The temp file behind an atomic write is owner-only; the written file must not be."""
+    import os
+
+    from matrix.io import write_json
+
+    write_json(tmp_path / "state.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o666 & ~umask
