@@ -21,13 +21,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD
 log = logging.getLogger(__name__)
-=======
+
 # mkstemp makes owner-only files; outputs get the mode any other file of the user gets.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
->>>>>>> main
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
