@@ -73,15 +73,16 @@ def resolve_data_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def _rows(path: Path, fmt: str):
-    """(line number, row or error message) for every record of a JSONL or CSV file."""
+def _rows(path: Path, fmt: str, max_line_bytes: int | None = None):
+    """(line number, row or error message) for every record of a JSONL or CSV file; a JSONL
+    line over `max_line_bytes` is reported, never read into memory whole."""
     fmt = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             for i, row in enumerate(csv.DictReader(f), 2):
                 yield i, row
         return
-    for i, obj, error in jsonl_lines(path):
+    for i, obj, error in jsonl_lines(path, max_line_bytes):
         if error is None and not isinstance(obj, dict):
             error = f"expected a JSON object, got {type(obj).__name__}"
         yield i, obj if error is None else error
@@ -135,6 +136,7 @@ def load_profiles(
     on_error: str = "skip",
     max_chars: int = 4000,
     min_age: int | None = None,
+    max_line_bytes: int | None = None,
 ) -> tuple[list[Profile], LoadReport]:
     """Read every profile; malformed lines are reported with their line number and skipped
     (`on_error=skip`) or fail the run (`on_error=fail`)."""
@@ -148,7 +150,7 @@ def load_profiles(
     profiles: list[Profile] = []
     seen: set[str] = set()
     lines = 0
-    for lineno, row in _rows(p, fmt):
+    for lineno, row in _rows(p, fmt, max_line_bytes):
         lines += 1
         try:
             if isinstance(row, str):

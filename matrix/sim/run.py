@@ -79,7 +79,13 @@ def validate(cfg: DictConfig) -> None:
 def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
     pop = cfg.population
     profiles, report = load_profiles(
-        str(pop.path), dict(pop.fields), pop.format, pop.on_error, int(pop.max_chars), pop.min_age
+        str(pop.path),
+        dict(pop.fields),
+        pop.format,
+        pop.on_error,
+        int(pop.max_chars),
+        pop.min_age,
+        pop.get("max_line_bytes"),
     )
     profiles = sample_profiles(profiles, pop.size, int(pop.sample_seed))
     if pop.anonymize in ("rules", "llm"):

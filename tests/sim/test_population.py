@@ -51,6 +51,15 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
         load_profiles(str(p), FIELDS, on_error="fail")
 
 
+def test_a_huge_line_is_reported_and_the_rest_load(tmp_path):
+    huge = json.dumps({"id": "h", "user_char_clean": "x" * 200_000}).encode()
+    ok = json.dumps({"id": "d", "user_char_clean": "A chef who loves jazz."}).encode()
+    p = _write(tmp_path, [huge, ok])
+    profiles, report = load_profiles(str(p), FIELDS, max_line_bytes=100_000)
+    assert [x.id for x in profiles] == ["d"]
+    assert report.skipped == (f"{p}:1: line of {len(huge) + 1} bytes is over the limit of 100000",)
+
+
 def test_csv_with_field_mapping(tmp_path):
     p = tmp_path / "people.csv"
     p.write_text(
