@@ -52,13 +52,16 @@ class RNGState(L.Callback):
 
 class StepLogger(L.Callback):
     """Per optimizer step: loss (and DPO rewards) averaged over the accumulated micro-batches,
-    lr, grad norm, tokens/s, padding efficiency and MFU, to StageRun (metrics.jsonl + W&B)."""
+    lr, grad norm, tokens/s, padding efficiency and MFU, to StageRun (metrics.jsonl + W&B).
+    After each validation pass: the module's metrics over the whole validation set as `val/*`,
+    a row of its own at the current step."""
 
     def __init__(self, run: StageRun | None, every_n_steps: int = 1, precision: str = "32-true"):
         self.run = run
         self.every = max(1, every_n_steps)
         self.precision = precision
         self.history: list[dict] = []  # every logged row, also used by tests and the summary
+        self.val_history: list[dict] = []  # every validation row
         self.tokens_seen = 0
         self._last_step = 0
         self._lr = 0.0
@@ -115,3 +118,12 @@ class StepLogger(L.Callback):
         if self.run is not None and trainer.is_global_zero:
             self.run.log(row, step=step)
         self._reset()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {f"val/{k}": v for k, v in pl_module.validation_metrics().items()}
+        step = trainer.global_step
+        self.val_history.append({"step": step, **row})
+        if self.run is not None and trainer.is_global_zero:
+            self.run.log(row, step=step)

@@ -5,6 +5,11 @@ Batches are padded (one sequence per row, right padding, attention mask) or pack
 restarting per sequence). The loss is the same either way; packing only removes the compute
 spent on padding. DPO keeps each pair's chosen and rejected answers next to each other, so
 sequence 2k of a batch is a chosen answer and 2k+1 its rejected one.
+
+`data.val_fraction` > 0 holds out a validation split of the tokenized rows (`split_rows`):
+chosen by a permutation seeded by `seed` over the row positions after tokenization and
+filtering, so the same data and seed always give the same split, a resumed run included.
+Validation units are packed (or not) like training units and served in a fixed order.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
+from matrix.chat import IGNORE_INDEX
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     PreferencePair,
@@ -26,6 +33,36 @@ from matrix.train.examples import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# Offsets the split's seed from the batch order's, so the two permutations are unrelated.
+_SPLIT_SEED_OFFSET = 7_919
+
+
+def split_rows(
+    n: int, val_fraction: float, val_max_rows: int | None, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) row positions, each ascending, disjoint, together range(n).
+
+    The validation split is round(val_fraction * n) rows (at least 1 when val_fraction > 0),
+    at most val_max_rows, taken from a permutation of range(n) seeded by `seed`.
+    """
+    if not val_fraction:
+        return list(range(n)), []
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction={val_fraction}; use 0 (no validation) up to < 1")
+    n_val = max(1, round(val_fraction * n))
+    if val_max_rows is not None:
+        n_val = min(n_val, int(val_max_rows))
+    if n_val >= n:
+        raise ValueError(
+            f"data.val_fraction={val_fraction} leaves no training rows out of {n}; "
+            "lower data.val_fraction or data.val_max_rows"
+        )
+    g = torch.Generator().manual_seed(seed * 1_000_003 + _SPLIT_SEED_OFFSET)
+    val = sorted(torch.randperm(n, generator=g)[:n_val].tolist())
+    held = set(val)
+    return [i for i in range(n) if i not in held], val
 
 
 def data_path(cfg: DictConfig) -> str:
@@ -51,6 +88,8 @@ class ChatDataModule(L.LightningDataModule):
         seed: int = 0,
         shuffle: bool = True,
         num_workers: int = 0,
+        val_fraction: float = 0.0,
+        val_max_rows: int | None = None,
     ):
         super().__init__()
         if objective not in ("sft", "dpo"):
@@ -68,8 +107,13 @@ class ChatDataModule(L.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.num_workers = num_workers
-        self.examples: list | None = None
-        self.units: list[list[int]] = []
+        self.val_fraction = val_fraction
+        self.val_max_rows = val_max_rows
+        self.examples: list | None = None  # every kept row, training and validation
+        self.train_ids: list[int] = []
+        self.val_ids: list[int] = []
+        self.units: list[list[int]] = []  # training units (lists of example positions)
+        self.val_units: list[list[int]] = []
         self.stats = TokenStats()
         self.skipped: list[str] = []  # "file:line: why" of every malformed row skipped
         self._loader: ResumableLoader | None = None
@@ -91,6 +135,8 @@ class ChatDataModule(L.LightningDataModule):
             seed=int(cfg.seed),
             shuffle=bool(d.get("shuffle", True)),
             num_workers=int(d.get("num_workers", 0)),
+            val_fraction=float(d.get("val_fraction") or 0.0),
+            val_max_rows=d.get("val_max_rows"),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -115,15 +161,17 @@ class ChatDataModule(L.LightningDataModule):
                 self.stats.truncated_assistant_turns,
                 self.max_seq_len,
             )
-        if self.packing:
-            self.units = pack_best_fit([self.length(i) for i in range(len(self))], self.pack_length)
-        else:
-            self.units = [[i] for i in range(len(self))]
+        self.train_ids, self.val_ids = split_rows(
+            len(self), self.val_fraction, self.val_max_rows, self.seed
+        )
+        self.units = self.make_units(self.train_ids)
+        self.val_units = self.make_units(self.val_ids)
         log.info(
-            "%s data: %d of %d rows, %d tokens, %d rows per batch%s",
+            "%s data: %d of %d rows (%d held out for validation), %d tokens, %d rows per batch%s",
             self.objective,
             self.stats.kept,
             self.stats.rows,
+            len(self.val_ids),
             self.stats.tokens,
             self.batch_size,
             f", packed into {len(self.units)} rows of <= {self.pack_length}"
@@ -131,8 +179,23 @@ class ChatDataModule(L.LightningDataModule):
             else "",
         )
 
+    def make_units(self, ids: list[int]) -> list[list[int]]:
+        """What fills each batch row: one example, or (packing) several packed together."""
+        if not self.packing:
+            return [[i] for i in ids]
+        bins = pack_best_fit([self.length(i) for i in ids], self.pack_length)
+        return [[ids[k] for k in b] for b in bins]
+
     def __len__(self) -> int:
         return len(self.examples or [])
+
+    def train_labelled_tokens(self) -> int:
+        """Tokens carrying loss in the training rows (validation rows left out)."""
+        return sum(
+            sum(1 for x in seq.labels if x != IGNORE_INDEX)
+            for i in self.train_ids
+            for seq in self.sequences([i])
+        )
 
     def length(self, i: int) -> int:
         ex = self.examples[i]
@@ -146,7 +209,10 @@ class ChatDataModule(L.LightningDataModule):
         return out
 
     def collate(self, unit_ids: list[int]) -> dict:
-        units = [self.units[u] for u in unit_ids]
+        """The batch of training units `unit_ids`."""
+        return self.collate_units([self.units[u] for u in unit_ids])
+
+    def collate_units(self, units: list[list[int]]) -> dict:
         if self.packing:
             rows = [self.sequences(unit) for unit in units]
         else:  # one sequence per row; a DPO pair fills two rows
@@ -180,6 +246,23 @@ class ChatDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
             )
         return self._loader
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation units in a fixed order, the whole split on every rank (so sharded
+        models run the same number of forward passes everywhere); [] = no validation."""
+        self.setup()
+        if not self.val_units:
+            return []
+        return DataLoader(
+            self.val_units,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=self.collate_units,
+            num_workers=self.num_workers,
+            # a private generator: starting this loader must not draw from the global RNG,
+            # which training (dropout) continues from
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
         n = -(-len(self.units) // self.batch_size)

@@ -103,11 +103,12 @@ class DPOModule(CausalLMModule):
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            for start in range(0, len(dm.units), dm.batch_size):
-                batch = dm.collate(list(range(start, min(start + dm.batch_size, len(dm.units)))))
-                batch = self.trainer.strategy.batch_to_device(batch)
-                chosen, rejected = pair_logps(self.model, batch)
-                self.ref_logps[batch["example_index"]] = torch.stack([chosen, rejected], 1)
+            for units in (dm.units, dm.val_units):  # validation pairs need a reference too
+                for start in range(0, len(units), dm.batch_size):
+                    batch = dm.collate_units(units[start : start + dm.batch_size])
+                    batch = self.trainer.strategy.batch_to_device(batch)
+                    chosen, rejected = pair_logps(self.model, batch)
+                    self.ref_logps[batch["example_index"]] = torch.stack([chosen, rejected], 1)
         self.model.train(was_training)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -116,6 +117,23 @@ class DPOModule(CausalLMModule):
         loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         self.step_metrics = metrics
         return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        chosen, rejected = pair_logps(self.model, batch)
+        self._val_parts.append((chosen, rejected, ref_chosen, ref_rejected))
+
+    def validation_metrics(self) -> dict[str, float]:
+        """dpo_loss over every validation pair at once: each pair weighs the same."""
+        parts = zip(*self._val_parts, strict=True)
+        chosen, rejected, ref_chosen, ref_rejected = (torch.cat(t) for t in parts)
+        _, m = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        return {
+            "loss": m["loss"],
+            "reward_accuracy": m["rewards/accuracy"],
+            "reward_margin": m["rewards/margin"],
+            "pairs": len(chosen),
+        }
 
     def state_dict(self, *args, **kwargs):
         # The frozen copy is the starting checkpoint on disk; no need to store it again.

@@ -67,6 +67,14 @@ class CausalLMModule(L.LightningModule):
         self.scheduler_cfg = scheduler
         self.step_metrics: dict[str, float] = {}  # last micro-batch, read by StepLogger
         self.grad_norm: float | None = None
+        self._val_parts: list = []  # per validation batch, reduced by validation_metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_parts = []
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Metrics over the whole validation set just evaluated (read by StepLogger)."""
+        raise NotImplementedError
 
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.optimizer_cfg)

@@ -148,6 +148,12 @@ def check_runtime(cfg: DictConfig, problems: list[str]) -> None:
     mlb = cfg.data.get("max_line_bytes")
     if mlb is not None and (not isinstance(mlb, int) or mlb < 1):
         problems.append(f"data.max_line_bytes={mlb!r}: use a number of bytes >= 1, or null")
+    vf = cfg.data.get("val_fraction") or 0
+    if not isinstance(vf, int | float) or not 0 <= vf < 1:
+        problems.append(f"data.val_fraction={vf!r}: use a share of the rows in [0, 1) (0 = none)")
+    vmax = cfg.data.get("val_max_rows")
+    if vmax is not None and (not isinstance(vmax, int) or vmax < 1):
+        problems.append(f"data.val_max_rows={vmax!r}: use a number of rows >= 1, or null")
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -120,6 +120,10 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         use_distributed_sampler=False,  # BatchPlan shards by rank itself
         deterministic=bool(t.get("deterministic", False)),
         num_sanity_val_steps=0,
+        # validation (data.val_fraction > 0): Lightning's own schedule; an int interval counts
+        # training batches (micro-batches), a float is a fraction of the epoch
+        val_check_interval=t.get("val_check_interval"),
+        check_val_every_n_epoch=t.get("check_val_every_n_epoch", 1),
         default_root_dir=str(ckpt_dir.parent),
     )
 
@@ -131,7 +135,7 @@ def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
     steps_over = int(cfg.trainer.accumulate_grad_batches) * world_size(cfg)
     if steps_over <= 1:
         return None
-    return dm.stats.trained_tokens / max(dm.batches_per_epoch(1), 1)
+    return dm.train_labelled_tokens() / max(dm.batches_per_epoch(1), 1)
 
 
 def run_train(cfg: DictConfig) -> dict | None:
@@ -169,6 +173,10 @@ def run_train(cfg: DictConfig) -> dict | None:
     if ckpt:
         log.info("resuming from %s", ckpt)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if dm.val_units and (
+        not logger.val_history or logger.val_history[-1]["step"] != trainer.global_step
+    ):
+        trainer.validate(module, datamodule=dm, verbose=False)  # the final model's val metrics
 
     provenance = {
         "objective": cfg.objective,
@@ -181,24 +189,27 @@ def run_train(cfg: DictConfig) -> dict | None:
     manifest = None
     if stage is not None:
         last = logger.history[-1] if logger.history else {}
+        last_val = logger.val_history[-1] if logger.val_history else {}
+        final = {**last, **{k: v for k, v in last_val.items() if k != "step"}}
         counts = {
             **dm.stats.as_counts(),
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
             "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
             "packed_rows": len(dm.units) if dm.packing else None,
+            "validation_rows": len(dm.val_ids),
             "tokens_trained_on": logger.tokens_seen,
             "parameters": count_parameters(module.model),
             "trainable_parameters": count_parameters(module.model, trainable_only=True),
         }
-        stage.summary({k: v for k, v in last.items() if k != "step"})
+        stage.summary({k: v for k, v in final.items() if k != "step"})
         manifest = stage.finish(
             counts,
             inputs={"data": data_path(cfg)},
             extra={
                 "attention": attn,
                 "hf_model": str(hf_dir) if hf_dir else None,
-                "final_metrics": last,
+                "final_metrics": final,
                 "resumed_from": ckpt,
                 "skipped_rows": dm.skipped[:SHOWN],
             },

@@ -9,9 +9,8 @@ from matrix.chat import IGNORE_INDEX
 from matrix.train.lm import CausalLMModule, forward_logits
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over every labelled token in the batch (each token weighs the same,
-    so long answers are not down-weighted as they are with a per-sequence mean)."""
+def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over every labelled token in the batch, and how many there are."""
     targets = labels[:, 1:].reshape(-1)
     n = int((targets != IGNORE_INDEX).sum())
     total = F.cross_entropy(
@@ -20,6 +19,13 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+    return total, n
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over every labelled token in the batch (each token weighs the same,
+    so long answers are not down-weighted as they are with a per-sequence mean)."""
+    total, n = sft_loss_sum(logits, labels)
     return total / max(n, 1), n
 
 
@@ -42,3 +48,14 @@ class SFTModule(CausalLMModule):
         if self.tokens_per_batch:
             return loss * (n / self.tokens_per_batch)
         return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        total, n = sft_loss_sum(forward_logits(self.model, batch), batch["labels"])
+        self._val_parts.append((float(total), n))
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Per-token mean over the whole validation set: summed token losses over all its
+        labelled tokens (not a mean of batch means)."""
+        total = sum(t for t, _ in self._val_parts)
+        n = sum(k for _, k in self._val_parts)
+        return {"loss": total / max(n, 1), "tokens": n}
