@@ -1,5 +1,5 @@
 """A run resumed from a mid-epoch checkpoint continues exactly as the uninterrupted run:
-same batches, same optimizer and scheduler state, same losses."""
+same batches, same optimizer and scheduler state, same losses, with or without validation."""
 
 from __future__ import annotations
 
@@ -21,20 +21,32 @@ SETTINGS = (
 )
 
 
-def losses(run_dir) -> dict[int, float]:
-    return {r["step"]: r["train/loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}
+# 6 of the 24 rows held out: 18 / (2 x 2) = 4.5 -> 5 steps per epoch, 10 in all; validation
+# after micro-batches 4 and 8 of each epoch (steps 2, 4, 7, 9), and once more after training
+VALIDATION = ("data.val_fraction=0.25", "trainer.val_check_interval=4")
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, data_dir):
+def losses(run_dir, key: str = "train/loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_jsonl(run_dir / "metrics.jsonl") if key in r}
+
+
+@pytest.fixture(scope="module", params=[(), VALIDATION], ids=["no_val", "val"])
+def full_run(request, tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("runs")
-    cfg = compose_train(tiny_overrides(runs, data_dir / "sft_short.jsonl", "full", *SETTINGS))
+    extra = (*SETTINGS, *request.param)
+    cfg = compose_train(tiny_overrides(runs, data_dir / "sft_short.jsonl", "full", *extra))
     manifest = run_train(cfg)
-    return runs / "full" / "train", manifest
+    return runs / "full" / "train", manifest, extra
 
 
 def test_uninterrupted_run_writes_metrics_and_manifest(full_run):
-    run_dir, manifest = full_run
+    run_dir, manifest, extra = full_run
+    if extra != SETTINGS:
+        assert manifest["counts"]["steps"] == 10
+        assert manifest["counts"]["validation_rows"] == 6
+        assert sorted(losses(run_dir, "val/loss")) == [2, 4, 7, 9, 10]
+        return
+    assert manifest["counts"]["validation_rows"] == 0
     assert manifest["counts"]["steps"] == 12
     assert manifest["counts"]["rows"] == 24
     assert manifest["counts"]["truncated_assistant_turns"] >= 0
@@ -51,7 +63,8 @@ def test_uninterrupted_run_writes_metrics_and_manifest(full_run):
 
 @pytest.mark.parametrize("step", [4, 8])  # mid-epoch 1, mid-epoch 2
 def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir, step):
-    run_dir, _ = full_run
+    run_dir, manifest, extra = full_run
+    last = manifest["counts"]["steps"]
     ckpt = run_dir / "checkpoints" / f"step{step:06d}.ckpt"
     assert ckpt.exists()
     cfg = compose_train(
@@ -59,13 +72,16 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
             tmp_path,
             data_dir / "sft_short.jsonl",
             "resumed",
-            *SETTINGS,
+            *extra,
             f"checkpoint.resume={ckpt}",
         )
     )
-    manifest = run_train(cfg)
-    assert manifest["counts"]["steps"] == 12
-    full, resumed = losses(run_dir), losses(tmp_path / "resumed" / "train")
-    assert sorted(resumed) == list(range(step + 1, 13))
-    for s in resumed:
-        assert resumed[s] == pytest.approx(full[s], rel=1e-5, abs=1e-6), s
+    assert run_train(cfg)["counts"]["steps"] == last
+    for key in ("train/loss", "val/loss"):
+        full, resumed = losses(run_dir, key), losses(tmp_path / "resumed" / "train", key)
+        if key == "train/loss":
+            assert sorted(resumed) == list(range(step + 1, last + 1))
+        else:
+            assert sorted(resumed) == [s for s in full if s > step]
+        for s in resumed:
+            assert resumed[s] == pytest.approx(full[s], rel=1e-5, abs=1e-6), (key, s)
