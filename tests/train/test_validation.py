@@ -145,3 +145,20 @@ def test_dpo_run_logs_val_reward_accuracy(tmp_path, data_dir, reference):
     assert 0.0 <= last["val/reward_accuracy"] <= 1.0
     assert math.isfinite(last["val/reward_margin"]) and math.isfinite(last["val/loss"])
     assert manifest["final_metrics"]["val/reward_accuracy"] == last["val/reward_accuracy"]
+
+
+def test_preflight_rejects_bad_validation_keys(data_dir):
+    from matrix.train.preflight import TrainConfigError, preflight
+
+    cfg = compose_train(
+        [
+            "model=tiny_debug",
+            f"data.path={data_dir / 'sft.jsonl'}",
+            "data.val_fraction=1.5",
+            "data.val_max_rows=0",
+        ]
+    )
+    with pytest.raises(TrainConfigError) as e:
+        preflight(cfg)
+    assert len(e.value.problems) == 2
+    assert "data.val_fraction=1.5" in str(e.value) and "data.val_max_rows=0" in str(e.value)
