@@ -191,11 +191,10 @@ class ChatDataModule(L.LightningDataModule):
 
     def train_labelled_tokens(self) -> int:
         """Tokens carrying loss in the training rows (validation rows left out)."""
-        return sum(
-            sum(1 for x in seq.labels if x != IGNORE_INDEX)
-            for i in self.train_ids
-            for seq in self.sequences([i])
+        held_out = sum(
+            sum(1 for x in seq.labels if x != IGNORE_INDEX) for seq in self.sequences(self.val_ids)
         )
+        return self.stats.trained_tokens - held_out
 
     def length(self, i: int) -> int:
         ex = self.examples[i]

@@ -162,3 +162,10 @@ def test_preflight_rejects_bad_validation_keys(data_dir):
         preflight(cfg)
     assert len(e.value.problems) == 2
     assert "data.val_fraction=1.5" in str(e.value) and "data.val_max_rows=0" in str(e.value)
+
+
+def test_train_labelled_tokens_leave_the_validation_rows_out(tokenizer, data_dir):
+    dm = datamodule(tokenizer, data_dir / "sft.jsonl", False, val_fraction=0.25)
+    by_row = [sum(x != IGNORE_INDEX for x in dm.examples[i].labels) for i in range(len(dm))]
+    assert dm.train_labelled_tokens() == sum(by_row[i] for i in dm.train_ids)
+    assert sum(by_row) == dm.stats.trained_tokens
