@@ -124,6 +124,7 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         # training batches (micro-batches), a float is a fraction of the epoch
         val_check_interval=t.get("val_check_interval"),
         check_val_every_n_epoch=t.get("check_val_every_n_epoch", 1),
+        limit_val_batches=1.0 if cfg.data.get("val_fraction") else 0,  # 0: no validation loop
         default_root_dir=str(ckpt_dir.parent),
     )
 
