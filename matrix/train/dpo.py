@@ -128,12 +128,8 @@ class DPOModule(CausalLMModule):
         parts = zip(*self._val_parts, strict=True)
         chosen, rejected, ref_chosen, ref_rejected = (torch.cat(t) for t in parts)
         _, m = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
-        return {
-            "loss": m["loss"],
-            "reward_accuracy": m["rewards/accuracy"],
-            "reward_margin": m["rewards/margin"],
-            "pairs": len(chosen),
-        }
+        # the training metrics' names, so train/ and val/ curves line up in W&B
+        return {**m, "pairs": len(chosen)}
 
     def state_dict(self, *args, **kwargs):
         # The frozen copy is the starting checkpoint on disk; no need to store it again.

@@ -121,7 +121,7 @@ def test_sft_run_logs_val_loss_and_puts_it_in_the_manifest(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("reference", ["model", "precomputed"])
-def test_dpo_run_logs_val_reward_accuracy(tmp_path, data_dir, reference):
+def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
     cfg = compose_train(
         tiny_overrides(
             tmp_path,
@@ -142,9 +142,9 @@ def test_dpo_run_logs_val_reward_accuracy(tmp_path, data_dir, reference):
     assert [r["step"] for r in val] == [3]  # max_steps ends mid-epoch: one final validation
     [last] = val
     assert last["val/pairs"] == 8 == manifest["counts"]["validation_rows"]
-    assert 0.0 <= last["val/reward_accuracy"] <= 1.0
-    assert math.isfinite(last["val/reward_margin"]) and math.isfinite(last["val/loss"])
-    assert manifest["final_metrics"]["val/reward_accuracy"] == last["val/reward_accuracy"]
+    assert 0.0 <= last["val/rewards/accuracy"] <= 1.0
+    assert math.isfinite(last["val/rewards/margin"]) and math.isfinite(last["val/loss"])
+    assert manifest["final_metrics"]["val/rewards/accuracy"] == last["val/rewards/accuracy"]
 
 
 def test_preflight_rejects_bad_validation_keys(data_dir):
