@@ -17,7 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tiny_llama(out: Path, seed: int = 0) -> Path:
+def build_tiny_llama(out: Path, seed: int = 0, **shape) -> Path:
+    """A random-init 2-layer Llama with the SmolLM2 tokenizer, saved to `out`; `shape`
+    overrides LlamaConfig fields (sizes)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -25,18 +27,22 @@ def build_tiny_llama(out: Path, seed: int = 0) -> Path:
 
     tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
     torch.manual_seed(seed)
+    fields = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+        **shape,
+    }
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
+        **fields,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -5,39 +5,26 @@ stands in: these tests check plumbing, not text quality."""
 from pathlib import Path
 
 import pytest
-import torch
 
 from matrix.gen.run import run_generate
 from matrix.llm.hf import HFBackend
 from matrix.llm.protocol import Sampling
+from tests.conftest import build_tiny_llama
 
 from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from matrix.llm.embedded import smollm2_hf_dir
-
-    tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    # smaller than the shared tiny model: the Magpie test's expectations were taken with it
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny_llama"),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
         num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
     )
-    out = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def test_pre_query_prefix_is_the_template_up_to_the_user_text(tiny_model):
