@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from matrix.eval.benchmarks import BENCHMARKS
@@ -43,6 +45,7 @@ LLAMA3_8B = LlamaConfig(
     max_position_embeddings=8192,
 )
 H100_BF16_DENSE = 989e12
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class RecordingLLM:
@@ -56,6 +59,11 @@ class RecordingLLM:
         return [Completion(self.text, 0, 0, "stop") for _ in chats]
 
 
+def shipped_settings(name: str) -> Any:
+    """The benchmark's settings in conf/eval/<name>.yaml (judge max_new_tokens among them)."""
+    return OmegaConf.load(CONF / "eval" / f"{name}.yaml").benchmarks[name]
+
+
 def judge_costs(answer_words: int, prompt_price: float, completion_price: float) -> None:
     print("| benchmark | judge calls | prompt tokens | completion tokens (max) | cost US$ |")
     print("|---|---|---|---|---|")
@@ -63,7 +71,7 @@ def judge_costs(answer_words: int, prompt_price: float, completion_price: float)
     for name, cls in BENCHMARKS.items():
         if not cls.uses_judge:
             continue
-        bench = cls({})
+        bench = cls(shipped_settings(name))
         items = bench.load()
         model = RecordingLLM(" ".join(["word"] * answer_words) + ".", "model-double")
         judge = RecordingLLM(UNIVERSAL_VERDICT, "judge-double")
