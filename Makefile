@@ -60,7 +60,7 @@ format: install
 
 # docs/config.md, the config reference, regenerated from conf/ (a test fails when it is stale).
 config-doc: install
-	$(PY) -m matrix.config_reference
+	$(PY) -m tools.config_reference
 
 clean-demo:
 	rm -rf runs/demo

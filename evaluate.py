@@ -3,14 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from matrix.cli import run_stage
+from matrix.core.cli import run_stage
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from matrix.eval.run import run_evaluate
-
-    run_stage(run_evaluate, cfg)
+    run_stage("evaluate", cfg)
 
 
 if __name__ == "__main__":

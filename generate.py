@@ -3,14 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from matrix.cli import run_stage
+from matrix.core.cli import run_stage
 
 
 @hydra.main(config_path="conf", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from matrix.gen.run import run_generate
-
-    run_stage(run_generate, cfg)
+    run_stage("generate", cfg)
 
 
 if __name__ == "__main__":

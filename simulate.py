@@ -3,14 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from matrix.cli import run_stage
+from matrix.core.cli import run_stage
 
 
 @hydra.main(config_path="conf", config_name="simulate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from matrix.sim.run import run_simulate
-
-    run_stage(run_simulate, cfg)
+    run_stage("simulate", cfg)
 
 
 if __name__ == "__main__":

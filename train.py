@@ -8,16 +8,12 @@ python train.py model=llama3_8b data=matrix_20k --cfg job
 import hydra
 from omegaconf import DictConfig
 
-from matrix.train.preflight import TrainConfigError
-from matrix.train.run import run_train
+from matrix.core.cli import run_stage
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_train(cfg)
-    except TrainConfigError as e:
-        raise SystemExit(str(e)) from None  # a config problem needs the message, not a trace
+    run_stage("train", cfg)
 
 
 if __name__ == "__main__":

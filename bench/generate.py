@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matrix.embeddings import Encoder  # noqa: E402
+from matrix.common.embeddings import Encoder  # noqa: E402
 from matrix.gen.run import run_generate  # noqa: E402
 from matrix.llm.roles import Roles  # noqa: E402
 

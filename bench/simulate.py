@@ -35,7 +35,7 @@ class CountingDouble:
         self.tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
 
     def generate(self, chats, sampling):
-        from matrix.chat import render
+        from matrix.llm.chat import render
         from matrix.llm.protocol import Completion
 
         out = []

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from matrix.io import read_jsonl  # noqa: E402
+from matrix.common.io import read_jsonl  # noqa: E402
 from matrix.train.attention import select_attention  # noqa: E402
 from matrix.train.datamodule import ChatDataModule  # noqa: E402
 from matrix.train.lm import forward_logits  # noqa: E402

@@ -1,12 +1,12 @@
-"""docs/config.md is generated from conf/ (`python -m matrix.config_reference`) and never
+"""docs/config.md is generated from conf/ (`python -m tools.config_reference`) and never
 drifts from it: the committed page must equal a fresh render."""
 
 from __future__ import annotations
 
 import pytest
 
-from matrix import config_reference
-from matrix.config_reference import (
+from tools import config_reference
+from tools.config_reference import (
     COMMAND,
     changes,
     read_comments,

@@ -14,6 +14,7 @@ present, so an interrupted evaluation resumes where it stopped without duplicate
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,49 +24,56 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
-from matrix.io import JsonlLog, read_json, write_json
+from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.llm.protocol import Sampling
 from matrix.llm.roles import RoleLLM, Roles
-from matrix.shard import Shard
-from matrix.stage import open_stage
-from matrix.validation import ConfigError
+from matrix.core.shard import Shard
+from matrix.core.stage import open_stage
+from matrix.core.config_check import check_stage
+from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: DictConfig) -> None:
-    """All config errors at once, before any model is loaded."""
-    errors = []
+def validate(cfg: DictConfig) -> ConfigProblems:
+    """All config problems at once, before any model is loaded."""
+    p = ConfigProblems()
     ev = cfg.get("eval")
     if ev is None:
-        raise ConfigError(
-            "config has no `eval` section; add `eval=demo` (or another conf/eval/ file)"
-        )
+        p.add("eval", "config has no `eval` section; add `eval=demo` (or another conf/eval/ file)")
+        return p
     if ev.get("compare"):
-        if len(ev.compare) != 2:
-            errors.append("eval.compare must list exactly two evaluate stage dirs")
+        p.check(len(ev.compare) == 2, "eval.compare", "list exactly two evaluate stage dirs")
         for d in ev.compare:
-            if not (Path(d) / "scores.json").exists():
-                errors.append(
-                    f"eval.compare: {d}/scores.json not found (run the evaluate stage there first)"
-                )
-    else:
-        unknown = set(ev.get("benchmarks") or {}) - set(BENCHMARKS)
-        if unknown:
-            errors.append(
-                f"eval.benchmarks has unknown {sorted(unknown)}; known: {sorted(BENCHMARKS)}"
+            p.check(
+                (Path(d) / "scores.json").exists(),
+                "eval.compare",
+                f"{d}/scores.json not found (run the evaluate stage there first)",
             )
-        if not ev.get("benchmarks"):
-            errors.append("eval.benchmarks is empty; pick a preset such as eval=suite or eval=demo")
-        model = ev.get("model") or {}
-        if bool(model.get("checkpoint")) == bool(model.get("role")):
-            errors.append(
-                "set exactly one of eval.model.checkpoint (a model folder) or eval.model.role"
-            )
-        if model.get("checkpoint") and not Path(model.checkpoint).exists():
-            errors.append(f"eval.model.checkpoint={model.checkpoint} does not exist")
-    if errors:
-        raise ConfigError("invalid evaluate config:\n  - " + "\n  - ".join(errors))
+        return p
+    unknown = set(ev.get("benchmarks") or {}) - set(BENCHMARKS)
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        p.add(f"eval.benchmarks.{name}", f"unknown benchmark; {hint}known: {sorted(BENCHMARKS)}")
+    p.check(
+        bool(ev.get("benchmarks")),
+        "eval.benchmarks",
+        "empty; pick a preset such as eval=suite or eval=demo",
+    )
+    model = ev.get("model") or {}
+    p.check(
+        bool(model.get("checkpoint")) != bool(model.get("role")),
+        "eval.model",
+        "set exactly one of eval.model.checkpoint (a model folder) or eval.model.role",
+    )
+    if model.get("checkpoint"):
+        p.check(
+            Path(model.checkpoint).exists(),
+            "eval.model.checkpoint",
+            f"{model.checkpoint} does not exist",
+        )
+    return p
 
 
 def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
@@ -124,7 +132,7 @@ def capped(bcfg: DictConfig, limit: int | None) -> DictConfig:
 
 def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     """Run the evaluate stage; returns the scores (or the comparison rows with `compare`)."""
-    validate(cfg)
+    check_stage(cfg, "evaluate")
     run = open_stage(cfg, "evaluate")
     ev = cfg.eval
     if ev.get("compare"):
@@ -168,6 +176,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     ledger["roles"]["model"] = model.usage.as_dict()
     run.finish(
         counts={f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()},
+        inputs={"model": ev.model.checkpoint} if ev.model.get("checkpoint") else None,
         extra={"ledger": ledger, "model": model.name, "judge": judge_name},
     )
     return scores

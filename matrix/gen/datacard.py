@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.gen.filters import REASONS
-from matrix.io import atomic_write_text
+from matrix.common.io import atomic_write_text
 
 
 def _example(row: Mapping[str, Any], width: int = 400) -> str:

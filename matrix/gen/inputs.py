@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.io import read_json, read_jsonl
+from matrix.common.io import read_json, read_jsonl
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ sets/<set>.jsonl and dropped ones to filtered.jsonl, then writes state.json atom
 resume both files are truncated to the counts state.json records, and seeds, ids and
 sampling seeds derive from those counts, so a killed run continues with no duplicates.
 
-A shard (`shard.count>1`, see matrix.shard) generates its part of every set from the
+A shard (`shard.count>1`, see matrix.core.shard) generates its part of every set from the
 scenarios it owns; `python -m matrix.merge generate` joins the shards.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.embeddings import Encoder
+from matrix.common.embeddings import Encoder
 from matrix.gen.candidates import row_instruction, row_responses
 from matrix.gen.datacard import write_datacard
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch
@@ -29,14 +29,15 @@ from matrix.gen.inputs import Seed, SimulationData, load_simulation, persona_see
 from matrix.gen.retrieval import mmr
 from matrix.gen.stats import coverage, diversity
 from matrix.gen.synthesis import SetSpec, StepRoles, synthesize, template_id
-from matrix.io import JsonlLog, read_json, text_sha256, write_json, write_jsonl
+from matrix.common.io import JsonlLog, read_json, text_sha256, write_json, write_jsonl
 from matrix.llm.protocol import LLM
 from matrix.llm.roles import Roles
-from matrix.progress import progress
-from matrix.prompts import PromptError, render_prompt
-from matrix.shard import Shard
-from matrix.stage import StageRun, open_stage
-from matrix.validation import ConfigError, ConfigProblems
+from matrix.common.progress import progress
+from matrix.common.prompts import PromptError, render_prompt
+from matrix.core.shard import Shard
+from matrix.core.config_check import check_stage
+from matrix.core.stage import StageRun, open_stage
+from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _check_template(p: ConfigProblems, tpl: Any, key: str, fields: dict[str, str
         p.add(key, str(e))
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> ConfigProblems:
     """Everything that can be checked before a model loads, all problems listed at once."""
     p = ConfigProblems()
     g = cfg.generate
@@ -202,7 +203,7 @@ def validate(cfg: DictConfig) -> None:
         )
     if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
         _check_simulation(p, cfg)
-    p.raise_if_any("generate")
+    return p
 
 
 def _check_simulation(p: ConfigProblems, cfg: DictConfig) -> None:
@@ -575,8 +576,10 @@ def simulation_input(cfg: DictConfig) -> tuple[SimulationData | None, dict[str, 
 
 
 def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dict[str, Any]:
-    validate(cfg)
+    check_stage(cfg, "generate")
     sim, inputs = simulation_input(cfg)
+    if cfg.get("rejected_model"):
+        inputs["rejected_model"] = Path(str(cfg.rejected_model))
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
     run.track_llm_spend(roles)

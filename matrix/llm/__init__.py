@@ -1,3 +1,9 @@
+"""Everything that talks to a language model: the protocol (`protocol`), backends
+(`hf` in-process, `openai_backend` for any OpenAI-compatible server, `vllm_backend`),
+the embedded models (`embedded`), role wrappers with cache, budget and ledger (`roles`,
+`cache`, `ledger`), structured answers (`structured`), chat templates (`chat`) and the
+local vLLM server launcher (`server`)."""
+
 from matrix.llm.protocol import LLM, Chat, Completion, Message, Sampling
 
 __all__ = ["LLM", "Chat", "Completion", "Message", "Sampling"]

@@ -76,7 +76,14 @@ def smollm2_hf_dir() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, out)  # atomic: concurrent processes never see half a folder
+    try:
+        os.replace(tmp, out)  # atomic: concurrent processes never see half a folder
+    except OSError:
+        # Another process finished the same conversion first (replacing a non-empty folder
+        # fails): its folder is identical, so keep it and drop ours.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
     return out
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from matrix.chat import render, set_chat_template
+from matrix.llm.chat import render, set_chat_template
 from matrix.llm.embedded import resolve_model_path
 from matrix.llm.errors import ContextOverflow
 from matrix.llm.protocol import Chat, Completion, Sampling, truncate_at_stop

@@ -30,7 +30,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.io import read_json, write_json
+from matrix.common.io import read_json, write_json
 from matrix.llm.cache import CallCache, batch_keys, model_identity
 from matrix.llm.embedded import cache_root
 from matrix.llm.errors import BudgetExhausted, ContextOverflow

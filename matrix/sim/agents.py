@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matrix.llm.roles import RoleLLM
-from matrix.prompts import render_prompt
-from matrix.schemas import Agent, Profile
+from matrix.common.prompts import render_prompt
+from matrix.sim.schemas import Agent, Profile
 
 _YES = re.compile(r"^\W*(yes|yeah|yep|achieved|done|true)\b", re.IGNORECASE)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from matrix.llm.roles import RoleLLM
-from matrix.prompts import render_prompt
-from matrix.schemas import Agent
+from matrix.common.prompts import render_prompt
+from matrix.sim.schemas import Agent
 from matrix.sim.routing import Route, parse_route
 
 log = logging.getLogger(__name__)

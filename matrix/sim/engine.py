@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from matrix.io import JsonlLog, read_json, write_json
+from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.llm.roles import RoleLLM, Roles
-from matrix.prompts import render_prompt
-from matrix.schemas import Agent, Event, Scenario
+from matrix.common.prompts import render_prompt
+from matrix.sim.schemas import Agent, Event, Scenario
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Communication, Group
 

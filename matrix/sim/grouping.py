@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 
 
 class GroupingError(ConfigError):

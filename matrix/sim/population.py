@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from matrix.bad_rows import BadRows
-from matrix.io import jsonl_lines
-from matrix.schemas import Profile
-from matrix.validation import ConfigError
+from matrix.common.bad_rows import BadRows
+from matrix.common.io import jsonl_lines
+from matrix.sim.schemas import Profile
+from matrix.core.validation import ConfigError
 
 PACKAGE_PREFIX = "matrix:"
 REQUIRED_FIELDS = ("id", "persona")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from matrix.io import atomic_write_text
+from matrix.common.io import atomic_write_text
 
 
 def write_report(

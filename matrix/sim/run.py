@@ -8,20 +8,21 @@ import math
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.embeddings import Encoder
-from matrix.io import JsonlLog, read_json, write_json, write_jsonl
+from matrix.common.embeddings import Encoder
+from matrix.common.io import JsonlLog, read_json, write_json, write_jsonl
 from matrix.llm.roles import Roles
-from matrix.progress import progress
-from matrix.prompts import render_prompt
-from matrix.shard import Shard
+from matrix.common.progress import progress
+from matrix.common.prompts import render_prompt
+from matrix.core.shard import Shard
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Group, build_communication, members_text
 from matrix.sim.engine import SimConfig, SimState, Simulation
 from matrix.sim.grouping import check_bounds, constrained_groups
 from matrix.sim.population import anonymize_rules, load_profiles, resolve_data_path, sample_profiles
 from matrix.sim.report import write_report
-from matrix.stage import open_stage
-from matrix.validation import ConfigProblems
+from matrix.core.config_check import check_stage
+from matrix.core.stage import open_stage
+from matrix.core.validation import ConfigProblems
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def resolve_k(k, n_agents: int) -> int:
     return max(1, math.ceil(n_agents / AGENTS_PER_GROUP)) if k in (None, "auto") else int(k)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> ConfigProblems:
     """Everything that can be checked before a model loads, all problems listed at once."""
     p = ConfigProblems()
     comm, sim, pop = cfg.communication, cfg.simulation, cfg.population
@@ -73,7 +74,7 @@ def validate(cfg: DictConfig) -> None:
             f"llm.roles.{role}",
             "missing; every simulate role needs a backend",
         )
-    p.raise_if_any("simulate")
+    return p
 
 
 def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
@@ -134,7 +135,7 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
 
 def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     """Run (or resume) the simulate stage; `roles` lets callers inject LLMs (benchmarks)."""
-    validate(cfg)
+    check_stage(cfg, "simulate")
     run = open_stage(cfg, "simulate")
     roles = roles or Roles(cfg.llm)
     run.track_llm_spend(roles)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from matrix.chat import IGNORE_INDEX
+from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.examples import Sequence1D
 
 

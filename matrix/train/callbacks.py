@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from matrix.stage import StageRun
+from matrix.core.stage import StageRun
 from matrix.train.throughput import mfu, peak_flops, training_flops_per_token
 
 

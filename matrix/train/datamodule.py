@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from matrix.chat import IGNORE_INDEX
+from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     PreferencePair,

@@ -2,7 +2,7 @@
 
 SFT rows hold `messages`; DPO rows hold `prompt` (messages) with `chosen` and `rejected`
 (an assistant string or a list of messages). Every conversation goes through
-`matrix.chat.tokenize_for_training`, the one function that decides which tokens carry loss,
+`matrix.llm.chat.tokenize_for_training`, the one function that decides which tokens carry loss,
 so training masks exactly what generate and evaluate render.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.bad_rows import BadRows
-from matrix.chat import IGNORE_INDEX, TokenizedChat, render, tokenize_for_training
-from matrix.io import jsonl_lines
+from matrix.common.bad_rows import BadRows
+from matrix.llm.chat import IGNORE_INDEX, TokenizedChat, render, tokenize_for_training
+from matrix.common.io import jsonl_lines
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 
-from matrix.io import write_json
+from matrix.common.io import write_json
 
 log = logging.getLogger(__name__)
 

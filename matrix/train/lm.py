@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from matrix.chat import IGNORE_INDEX
+from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.optim import build_optimizer, build_scheduler
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.chat import set_chat_template
+from matrix.llm.chat import set_chat_template
 from matrix.llm.embedded import resolve_model_path
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from matrix.bad_rows import SHOWN
-from matrix.stage import open_stage, stage_dir
+from matrix.common.bad_rows import SHOWN
+from matrix.core.config_check import check_stage
+from matrix.core.stage import open_stage, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
 from matrix.train.models import build_model, count_parameters, load_tokenizer
-from matrix.train.preflight import preflight
 from matrix.train.sft import SFTModule
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
 
 def run_train(cfg: DictConfig) -> dict | None:
     """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
-    preflight(cfg)
+    check_stage(cfg, "train")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
     dm = ChatDataModule.from_config(cfg, tokenizer)

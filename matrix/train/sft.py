@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from matrix.chat import IGNORE_INDEX
+from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.lm import CausalLMModule, forward_logits
 
 

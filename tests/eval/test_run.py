@@ -93,7 +93,7 @@ def test_every_eval_preset_composes_and_validates(tmp_path):
     for preset in sorted(p.stem for p in (Path(CONF) / "eval").glob("*.yaml")):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("base", overrides=[f"+eval={preset}", "logger=none"])
-        validate(cfg)
+        validate(cfg).raise_if_any("evaluate")
 
 
 def test_eval_limit_caps_every_benchmark_and_keeps_smaller_limits():

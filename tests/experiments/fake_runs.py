@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matrix.io import write_json
+from matrix.common.io import write_json
 
 
 class BagOfWords:

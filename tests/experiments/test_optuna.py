@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from matrix.io import write_jsonl
+from matrix.common.io import write_jsonl
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

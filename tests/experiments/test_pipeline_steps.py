@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix.compare import compare
-from matrix.pipeline import pipeline_steps
-from matrix.stage import config_hash, stage_dir
-from matrix.validation import ConfigError
+from matrix.analysis.compare import compare
+from matrix.core.pipeline import pipeline_steps
+from matrix.core.stage import config_hash, stage_dir
+from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.experiments.fake_runs import BagOfWords
 
@@ -131,13 +131,23 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     assert training["final_loss"] == "0.6931"  # DPO's ln 2: the policy is its reference (lr 0)
     assert "alpaca_eval2/win_rate" in dict((r[0], r[1]) for r in result["tables"]["evaluation"])
 
-    # A rerun reuses every finished step and reruns the one that did not finish.
+    # A rerun reuses every finished step and reruns the one that did not finish, and the
+    # steps downstream of it: evaluate read the model that train now writes again.
     (run / "train" / "manifest.json").unlink()
     log = _pipeline(args, tmp_path)
-    for step in ("simulate", "generate", "train_sft", "evaluate"):
+    for step in ("simulate", "generate", "train_sft"):
         assert f"{step}: reusing finished run" in log
-    assert "train: running" in log
+    assert "train: running (the last run did not finish" in log
+    assert "evaluate: running (inputs changed: model" in log
     assert "train_sft: running" not in log
+
+    # Changing a training setting reruns both train steps and evaluate, and only those.
+    log = _pipeline([*args, "data.max_seq_len=384"], tmp_path)
+    for step in ("simulate", "generate"):
+        assert f"{step}: reusing finished run" in log
+    assert "train_sft: running (config changed" in log
+    assert "train: running (config changed" in log
+    assert "evaluate: running (inputs changed: model" in log
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

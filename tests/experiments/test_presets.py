@@ -9,8 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from matrix.pipeline import name_sweep_job
-from matrix.stage import STAGE_KEYS, config_hash
+from matrix.core.pipeline import name_sweep_job
+from matrix.core.registry import STAGES
+from matrix.core.stage import config_hash
 from tests.conftest import CONF, ROOT, tiny_llm_overrides
 
 PAPER_PRESETS = [
@@ -42,7 +43,7 @@ def test_every_paper_result_has_a_preset_and_a_tiny_variant() -> None:
 def test_preset_composes_for_every_stage(preset: str, config_name: str) -> None:
     cfg = _compose(config_name, [f"experiment={preset}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for stage in STAGE_KEYS:
+    for stage in STAGES:
         assert len(config_hash(cfg, stage)) == 12
     if preset in PAPER_PRESETS or preset in TINY_PRESETS:
         # a literal name, so the W&B group survives the sweep renaming run.name

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from matrix.io import write_json
-from matrix.pipeline import arm_name, flags_first, objective_value
-from matrix.validation import ConfigError
+from matrix.common.io import write_json
+from matrix.core.pipeline import arm_name, flags_first, objective_value
+from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 
 

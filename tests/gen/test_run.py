@@ -6,7 +6,7 @@ import pytest
 from datasets import load_dataset, load_from_disk
 
 from matrix.gen.run import run_generate
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 
 from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from matrix.embeddings import Encoder
+from matrix.common.embeddings import Encoder
 from matrix.gen.candidates import Candidate
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch, normalize
 from matrix.gen.inputs import Seed

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from matrix.gen.run import run_generate, validate
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 
 from .doubles import compose_generate
 
@@ -39,7 +39,7 @@ def test_all_problems_listed_at_once(tmp_path, sim_dir):
         "generate.retrieval.mmr_lambda=2",
     )
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        validate(cfg).raise_if_any("generate")
     msg = str(e.value)
     for key in (
         "generator.sets.general.target",
@@ -62,7 +62,7 @@ def test_rejected_model_must_be_a_model_folder(tmp_path, sim_dir):
         f"rejected_model={tmp_path / 'no_model'}",
     )
     with pytest.raises(ConfigError, match="rejected_model"):
-        validate(cfg)
+        validate(cfg).raise_if_any("generate")
 
 
 def test_unknown_generator_name_is_refused_with_the_options(tmp_path):
@@ -88,7 +88,7 @@ def test_unknown_generator_name_is_refused_with_the_options(tmp_path):
 )
 def test_every_generator_option_composes_and_validates(tmp_path, sim_dir, name):
     cfg = compose_generate(tmp_path, f"generator={name}", f"simulation_dir={sim_dir}")
-    validate(cfg)
+    validate(cfg).raise_if_any("generate")
     if name == "matrix_20k":
         assert (
             cfg.generator.sets.general.target == 10_000

@@ -11,7 +11,7 @@ import time
 import pytest
 from hydra import compose, initialize_config_dir
 
-from matrix.io import JsonlLog
+from matrix.common.io import JsonlLog
 from matrix.llm.cache import CallCache
 from matrix.llm.errors import BadResponse, ContextOverflow, EndpointUnreachable, ModelNotServed
 from matrix.llm.openai_backend import OpenAIBackend

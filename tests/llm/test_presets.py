@@ -9,7 +9,7 @@ from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.roles import Roles
 from matrix.llm.server import REPO
 from matrix.llm.vllm_backend import VLLMBackend
-from matrix.stage import resolved_config
+from matrix.core.stage import resolved_config
 
 PRESETS = {
     "smollm2_local": HFBackend,

@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from matrix.io import read_json
+from matrix.common.io import read_json
 from matrix.llm.cache import CallCache
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
 from matrix.llm.ledger import Budget
@@ -129,7 +129,7 @@ def test_budget_spans_resumes_of_the_same_run(tmp_path):
 
 def test_stage_spend_key_leaves_the_budget_out(tmp_path):
     """Raising llm.budget and rerunning resumes the same run: its spend so far still counts."""
-    from matrix.stage import StageRun
+    from matrix.core.stage import StageRun
 
     def key_of(max_tokens):
         cfg = OmegaConf.create({"seed": 1, "llm": {"budget": {"max_tokens": max_tokens}}})

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from matrix.config_check import check_config
+from matrix.core.config_check import check_config
 from matrix.eval.run import run_evaluate
 from matrix.gen.run import run_generate
 from matrix.sim.run import run_simulate
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 from tests.conftest import ROOT, compose
 
 # The model path does not exist: a run that got as far as loading a model would fail
@@ -22,7 +22,7 @@ STAGES = {"simulate": run_simulate, "generate": run_generate, "evaluate": run_ev
 
 
 def _check_then_run(stage: str, overrides: list[str], tmp_path: Path) -> None:
-    """What matrix.cli.run_stage does, in process: config-wide check, then the stage."""
+    """What matrix.core.cli.run_stage does, in process: config-wide check, then the stage."""
     cfg = compose(stage, ["debug=tiny", f"paths.runs_dir={tmp_path}", *NO_MODEL, *overrides])
     check_config(cfg, stage)
     STAGES[stage](cfg)

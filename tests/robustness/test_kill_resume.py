@@ -10,7 +10,7 @@ killed ones. (Simulate's twin is in tests/sim/test_simulate_stage.py.)
 import json
 import sys
 
-from matrix.io import read_json, read_jsonl
+from matrix.common.io import read_json, read_jsonl
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 from tests.gen.doubles import write_sim_dir
 from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds

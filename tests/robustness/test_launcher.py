@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from matrix.io import read_jsonl
+from matrix.common.io import read_jsonl
 from tests.conftest import ROOT, tiny_llm_overrides
 
 

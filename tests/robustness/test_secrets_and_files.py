@@ -3,10 +3,10 @@
 import json
 
 from matrix.eval.run import run_evaluate
-from matrix.io import JsonlLog, read_jsonl
+from matrix.common.io import JsonlLog, read_jsonl
 from matrix.llm.roles import Roles
 from matrix.sim.run import run_simulate
-from matrix.stage import resolved_config
+from matrix.core.stage import resolved_config
 from tests.conftest import compose
 from tests.robustness.doubles import PromptHashLLM
 
@@ -90,7 +90,7 @@ def test_atomic_writes_get_the_users_usual_file_mode(tmp_path):
     """The temp file behind an atomic write is owner-only; the written file must not be."""
     import os
 
-    from matrix.io import write_json
+    from matrix.common.io import write_json
 
     write_json(tmp_path / "state.json", {"a": 1})
     umask = os.umask(0)

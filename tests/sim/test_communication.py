@@ -5,7 +5,7 @@ answers) so the routing logic itself is what is checked."""
 
 from matrix.llm.protocol import Completion, Sampling
 from matrix.llm.roles import RoleLLM
-from matrix.schemas import Agent, Profile
+from matrix.sim.schemas import Agent, Profile
 from matrix.sim.communication import (
     Group,
     NoCommunication,

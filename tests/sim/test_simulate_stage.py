@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from matrix.io import read_jsonl
+from matrix.common.io import read_jsonl
 from matrix.sim.run import run_simulate
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 from tests.conftest import ROOT, compose, tiny_llm_overrides
 from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
 

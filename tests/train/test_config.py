@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from matrix.train.attention import select_attention
-from matrix.train.preflight import TrainConfigError, preflight
+from matrix.core.validation import ConfigError
+from matrix.train.preflight import validate
 from matrix.train.run import total_steps
 
 from .conftest import CONF, compose_train
@@ -86,8 +87,8 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
             "data.max_seq_len=4096",
         ]
     )
-    with pytest.raises(TrainConfigError) as e:
-        preflight(cfg)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg).raise_if_any("train")
     msg = str(e.value)
     assert len(e.value.problems) == 3
     assert f"{tmp_path}/matrix_20k/generate/sft.jsonl does not exist" in msg
@@ -100,8 +101,8 @@ def test_preflight_rejects_wrong_row_kind(tmp_path, data_dir):
     cfg = compose_train(
         ["model=tiny_debug", "objective=dpo", f"data.path={data_dir / 'sft.jsonl'}"]
     )
-    with pytest.raises(TrainConfigError, match="lacks"):
-        preflight(cfg)
+    with pytest.raises(ConfigError, match="lacks"):
+        validate(cfg).raise_if_any("train")
 
 
 def test_attention_selection():

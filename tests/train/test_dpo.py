@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from matrix.io import read_jsonl
+from matrix.common.io import read_jsonl
 from matrix.train.dpo import dpo_loss
 from matrix.train.run import run_train
 

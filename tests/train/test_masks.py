@@ -3,7 +3,7 @@ only the final answer."""
 
 from __future__ import annotations
 
-from matrix.chat import IGNORE_INDEX
+from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.examples import tokenize_dpo, tokenize_sft
 
 CHAT = [

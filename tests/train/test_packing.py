@@ -33,7 +33,7 @@ def test_best_fit_places_every_item_once_within_capacity():
 @pytest.fixture(scope="module")
 def sequences(tokenizer, tmp_path_factory):
     path = write_sft(tmp_path_factory.mktemp("pack") / "sft.jsonl", 12, seed=3)
-    from matrix.io import read_jsonl
+    from matrix.common.io import read_jsonl
 
     seqs, _ = tokenize_sft(tokenizer, read_jsonl(path), max_length=256)
     return seqs

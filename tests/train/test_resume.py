@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from matrix.io import read_jsonl
+from matrix.common.io import read_jsonl
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides

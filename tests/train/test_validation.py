@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from matrix.chat import IGNORE_INDEX
-from matrix.io import read_json, read_jsonl
+from matrix.llm.chat import IGNORE_INDEX
+from matrix.common.io import read_json, read_jsonl
 from matrix.train.callbacks import StepLogger
 from matrix.train.datamodule import ChatDataModule, split_rows
 from matrix.train.models import build_model
@@ -148,7 +148,8 @@ def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
 
 
 def test_preflight_rejects_bad_validation_keys(data_dir):
-    from matrix.train.preflight import TrainConfigError, preflight
+    from matrix.core.validation import ConfigError
+    from matrix.train.preflight import validate
 
     cfg = compose_train(
         [
@@ -158,8 +159,8 @@ def test_preflight_rejects_bad_validation_keys(data_dir):
             "data.val_max_rows=0",
         ]
     )
-    with pytest.raises(TrainConfigError) as e:
-        preflight(cfg)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg).raise_if_any("train")
     assert len(e.value.problems) == 2
     assert "data.val_fraction=1.5" in str(e.value) and "data.val_max_rows=0" in str(e.value)
 

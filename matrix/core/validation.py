@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """A config or input problem a user can fix; the message names the key or file."""
+    """A config or input problem a user can fix; the message names the key or file.
+    `problems` holds the (key, message) pairs when it reports several at once."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class ConfigProblems:
@@ -19,10 +24,15 @@ class ConfigProblems:
             self.add(key, message)
         return ok
 
+    def extend(self, other: ConfigProblems) -> None:
+        self.items.extend(other.items)
+
     def __bool__(self) -> bool:
         return bool(self.items)
 
     def raise_if_any(self, stage: str) -> None:
         if self.items:
             lines = "\n".join(f"  - {k}: {m}" for k, m in self.items)
-            raise ConfigError(f"{stage}: {len(self.items)} config problem(s):\n{lines}")
+            raise ConfigError(
+                f"{stage}: {len(self.items)} config problem(s):\n{lines}", list(self.items)
+            )

@@ -1,6 +1,6 @@
 """The skip-or-fail policy for malformed rows of a user-supplied file.
 
-A loader reads a file line by line (`matrix.io.jsonl_lines` for JSONL), decides why a row
+A loader reads a file line by line (`matrix.common.io.jsonl_lines` for JSONL), decides why a row
 is unusable, and hands that to `BadRows.add`, which names the file and line, then either
 fails at once (`on_error: fail`) or logs, counts and moves on (`on_error: skip`). The profile
 loader (`population.on_error`) and the training data (`data.on_error`) share it.
@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

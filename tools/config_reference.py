@@ -1,7 +1,7 @@
 """The config reference, docs/config.md, generated from the config tree under conf/.
 
-    python -m matrix.config_reference           # (re)write docs/config.md
-    python -m matrix.config_reference --check   # exit 1 when docs/config.md differs from conf/
+    python -m tools.config_reference           # (re)write docs/config.md
+    python -m tools.config_reference --check   # exit 1 when docs/config.md differs from conf/
 
 The page has four parts: the top-level files, every config group with its options (each
 option's header comment and what choosing it changes against the default config), the
@@ -33,12 +33,12 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from matrix.stage import is_secret_key
+from matrix.core.stage import is_secret_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 DOC = ROOT / "docs" / "config.md"
-COMMAND = "python -m matrix.config_reference"
+COMMAND = "python -m tools.config_reference"
 # Groups whose options are whole-loop presets: a table, not a section per option.
 PRESET_GROUP = "experiment"
 # Groups configured for a Hydra plugin; their options cannot be composed without the plugin.

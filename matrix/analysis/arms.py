@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.io import read_json
-
-STAGES = ("simulate", "generate", "train", "evaluate")
+from matrix.common.io import read_json
+from matrix.core.registry import STAGES
 # Written into a multirun's sweep dir, one run dir per line, by each finished pipeline job.
 ARMS_FILE = "arms.txt"
 

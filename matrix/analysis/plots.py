@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from matrix.arms import Arm, data_stats, eval_stats  # noqa: E402
+from matrix.analysis.arms import Arm, data_stats, eval_stats  # noqa: E402
 
 
 def plot_training_curves(arms: list[Arm], out: Path) -> Path | None:

@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig
 
 T = TypeVar("T")
-# Stages that know how to split their work (train runs whole).
-SHARDED_STAGES = ("simulate", "generate", "evaluate")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.io import JsonlLog, file_sha256, write_json
+from matrix.common.io import JsonlLog, file_sha256, write_json
+from matrix.core.registry import STAGES
 
 if TYPE_CHECKING:
     from matrix.llm.roles import Roles
@@ -60,53 +61,13 @@ def resolved_config(cfg: DictConfig) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 
 
-# The config keys each stage's outputs depend on. The config hash covers only these, so the
-# same stage composed from its own script or from the whole-loop pipeline hashes the same, and
-# a change to training settings does not invalidate a finished simulation.
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "simulate": (
-        "seed",
-        "llm",
-        "population",
-        "communication",
-        "agent",
-        "simulation",
-        "scenario",
-        "embedding",
-        "shard",
-    ),
-    "generate": (
-        "seed",
-        "llm",
-        "generator",
-        "generate",
-        "simulation_dir",
-        "rejected_model",
-        "embedding",
-        "shard",
-    ),
-    "train": (
-        "seed",
-        "data",
-        "model",
-        "optimizer",
-        "scheduler",
-        "trainer",
-        "objective",
-        "train",
-        "dpo",
-    ),
-    "evaluate": ("seed", "llm", "eval", "shard"),
-}
-
-
 def config_hash(
     cfg: DictConfig | dict, stage: str | None = None, exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS
 ) -> str:
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k not in exclude}
-    if stage in STAGE_KEYS:
-        data = {k: v for k, v in data.items() if k in STAGE_KEYS[stage]}
+    if stage in STAGES:
+        data = {k: v for k, v in data.items() if k in STAGES[stage].hash_keys}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -122,18 +83,38 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
+def producer_manifest(path: Path) -> Path | None:
+    """The manifest of the stage folder that wrote `path`: a stage manifest.json in its
+    folder or up to two folders above it (`<stage>/hf_model/model.safetensors`), if any."""
+    folders = ([path] if path.is_dir() else []) + list(path.parents)[:3]
+    for folder in folders:
+        m = folder / "manifest.json"
+        if m.is_file() and m != path:
+            try:
+                if "stage" in json.loads(m.read_text(encoding="utf-8")):
+                    return m
+            except (ValueError, OSError):
+                continue
+    return None
+
+
 def describe_input(path: str | Path) -> dict:
-    """Path + content hash of a stage input (a file, or every file of a folder)."""
+    """Path + content hash of a stage input (a file, or every file of a folder); for an
+    input another stage wrote, also the hash of that stage's manifest (matrix.core.reuse)."""
     p = Path(path)
+    out: dict[str, Any] = {"path": str(p), "sha256": None}
     if p.is_file():
-        return {"path": str(p), "sha256": file_sha256(p)}
-    if p.is_dir():
+        out["sha256"] = file_sha256(p)
+    elif p.is_dir():
         h = hashlib.sha256()
         for f in sorted(x for x in p.rglob("*") if x.is_file() and "wandb" not in x.parts):
             h.update(str(f.relative_to(p)).encode())
             h.update(file_sha256(f).encode())
-        return {"path": str(p), "sha256": h.hexdigest()}
-    return {"path": str(p), "sha256": None}
+        out["sha256"] = h.hexdigest()
+    producer = producer_manifest(p.resolve()) if p.exists() else None
+    if producer is not None:
+        out["producer_manifest_sha256"] = file_sha256(producer)
+    return out
 
 
 @dataclass
@@ -204,20 +185,10 @@ def stage_folder(cfg: DictConfig, stage: str) -> str:
 
 def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     """Where a stage writes; a shard of a sharded run writes to its own shards/ subfolder."""
-    from matrix.shard import SHARDED_STAGES, Shard
+    from matrix.core.shard import Shard
 
     base = Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage_folder(cfg, stage)
-    return Shard.from_cfg(cfg).dir(base) if shard and stage in SHARDED_STAGES else base
-
-
-def finished_manifest(cfg: DictConfig, stage: str) -> dict | None:
-    """The stage's manifest if it finished with this very config (same hash), else None."""
-    path = stage_dir(cfg, stage) / "manifest.json"
-    if not path.exists():
-        return None
-
-    m = json.loads(path.read_text(encoding="utf-8"))
-    return m if m.get("complete") and m.get("config_hash") == config_hash(cfg, stage) else None
+    return Shard.from_cfg(cfg).dir(base) if shard and stage in STAGES and STAGES[stage].shardable else base
 
 
 def open_stage(cfg: DictConfig, stage: str) -> StageRun:

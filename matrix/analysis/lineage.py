@@ -1,7 +1,7 @@
 """Lineage of evaluation answers: the training rows nearest to an answer, and the simulated
 scenarios and agents those rows came from.
 
-Similarity is the cosine of sentence embeddings (matrix.embeddings.Encoder) between an answer
+Similarity is the cosine of sentence embeddings (matrix.common.embeddings.Encoder) between an answer
 and a training row's instruction + response; it points at data to inspect, not at a cause.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matrix.arms import Arm
+from matrix.analysis.arms import Arm
 from matrix.gen.candidates import row_instruction, row_responses
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from matrix.llm.protocol import Chat
-from matrix.validation import ConfigError
+from matrix.core.validation import ConfigError
 
 
 class PromptError(ConfigError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matrix.io import text_sha256
+from matrix.common.io import text_sha256
 from matrix.llm.embedded import EMBEDDED_PREFIX, MINILM, resolve_model_path
 
 DEFAULT_ENCODER = f"{EMBEDDED_PREFIX}{MINILM}"

@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.shard import SHARDED_STAGES
-from matrix.validation import ConfigProblems
+from matrix.core.registry import SHARDED_STAGES, STAGES
+from matrix.core.validation import ConfigProblems
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Maps whose child names are chosen by the user; a `*` stands for any name.
 _NAMED_MAPS = ("llm.backends", "generator.sets", "eval.benchmarks", "pipeline.steps")
@@ -162,6 +162,20 @@ def check_shard(cfg: DictConfig, p: ConfigProblems, stage: str) -> None:
 
 def check_config(cfg: DictConfig, stage: str) -> None:
     """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI)."""
+    config_problems(cfg, stage).raise_if_any(stage)
+
+
+def check_stage(cfg: DictConfig, stage: str) -> None:
+    """The one check a stage runs before any model loads: the config-wide problems and the
+    stage's own validator (matrix.core.registry), all listed in one ConfigError."""
+    p = config_problems(cfg, stage)
+    if not p:  # a typo'd key can make the stage's validator fail on a missing one
+        p.extend(STAGES[stage].validate(cfg))
+    p.raise_if_any(stage)
+
+
+def config_problems(cfg: DictConfig, stage: str) -> ConfigProblems:
+    """Unknown keys (with a suggestion), zero budgets, shard settings and role backends."""
     p = ConfigProblems()
     check_keys(cfg, p)
     check_budgets(cfg, p)
@@ -174,4 +188,4 @@ def check_config(cfg: DictConfig, stage: str) -> None:
             p.add(
                 f"llm.roles.{role}.backend", f"'{b}' is not in llm.backends ({', '.join(backends)})"
             )
-    p.raise_if_any(stage)
+    return p

@@ -1,0 +1,212 @@
+"""Side-by-side report of finished runs: data stats, training curves, evaluation scores with
+CIs and a lineage view (nearest training rows of some answers).
+
+    python -m matrix.compare runs/comm_ablation_tiny            # every run below it
+    python -m matrix.compare runs/a runs/b --out reports/a_vs_b
+    python -m matrix.compare runs/multirun/pipeline/<time>       # a sweep dir (its arms.txt)
+
+Writes comparison.md, comparison.json and PNGs into --out (default: the first path), and logs
+the same tables to a W&B run (offline unless WANDB_MODE=online; a W&B Report when online).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from matrix.analysis.arms import Arm, data_stats, eval_stats, load_arms, train_stats
+from matrix.analysis.plots import plot_data_diversity, plot_eval_scores, plot_training_curves
+from matrix.common.io import write_json
+from matrix.analysis.lineage import AnswerLineage, answer_lineage
+
+log = logging.getLogger("matrix.compare")
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, tuple):
+        return f"{fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def side_by_side(arms: list[Arm], values: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows of [metric, arm 1, arm 2, ...]; a metric missing in an arm shows as '-'."""
+    metrics = sorted({m for v in values.values() for m in v})
+    return [[m] + [fmt(values[a.name].get(m)) for a in arms] for m in metrics]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|").replace("\n", " ") for c in r] for r in [header, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+
+
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def lineage_section(lineage: dict[str, list[AnswerLineage]]) -> str:
+    parts = []
+    for arm, items in lineage.items():
+        for a in items:
+            parts.append(f"**{arm}** · {a.benchmark} item `{a.item_id}`: {_short(a.answer)}\n")
+            rows = [
+                [
+                    n.row_id,
+                    f"{n.similarity:.3f}",
+                    _short(n.instruction),
+                    ", ".join(map(str, n.scenario_ids)) or "-",
+                    ", ".join(map(str, n.agent_ids)) or "-",
+                ]
+                for n in a.neighbours
+            ]
+            parts.append(
+                markdown_table(
+                    ["training row", "cosine", "instruction", "scenarios", "agents"], rows
+                )
+                + "\n"
+            )
+    return "\n".join(parts) if parts else "No evaluation answers or training rows to match.\n"
+
+
+def build_tables(arms: list[Arm]) -> dict[str, list[list[str]]]:
+    return {
+        "data": side_by_side(arms, {a.name: data_stats(a) for a in arms}),
+        "training": side_by_side(arms, {a.name: train_stats(a) for a in arms}),
+        "evaluation": side_by_side(arms, {a.name: eval_stats(a) for a in arms}),
+    }
+
+
+def write_report(
+    arms: list[Arm], out: Path, lineage: dict[str, list[AnswerLineage]]
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(arms)
+    plots = {
+        "training_loss": plot_training_curves(arms, out / "training_loss.png"),
+        "eval_scores": plot_eval_scores(arms, out / "eval_scores.png"),
+        "data_diversity": plot_data_diversity(arms, out / "data_diversity.png"),
+    }
+    header = ["metric"] + [a.name for a in arms]
+    experiments = sorted({a.experiment for a in arms if a.experiment})
+    md = [f"# Comparison: {', '.join(experiments) or 'runs'}\n"]
+    md.append(markdown_table(["arm", "run dir"], [[a.name, str(a.dir)] for a in arms]) + "\n")
+    titles = {
+        "data": "Generated data (generate manifest: counts, diversity, coverage)",
+        "training": "Training (train/metrics.jsonl, train manifest)",
+        "evaluation": "Evaluation (evaluate/scores.json; value [95% CI])",
+    }
+    for key, title in titles.items():
+        md.append(f"## {title}\n")
+        md.append((markdown_table(header, tables[key]) if tables[key] else "No data.") + "\n")
+    md.append("## Plots\n")
+    md += [f"![{k}]({p.name})\n" for k, p in plots.items() if p is not None]
+    md.append("## Lineage: nearest training rows of some evaluation answers\n")
+    md.append(lineage_section(lineage))
+    (out / "comparison.md").write_text("\n".join(md), encoding="utf-8")
+    result = {
+        "arms": {a.name: str(a.dir) for a in arms},
+        "tables": {"header": header, **tables},
+        "plots": {k: str(p) for k, p in plots.items() if p is not None},
+        "lineage": {k: [asdict(x) for x in v] for k, v in lineage.items()},
+    }
+    write_json(out / "comparison.json", result)
+    return result
+
+
+def log_to_wandb(arms: list[Arm], out: Path, result: dict[str, Any]) -> None:
+    """The same tables and plots as one W&B run, grouped with the experiment's stage runs."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", "offline")
+    experiments = sorted({a.experiment for a in arms if a.experiment})
+    group = experiments[0] if len(experiments) == 1 else "comparison"
+    run = wandb.init(
+        project="matrix",
+        group=group,
+        job_type="compare",
+        name=f"{group}/compare",
+        tags=["compare", *(f"experiment:{e}" for e in experiments)],
+        dir=str(out),
+        mode=mode,
+        config={"arms": result["arms"]},
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+    header = result["tables"]["header"]
+    payload: dict[str, Any] = {
+        f"compare/{k}": wandb.Table(columns=header, data=result["tables"][k])
+        for k in ("data", "training", "evaluation")
+    }
+    payload |= {f"compare/{k}": wandb.Image(p) for k, p in result["plots"].items()}
+    run.log(payload)
+    if mode == "online":
+        _online_report(run, group)
+    run.finish()
+
+
+def _online_report(run: Any, group: str) -> None:
+    # The Reports API needs a server (and the wandb-workspaces package); offline runs skip it.
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        log.info("compare: pip install wandb-workspaces to also create a W&B Report")
+        return
+    report = wr.Report(project=run.project, entity=run.entity, title=f"MATRIX comparison: {group}")
+    report.blocks = [
+        wr.H1(f"{group}"),
+        wr.PanelGrid(runsets=[wr.Runset(project=run.project, entity=run.entity)]),
+    ]
+    report.save()
+    log.info("compare: W&B report %s", report.url)
+
+
+def compare(
+    paths: list[Path],
+    out: Path | None = None,
+    lineage_answers: int = 3,
+    lineage_k: int = 3,
+    encoder: Any = None,
+    wandb_log: bool = True,
+) -> dict[str, Any]:
+    arms = load_arms(paths)
+    out = out or paths[0]
+    lineage: dict[str, list[AnswerLineage]] = {}
+    if lineage_answers > 0:
+        if encoder is None:
+            from matrix.common.embeddings import Encoder
+
+            encoder = Encoder()
+        lineage = {a.name: answer_lineage(a, encoder, lineage_answers, lineage_k) for a in arms}
+    result = write_report(arms, out, lineage)
+    if wandb_log:
+        log_to_wandb(arms, out, result)
+    log.info("compare: %d arms -> %s", len(arms), out / "comparison.md")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m matrix.compare", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "paths", nargs="+", type=Path, help="run dirs, or folders / sweep dirs holding them"
+    )
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: the first path)")
+    p.add_argument("--lineage-answers", type=int, default=3, help="answers per benchmark (0: none)")
+    p.add_argument("--lineage-k", type=int, default=3, help="nearest training rows per answer")
+    p.add_argument("--no-wandb", action="store_true", help="skip the W&B run")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    compare(args.paths, args.out, args.lineage_answers, args.lineage_k, wandb_log=not args.no_wandb)
+    print(f"wrote {(args.out or args.paths[0]) / 'comparison.md'}")
+
+
+if __name__ == "__main__":
+    main()

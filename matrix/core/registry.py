@@ -1,0 +1,128 @@
+"""The stages of the loop, one typed record each: the only place that says what a stage is.
+
+`pipeline`, `cli`, `merge`, `shard`, `stage` (config hashing) and `analysis.arms` read
+`STAGES`; adding or renaming a stage is one edit here. Functions are named as
+`module:attribute` and imported on first use, so reading the registry (the config check,
+`--help`, the comparison report) never imports torch or a model library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from matrix.core.validation import ConfigProblems
+
+
+def _load(ref: str) -> Callable[..., Any]:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what it runs, which config keys its outputs depend on, how it is checked
+    before any model loads, and (for a stage that splits its work) how its shards join."""
+
+    name: str
+    run_ref: str  # "module:function", called with the composed config
+    hash_keys: tuple[str, ...]  # the root config keys its outputs depend on (config hash)
+    validate_ref: str  # "module:function" returning ConfigProblems; never raises for config
+    merge_ref: str | None = None  # "module:function" joining shards; None: runs whole
+
+    @property
+    def shardable(self) -> bool:
+        return self.merge_ref is not None
+
+    def run(self, cfg: DictConfig) -> Any:
+        return _load(self.run_ref)(cfg)
+
+    def validate(self, cfg: DictConfig) -> ConfigProblems:
+        return _load(self.validate_ref)(cfg)
+
+    def merge_fn(self) -> Callable[..., Any]:
+        if self.merge_ref is None:
+            raise ValueError(f"{self.name} runs whole; it has no shards to merge")
+        return _load(self.merge_ref)
+
+
+# The config keys each stage's outputs depend on. The config hash covers only these, so the
+# same stage composed from its own script or from the whole-loop pipeline hashes the same, and
+# a change to training settings does not invalidate a finished simulation.
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            name="simulate",
+            run_ref="matrix.sim.run:run_simulate",
+            hash_keys=(
+                "seed",
+                "llm",
+                "population",
+                "communication",
+                "agent",
+                "simulation",
+                "scenario",
+                "embedding",
+                "shard",
+            ),
+            validate_ref="matrix.sim.run:validate",
+            merge_ref="matrix.sim.merge:merge_shards",
+        ),
+        Stage(
+            name="generate",
+            run_ref="matrix.gen.run:run_generate",
+            hash_keys=(
+                "seed",
+                "llm",
+                "generator",
+                "generate",
+                "simulation_dir",
+                "rejected_model",
+                "embedding",
+                "shard",
+            ),
+            validate_ref="matrix.gen.run:validate",
+            merge_ref="matrix.gen.merge:merge_shards",
+        ),
+        Stage(
+            name="train",
+            run_ref="matrix.train.run:run_train",
+            hash_keys=(
+                "seed",
+                "data",
+                "model",
+                "optimizer",
+                "scheduler",
+                "trainer",
+                "objective",
+                "train",
+                "dpo",
+            ),
+            validate_ref="matrix.train.preflight:validate",
+        ),
+        Stage(
+            name="evaluate",
+            run_ref="matrix.eval.run:run_evaluate",
+            hash_keys=("seed", "llm", "eval", "shard"),
+            validate_ref="matrix.eval.run:validate",
+            merge_ref="matrix.eval.merge:merge_shards",
+        ),
+    )
+}
+
+SHARDED_STAGES = tuple(name for name, s in STAGES.items() if s.shardable)
+
+
+def get_stage(name: str, key: str = "stage") -> Stage:
+    """The registered stage `name`; a ConfigError naming `key` and the known stages if none."""
+    from matrix.core.validation import ConfigError
+
+    if name not in STAGES:
+        raise ConfigError(f"{key}: '{name}' is not a stage; use one of {', '.join(STAGES)}")
+    return STAGES[name]

@@ -1,0 +1,56 @@
+"""Whether a finished step can be reused, decided as build tools (Make, DVC) decide.
+
+A step is reused only when (1) its manifest says it finished, (2) with the same config hash
+(only the keys its stage depends on, matrix.core.registry), and (3) every input it recorded
+is unchanged. An input that another stage wrote is compared through that stage's
+manifest (cheap, and it changes whenever that stage ran again); any other input through
+its content hash. So changing an upstream setting reruns every step downstream of it, and
+only those: a step whose inputs and config are the same is never redone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from matrix.core.stage import config_hash, describe_input, stage_dir
+
+
+@dataclass(frozen=True)
+class ReuseDecision:
+    reuse: bool
+    why: str  # one line for the log: why it is reused, or why it runs
+    manifest: dict = field(default_factory=dict)
+
+
+def changed_inputs(manifest: dict) -> list[str]:
+    """The names of the recorded inputs that differ from what is on disk now."""
+    changed = []
+    for name, recorded in (manifest.get("inputs") or {}).items():
+        now = describe_input(recorded["path"])
+        key = "producer_manifest_sha256" if recorded.get("producer_manifest_sha256") else "sha256"
+        if now.get(key) != recorded.get(key):
+            changed.append(f"{name} ({recorded['path']})")
+    return changed
+
+
+def reuse_decision(cfg: DictConfig, stage: str) -> ReuseDecision:
+    path = stage_dir(cfg, stage) / "manifest.json"
+    if not path.exists():
+        return ReuseDecision(False, "no finished run in this folder")
+    m = json.loads(path.read_text(encoding="utf-8"))
+    if not m.get("complete"):
+        return ReuseDecision(False, "the last run did not finish; resuming it")
+    chash = config_hash(cfg, stage)
+    if m.get("config_hash") != chash:
+        return ReuseDecision(False, f"config changed (hash {m.get('config_hash')} -> {chash})")
+    changed = changed_inputs(m)
+    if changed:
+        return ReuseDecision(False, f"inputs changed: {', '.join(changed)}")
+    n = len(m.get("inputs") or {})
+    return ReuseDecision(True, f"config hash {chash} and its {n} input(s) unchanged", m)
+
+

@@ -1,0 +1,78 @@
+"""Joining the shards of a sharded generation (`python -m matrix.merge generate ...`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from matrix.common.io import JsonlLog, write_jsonl
+from matrix.core.merge import Merged
+
+
+def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
+    """Every set's rows of all shards in id order (the order of an unsharded run's seeds),
+    then the duplicate filter an unsharded run applies across all rows of a kind: a row
+    that duplicates (exactly or near) an earlier row of another shard is dropped, recorded
+    in filtered.jsonl with `cross_shard: true` and counted. Such drops leave the merged
+    set short of its target by that many rows; the merge cannot generate replacements."""
+    from matrix.common.embeddings import Encoder
+    from matrix.gen.candidates import row_instruction
+    from matrix.gen.filters import Deduper
+    from matrix.gen.run import KINDS, SetState, build_specs, simulation_input, write_outputs
+
+    sim, inputs = simulation_input(cfg)
+    encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
+    dedup = {k: Deduper(float(cfg.generate.filters.near_dup_threshold)) for k in KINDS}
+    by_set: dict[str, list[dict]] = {}
+    states: dict[str, SetState] = {}
+    cross: list[dict] = []
+    for spec in build_specs(cfg):  # the unsharded targets
+        rows = [
+            r
+            for d, m in shards
+            for r in JsonlLog(d / "sets" / f"{spec.name}.jsonl").read()[
+                : m["counts"][f"set/{spec.name}"]
+            ]
+        ]
+        rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+        vectors = encoder.encode([row_instruction(r) for r in rows]) if rows else []
+        parts = [next(s for s in m["sets"] if s["name"] == spec.name) for _, m in shards]
+        st = SetState(kind=parts[0]["kind"], templates=parts[0]["templates"])
+        for part in parts:
+            st.seeds_used += part["seeds_used"]
+            st.steps += part["steps"]
+            st.surplus += part["surplus"]
+            for why, n in part["filtered"].items():
+                st.filtered[why] = st.filtered.get(why, 0) + n
+        by_set[spec.name] = []
+        for r, v in zip(rows, vectors, strict=True):
+            why = dedup[spec.kind].admit(row_instruction(r), v)
+            if why is None:
+                by_set[spec.name].append(r)
+                continue
+            st.filtered[why] = st.filtered.get(why, 0) + 1
+            cross.append(
+                {"id": r["id"], "set": spec.name, "reason": why, "cross_shard": True, "row": r}
+            )
+        st.rows = len(by_set[spec.name])
+        states[spec.name] = st
+        write_jsonl(out / "sets" / f"{spec.name}.jsonl", by_set[spec.name])
+    write_jsonl(
+        out / "filtered.jsonl",
+        [r for d, _ in shards for r in JsonlLog(d / "filtered.jsonl").read()] + cross,
+    )
+    if cross:
+        log.warning(
+            "generate merge: dropped %d rows that duplicate another shard's rows; the merged "
+            "sets are short of their targets by that many (see filtered.jsonl, cross_shard)",
+            len(cross),
+        )
+    result = write_outputs(
+        out, cfg, build_specs(cfg), by_set, states, shards[0][1]["models"], encoder, sim
+    )
+    return Merged(
+        {**result["counts"], "cross_shard_dups": len(cross)},
+        inputs,
+        {"models": result["models"], "stats": result["stats"], "sets": result["sets"]},
+    )
