@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from matrix.core.cli import run_stage
+from matrix.core.cli import check_command_line, run_stage
 
 
 @hydra.main(config_path="conf", config_name="generate", version_base="1.3")
@@ -12,4 +12,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line()
     main()

@@ -8,7 +8,7 @@ python train.py model=llama3_8b data=matrix_20k --cfg job
 import hydra
 from omegaconf import DictConfig
 
-from matrix.core.cli import run_stage
+from matrix.core.cli import check_command_line, run_stage
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -17,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line()
     main()

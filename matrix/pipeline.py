@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from matrix.core.cli import run_user_command
+from matrix.core.cli import check_command_line, run_user_command
 from matrix.core.pipeline import flags_first, helper_rank, objective_value, run_pipeline
 
 
@@ -28,4 +28,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = flags_first(sys.argv)
+    check_command_line()
     main()

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from matrix.analysis.arms import Arm, data_stats, eval_stats, load_arms, train_stats
+from matrix.analysis.lineage import AnswerLineage, answer_lineage
 from matrix.analysis.plots import plot_data_diversity, plot_eval_scores, plot_training_curves
 from matrix.common.io import write_json
-from matrix.analysis.lineage import AnswerLineage, answer_lineage
 
 log = logging.getLogger("matrix.compare")
 

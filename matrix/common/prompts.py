@@ -12,8 +12,8 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from matrix.llm.protocol import Chat
 from matrix.core.validation import ConfigError
+from matrix.llm.protocol import Chat
 
 
 class PromptError(ConfigError):

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from matrix.core.registry import get_stage
-from matrix.core.validation import ConfigError
+from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix")
 
@@ -39,6 +39,48 @@ def quiet_logs() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: "Tip:" not in r.getMessage() and "litlogger" not in r.getMessage()
     )
+
+
+# Hydra flags that take a value (the value is not an override).
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--info", "-i"}
+
+
+def command_line_problems(argv: list[str]) -> ConfigProblems:
+    """Overrides that name no key of any file under conf/. Hydra refuses `key=value` for an
+    unknown key itself, but with exit code 1 and no suggestion; this names the closest key."""
+    from matrix.core.config_check import CONF_DIR, _is_open, _normalize, _suggest, known_keys
+
+    p = ConfigProblems()
+    if any(a in ("--config-dir", "-cd", "--config-path", "-cp") for a in argv):
+        return p  # a user's own config tree: its keys are checked after composition
+    known = known_keys()
+    groups = {str(d.relative_to(CONF_DIR)).replace("/", ".") for d in CONF_DIR.rglob("*/")}
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE
+            continue
+        if arg.startswith(("+", "~")) or "=" not in arg:
+            continue  # additions are checked after composition; deletions name existing keys
+        key = arg.split("=", 1)[0].split("@", 1)[0].replace("/", ".")
+        if key.startswith("hydra") or key in groups or _normalize(key) in known:
+            continue
+        parts = _normalize(key).split(".")
+        if any(_is_open(".".join(parts[:i])) for i in range(1, len(parts))):
+            continue  # inside a block its component checks (a backend's constructor)
+        p.add(key, f"unknown key; {_suggest(_normalize(key), known, key)}")
+    return p
+
+
+def check_command_line(argv: list[str] | None = None) -> None:
+    """Exit with code 2 and every unknown override named, before Hydra composes anything."""
+    problems = command_line_problems(sys.argv[1:] if argv is None else argv)
+    if problems:
+        try:
+            problems.raise_if_any("command line")
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 def run_user_command(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:

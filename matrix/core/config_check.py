@@ -8,12 +8,18 @@ the error names it and suggests the closest known key.
 
 Maps whose children are user-chosen names (`llm.backends.<name>`, `generator.sets.<name>`,
 ...) are matched with a `*` segment: their names are free, the keys inside them are not.
-Blocks a backend or benchmark hands to its own constructor stay open (see `_OPEN`).
+Benchmark names are fixed, so `eval.benchmarks.<name>.<option>` is checked against the
+options conf/eval/ defines for that very benchmark. Blocks handed whole to a component are
+checked against that component the torchtune way (`check_components`): a backend's keys
+against its class's constructor (`_target_`), sampling blocks against `Sampling`'s fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
+import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,14 @@ from matrix.core.validation import ConfigProblems
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Maps whose child names are chosen by the user; a `*` stands for any name.
-_NAMED_MAPS = ("llm.backends", "generator.sets", "eval.benchmarks", "pipeline.steps")
+_NAMED_MAPS = ("llm.backends", "generator.sets", "pipeline.steps")
 # Subtrees passed whole to a constructor or template (their keys are the callee's business).
 # A pipeline step's `config` is merged over the whole config, which rejects unknown keys.
 _OPEN = (
     "llm.backends.*",
-    "eval.benchmarks.*",
+    "eval.sampling",
+    "eval.benchmarks.*.sampling",
+    "eval.benchmarks.*.judge_sampling",
     "pipeline.steps.*.config",
     "run.stage_dirs",
     "hydra",
@@ -60,6 +68,22 @@ def _normalize(path: str) -> str:
     return path
 
 
+def _is_open(path: str) -> bool:
+    """Whether the (normalized) path is a block whose keys the component checks."""
+    if path in _OPEN:
+        return True
+    parts = path.split(".")
+    return (
+        len(parts) == 4
+        and parts[:2] == ["eval", "benchmarks"]
+        and parts[3]
+        in (
+            "sampling",
+            "judge_sampling",
+        )
+    )
+
+
 def _walk(node: Any, prefix: str, out: set[str]) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -67,7 +91,7 @@ def _walk(node: Any, prefix: str, out: set[str]) -> None:
                 continue
             path = f"{prefix}.{k}" if prefix else str(k)
             out.add(_normalize(path))
-            if not any(_normalize(path) == o for o in _OPEN):
+            if not _is_open(_normalize(path)):
                 _walk(v, path, out)
 
 
@@ -118,7 +142,7 @@ def check_keys(
             if norm not in known:
                 p.add(path, f"unknown key; {_suggest(norm, known, path)}")
                 continue
-            if norm not in _OPEN:
+            if not _is_open(norm):
                 walk(v, path)
 
     walk(data, "")
@@ -174,10 +198,63 @@ def check_stage(cfg: DictConfig, stage: str) -> None:
     p.raise_if_any(stage)
 
 
+def _fields_of(target: Any) -> set[str] | None:
+    """The keyword arguments `target` (a class or a function) accepts; None when it takes
+    any (**kwargs)."""
+    if dataclasses.is_dataclass(target):
+        return {f.name for f in dataclasses.fields(target)}
+    params = inspect.signature(target).parameters.values()
+    if any(x.kind is inspect.Parameter.VAR_KEYWORD for x in params):
+        return None
+    return {x.name for x in params if x.name != "self"}
+
+
+def _check_fields(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
+    if not isinstance(block, dict):
+        return
+    accepted = _fields_of(target)
+    if accepted is None:
+        return
+    for k in block:
+        if str(k).startswith("_") or k in accepted:
+            continue
+        close = difflib.get_close_matches(str(k), sorted(accepted), n=1, cutoff=0.6)
+        hint = f"did you mean `{key}.{close[0]}`?" if close else f"accepted: {sorted(accepted)}"
+        name = getattr(target, "__qualname__", str(target))
+        p.add(f"{key}.{k}", f"unknown option of {name}; {hint}")
+
+
+def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
+    """Blocks handed whole to a component, checked against the component's own signature."""
+    from matrix.llm.protocol import Sampling
+
+    data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=False)
+    for name, b in ((data.get("llm") or {}).get("backends") or {}).items():
+        key = f"llm.backends.{name}"
+        target = b.get("_target_") if isinstance(b, dict) else None
+        if not target:
+            p.add(f"{key}._target_", "missing; name the backend class (matrix.llm.hf.HFBackend)")
+            continue
+        module, _, attr = str(target).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            p.add(f"{key}._target_", f"cannot import {target} ({e})")
+            continue
+        _check_fields(b, cls, key, p)
+    ev = data.get("eval") or {}
+    _check_fields(ev.get("sampling"), Sampling, "eval.sampling", p)
+    for name, b in (ev.get("benchmarks") or {}).items():
+        for block in ("sampling", "judge_sampling"):
+            if isinstance(b, dict):
+                _check_fields(b.get(block), Sampling, f"eval.benchmarks.{name}.{block}", p)
+
+
 def config_problems(cfg: DictConfig, stage: str) -> ConfigProblems:
     """Unknown keys (with a suggestion), zero budgets, shard settings and role backends."""
     p = ConfigProblems()
     check_keys(cfg, p)
+    check_components(cfg, p)
     check_budgets(cfg, p)
     check_shard(cfg, p, stage)
     roles = _get(cfg, "llm.roles") or {}

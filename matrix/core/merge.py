@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.io import JsonlLog, read_json, read_jsonl, write_json, write_jsonl
+from matrix.common.io import read_json
 from matrix.core.registry import SHARDED_STAGES, STAGES
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, config_hash, stage_dir

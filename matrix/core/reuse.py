@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -52,5 +51,3 @@ def reuse_decision(cfg: DictConfig, stage: str) -> ReuseDecision:
         return ReuseDecision(False, f"inputs changed: {', '.join(changed)}")
     n = len(m.get("inputs") or {})
     return ReuseDecision(True, f"config hash {chash} and its {n} input(s) unchanged", m)
-
-

@@ -188,7 +188,11 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     from matrix.core.shard import Shard
 
     base = Path(cfg.paths.runs_dir) / str(cfg.run.name) / stage_folder(cfg, stage)
-    return Shard.from_cfg(cfg).dir(base) if shard and stage in STAGES and STAGES[stage].shardable else base
+    return (
+        Shard.from_cfg(cfg).dir(base)
+        if shard and stage in STAGES and STAGES[stage].shardable
+        else base
+    )
 
 
 def open_stage(cfg: DictConfig, stage: str) -> StageRun:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matrix.gen.filters import REASONS
 from matrix.common.io import atomic_write_text
+from matrix.gen.filters import REASONS
 
 
 def _example(row: Mapping[str, Any], width: int = 400) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from matrix.common.io import JsonlLog, write_jsonl
 from matrix.core.merge import Merged
+
+log = logging.getLogger(__name__)
 
 
 def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:

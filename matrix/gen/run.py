@@ -22,6 +22,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.embeddings import Encoder
+from matrix.common.io import JsonlLog, read_json, text_sha256, write_json, write_jsonl
+from matrix.common.progress import progress
+from matrix.common.prompts import PromptError, render_prompt
+from matrix.core.config_check import check_stage
+from matrix.core.shard import Shard
+from matrix.core.stage import StageRun, open_stage
+from matrix.core.validation import ConfigError, ConfigProblems
 from matrix.gen.candidates import row_instruction, row_responses
 from matrix.gen.datacard import write_datacard
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch
@@ -29,15 +36,8 @@ from matrix.gen.inputs import Seed, SimulationData, load_simulation, persona_see
 from matrix.gen.retrieval import mmr
 from matrix.gen.stats import coverage, diversity
 from matrix.gen.synthesis import SetSpec, StepRoles, synthesize, template_id
-from matrix.common.io import JsonlLog, read_json, text_sha256, write_json, write_jsonl
 from matrix.llm.protocol import LLM
 from matrix.llm.roles import Roles
-from matrix.common.progress import progress
-from matrix.common.prompts import PromptError, render_prompt
-from matrix.core.shard import Shard
-from matrix.core.config_check import check_stage
-from matrix.core.stage import StageRun, open_stage
-from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from matrix.common.io import text_sha256
+from matrix.common.prompts import render_prompt
 from matrix.gen.candidates import Candidate
 from matrix.gen.inputs import Seed
-from matrix.common.io import text_sha256
 from matrix.llm.protocol import Chat, Completion
 from matrix.llm.roles import RoleLLM
-from matrix.common.prompts import render_prompt
 
 # Openings small models put before the actual request ("Sure! Here is the question:").
 _PREAMBLE = re.compile(

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matrix.llm.roles import RoleLLM
 from matrix.common.prompts import render_prompt
-from matrix.sim.schemas import Agent
+from matrix.llm.roles import RoleLLM
 from matrix.sim.routing import Route, parse_route
+from matrix.sim.schemas import Agent
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from matrix.common.io import JsonlLog, read_json, write_json
-from matrix.llm.roles import RoleLLM, Roles
 from matrix.common.prompts import render_prompt
-from matrix.sim.schemas import Agent, Event, Scenario
+from matrix.llm.roles import RoleLLM, Roles
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Communication, Group
+from matrix.sim.schemas import Agent, Event, Scenario
 
 log = logging.getLogger(__name__)
 

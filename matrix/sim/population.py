@@ -12,8 +12,8 @@ from pathlib import Path
 
 from matrix.common.bad_rows import BadRows
 from matrix.common.io import jsonl_lines
-from matrix.sim.schemas import Profile
 from matrix.core.validation import ConfigError
+from matrix.sim.schemas import Profile
 
 PACKAGE_PREFIX = "matrix:"
 REQUIRED_FIELDS = ("id", "persona")

@@ -10,19 +10,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.embeddings import Encoder
 from matrix.common.io import JsonlLog, read_json, write_json, write_jsonl
-from matrix.llm.roles import Roles
 from matrix.common.progress import progress
 from matrix.common.prompts import render_prompt
+from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
+from matrix.core.stage import open_stage
+from matrix.core.validation import ConfigProblems
+from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Group, build_communication, members_text
 from matrix.sim.engine import SimConfig, SimState, Simulation
 from matrix.sim.grouping import check_bounds, constrained_groups
 from matrix.sim.population import anonymize_rules, load_profiles, resolve_data_path, sample_profiles
 from matrix.sim.report import write_report
-from matrix.core.config_check import check_stage
-from matrix.core.stage import open_stage
-from matrix.core.validation import ConfigProblems
 
 log = logging.getLogger(__name__)
 

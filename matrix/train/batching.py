@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.examples import Sequence1D
+from matrix.train.tokenize import IGNORE_INDEX
 
 
 def pack_best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -22,7 +22,6 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     PreferencePair,
@@ -31,6 +30,7 @@ from matrix.train.examples import (
     tokenize_dpo,
     tokenize_sft,
 )
+from matrix.train.tokenize import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from matrix.common.bad_rows import BadRows
-from matrix.llm.chat import IGNORE_INDEX, TokenizedChat, render, tokenize_for_training
 from matrix.common.io import jsonl_lines
+from matrix.llm.chat import render
+from matrix.train.tokenize import IGNORE_INDEX, TokenizedChat, tokenize_for_training
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.optim import build_optimizer, build_scheduler
+from matrix.train.tokenize import IGNORE_INDEX
 
 
 def forward_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:

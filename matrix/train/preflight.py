@@ -49,21 +49,23 @@ def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
             "data.path",
             f"data file {path} does not exist (data.path / data.{cfg.objective}_path, "
             f"data={cfg.data.name}); create it with:\n      {fix}"
-            + "\n    or point data.path=... at an existing JSONL file"
+            + "\n    or point data.path=... at an existing JSONL file",
         )
         return
     # The first well-formed row tells the file's kind; malformed ones are data.on_error's.
     lines = jsonl_lines(path, cfg.data.get("max_line_bytes"))
     row = next((r for _, r, err in lines if err is None and isinstance(r, dict)), None)
     if row is None:
-        p.add("data.path", f"data file {path} has no JSON object row (empty, or every line malformed)")
+        p.add(
+            "data.path", f"data file {path} has no JSON object row (empty, or every line malformed)"
+        )
         return
     missing = [k for k in REQUIRED_KEYS[cfg.objective] if k not in row]
     if missing:
         p.add(
             "data.path",
             f"data file {path} lacks {missing} needed for objective={cfg.objective} "
-            f"(SFT rows hold `messages`, DPO rows `prompt`/`chosen`/`rejected`)"
+            f"(SFT rows hold `messages`, DPO rows `prompt`/`chosen`/`rejected`)",
         )
 
 
@@ -74,13 +76,13 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
     if m.get("attn_implementation", "auto") not in CHOICES:
         p.add(
             "model.attn_implementation",
-            f"model.attn_implementation={m.attn_implementation!r}; choose one of {CHOICES}"
+            f"model.attn_implementation={m.attn_implementation!r}; choose one of {CHOICES}",
         )
     if m.get("attn_implementation") == "flash_attention_2" and not flash_attn_available():
         p.add(
             "model.attn_implementation",
             "model.attn_implementation=flash_attention_2 but flash_attn is not installed "
-            "(`pip install flash-attn --no-build-isolation`), or use model.attn_implementation=auto"
+            "(`pip install flash-attn --no-build-isolation`), or use model.attn_implementation=auto",
         )
     if m.get("init") == "random":
         ctx = m.config.get("max_position_embeddings")
@@ -94,7 +96,7 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
             p.add(
                 "model.path",
                 f"model.path={spec} is neither a local folder nor in the Hugging Face cache; "
-                f"download it (`huggingface-cli download {spec}`) or set model.path=/path/to/folder"
+                f"download it (`huggingface-cli download {spec}`) or set model.path=/path/to/folder",
             )
         else:
             if m.get("init") != "random" and not (folder / "config.json").is_file():
@@ -108,7 +110,7 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
                 p.add(
                     "model.path",
                     f"model.path={folder} has no chat template; set model.chat_template=llama3 "
-                    "(the paper's choice for base models) or chatml"
+                    "(the paper's choice for base models) or chatml",
                 )
             if ctx is None and (folder / "config.json").is_file():
                 data = json.loads((folder / "config.json").read_text())
@@ -118,14 +120,17 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
         p.add(
             "data.max_seq_len",
             f"data.max_seq_len={max_len} exceeds the model's context ({ctx} positions, "
-            f"model={m.name}); lower data.max_seq_len"
+            f"model={m.name}); lower data.max_seq_len",
         )
     pack = cfg.data.get("pack_length")
     if cfg.data.get("packing") and pack and ctx is not None and int(pack) > int(ctx):
         p.add("data.pack_length", f"data.pack_length={pack} exceeds the model's context ({ctx})")
     lora = m.get("lora") or {}
     if lora.get("quantize_4bit") and not lora.get("enabled"):
-        p.add("model.lora.quantize_4bit", "model.lora.quantize_4bit=true needs model.lora.enabled=true")
+        p.add(
+            "model.lora.quantize_4bit",
+            "model.lora.quantize_4bit=true needs model.lora.enabled=true",
+        )
 
 
 def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
@@ -138,11 +143,13 @@ def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
         p.add(
             "optimizer",
             "optimizer=adamw_8bit needs bitsandbytes (`pip install bitsandbytes`, CUDA only); "
-            "use optimizer=adamw"
+            "use optimizer=adamw",
         )
     lora = cfg.model.get("lora") or {}
     if lora.get("quantize_4bit") and importlib.util.find_spec("bitsandbytes") is None:
-        p.add("model.lora.quantize_4bit", "model.lora.quantize_4bit=true (QLoRA) needs bitsandbytes")
+        p.add(
+            "model.lora.quantize_4bit", "model.lora.quantize_4bit=true (QLoRA) needs bitsandbytes"
+        )
     if cfg.objective not in ("sft", "dpo"):
         p.add("objective", f"objective={cfg.objective!r}; choose sft or dpo")
     if int(cfg.data.batch_size) < 1:
@@ -151,13 +158,21 @@ def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
         p.add("data.on_error", f"data.on_error={cfg.data.on_error!r}: use skip or fail")
     mlb = cfg.data.get("max_line_bytes")
     if mlb is not None and (not isinstance(mlb, int) or mlb < 1):
-        p.add("data.max_line_bytes", f"data.max_line_bytes={mlb!r}: use a number of bytes >= 1, or null")
+        p.add(
+            "data.max_line_bytes",
+            f"data.max_line_bytes={mlb!r}: use a number of bytes >= 1, or null",
+        )
     vf = cfg.data.get("val_fraction") or 0
     if not isinstance(vf, int | float) or not 0 <= vf < 1:
-        p.add("data.val_fraction", f"data.val_fraction={vf!r}: use a share of the rows in [0, 1) (0 = none)")
+        p.add(
+            "data.val_fraction",
+            f"data.val_fraction={vf!r}: use a share of the rows in [0, 1) (0 = none)",
+        )
     vmax = cfg.data.get("val_max_rows")
     if vmax is not None and (not isinstance(vmax, int) or vmax < 1):
-        p.add("data.val_max_rows", f"data.val_max_rows={vmax!r}: use a number of rows >= 1, or null")
+        p.add(
+            "data.val_max_rows", f"data.val_max_rows={vmax!r}: use a number of rows >= 1, or null"
+        )
 
 
 def validate(cfg: DictConfig) -> ConfigProblems:

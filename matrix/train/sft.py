@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.lm import CausalLMModule, forward_logits
+from matrix.train.tokenize import IGNORE_INDEX
 
 
 def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -5,8 +5,8 @@ import json
 import pytest
 from datasets import load_dataset, load_from_disk
 
-from matrix.gen.run import run_generate
 from matrix.core.validation import ConfigError
+from matrix.gen.run import run_generate
 
 from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 

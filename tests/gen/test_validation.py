@@ -3,8 +3,8 @@
 import pytest
 from hydra.errors import MissingConfigException
 
-from matrix.gen.run import run_generate, validate
 from matrix.core.validation import ConfigError
+from matrix.gen.run import run_generate, validate
 
 from .doubles import compose_generate
 

@@ -4,12 +4,12 @@ and lets a single role move to another backend from the command line."""
 import pytest
 from hydra import compose, initialize_config_dir
 
+from matrix.core.stage import resolved_config
 from matrix.llm.hf import HFBackend
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.roles import Roles
 from matrix.llm.server import REPO
 from matrix.llm.vllm_backend import VLLMBackend
-from matrix.core.stage import resolved_config
 
 PRESETS = {
     "smollm2_local": HFBackend,

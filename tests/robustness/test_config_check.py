@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from matrix.core.config_check import check_config
+from matrix.core.validation import ConfigError
 from matrix.eval.run import run_evaluate
 from matrix.gen.run import run_generate
 from matrix.sim.run import run_simulate
-from matrix.core.validation import ConfigError
 from tests.conftest import ROOT, compose
 
 # The model path does not exist: a run that got as far as loading a model would fail

@@ -2,11 +2,11 @@
 
 import json
 
-from matrix.eval.run import run_evaluate
 from matrix.common.io import JsonlLog, read_jsonl
+from matrix.core.stage import resolved_config
+from matrix.eval.run import run_evaluate
 from matrix.llm.roles import Roles
 from matrix.sim.run import run_simulate
-from matrix.core.stage import resolved_config
 from tests.conftest import compose
 from tests.robustness.doubles import PromptHashLLM
 

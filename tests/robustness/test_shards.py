@@ -20,15 +20,15 @@ from collections import Counter
 
 import pytest
 
-from matrix.gen.filters import normalize
-from matrix.gen.run import run_generate
 from matrix.common.io import read_jsonl
-from matrix.llm.protocol import Completion
-from matrix.llm.roles import Roles
 from matrix.core.merge import merge
 from matrix.core.shard import Shard
-from matrix.sim.run import run_simulate
 from matrix.core.validation import ConfigError
+from matrix.gen.filters import normalize
+from matrix.gen.run import run_generate
+from matrix.llm.protocol import Completion
+from matrix.llm.roles import Roles
+from matrix.sim.run import run_simulate
 from tests.conftest import compose
 from tests.gen.doubles import QUESTIONS, SCRIPTED_ROLES, compose_generate, scripted_backends
 from tests.robustness.doubles import PromptHashLLM

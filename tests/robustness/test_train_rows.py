@@ -5,11 +5,10 @@ import json
 
 import pytest
 
-from matrix.train.examples import load_rows
 from matrix.core.validation import ConfigError
+from matrix.train.examples import load_rows
 from matrix.train.preflight import validate
 from matrix.train.run import run_train
-from matrix.core.validation import ConfigError
 from tests.train.conftest import compose_train, tiny_overrides
 
 GOOD_SFT = {
@@ -111,7 +110,9 @@ def test_preflight_reads_past_a_malformed_first_line(tmp_path):
         [b"\xff\xfe", _line({"prompt": "a", "chosen": "b", "rejected": "c"})],
     )
     with pytest.raises(ConfigError, match="lacks") as e:
-        validate(compose_train(["model=tiny_debug", f"data.path={path}", "data.on_error=ignore"])).raise_if_any("train")
+        validate(
+            compose_train(["model=tiny_debug", f"data.path={path}", "data.on_error=ignore"])
+        ).raise_if_any("train")
     assert "data.on_error='ignore'" in str(e.value)
 
 

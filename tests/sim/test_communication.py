@@ -5,13 +5,13 @@ answers) so the routing logic itself is what is checked."""
 
 from matrix.llm.protocol import Completion, Sampling
 from matrix.llm.roles import RoleLLM
-from matrix.sim.schemas import Agent, Profile
 from matrix.sim.communication import (
     Group,
     NoCommunication,
     RandomCommunication,
     StructuredCommunication,
 )
+from matrix.sim.schemas import Agent, Profile
 
 PROMPTS = {
     "intra_group": {"user": "{members}\n{actor_id} {actor_name}: {action}"},

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from matrix.common.io import read_jsonl
-from matrix.sim.run import run_simulate
 from matrix.core.validation import ConfigError
+from matrix.sim.run import run_simulate
 from tests.conftest import ROOT, compose, tiny_llm_overrides
 from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
 

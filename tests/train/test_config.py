@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix.train.attention import select_attention
 from matrix.core.validation import ConfigError
+from matrix.train.attention import select_attention
 from matrix.train.preflight import validate
 from matrix.train.run import total_steps
 

@@ -3,8 +3,8 @@ only the final answer."""
 
 from __future__ import annotations
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.train.examples import tokenize_dpo, tokenize_sft
+from matrix.train.tokenize import IGNORE_INDEX
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

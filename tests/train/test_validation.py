@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from matrix.llm.chat import IGNORE_INDEX
 from matrix.common.io import read_json, read_jsonl
 from matrix.train.callbacks import StepLogger
 from matrix.train.datamodule import ChatDataModule, split_rows
 from matrix.train.models import build_model
 from matrix.train.run import run_train
 from matrix.train.sft import SFTModule
+from matrix.train.tokenize import IGNORE_INDEX
 
 from .conftest import compose_train, tiny_overrides
 
