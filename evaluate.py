@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from matrix.cli import run_stage
+from matrix.secrets import guard
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
@@ -14,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     main()

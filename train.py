@@ -8,6 +8,7 @@ python train.py model=llama3_8b data=matrix_20k --cfg job
 import hydra
 from omegaconf import DictConfig
 
+from matrix.secrets import guard
 from matrix.train.preflight import TrainConfigError
 from matrix.train.run import run_train
 
@@ -21,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     main()

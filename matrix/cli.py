@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from matrix.config_check import check_config
+from matrix.secrets import guard
 from matrix.validation import ConfigError
 
 log = logging.getLogger("matrix")
@@ -23,6 +24,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 def run_stage(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    guard(cfg)  # secrets out of logs, the console and .hydra/ (also without Hydra's callback)
     try:
         # Config-wide checks (unknown keys, zero budgets, shards) before any model loads.
         check_config(cfg, fn.__name__.removeprefix("run_"))

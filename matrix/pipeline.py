@@ -39,6 +39,7 @@ from omegaconf.errors import ConfigKeyError
 from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
 from matrix.config_check import check_config
+from matrix.secrets import guard, is_secret_key
 from matrix.stage import STAGE_KEYS, finished_manifest, stage_dir
 from matrix.validation import ConfigError, ConfigProblems
 
@@ -100,6 +101,7 @@ def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
         o
         for o in overrides
         if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
+        and not is_secret_key(_override_key(o))  # a key never names a folder
     ]
     keep.sort(key=lambda o: (_override_key(o) not in swept, o))
     name = ",".join(o.replace("/", "_") for o in keep)
@@ -266,5 +268,6 @@ def flags_first(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     sys.argv = flags_first(sys.argv)
     main()

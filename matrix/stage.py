@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.io import JsonlLog, file_sha256, write_json
+from matrix.secrets import redact, scrubbed_argv
 
 if TYPE_CHECKING:
     from matrix.llm.roles import Roles
@@ -33,27 +33,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # Config keys that never change what a stage computes: left out of the config hash.
 _HASH_EXCLUDED_KEYS = ("paths", "logger", "run", "hydra", "debug_name")
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
-
-
-def is_secret_key(key: str) -> bool:
-    """True for a config key whose value would be a secret (`api_key`, `token`, ...)."""
-    return bool(_SECRET_KEY.search(key))
-
-
-def redact(obj: Any) -> Any:
-    """Copy of a config container with secret-looking values replaced by '***'.
-
-    Keys named `*_env` hold the *name* of an environment variable, not its value, and stay.
-    """
-    if isinstance(obj, dict):
-        return {
-            k: ("***" if is_secret_key(str(k)) and v not in (None, "") else redact(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -186,7 +165,7 @@ class StageRun:
             **(extra or {}),
             "config": resolved_config(self.cfg),
         }
-        write_json(self.dir / "manifest.json", manifest)
+        write_json(self.dir / "manifest.json", redact(manifest))
         self.summary({f"counts/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
         if self.wandb_run is not None:
             self.wandb_run.finish()
@@ -246,16 +225,17 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
     sweep = cfg.get("run", {}).get("sweep_id")
     if sweep:
         tags.append(f"sweep:{sweep}")
-    return wandb.init(
-        project=wcfg.get("project", "matrix"),
-        entity=wcfg.get("entity"),
-        group=wcfg.get("group") or experiment,
-        job_type=stage,
-        name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
-        tags=tags,
-        dir=str(out),
-        mode=mode,
-        config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    with scrubbed_argv():  # W&B records the command line in the run's metadata
+        return wandb.init(
+            project=wcfg.get("project", "matrix"),
+            entity=wcfg.get("entity"),
+            group=wcfg.get("group") or experiment,
+            job_type=stage,
+            name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
+            tags=tags,
+            dir=str(out),
+            mode=mode,
+            config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )

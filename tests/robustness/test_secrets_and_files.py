@@ -1,16 +1,34 @@
-"""Secrets stay out of outputs; appends and resumes survive a torn last line."""
+"""Secrets stay out of outputs, logs and the console; appends and resumes survive a torn last
+line."""
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
 
 from matrix.eval.run import run_evaluate
 from matrix.io import JsonlLog, read_jsonl
+from matrix.llm.errors import LLMError
+from matrix.llm.openai_backend import OpenAIBackend
+from matrix.llm.protocol import Sampling
 from matrix.llm.roles import Roles
+from matrix.secrets import guard, is_secret_key, scrub, secret_values
 from matrix.sim.run import run_simulate
 from matrix.stage import resolved_config
-from tests.conftest import compose
+from tests.conftest import CONF, ROOT, compose
 from tests.robustness.doubles import PromptHashLLM
 
 SECRET = "sk-test-0123456789abcdef"
+ENV_KEY = "sk-env-9f8e7d6c5b4a39281706"  # the backend's api_key_env variable holds this
+CLI_KEY = "cli-api-key-5e4d3c2b1a0f"  # given on the command line as a config value
+CLI_TOKEN = "cli-token-0a1b2c3d4e5f6789"  # given on the command line into the job's environment
 
 
 def test_api_key_from_env_never_reaches_manifest_or_wandb(tmp_path, monkeypatch):
@@ -96,3 +114,260 @@ def test_atomic_writes_get_the_users_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- which keys name a secret -----------------------------------------------------------------
+
+
+def _conf_keys() -> set[str]:
+    keys: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                keys.add(str(k))
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for f in Path(CONF).rglob("*.yaml"):
+        walk(yaml.safe_load(f.read_text(encoding="utf-8")))
+    return keys
+
+
+def test_no_key_defined_under_conf_is_taken_for_a_secret():
+    """The rule runs over every key conf/ defines: none holds a secret (keys come from the
+    environment), and the near misses must stay readable in manifests and docs."""
+    keys = _conf_keys()
+    assert {"max_tokens", "max_new_tokens", "num_key_value_heads", "api_key_env"} <= keys
+    assert len(keys) > 200
+    assert sorted(k for k in keys if is_secret_key(k)) == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api_key",
+        "apiKey",
+        "apikey",
+        "hf_token",
+        "access_token",
+        "client_secret",
+        "password",
+        "db_password",
+        "secret_key",
+        "key",
+        "OPENAI_API_KEY",
+        "HF_TOKEN",
+        "llm.backends.x.api_key",
+    ],
+)
+def test_secret_keys(key):
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "max_tokens",
+        "max_new_tokens",
+        "tokenizer",
+        "num_key_value_heads",
+        "key_by",
+        "api_key_env",
+        "pad_token",
+        "eos_token",
+        "sort_key",
+        "cache_key",
+        "token_id",
+        "TOKENIZERS_PARALLELISM",
+        "PWD",
+        "SSH_AUTH_SOCK",
+    ],
+)
+def test_keys_that_only_look_like_secrets(key):
+    assert not is_secret_key(key)
+
+
+def test_secret_values_come_from_config_overrides_and_the_named_variable():
+    env = {"MY_VAR": ENV_KEY, "HF_TOKEN": "hf_abcdefghijklmnop", "HOME": "/root/home/dir"}
+    cfg = {
+        "llm": {"backends": {"api": {"api_key_env": "MY_VAR", "api_key": CLI_KEY}}},
+        "model": {"max_tokens": 123456789},
+    }
+    argv = [f"hydra.job.env_set.OPENAI_API_KEY={CLI_TOKEN}", "run.name=short-but-long-enough"]
+    found = secret_values(cfg, argv, env)
+    assert found == {ENV_KEY, CLI_KEY, CLI_TOKEN, "hf_abcdefghijklmnop"}
+
+
+# --- every channel, through the real stage scripts ---------------------------------------------
+
+
+class _EchoAuth401(BaseHTTPRequestHandler):
+    """Answers everything with 401 and an error body that echoes the Authorization header,
+    as some servers do; records the headers it saw."""
+
+    seen: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _deny(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        auth = self.headers.get("Authorization") or ""
+        type(self).seen.append(auth)
+        body = json.dumps(
+            {"error": {"message": f"Incorrect API key provided: {auth}", "code": "invalid_api_key"}}
+        ).encode()
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _deny
+
+
+@pytest.fixture
+def auth_echo_server():
+    handler = type("Handler", (_EchoAuth401,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler.seen
+    server.shutdown()
+    server.server_close()
+
+
+def _leaks(out: subprocess.CompletedProcess, root: Path, secrets: tuple[str, ...]) -> list[str]:
+    found = [
+        f"{name}: {s}"
+        for name, text in (("stdout", out.stdout), ("stderr", out.stderr))
+        for s in secrets
+        if s in text
+    ]
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        found += [f"{f.relative_to(root)}: {s}" for s in secrets if s.encode() in data]
+    return found
+
+
+def _run(script: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MATRIX_NO_PROGRESS": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "MATRIX_TEST_API_KEY": ENV_KEY,
+    }
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra wants -m before overrides
+    overrides = tuple(o for o in overrides if not o.startswith("-"))
+    cmd = [
+        sys.executable,
+        str(ROOT / script),
+        *flags,
+        "debug=tiny",
+        f"paths.runs_dir={tmp_path}/runs",
+        f"paths.cache_dir={tmp_path}/cache",
+        *overrides,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_a_401_that_echoes_the_key_leaks_it_nowhere(tmp_path, auth_echo_server):
+    """evaluate.py as a multirun against a server that refuses the key and echoes it back: the
+    key from the environment and the ones on the command line are in no output channel (console,
+    job log, exception text), no .hydra/ file and not in multirun.yaml."""
+    url, seen = auth_echo_server
+    out = _run(
+        "evaluate.py",
+        tmp_path,
+        "-m",
+        "llm=openai_compatible",
+        "llm.backends.api.model=gpt-test",
+        f"llm.backends.api.base_url={url}",
+        "llm.backends.api.api_key_env=MATRIX_TEST_API_KEY",
+        "llm.backends.api.max_retries=0",
+        f"+llm.backends.unused.api_key={CLI_KEY}",
+        f"+hydra.job.env_set.OTHER_SERVICE_TOKEN={CLI_TOKEN}",
+        "eval.benchmarks.alpaca_eval2.limit=1,2",  # two jobs, so the launcher lists overrides
+    )
+    assert out.returncode != 0
+    assert f"Bearer {ENV_KEY}" in seen  # the key did reach the server, which echoed it
+    assert "refused the API key from $MATRIX_TEST_API_KEY" in out.stderr, out.stderr[-3000:]
+    assert "Incorrect API key provided: Bearer ***" in out.stderr
+    assert "+llm.backends.unused.api_key=***" in out.stdout  # Hydra's list of the sweep's jobs
+    hydra_files = list(tmp_path.rglob(".hydra/*.yaml")) + list(tmp_path.rglob("multirun.yaml"))
+    assert len(hydra_files) >= 4 and list(tmp_path.rglob("*.log"))
+    for f in hydra_files:
+        yaml.safe_load(f.read_text(encoding="utf-8"))  # masked, still YAML
+    assert not _leaks(out, tmp_path, (ENV_KEY, CLI_KEY, CLI_TOKEN))
+
+
+def test_a_finished_stage_with_keys_on_the_command_line_leaks_them_nowhere(
+    tmp_path, tiny_model_dir
+):
+    """evaluate.py to the end, W&B offline: manifest, the W&B run (config and the command line
+    it records), metrics, .hydra/ files, the job log and the console are free of every key."""
+    out = _run(
+        "evaluate.py",
+        tmp_path,
+        f"llm.backends.smollm2.model={tiny_model_dir}",
+        f"+llm.backends.unused.api_key={CLI_KEY}",
+        f"+hydra.job.env_set.OTHER_SERVICE_TOKEN={CLI_TOKEN}",
+        "eval.benchmarks.alpaca_eval2.limit=2",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    stage = tmp_path / "runs" / "tiny" / "evaluate"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["config"]["llm"]["backends"]["unused"]["api_key"] == "***"
+    assert list(stage.rglob("run-*.wandb"))
+    config_yaml = yaml.safe_load(next(stage.rglob(".hydra/config.yaml")).read_text())
+    assert config_yaml["llm"]["backends"]["unused"]["api_key"] == "***"
+    hydra_yaml = yaml.safe_load(next(stage.rglob(".hydra/hydra.yaml")).read_text())
+    assert hydra_yaml["hydra"]["job"]["env_set"]["OTHER_SERVICE_TOKEN"] == "***"
+    assert not _leaks(out, tmp_path, (ENV_KEY, CLI_KEY, CLI_TOKEN))
+
+
+def test_logs_and_error_text_in_process(monkeypatch, caplog, auth_echo_server):
+    """Through logging (every handler, caplog's too) and the backend's own error text."""
+    url, seen = auth_echo_server
+    monkeypatch.setenv("MATRIX_TEST_API_KEY", ENV_KEY)
+    guard({"llm": {"backends": {"api": {"api_key_env": "MATRIX_TEST_API_KEY"}}}})
+    log = logging.getLogger("matrix.test_secrets")
+    with caplog.at_level(logging.INFO):
+        log.info("calling with %s", ENV_KEY)
+        try:
+            raise RuntimeError(f"server said: {ENV_KEY}")
+        except RuntimeError:
+            log.exception("failed")
+        backend = OpenAIBackend("m", base_url=url, api_key_env="MATRIX_TEST_API_KEY", max_retries=0)
+        with pytest.raises(LLMError) as err:
+            backend.generate([[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=4))
+    assert f"Bearer {ENV_KEY}" in seen
+    assert ENV_KEY not in str(err.value) and "Bearer ***" in str(err.value)
+    text = caplog.text + "".join(r.getMessage() for r in caplog.records)
+    assert "calling with ***" in text and "server said: ***" in text
+    assert ENV_KEY not in text
+    assert scrub(f"x Bearer {'z' * 20} y") == "x Bearer *** y"  # a credential we never knew
+
+
+def test_a_command_line_argparse_rejects_is_masked_too(tmp_path):
+    """A misplaced -m makes Hydra's argparse print the overrides after it, before any config
+    (or Hydra callback) exists: the entry script's own guard masks them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        str(ROOT / "simulate.py"),
+        "debug=tiny",
+        "-m",  # after an override: argparse rejects the overrides that follow
+        f"+llm.backends.x.api_key={CLI_KEY}",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr, out.stderr
+    assert "+llm.backends.x.api_key=***" in out.stderr
+    assert not _leaks(out, tmp_path, (CLI_KEY,))
