@@ -371,3 +371,10 @@ def test_a_command_line_argparse_rejects_is_masked_too(tmp_path):
     assert out.returncode == 2 and "unrecognized arguments" in out.stderr, out.stderr
     assert "+llm.backends.x.api_key=***" in out.stderr
     assert not _leaks(out, tmp_path, (CLI_KEY,))
+
+
+def test_a_key_override_never_names_a_sweep_arm():
+    from matrix.pipeline import arm_name
+
+    overrides = [f"+generator.api_key={CLI_KEY}", "communication=none"]
+    assert arm_name(overrides, ["communication"]) == "communication=none"
