@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.io import JsonlLog, file_sha256, write_json
+from matrix.io import JsonlLog, disk_writes, file_sha256, write_json
 from matrix.secrets import redact, scrubbed_argv
 
 if TYPE_CHECKING:
@@ -201,9 +201,10 @@ def finished_manifest(cfg: DictConfig, stage: str) -> dict | None:
 
 def open_stage(cfg: DictConfig, stage: str) -> StageRun:
     out = stage_dir(cfg, stage)
-    out.mkdir(parents=True, exist_ok=True)
-    # A stage that starts (or resumes) is no longer complete until it finishes again.
-    (out / "manifest.json").unlink(missing_ok=True)
+    with disk_writes(out):
+        out.mkdir(parents=True, exist_ok=True)
+        # A stage that starts (or resumes) is no longer complete until it finishes again.
+        (out / "manifest.json").unlink(missing_ok=True)
     run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg, stage))
     run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash)
     log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)

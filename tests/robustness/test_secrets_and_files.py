@@ -1,12 +1,15 @@
 """Secrets stay out of outputs, logs and the console; appends and resumes survive a torn last
 line."""
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 import yaml
 
 from matrix.eval.run import run_evaluate
-from matrix.io import JsonlLog, read_jsonl
+from matrix.io import JsonlLog, StorageError, read_json, read_jsonl, write_json
 from matrix.llm.errors import LLMError
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
@@ -22,7 +25,9 @@ from matrix.llm.roles import Roles
 from matrix.secrets import guard, is_secret_key, scrub, secret_values
 from matrix.sim.run import run_simulate
 from matrix.stage import resolved_config
-from tests.conftest import CONF, ROOT, compose
+from tests.conftest import CONF, RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
+from tests.gen.doubles import write_sim_dir
+from tests.kill_resume import complete_rows, finish, stage_env, start
 from tests.robustness.doubles import PromptHashLLM
 
 SECRET = "sk-test-0123456789abcdef"
@@ -378,3 +383,184 @@ def test_a_key_override_never_names_a_sweep_arm():
 
     overrides = [f"+generator.api_key={CLI_KEY}", "communication=none"]
     assert arm_name(overrides, ["communication"]) == "communication=none"
+
+
+# --- a full disk or a read-only run folder ----------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real size-limited folder: an 8 MiB tmpfs mounted at tmp_path/disk (root only; skipped
+    with the reason where mounting is not permitted)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(
+            f"cannot mount a size-limited tmpfs here: {out.stderr.strip() or out.returncode}"
+        )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of `disk` (a filler file written until ENOSPC)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as f:  # the last bytes
+        while True:
+            f.write(b"\0")
+    return filler
+
+
+def _remount(disk: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
+
+
+def test_full_disk_keeps_the_old_file_and_the_committed_rows(small_disk):
+    state = small_disk / "run" / "state.json"
+    write_json(state, {"rows": 2})
+    rows = JsonlLog(small_disk / "run" / "rows.jsonl")
+    rows.append([{"i": 0}, {"i": 1}])
+    before = rows.path.read_bytes()
+    _fill(small_disk)
+    with pytest.raises(StorageError) as err:
+        write_json(state, {"rows": 3, "pad": "x" * 100_000})
+    assert str(state) in str(err.value) and "no space left" in str(err.value)
+    assert "paths.runs_dir" in str(err.value) and "df -h" in str(err.value)
+    assert json.loads(state.read_text()) == {"rows": 2}
+    assert sorted(p.name for p in state.parent.iterdir()) == ["rows.jsonl", "state.json"]
+    with pytest.raises(StorageError):  # a batch the disk takes only part of
+        rows.append([{"i": i, "text": "y" * 1000} for i in range(2, 200)])
+    assert rows.path.read_bytes() == before  # no partial row left behind
+
+
+def test_read_only_run_folder_is_refused_and_left_as_it_was(small_disk):
+    state = small_disk / "run" / "state.json"
+    write_json(state, {"rows": 2})
+    rows = JsonlLog(small_disk / "run" / "rows.jsonl")
+    rows.append([{"i": 0}])
+    _remount(small_disk, "ro")
+    with pytest.raises(StorageError) as err:
+        write_json(state, {"rows": 3})
+    assert "read-only" in str(err.value) and "EROFS" in str(err.value)
+    assert str(state) in str(err.value)
+    with pytest.raises(StorageError, match="read-only"):
+        rows.append([{"i": 1}])
+    with pytest.raises(StorageError, match="read-only"):
+        JsonlLog(small_disk / "new" / "rows.jsonl")
+    assert json.loads(state.read_text()) == {"rows": 2} and rows.read() == [{"i": 0}]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_injected_write_errors_leave_the_committed_state(tmp_path, monkeypatch, code):
+    """The same guarantees where no size-limited folder can be mounted: the OSError is raised
+    by fsync, after the bytes went out, so the undo is what keeps the files whole."""
+    state = tmp_path / "state.json"
+    write_json(state, {"rows": 1})
+    rows = JsonlLog(tmp_path / "rows.jsonl")
+    rows.append([{"i": 0}])
+
+    def failing_fsync(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StorageError) as err:
+        write_json(state, {"rows": 2})
+    assert str(state) in str(err.value) and errno.errorcode[code] in str(err.value)
+    with pytest.raises(StorageError):
+        rows.append([{"i": 1}, {"i": 2}])
+    monkeypatch.undo()
+    assert json.loads(state.read_text()) == {"rows": 1}
+    assert rows.read() == [{"i": 0}] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "rows.jsonl",
+        "state.json",
+    ]
+
+
+def _generate_cmd(tmp_path, runs, sim, model_dir, name):
+    return [
+        sys.executable,
+        str(ROOT / "generate.py"),
+        "debug=tiny",
+        f"paths.runs_dir={runs}",
+        f"paths.cache_dir={tmp_path}/cache",
+        f"run.name={name}",
+        "logger=none",
+        "llm.cache.enabled=false",
+        *tiny_llm_overrides(model_dir),
+        f"simulation_dir={sim}",
+        "generator=tiny",
+        "generate.limit=null",
+        "generate.batch_size=1",
+        *RANDOM_MODEL_OVERRIDES,
+        *(f"llm.roles.{r}.max_new_tokens=16" for r in ("generator", "responder", "rejecter")),
+    ]
+
+
+def test_generate_stopped_by_a_full_disk_resumes_to_the_same_rows(
+    tmp_path, small_disk, tiny_model_dir
+):
+    """generate.py writes onto the small disk; once it has committed rows the disk is filled.
+    It stops with exit 2 and a message naming the path and the fix, its checkpoint and rows
+    are whole, and after space is freed the same command finishes with exactly the rows of a
+    run that never hit the full disk."""
+    sim = write_sim_dir(tmp_path / "sim")
+    log = tmp_path / "log.txt"
+    whole = start(_generate_cmd(tmp_path, tmp_path / "runs", sim, tiny_model_dir, "whole"), log)
+    cmd = _generate_cmd(tmp_path, small_disk / "runs", sim, tiny_model_dir, "full")
+    out = small_disk / "runs" / "full" / "generate"
+    err = tmp_path / "full.txt"
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(cmd, env=stage_env(), stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while complete_rows((out / "sets").glob("*.jsonl")) < 3:
+        assert proc.poll() is None, err.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no rows after 240 s"
+        time.sleep(0.01)
+    filler = _fill(small_disk)
+    assert proc.wait(240) == 2, err.read_text()[-3000:]
+    text = err.read_text()
+    assert "no space left on the device (ENOSPC)" in text and str(out) in text
+    assert "paths.runs_dir" in text and text.rstrip().splitlines()[-1].startswith("error: ")
+    st = read_json(out / "state.json")  # the last checkpoint: whole, and its rows are there
+    for name, s in st["sets"].items():
+        path = out / "sets" / f"{name}.jsonl"
+        assert JsonlLog(path).count() >= s["rows"]
+        assert not path.exists() or path.read_bytes().endswith(b"\n")  # no torn row
+    filler.unlink()
+    finish(start(cmd, log), log)
+    finish(whole, log)
+    ref = tmp_path / "runs" / "whole" / "generate"
+    for name in ["sft.jsonl", "dpo.jsonl", *(f"sets/{p.name}" for p in (ref / "sets").glob("*"))]:
+        a = read_jsonl(ref / name) if (ref / name).exists() else []
+        assert read_jsonl(out / name) == a if (out / name).exists() else a == [], name
+    assert read_json(out / "manifest.json")["counts"] == read_json(ref / "manifest.json")["counts"]
+
+
+def test_a_read_only_runs_dir_stops_the_stage_before_it_writes(tmp_path, small_disk):
+    """Hydra writes its run folder under paths.runs_dir before the stage starts: a read-only
+    disk is reported in one message (exit 2) instead of Hydra's traceback."""
+    (small_disk / "runs").mkdir()
+    _remount(small_disk, "ro")
+    cmd = [
+        sys.executable,
+        str(ROOT / "simulate.py"),
+        "debug=tiny",
+        f"paths.runs_dir={small_disk}/runs",
+    ]
+    out = subprocess.run(cmd, env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"{small_disk}/runs: cannot write, the folder is read-only" in out.stderr
+    assert "Traceback" not in out.stderr
