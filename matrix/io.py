@@ -49,9 +49,12 @@ class StorageError(OSError):
         return str(self.strerror)
 
 
-def storage_error(e: OSError, path: str | Path | None = None) -> StorageError | None:
-    """`e` as a StorageError naming `path` (default: the path the OS names), or None for an
-    OSError that is not about disk space or write access."""
+def storage_error(
+    e: OSError, path: str | Path | None = None, key: str = "paths.runs_dir"
+) -> StorageError | None:
+    """`e` as a StorageError naming `path` (default: the path the OS names) and the config
+    `key` that moves the folder, or None for an OSError that is not about disk space or write
+    access."""
     if isinstance(e, StorageError):
         return e
     path = Path(path or e.filename or ".")
@@ -60,13 +63,13 @@ def storage_error(e: OSError, path: str | Path | None = None) -> StorageError | 
     if e.errno in DISK_FULL:
         why = (
             f"{path}: no space left on the device ({errno.errorcode[e.errno]}). Free space "
-            f"there (`df -h {folder}`) or set paths.runs_dir to a disk with room, {again}."
+            f"there (`df -h {folder}`) or set {key} to a disk with room, {again}."
         )
     elif e.errno in NOT_WRITABLE:
         why = (
             f"{path}: cannot write, the folder is read-only or not yours "
             f"({errno.errorcode[e.errno]}: {e.strerror}). Make {folder} writable or set "
-            f"paths.runs_dir to a writable folder, {again}."
+            f"{key} to a writable folder, {again}."
         )
     else:
         return None

@@ -564,3 +564,23 @@ def test_a_read_only_runs_dir_stops_the_stage_before_it_writes(tmp_path, small_d
     assert out.returncode == 2, out.stderr[-3000:]
     assert f"{small_disk}/runs: cannot write, the folder is read-only" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_llm_call_cache_on_a_full_disk_names_its_file_and_keeps_what_it_had(small_disk):
+    from matrix.llm.cache import CallCache
+    from matrix.llm.protocol import Completion
+
+    cache = CallCache.in_dir(small_disk / "cache")
+    first = Completion(text="kept", prompt_tokens=1, completion_tokens=1, model="m")
+    cache.put("a", first)
+    _fill(small_disk)
+    big = [
+        (f"k{i}", Completion(text="z" * 4000, prompt_tokens=1, completion_tokens=1, model="m"))
+        for i in range(2000)
+    ]
+    with pytest.raises(StorageError) as err:
+        cache.put_many(big)
+    message = str(err.value)
+    assert "llm_calls.sqlite" in message and "no space left" in message
+    assert "llm.cache.dir" in message and "llm.cache.enabled=false" in message
+    assert cache.get_many(["a", "k0"]) == {"a": first}
