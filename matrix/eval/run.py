@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
-from matrix.io import JsonlLog, read_json, write_json
+from matrix.io import JsonlLog, atomic_write_text, read_json, write_json
 from matrix.llm.protocol import Sampling
 from matrix.llm.roles import RoleLLM, Roles
 from matrix.shard import Shard
@@ -130,7 +130,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     if ev.get("compare"):
         a, b = (read_json(Path(d) / "scores.json") for d in ev.compare)
         table, rows = compare(a["scores"], b["scores"], (a["model"], b["model"]))
-        (run.dir / "compare.md").write_text(table, encoding="utf-8")
+        atomic_write_text(run.dir / "compare.md", table)
         write_json(run.dir / "compare.json", rows)
         run.finish(counts={"compared": len(rows)}, inputs={"a": ev.compare[0], "b": ev.compare[1]})
         return {"compare": rows}

@@ -361,9 +361,10 @@ def test_logs_and_error_text_in_process(monkeypatch, caplog, auth_echo_server):
     assert scrub(f"x Bearer {'z' * 20} y") == "x Bearer *** y"  # a credential we never knew
 
 
-def test_a_command_line_argparse_rejects_is_masked_too(tmp_path):
-    """A misplaced -m makes Hydra's argparse print the overrides after it, before any config
-    (or Hydra callback) exists: the entry script's own guard masks them."""
+def test_what_hydra_prints_before_the_job_is_masked_too(tmp_path):
+    """A misplaced -m makes Hydra's argparse print the overrides after it, and `--cfg job`
+    prints the config, both before any job (or Hydra callback) runs: the entry script's own
+    guard masks them."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -375,6 +376,11 @@ def test_a_command_line_argparse_rejects_is_masked_too(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2 and "unrecognized arguments" in out.stderr, out.stderr
     assert "+llm.backends.x.api_key=***" in out.stderr
+    assert not _leaks(out, tmp_path, (CLI_KEY,))
+    # `--cfg job` prints the composed config, the key in it
+    cmd = [sys.executable, str(ROOT / "simulate.py"), "--cfg", "job", cmd[-1]]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and "api_key: ***" in out.stdout, out.stderr
     assert not _leaks(out, tmp_path, (CLI_KEY,))
 
 
