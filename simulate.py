@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from matrix.common.secrets import guard
 from matrix.core.cli import check_command_line, run_stage
 
 
@@ -12,5 +13,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     check_command_line()
     main()

@@ -8,6 +8,7 @@ python train.py model=llama3_8b data=matrix_20k --cfg job
 import hydra
 from omegaconf import DictConfig
 
+from matrix.common.secrets import guard
 from matrix.core.cli import check_command_line, run_stage
 
 
@@ -17,5 +18,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     check_command_line()
     main()

@@ -13,6 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from matrix.common.secrets import guard
 from matrix.core.cli import check_command_line, run_user_command
 from matrix.core.pipeline import flags_first, helper_rank, objective_value, run_pipeline
 
@@ -27,6 +28,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    guard()  # keys on the command line masked from the first line argparse or Hydra prints
     sys.argv = flags_first(sys.argv)
     check_command_line()
     main()

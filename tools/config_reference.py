@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from matrix.core.stage import is_secret_key
+from matrix.common.secrets import is_secret_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -7,10 +7,18 @@ drops whatever was appended after the last checkpoint (including a torn last lin
 without a checkpoint (evaluate's answers keyed by id, metrics.jsonl) drop a torn last line
 before they are read or appended to (`JsonlLog.drop_torn_tail`), so a row half-written by a
 killed process never fuses with the next one.
+
+A write that fails because the disk is full or the folder is read-only raises `StorageError`,
+whose message names the path and the fix, after undoing its own partial work: an atomic write
+removes its temp file (the old file stays), an append cuts the file back to its length before
+the append. So a stage stopped by a full disk keeps its last committed state and resumes from
+it once there is room.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -28,20 +36,73 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# errno values that mean "the disk, not the data": full, over quota, read-only, not permitted.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class StorageError(OSError):
+    """A write failed because the disk is full or the folder cannot be written; the message
+    names the path and the fix. The file being written is as it was before the write."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def storage_error(
+    e: OSError, path: str | Path | None = None, key: str = "paths.runs_dir"
+) -> StorageError | None:
+    """`e` as a StorageError naming `path` (default: the path the OS names) and the config
+    `key` that moves the folder, or None for an OSError that is not about disk space or write
+    access."""
+    if isinstance(e, StorageError):
+        return e
+    path = Path(path or e.filename or ".")
+    folder = path if path.is_dir() else path.parent
+    again = "then run the same command again: the stage resumes from its last checkpoint (intact)"
+    if e.errno in DISK_FULL:
+        why = (
+            f"{path}: no space left on the device ({errno.errorcode[e.errno]}). Free space "
+            f"there (`df -h {folder}`) or set {key} to a disk with room, {again}."
+        )
+    elif e.errno in NOT_WRITABLE:
+        why = (
+            f"{path}: cannot write, the folder is read-only or not yours "
+            f"({errno.errorcode[e.errno]}: {e.strerror}). Make {folder} writable or set "
+            f"{key} to a writable folder, {again}."
+        )
+    else:
+        return None
+    return StorageError(e.errno, why, str(path))
+
+
+@contextlib.contextmanager
+def disk_writes(path: str | Path) -> Iterator[None]:
+    """Turn a full-disk or read-only OSError raised inside into a StorageError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        err = storage_error(e, path)
+        if err is None or err is e:
+            raise
+        raise err from e
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -104,7 +165,8 @@ class JsonlLog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_writes(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def count(self) -> int:
         if not self.path.exists():
@@ -130,7 +192,7 @@ class JsonlLog:
                     dropped += 1
         if kept < n_rows:
             raise ValueError(f"{self.path}: checkpoint expects {n_rows} rows, only {kept} present")
-        with open(self.path, "r+b") as f:
+        with disk_writes(self.path), open(self.path, "r+b") as f:
             f.truncate(offset)
             f.flush()
             os.fsync(f.fileno())
@@ -141,13 +203,14 @@ class JsonlLog:
         of bytes cut."""
         if not self.path.exists():
             return 0
-        with open(self.path, "r+b") as f:
+        with open(self.path, "rb") as f:  # read-only first: a whole file is left alone
             end = f.seek(0, os.SEEK_END)
             if end == 0:
                 return 0
             f.seek(end - 1)
             if f.read(1) == b"\n":
                 return 0
+        with disk_writes(self.path), open(self.path, "r+b") as f:
             keep, pos = 0, end
             while pos > 0:  # back to the last newline, 64 KiB at a time
                 step = min(1 << 16, pos)
@@ -168,10 +231,21 @@ class JsonlLog:
         if not lines:
             return 0
         self.drop_torn_tail()
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        data = "".join(lines).encode("utf-8")
+        # Unbuffered, so nothing is left in a buffer to land after a failed write is undone.
+        with disk_writes(self.path), open(self.path, "ab", buffering=0) as f:
+            start = f.tell()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[f.write(view) :]
+                os.fsync(f.fileno())
+            except OSError:
+                # A full disk can take part of the rows: cut them, so the file holds whole
+                # committed rows only (shrinking a file needs no free space).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(f.fileno(), start)
+                raise
         return len(lines)
 
     def read(self) -> list[dict]:

@@ -1,24 +1,30 @@
-"""What the thin entry points share: quiet logging and turning user errors into one clear
-message (exit code 2) instead of a traceback."""
+"""What the thin entry points share: quiet logging, a command-line typo check, and turning
+user errors (a bad config or input, a full or read-only disk) into one clear message and
+exit code 2 instead of a traceback."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from matrix.common.io import StorageError, storage_error
+from matrix.common.secrets import guard
 from matrix.core.registry import get_stage
 from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix")
 
-# Errors that mean "fix your config or input": shown as one message, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+# Errors that mean "fix your config, input or disk": shown as one message, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, StorageError)
 
 
 def quiet_logs() -> None:
@@ -79,22 +85,60 @@ def check_command_line(argv: list[str] | None = None) -> None:
         try:
             problems.raise_if_any("command line")
         except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(e)
 
 
 def run_user_command(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `fn(cfg)`; a user error becomes one message on stderr and exit code 2."""
     quiet_logs()
+    guard(cfg)  # secrets out of logs, the console and .hydra/ (also without Hydra's callback)
     try:
         return fn(cfg)
     except USER_ERRORS as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(e)
+    except OSError as e:
+        # A full or read-only disk hit by a write outside matrix.common.io (a checkpoint, a model).
+        if (err := storage_error(e)) is None:
+            raise
+        _fail(err)
+
+
+def _fail(e: BaseException) -> None:
+    log.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_stage(stage: str, cfg: DictConfig) -> Any:
     """Run a registered stage as its script does. The stage checks its config first
     (matrix.core.config_check.check_stage): every problem is reported before any model loads."""
     return run_user_command(get_stage(stage).run, cfg)
+
+
+class WritableRunsDir(Callback):
+    """Hydra callback: stop with one message (exit 2) when paths.runs_dir is on a read-only
+    disk, before Hydra tries to create its run folder there (conf/base.yaml)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(config.paths.runs_dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(config.paths.runs_dir)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Exit 2 naming the folder and the fix if `folder` (or, while it does not exist yet, the
+    nearest folder above it) cannot be written."""
+    path = Path(folder).expanduser().absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    if not os.access(path, os.W_OK):
+        code = errno.EROFS if _read_only_fs(path) else errno.EACCES
+        _fail(storage_error(OSError(code, os.strerror(code), str(path)), path))
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -209,12 +209,15 @@ def _fields_of(target: Any) -> set[str] | None:
     return {x.name for x in params if x.name != "self"}
 
 
-def _check_fields(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
+def _check_fields(
+    block: Any, target: Any, key: str, p: ConfigProblems, extra: tuple[str, ...] = ()
+) -> None:
     if not isinstance(block, dict):
         return
     accepted = _fields_of(target)
     if accepted is None:
         return
+    accepted |= set(extra)
     for k in block:
         if str(k).startswith("_") or k in accepted:
             continue
@@ -227,13 +230,19 @@ def _check_fields(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
 def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
     """Blocks handed whole to a component, checked against the component's own signature."""
     from matrix.llm.protocol import Sampling
+    from matrix.llm.roles import BACKEND_EXTRA_KEYS
 
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=False)
-    for name, b in ((data.get("llm") or {}).get("backends") or {}).items():
+    llm = data.get("llm") or {}
+    used = {r.get("backend") for r in (llm.get("roles") or {}).values() if isinstance(r, dict)}
+    for name, b in (llm.get("backends") or {}).items():
         key = f"llm.backends.{name}"
         target = b.get("_target_") if isinstance(b, dict) else None
         if not target:
-            p.add(f"{key}._target_", "missing; name the backend class (matrix.llm.hf.HFBackend)")
+            if name in used:  # an unused block is never built
+                p.add(
+                    f"{key}._target_", "missing; name the backend class (matrix.llm.hf.HFBackend)"
+                )
             continue
         module, _, attr = str(target).rpartition(".")
         try:
@@ -241,7 +250,7 @@ def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
         except (ImportError, AttributeError, ValueError) as e:
             p.add(f"{key}._target_", f"cannot import {target} ({e})")
             continue
-        _check_fields(b, cls, key, p)
+        _check_fields(b, cls, key, p, extra=BACKEND_EXTRA_KEYS)
     ev = data.get("eval") or {}
     _check_fields(ev.get("sampling"), Sampling, "eval.sampling", p)
     for name, b in (ev.get("benchmarks") or {}).items():

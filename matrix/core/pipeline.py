@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from matrix.analysis.arms import ARMS_FILE
+from matrix.common.secrets import is_secret_key
 from matrix.core.config_check import config_problems
 from matrix.core.registry import STAGES
 from matrix.core.reuse import reuse_decision
@@ -78,6 +79,7 @@ def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
         o
         for o in overrides
         if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
+        and not is_secret_key(_override_key(o))  # a key never names a folder
     ]
     keep.sort(key=lambda o: (_override_key(o) not in swept, o))
     name = ",".join(o.replace("/", "_") for o in keep)

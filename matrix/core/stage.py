@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.io import JsonlLog, file_sha256, write_json
+from matrix.common.io import JsonlLog, disk_writes, file_sha256, write_json
+from matrix.common.secrets import redact, scrubbed_argv
 from matrix.core.registry import STAGES
 
 if TYPE_CHECKING:
@@ -34,27 +34,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # Config keys that never change what a stage computes: left out of the config hash.
 _HASH_EXCLUDED_KEYS = ("paths", "logger", "run", "hydra", "debug_name")
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
-
-
-def is_secret_key(key: str) -> bool:
-    """True for a config key whose value would be a secret (`api_key`, `token`, ...)."""
-    return bool(_SECRET_KEY.search(key))
-
-
-def redact(obj: Any) -> Any:
-    """Copy of a config container with secret-looking values replaced by '***'.
-
-    Keys named `*_env` hold the *name* of an environment variable, not its value, and stay.
-    """
-    if isinstance(obj, dict):
-        return {
-            k: ("***" if is_secret_key(str(k)) and v not in (None, "") else redact(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -167,7 +146,7 @@ class StageRun:
             **(extra or {}),
             "config": resolved_config(self.cfg),
         }
-        write_json(self.dir / "manifest.json", manifest)
+        write_json(self.dir / "manifest.json", redact(manifest))
         self.summary({f"counts/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
         if self.wandb_run is not None:
             self.wandb_run.finish()
@@ -197,9 +176,10 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
 
 def open_stage(cfg: DictConfig, stage: str) -> StageRun:
     out = stage_dir(cfg, stage)
-    out.mkdir(parents=True, exist_ok=True)
-    # A stage that starts (or resumes) is no longer complete until it finishes again.
-    (out / "manifest.json").unlink(missing_ok=True)
+    with disk_writes(out):
+        out.mkdir(parents=True, exist_ok=True)
+        # A stage that starts (or resumes) is no longer complete until it finishes again.
+        (out / "manifest.json").unlink(missing_ok=True)
     run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg, stage))
     run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash)
     log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)
@@ -221,16 +201,17 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
     sweep = cfg.get("run", {}).get("sweep_id")
     if sweep:
         tags.append(f"sweep:{sweep}")
-    return wandb.init(
-        project=wcfg.get("project", "matrix"),
-        entity=wcfg.get("entity"),
-        group=wcfg.get("group") or experiment,
-        job_type=stage,
-        name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
-        tags=tags,
-        dir=str(out),
-        mode=mode,
-        config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    with scrubbed_argv():  # W&B records the command line in the run's metadata
+        return wandb.init(
+            project=wcfg.get("project", "matrix"),
+            entity=wcfg.get("entity"),
+            group=wcfg.get("group") or experiment,
+            job_type=stage,
+            name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
+            tags=tags,
+            dir=str(out),
+            mode=mode,
+            config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from matrix.common.io import atomic_write_text  # noqa: E402
+
 # the headline metric of each benchmark and the key of its 95% interval
 HEADLINE = {
     "alpaca_eval2": ("win_rate", "win_rate_ci95"),
@@ -84,7 +86,7 @@ def write_report(out_dir: Path, model_name: str, judge_name: str, scores: dict[s
     if (out_dir / "alpaca_eval2_winrate_vs_length.png").exists():
         lines += ["", "![win rate vs length](alpaca_eval2_winrate_vs_length.png)"]
     text = "\n".join(lines) + "\n"
-    (out_dir / "report.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out_dir / "report.md", text)
     return text
 
 

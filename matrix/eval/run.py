@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.io import JsonlLog, read_json, write_json
+from matrix.common.io import JsonlLog, atomic_write_text, read_json, write_json
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import open_stage
@@ -138,7 +138,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     if ev.get("compare"):
         a, b = (read_json(Path(d) / "scores.json") for d in ev.compare)
         table, rows = compare(a["scores"], b["scores"], (a["model"], b["model"]))
-        (run.dir / "compare.md").write_text(table, encoding="utf-8")
+        atomic_write_text(run.dir / "compare.md", table)
         write_json(run.dir / "compare.json", rows)
         run.finish(counts={"compared": len(rows)}, inputs={"a": ev.compare[0], "b": ev.compare[1]})
         return {"compare": rows}

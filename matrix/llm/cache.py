@@ -9,6 +9,7 @@ committed as soon as it arrives, so a killed process loses nothing it already pa
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import sqlite3
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from matrix.common.io import StorageError, storage_error
 from matrix.llm.protocol import Chat, Completion, Sampling
 
 SCHEMA = """
@@ -126,8 +128,24 @@ class CallCache:
         if not rows:
             return
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", rows)
-            self._db.commit()
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", rows)
+                self._db.commit()
+            except sqlite3.OperationalError as e:
+                self._db.rollback()
+                if (err := self._storage_error(e)) is None:
+                    raise
+                raise err from e
+
+    def _storage_error(self, e: sqlite3.OperationalError) -> StorageError | None:
+        """SQLite's "database or disk is full" / "readonly database" as a StorageError naming
+        the cache file and the keys that move or disable it (the cache keeps what it had)."""
+        text = str(e).lower()
+        code = errno.ENOSPC if "full" in text else errno.EROFS if "readonly" in text else None
+        if code is None:
+            return None
+        err = storage_error(OSError(code, str(e), str(self.path)), self.path, "llm.cache.dir")
+        return StorageError(code, f"{err} (Or run without the cache: llm.cache.enabled=false.)")
 
     def __len__(self) -> int:
         with self._lock:

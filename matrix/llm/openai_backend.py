@@ -8,7 +8,8 @@ off so there is one retry policy. Each row is reported through `on_result` the m
 answered, so the call cache keeps everything already paid for if the batch dies half-way.
 
 The API key is read from the environment variable named by `api_key_env` at call time and
-never kept on the object, so it cannot reach a config dump, manifest, log or W&B.
+never kept on the object, so it cannot reach a config dump, manifest or W&B; it is registered
+with matrix.common.secrets, so an error text that echoes it (a 401 body) is masked in logs and errors.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
+from matrix.common.secrets import register, scrub
 from matrix.llm.errors import (
     BadResponse,
     ContextOverflow,
@@ -135,6 +137,7 @@ class OpenAIBackend:
             return "EMPTY"  # local servers started without --api-key accept anything
         key = os.environ.get(self.api_key_env)
         if key:
+            register(key)  # scrubbed from logs, the console and error text from now on
             return key
         if any(h in self.base_url for h in _LOCAL_HOSTS):
             return "EMPTY"
@@ -365,7 +368,9 @@ class OpenAIBackend:
 
 
 def _snippet(text: str | None, n: int = 300) -> str:
-    text = " ".join((text or "").split())
+    """A server's error text for our messages: one line, at most n chars, secrets masked (a
+    401 body may echo the Authorization header)."""
+    text = scrub(" ".join((text or "").split()))
     return text if len(text) <= n else text[:n] + "..."
 
 

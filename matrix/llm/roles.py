@@ -40,7 +40,7 @@ from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling
 log = logging.getLogger(__name__)
 
 _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
-_BACKEND_EXTRA_KEYS = ("prices",)  # read by Roles, not passed to the backend constructor
+BACKEND_EXTRA_KEYS = ("prices",)  # read by Roles, not passed to the backend constructor
 
 __all__ = ["RoleLLM", "Roles", "Usage"]
 
@@ -307,7 +307,7 @@ class Roles:
                     f"llm.backends has no '{name}'; defined: {sorted(self.cfg.backends)}"
                 )
             node = OmegaConf.to_container(self.cfg.backends[name], resolve=True)
-            for k in _BACKEND_EXTRA_KEYS:
+            for k in BACKEND_EXTRA_KEYS:
                 node.pop(k, None)
             self._backends[name] = instantiate(node)
         return self._backends[name]

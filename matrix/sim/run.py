@@ -21,7 +21,14 @@ from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Group, build_communication, members_text
 from matrix.sim.engine import SimConfig, SimState, Simulation
 from matrix.sim.grouping import check_bounds, constrained_groups
-from matrix.sim.population import anonymize_rules, load_profiles, resolve_data_path, sample_profiles
+from matrix.sim.population import (
+    anonymize_rules,
+    field_map_problem,
+    file_columns,
+    load_profiles,
+    resolve_data_path,
+    sample_profiles,
+)
 from matrix.sim.report import write_report
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,11 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         "population.path",
         f"no file at {path}; use population=default or a JSONL/CSV file",
     )
+    if path.is_file():
+        columns = file_columns(path, str(pop.format), pop.get("max_line_bytes"))
+        problem = field_map_problem(path, columns, dict(pop.fields))
+        if problem is not None and problem[1]:
+            p.add("population.fields", problem[0])
     if not p and pop.size is not None and isinstance(k, int):
         try:
             check_bounds(int(pop.size), k, int(comm.size_min), int(comm.size_max))

@@ -1,9 +1,17 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from matrix.common.io import read_jsonl
+from matrix.llm.roles import Roles
 from matrix.sim.grouping import GroupingError, check_bounds, constrained_groups
 from matrix.sim.population import ProfileError, anonymize_rules, load_profiles
+from matrix.sim.run import run_simulate
+from tests.conftest import ROOT, compose
+from tests.robustness.doubles import PromptHashLLM
 
 FIELDS = {
     "id": "id",
@@ -119,3 +127,119 @@ def test_small_population_with_the_paper_bounds_groups():
 def test_impossible_bounds_are_refused_with_the_fix(n, k, lo, hi, msg):
     with pytest.raises(GroupingError, match=msg):
         check_bounds(n, k, lo, hi)
+
+
+# --- a file whose columns do not match population.fields --------------------------------------
+
+
+def _bio_posts_jsonl(tmp_path, n=10):
+    p = tmp_path / "people.jsonl"
+    rows = [
+        {"id": f"u{i}", "bio": f"Nurse {i} who hikes on weekends.", "posts": [f"p{i}a", f"p{i}b"]}
+        for i in range(n)
+    ]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _tweets_csv(tmp_path, n=10):
+    p = tmp_path / "people.csv"
+    lines = ["user,description,recent_tweets"]
+    lines += [f"user{i},Teacher {i} who paints.,tweet {i}; another {i}" for i in range(n)]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _proposed(message: str) -> dict:
+    """The field map an error proposes (`Map them with: population.fields.x=y ...`)."""
+    fix = message.split("Map them with: ", 1)[1].split(" (", 1)[0]
+    pairs = [o.removeprefix("population.fields.").split("=", 1) for o in fix.split()]
+    return {k: (None if v == "null" else v) for k, v in pairs}
+
+
+@pytest.mark.parametrize(
+    ("make", "columns", "expected"),
+    [
+        (
+            _bio_posts_jsonl,
+            "id, bio, posts",
+            {"bio": "bio", "persona": "bio", "posts": "posts", "name": None, "handle": None},
+        ),
+        (
+            _tweets_csv,
+            "user, description, recent_tweets",
+            {"id": "user", "persona": "description", "posts": "recent_tweets", "name": None},
+        ),
+    ],
+)
+def test_unmatched_columns_are_listed_with_a_proposed_map(
+    tmp_path, caplog, make, columns, expected
+):
+    path = make(tmp_path)
+    with pytest.raises(ProfileError) as err:
+        load_profiles(str(path), FIELDS)
+    message = str(err.value)
+    assert f"the file's columns are: {columns}." in message
+    proposal = _proposed(message)
+    assert {k: proposal[k] for k in expected} == expected
+    assert not [r for r in caplog.records if "skipping" in r.getMessage()]  # no per-line noise
+    # the proposed map, as given on the command line, loads every profile
+    profiles, report = load_profiles(str(path), {**FIELDS, **proposal})
+    assert len(profiles) == 10 and not report.skipped
+    assert all(p.persona and p.posts for p in profiles)
+
+
+def test_a_profile_with_a_bio_and_no_persona_uses_the_bio(tmp_path):
+    p = _write(
+        tmp_path,
+        [
+            json.dumps({"id": "a", "description": "Retired chef.", "user_char_clean": ""}).encode(),
+            json.dumps(
+                {"id": "b", "description": "Pilot.", "user_char_clean": "A pilot, 40."}
+            ).encode(),
+            json.dumps({"id": "c", "description": "", "user_char_clean": ""}).encode(),
+        ],
+    )
+    profiles, report = load_profiles(
+        str(p), {"id": "id", "bio": "description", "persona": "user_char_clean"}
+    )
+    assert [(x.id, x.persona) for x in profiles] == [("a", "Retired chef."), ("b", "A pilot, 40.")]
+    assert report.skipped == (
+        f"{p}:3: missing or empty: persona (column 'user_char_clean') and bio (column 'description')",
+    )
+
+
+def test_an_absent_optional_column_is_reported_and_left_empty(tmp_path, caplog):
+    p = _write(tmp_path, [json.dumps({"id": "a", "user_char_clean": "A nurse."}).encode()])
+    profiles, _ = load_profiles(str(p), FIELDS)
+    assert profiles[0].persona == "A nurse." and profiles[0].posts == ()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'previous_tweets' (population.fields.posts)" in warned
+    assert "population.fields.posts=null" in warned
+
+
+def test_the_simulate_stage_refuses_the_file_before_it_starts_and_runs_with_the_map(tmp_path):
+    """Through simulate.py: exit 2 naming the columns and the map; then run_simulate with the
+    proposed overrides (LLM double) simulates the file's people."""
+    path = _tweets_csv(tmp_path)
+    base = ["debug=tiny", f"paths.runs_dir={tmp_path}/runs", f"population.path={path}"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "simulate.py"), *base, "logger=none"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "population.fields" in out.stderr and "user, description, recent_tweets" in out.stderr
+    assert "skipping" not in out.stderr
+    assert not list((tmp_path / "runs").rglob("manifest.json"))
+    fix = out.stderr.split("Map them with: ", 1)[1].split(" (", 1)[0].split()
+    cfg = compose("simulate", [*base, "logger=none", f"paths.cache_dir={tmp_path}/c", *fix])
+    run_simulate(cfg, Roles(cfg.llm, {"smollm2": PromptHashLLM()}))
+    agents = read_jsonl(tmp_path / "runs" / "tiny" / "simulate" / "agents.jsonl")
+    assert len(agents) == 8  # population=tiny samples 8 of the file's 10
+    for a in agents:
+        i = a["profile"]["id"].removeprefix("user")
+        assert a["profile"]["persona"] == f"Teacher {i} who paints."
+        assert a["profile"]["posts"] == [f"tweet {i}", f"another {i}"]
