@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.io import JsonlLog, disk_writes, file_sha256, write_json
-from matrix.secrets import redact, scrubbed_argv
+from matrix.secrets import is_secret_key, redact, scrubbed_argv  # noqa: F401 (re-export)
 
 if TYPE_CHECKING:
     from matrix.llm.roles import Roles
