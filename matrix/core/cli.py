@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import StorageError, storage_error
 from matrix.common.secrets import guard
@@ -120,10 +120,11 @@ class WritableRunsDir(Callback):
     disk, before Hydra tries to create its run folder there (conf/base.yaml)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(config.paths.runs_dir)
+        if runs_dir := OmegaConf.select(config, "paths.runs_dir"):
+            check_writable(runs_dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(config.paths.runs_dir)
+        self.on_run_start(config)
 
 
 def check_writable(folder: str | Path) -> None:

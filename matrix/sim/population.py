@@ -114,7 +114,7 @@ def _rows(path: Path, fmt: str, max_line_bytes: int | None = None):
     line over `max_line_bytes` is reported, never read into memory whole."""
     fmt = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             for i, row in enumerate(csv.DictReader(f), 2):
                 yield i, row
         return
@@ -178,7 +178,7 @@ def file_columns(path: Path, fmt: str, max_line_bytes: int | None = None) -> lis
     objects in order of appearance (lines that are not objects are left to the loader)."""
     fmt = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             return [c for c in (csv.DictReader(f).fieldnames or []) if c]
     columns: dict[str, None] = {}
     objects = (o for _, o, e in jsonl_lines(path, max_line_bytes) if isinstance(o, dict))

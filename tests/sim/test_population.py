@@ -243,3 +243,11 @@ def test_the_simulate_stage_refuses_the_file_before_it_starts_and_runs_with_the_
         i = a["profile"]["id"].removeprefix("user")
         assert a["profile"]["persona"] == f"Teacher {i} who paints."
         assert a["profile"]["posts"] == [f"tweet {i}", f"another {i}"]
+
+
+def test_a_csv_saved_with_a_byte_order_mark_keeps_its_first_column(tmp_path):
+    """Spreadsheet programs write UTF-8 CSVs with a BOM; it must not rename the `id` column."""
+    p = tmp_path / "excel.csv"
+    p.write_bytes("id,user_char_clean\n1,A retired teacher.\n".encode("utf-8-sig"))
+    profiles, _ = load_profiles(str(p), {"id": "id", "persona": "user_char_clean"})
+    assert [(x.id, x.persona) for x in profiles] == [("1", "A retired teacher.")]
