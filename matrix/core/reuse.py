@@ -37,9 +37,13 @@ def changed_inputs(manifest: dict) -> list[str]:
 
 
 def reuse_decision(cfg: DictConfig, stage: str) -> ReuseDecision:
-    path = stage_dir(cfg, stage) / "manifest.json"
+    folder = stage_dir(cfg, stage)
+    path = folder / "manifest.json"
+    # A stage removes its manifest when it starts and writes it when it finishes.
+    if not path.exists() and folder.is_dir() and any(folder.iterdir()):
+        return ReuseDecision(False, "the last run did not finish; resuming it")
     if not path.exists():
-        return ReuseDecision(False, "no finished run in this folder")
+        return ReuseDecision(False, "no run in this folder yet")
     m = json.loads(path.read_text(encoding="utf-8"))
     if not m.get("complete"):
         return ReuseDecision(False, "the last run did not finish; resuming it")
