@@ -19,9 +19,11 @@ import pytest
 from matrix.eval.run import run_evaluate
 from matrix.gen.run import run_generate
 from matrix.io import read_jsonl
+from matrix.llm.errors import ServerDied
+from matrix.llm.server import LocalServer
 from matrix.pipeline import run_pipeline
 from matrix.sim.run import run_simulate
-from tests.conftest import compose
+from tests.conftest import compose, free_port
 from tests.llm.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.server
@@ -38,11 +40,11 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("stages_on_server")
 
 
-def overrides(work: Path, proxy: FaultProxy, name: str, *extra: str) -> list[str]:
+def overrides(work: Path, url: str, name: str, *extra: str) -> list[str]:
     return [
         "debug=tiny",
         "llm=smollm2_server",
-        f"llm.backends.server.base_url={proxy.base_url}",
+        f"llm.backends.server.base_url={url}",
         f"llm.cache.dir={work / 'llm_cache'}",  # shared by every run of the module
         f"paths.runs_dir={work / 'runs'}",
         f"paths.cache_dir={work / 'cache'}",
@@ -75,7 +77,7 @@ def texts(rows: list[dict], *keys: str) -> list[tuple]:
 def simulated(work, proxy) -> dict:
     """The simulate stage once through the server (shared by the generate tests)."""
     before = proxy.posts
-    counts = run_simulate(compose("simulate", overrides(work, proxy, "sim")))
+    counts = run_simulate(compose("simulate", overrides(work, proxy.base_url, "sim")))
     out = work / "runs" / "sim" / "simulate"
     return {"counts": counts, "dir": out, "posts": proxy.posts - before}
 
@@ -97,7 +99,7 @@ def test_simulate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
     assert simulated["posts"] == served_calls(led) > 0
 
     before = proxy.posts
-    run_simulate(compose("simulate", overrides(work, proxy, "sim_again")))
+    run_simulate(compose("simulate", overrides(work, proxy.base_url, "sim_again")))
     assert proxy.posts == before  # zero new requests
     again = work / "runs" / "sim_again" / "simulate"
     assert_all_from_cache(manifest(again)["llm"])
@@ -112,7 +114,7 @@ def test_simulate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
 def test_generate_through_the_server_then_a_rerun_from_the_cache(work, proxy, simulated):
     extra = ("generator=tiny", f"simulation_dir={simulated['dir']}")
     before = proxy.posts
-    result = run_generate(compose("generate", overrides(work, proxy, "gen", *extra)))
+    result = run_generate(compose("generate", overrides(work, proxy.base_url, "gen", *extra)))
     posts = proxy.posts - before
     out = work / "runs" / "gen" / "generate"
     sft, dpo = read_jsonl(out / "sft.jsonl"), read_jsonl(out / "dpo.jsonl")
@@ -137,7 +139,7 @@ def test_generate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
     assert posts == served_calls(led) == served_calls(result["ledger"]) > 0
 
     before = proxy.posts
-    run_generate(compose("generate", overrides(work, proxy, "gen_again", *extra)))
+    run_generate(compose("generate", overrides(work, proxy.base_url, "gen_again", *extra)))
     assert proxy.posts == before
     again = work / "runs" / "gen_again" / "generate"
     assert_all_from_cache(manifest(again)["llm"])
@@ -152,7 +154,7 @@ def test_evaluate_model_and_judge_through_the_server_then_a_rerun_from_the_cache
     # the model under test is the responder role, i.e. the served model, as is the judge.
     extra = ("eval=demo", "eval.model.role=responder", "eval.model.checkpoint=null")
     before = proxy.posts
-    scores = run_evaluate(compose("evaluate", overrides(work, proxy, "ev", *extra)))
+    scores = run_evaluate(compose("evaluate", overrides(work, proxy.base_url, "ev", *extra)))
     posts = proxy.posts - before
     out = work / "runs" / "ev" / "evaluate"
     s = scores["alpaca_eval2"]
@@ -171,7 +173,7 @@ def test_evaluate_model_and_judge_through_the_server_then_a_rerun_from_the_cache
     assert json.loads((out / "scores.json").read_text())["scores"]["alpaca_eval2"] == s
 
     before = proxy.posts
-    again = run_evaluate(compose("evaluate", overrides(work, proxy, "ev_again", *extra)))
+    again = run_evaluate(compose("evaluate", overrides(work, proxy.base_url, "ev_again", *extra)))
     assert proxy.posts == before
     assert again == scores
     led = manifest(work / "runs" / "ev_again" / "evaluate")["ledger"]["roles"]
@@ -184,7 +186,7 @@ def test_pipeline_through_the_server_then_a_rerun_from_the_cache(work, proxy):
     # the server. seed=1 keeps its sampled prompts apart from the stage tests' (a cold cache).
     extra = ("experiment=demo", "seed=1")
     before = proxy.posts
-    run_pipeline(compose("pipeline", overrides(work, proxy, "pipe", *extra)))
+    run_pipeline(compose("pipeline", overrides(work, proxy.base_url, "pipe", *extra)))
     posts = proxy.posts - before
     run = work / "runs" / "pipe"
     manifests = {s: manifest(run / s) for s in ("simulate", "generate", "train", "evaluate")}
@@ -201,7 +203,7 @@ def test_pipeline_through_the_server_then_a_rerun_from_the_cache(work, proxy):
     assert manifests["generate"]["counts"]["sft"] == len(read_jsonl(run / "generate/sft.jsonl"))
 
     before = proxy.posts
-    run_pipeline(compose("pipeline", overrides(work, proxy, "pipe_again", *extra)))
+    run_pipeline(compose("pipeline", overrides(work, proxy.base_url, "pipe_again", *extra)))
     assert proxy.posts == before  # simulate, generate and the judge: all from the cache
     again = work / "runs" / "pipe_again"
     assert_all_from_cache(manifest(again / "simulate")["llm"])
@@ -210,3 +212,36 @@ def test_pipeline_through_the_server_then_a_rerun_from_the_cache(work, proxy):
     assert texts(read_jsonl(again / "generate/sft.jsonl"), "id", "messages") == texts(
         read_jsonl(run / "generate/sft.jsonl"), "id", "messages"
     )
+
+
+def test_a_stage_whose_server_dies_says_why_and_how_to_restart_it(work, tmp_path):
+    # The server as vLLM starts it by default on a CPU (chunked prefill on, here with a small
+    # step budget so every agent prompt is split): the first seeded batch kills its engine.
+    server = LocalServer(
+        free_port(),
+        log_path=tmp_path / "server.log",
+        extra_args=(
+            "--enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            "256",
+            "--max-num-seqs",
+            "8",
+        ),
+    )
+    with server:
+        url = server.base_url
+        cfg = compose(
+            "simulate",
+            [
+                *overrides(work, url, "dies"),
+                "llm.backends.server.max_retries=2",
+                "llm.backends.server.retry_max_wait=1",
+            ],
+        )
+        with pytest.raises(ServerDied) as e:
+            run_simulate(cfg)
+    msg = str(e.value)
+    assert url in msg and "HTTP 500" in msg
+    assert "RuntimeError: CPU Generator does not use offset" in msg  # the log's root cause
+    assert "--no-enable-chunked-prefill" in msg  # the fix
+    assert f"Restart it with: {server.spec.command()}" in msg
