@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm lint format config-doc clean-demo
+.PHONY: install demo test test-all llm-server bench-llm bench-server lint format config-doc clean-demo
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ llm-server: install
 bench-llm: install
 	bash scripts/setup_llm_server.sh
 	$(PY) bench/llm.py --server
+
+# The same simulate + generate work through the server and in process (docs/llm.md).
+bench-server: install
+	bash scripts/setup_llm_server.sh
+	$(PY) bench/server_vs_inprocess.py
 
 lint: install
 	$(VENV)/bin/ruff check .
