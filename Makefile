@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm lint format config-doc clean-demo
+.PHONY: install demo test test-all llm-server bench-llm bench-server lint format config-doc clean-demo
 
 install: $(STAMP)
 
@@ -41,14 +41,31 @@ test-all: install
 	bash scripts/setup_llm_server.sh
 	$(PY) -m pytest -q
 
-# A real OpenAI-compatible server for the embedded model on 127.0.0.1:8000 (llm=smollm2_server).
+# An OpenAI-compatible vLLM server on 127.0.0.1:$(PORT) in its own venv (.venv-vllm: the CPU
+# build without CUDA, the CUDA build with it). MODEL: a Hugging Face folder (default: the
+# embedded SmolLM2, served as "smollm2"); NAME: the served name (default: the folder's name);
+# TP/DP: tensor- and data-parallel size. Prints the `llm=` overrides that point the stages at it.
+#   make llm-server MODEL=/models/Meta-Llama-3-8B-Instruct NAME=llama3 TP=2 DP=4
+MODEL ?=
+NAME ?=
+PORT ?= 8000
+TP ?= 1
+DP ?= 1
+MAX_MODEL_LEN ?= 2048
 llm-server: install
 	bash scripts/setup_llm_server.sh
-	$(PY) -m matrix.llm.server --port 8000
+	$(PY) -m matrix.llm.server --port $(PORT) --max-model-len $(MAX_MODEL_LEN) \
+	  --tensor-parallel-size $(TP) --data-parallel-size $(DP) \
+	  $(if $(MODEL),--model-dir $(MODEL),) $(if $(NAME),--served-name $(NAME),)
 
 bench-llm: install
 	bash scripts/setup_llm_server.sh
 	$(PY) bench/llm.py --server
+
+# The same simulate + generate work through the server and in process (docs/llm.md).
+bench-server: install
+	bash scripts/setup_llm_server.sh
+	$(PY) bench/server_vs_inprocess.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,12 @@ real transformers code paths) and configs composed from the real conf/ tree."""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +93,33 @@ def _own_llm_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -
     """LLM answers are cached across runs by design (llm.cache); each test gets its own
     cache so no test is answered by another test's (or an earlier run's) backend."""
     monkeypatch.setenv("MATRIX_LLM_CACHE", str(tmp_path_factory.mktemp("llm_cache")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One real vLLM OpenAI-compatible server for the whole test session, serving the
+    embedded SmolLM2 as "smollm2" on 127.0.0.1 exactly as `make llm-server` does (installs the
+    server venv on first use). Tests that kill it start it again."""
+    from matrix.llm.errors import LLMError
+    from matrix.llm.server import LocalServer, vllm_python
+
+    log = logging.getLogger(__name__)
+    try:
+        vllm_python()
+    except LLMError:
+        t0 = time.monotonic()
+        subprocess.run([str(ROOT / "scripts/setup_llm_server.sh")], check=True)
+        log.warning("installed the vLLM venv in %.0fs", time.monotonic() - t0)
+    server = LocalServer(free_port(), log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server.start()
+    try:
+        log.warning("vLLM ready in %.0fs", server.wait_ready())
+        yield server
+    finally:
+        server.stop()

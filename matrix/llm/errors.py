@@ -35,6 +35,12 @@ class EndpointUnreachable(LLMError):
     """No server answers at the configured base_url (after retries)."""
 
 
+class ServerDied(EndpointUnreachable):
+    """The server failed for good: its engine died (HTTP 500s), or it answered HTTP 5xx and
+    then stopped answering. The message carries the server's own error and, for a server
+    matrix started, its log's last error and the command that restarts it."""
+
+
 class ModelNotServed(LLMError):
     """The server is up but does not serve the configured model name."""
 

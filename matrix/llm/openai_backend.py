@@ -35,6 +35,7 @@ from matrix.llm.errors import (
     EndpointUnreachable,
     LLMError,
     ModelNotServed,
+    ServerDied,
 )
 from matrix.llm.ledger import CHARS_PER_TOKEN, estimate_prompt_tokens
 from matrix.llm.protocol import Chat, Completion, Sampling
@@ -47,15 +48,26 @@ _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)", re.I)
 # resulted in 9000 tokens"; others: "request has N tokens".
 _PROMPT_SIZE = re.compile(r"(?:contains|has|resulted in|requested)(?: at least)? (\d+)", re.I)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# A 500 that says the server's engine is gone (vLLM: EngineDeadError, "EngineCore encountered
+# an issue"): every later request fails the same way, so it is not retried.
+_ENGINE_DEAD = re.compile(r"EngineCore encountered|EngineDead|engine (?:is )?dead", re.I)
 
 
 class _Garbage(Exception):
     """A 2xx answer that is not a chat completion; retried, then reported as BadResponse."""
 
 
+def _engine_dead(e: BaseException) -> bool:
+    return (
+        isinstance(e, openai.APIStatusError)
+        and e.status_code >= 500
+        and bool(_ENGINE_DEAD.search(e.message or ""))
+    )
+
+
 def _retryable(e: BaseException) -> bool:
     if isinstance(e, openai.APIStatusError):
-        return e.status_code == 429 or e.status_code >= 500
+        return (e.status_code == 429 or e.status_code >= 500) and not _engine_dead(e)
     return isinstance(e, openai.APIConnectionError | _Garbage)  # includes APITimeoutError
 
 
@@ -127,6 +139,7 @@ class OpenAIBackend:
         self.check_model = check_model
         self.extra_body = dict(extra_body or {})
         self._model_checked = False
+        self._last_5xx: str | None = None  # the last HTTP 5xx this server answered
 
     @property
     def name(self) -> str:
@@ -161,6 +174,8 @@ class OpenAIBackend:
     def _retrying(self) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
             e = state.outcome.exception() if state.outcome else None
+            if isinstance(e, openai.APIStatusError) and e.status_code >= 500:
+                self._last_5xx = f"HTTP {e.status_code}: {_snippet(e.message, 200)}"
             log.warning(
                 "%s: attempt %d failed (%s); retrying in %.1fs",
                 self.base_url,
@@ -177,24 +192,50 @@ class OpenAIBackend:
             reraise=True,
         )
 
+    def _diagnosis(self) -> str:
+        """What matrix knows about a local server it started: alive or not, its log's last
+        error and the command that restarts it (empty for other servers)."""
+        if not any(h in self.base_url for h in _LOCAL_HOSTS):
+            return ""
+        from matrix.llm.server import diagnose  # no import cost for hosted endpoints
+
+        text = diagnose(self.base_url)
+        return f" {text}" if text else ""
+
     def _unreachable(self, e: BaseException) -> LLMError:
         tries = self.max_retries + 1
+        if _engine_dead(e):
+            return ServerDied(
+                f"the server at {self.base_url} died: its engine failed and it answers every "
+                f"request with HTTP {e.status_code} ({_snippet(e.message)}).{self._diagnosis()}"
+            )
         if isinstance(e, openai.APITimeoutError):
             return EndpointUnreachable(
                 f"{self.base_url} did not answer within timeout={self.timeout}s ({tries} tries). "
                 "Raise llm.backends.<name>.timeout, lower max_concurrency, or check the server."
+                + self._diagnosis()
             )
         if isinstance(e, openai.APIConnectionError):
+            if self._last_5xx is not None:
+                return ServerDied(
+                    f"the server at {self.base_url} died: it answered {self._last_5xx}, then "
+                    f"stopped answering ({tries} tries: {e.__cause__ or e}).{self._diagnosis()}"
+                )
+            diagnosis = self._diagnosis()
             return EndpointUnreachable(
-                f"no server answers at {self.base_url} ({tries} tries: {e.__cause__ or e}). "
-                "Start one (for the embedded model: `python -m matrix.llm.server --port 8000`, "
-                "or `vllm serve MODEL --port 8000`) or point llm.backends.<name>.base_url at a "
-                "running OpenAI-compatible server."
+                f"no server answers at {self.base_url} ({tries} tries: {e.__cause__ or e})."
+                + (
+                    diagnosis
+                    or " Start one (any Hugging Face folder: `make llm-server "
+                    "MODEL=path/to/hf_folder`; the embedded model: `python -m "
+                    "matrix.llm.server --port 8000`) or point llm.backends.<name>.base_url at a "
+                    "running OpenAI-compatible server."
+                )
             )
         if isinstance(e, openai.APIStatusError):
             return BadResponse(
                 f"{self.base_url} kept failing with HTTP {e.status_code} after {tries} tries: "
-                f"{_snippet(e.message)}"
+                f"{_snippet(e.message)}{self._diagnosis()}"
             )
         return BadResponse(f"{self.base_url} kept answering with garbage ({tries} tries): {e}")
 
@@ -345,7 +386,9 @@ class OpenAIBackend:
         except (openai.APIConnectionError, _Garbage) as e:
             raise self._unreachable(e) from e
         except openai.APIStatusError as e:
-            if _retryable(e):
+            if e.status_code >= 500:
+                self._last_5xx = f"HTTP {e.status_code}: {_snippet(e.message, 200)}"
+            if _retryable(e) or _engine_dead(e):
                 raise self._unreachable(e) from e
             raise
         text = choices[0].message.content or ""

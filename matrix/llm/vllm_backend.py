@@ -31,9 +31,11 @@ def _import_vllm() -> Any:
         import vllm
     except ImportError as e:
         raise LLMError(
-            "the vllm backend needs vLLM: `pip install 'matrix[gpu]'` on a CUDA machine (or "
-            "`scripts/setup_llm_server.sh` and the smollm2_server / openai_compatible presets "
-            f"on CPU); import failed with: {e}"
+            "the in-process vllm backend needs vLLM in this environment, and vLLM pins its own "
+            "torch, so the training environment does not carry it. Serve the model from its "
+            "own virtualenv instead (`make llm-server MODEL=path/to/hf_folder`, then the "
+            "`llm=` overrides it prints), or run in an environment made with `pip install "
+            f"vllm` first; import failed with: {e}"
         ) from e
     return vllm
 
@@ -108,6 +110,13 @@ class VLLMBackend:
             }
             if self.max_model_len:
                 kwargs["max_model_len"] = self.max_model_len
+            from vllm.platforms import current_platform
+
+            if current_platform.is_cpu():
+                # The CPU build dies rewinding a seeded request's CPU generator when a prompt
+                # is prefilled in chunks ("CPU Generator does not use offset"); unchunked,
+                # vLLM sizes the step's token budget to a whole context.
+                kwargs.setdefault("enable_chunked_prefill", False)
             log.info(
                 "starting vLLM engine for %s (tp=%d)", kwargs["model"], self.tensor_parallel_size
             )

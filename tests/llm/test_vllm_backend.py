@@ -13,7 +13,7 @@ from matrix.llm.server import REPO, vllm_python
 from matrix.llm.vllm_backend import VLLMBackend
 
 
-def test_missing_vllm_names_the_gpu_extra():
+def test_missing_vllm_names_the_server_command():
     pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
@@ -22,7 +22,7 @@ def test_missing_vllm_names_the_gpu_extra():
     except ImportError:
         pass
     backend = VLLMBackend("embedded:smollm2-135m-instruct")  # building it needs nothing
-    with pytest.raises(LLMError, match=r"matrix\[gpu\]"):
+    with pytest.raises(LLMError, match=r"make llm-server MODEL="):
         backend.generate([[{"role": "user", "content": "hi"}]], Sampling())
 
 
