@@ -41,7 +41,10 @@ def quiet_logs() -> None:
     # Advertising tips ("💡 Tip: for seamless cloud uploads ...", litlogger) and deprecations
     # raised inside libraries, not in the user's code.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|transformers)\.")
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module=r"(torch|transformers|lightning)\."
+    )
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: "Tip:" not in r.getMessage() and "litlogger" not in r.getMessage()
     )

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from matrix.common.bad_rows import SHOWN
+from matrix.core.cli import quiet_logs
 from matrix.core.config_check import check_stage
 from matrix.core.stage import open_stage, stage_dir
 from matrix.train.attention import select_attention
@@ -142,6 +143,7 @@ def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
 def run_train(cfg: DictConfig) -> dict | None:
     """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
     check_stage(cfg, "train")
+    quiet_logs()  # Lightning, imported with this module, added its own console handler
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
     dm = ChatDataModule.from_config(cfg, tokenizer)
