@@ -55,6 +55,9 @@ def validate(cfg: DictConfig) -> None:
             errors.append(
                 f"eval.benchmarks has unknown {sorted(unknown)}; known: {sorted(BENCHMARKS)}"
             )
+        for name, bcfg in (ev.get("benchmarks") or {}).items():
+            if name in BENCHMARKS:
+                errors += BENCHMARKS[name].config_errors(bcfg, cfg)
         if not ev.get("benchmarks"):
             errors.append("eval.benchmarks is empty; pick a preset such as eval=suite or eval=demo")
         model = ev.get("model") or {}
@@ -142,17 +145,20 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     scores: dict[str, dict] = {}
     for name, bcfg in ev.benchmarks.items():
         bench = BENCHMARKS[name](capped(bcfg, ev.get("limit")))
+        bench.bind_roles(roles)
         log.info("evaluate: %s", name)
         s, items, answers, judgments = evaluate_benchmark(
             bench, model, lambda: roles.get("judge"), run.dir / name, chunk, Shard.from_cfg(cfg)
         )
         scores[name] = s
         run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})
-        if name == "alpaca_eval2" and len(items) >= 5:
-            plot_winrate_vs_length(
-                bench.per_item_lengths(items, answers, judgments),
-                run.dir / "alpaca_eval2_winrate_vs_length.png",
-            )
+        points = (
+            bench.per_item_lengths(items, answers, judgments)
+            if hasattr(bench, "per_item_lengths")
+            else []
+        )
+        if len(points) >= 5:
+            plot_winrate_vs_length(points, run.dir / f"{name}_winrate_vs_length.png")
     judge_name = roles.get("judge").name if any(BENCHMARKS[n].uses_judge for n in scores) else "-"
     write_json(
         run.dir / "scores.json", {"model": model.name, "judge": judge_name, "scores": scores}
