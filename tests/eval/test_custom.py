@@ -267,3 +267,4 @@ def test_custom_on_a_tiny_random_model_end_to_end(tmp_path, tiny_model_dir):
     cfg = _cfg(tmp_path, *overrides, "run.name=broken")
     with pytest.raises(ConfigError, match=rf"{questions}:6: not valid JSON"):
         run_evaluate(cfg)
+    assert not (tmp_path / "broken").exists()  # found before the stage started

@@ -228,6 +228,11 @@ class Custom(Benchmark):
                     f"{KEY}.baseline=run needs {KEY}.baseline_run set to a previous evaluate stage "
                     f"folder that evaluated `custom` (its custom/answers.jsonl); got {run!r}"
                 )
+        if not errors:  # the rows themselves: a bad line is named before any model loads
+            try:
+                cls(bcfg).load()
+            except ConfigError as e:
+                errors.append(str(e))
         return errors
 
     def bind_roles(self, roles: Any) -> None:
