@@ -69,7 +69,7 @@ def judge_costs(answer_words: int, prompt_price: float, completion_price: float)
     print("|---|---|---|---|---|")
     total = 0.0
     for name, cls in BENCHMARKS.items():
-        if not cls.uses_judge:
+        if not cls.uses_judge or name == "custom":  # custom: your questions, not the paper's
             continue
         bench = cls(shipped_settings(name))
         items = bench.load()

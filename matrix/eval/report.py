@@ -22,6 +22,7 @@ HEADLINE = {
     "humaneval": ("pass@1", None),
     "mbpp": ("pass@1", None),
     "safety": ("advbench/asr_keyword", None),
+    "custom": ("score", "score_ci95"),  # win rate vs the baseline, or the mean 1-10 rating
 }
 
 
@@ -83,8 +84,9 @@ def write_report(out_dir: Path, model_name: str, judge_name: str, scores: dict[s
         lines += ["", f"## {b}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in s.items()]
     lines += ["", "![scores](scores.png)"]
-    if (out_dir / "alpaca_eval2_winrate_vs_length.png").exists():
-        lines += ["", "![win rate vs length](alpaca_eval2_winrate_vs_length.png)"]
+    for bench in scores:
+        if (out_dir / f"{bench}_winrate_vs_length.png").exists():
+            lines += ["", f"![{bench}: win rate vs length]({bench}_winrate_vs_length.png)"]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out_dir / "report.md", text)
     return text

@@ -56,6 +56,10 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
         p.add(f"eval.benchmarks.{name}", f"unknown benchmark; {hint}known: {sorted(BENCHMARKS)}")
+    for name, bcfg in (ev.get("benchmarks") or {}).items():
+        if name in BENCHMARKS:
+            for err in BENCHMARKS[name].config_errors(bcfg, cfg):
+                p.add(f"eval.benchmarks.{name}", err)
     p.check(
         bool(ev.get("benchmarks")),
         "eval.benchmarks",
@@ -150,17 +154,20 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     scores: dict[str, dict] = {}
     for name, bcfg in ev.benchmarks.items():
         bench = BENCHMARKS[name](capped(bcfg, ev.get("limit")))
+        bench.bind_roles(roles)
         log.info("evaluate: %s", name)
         s, items, answers, judgments = evaluate_benchmark(
             bench, model, lambda: roles.get("judge"), run.dir / name, chunk, Shard.from_cfg(cfg)
         )
         scores[name] = s
         run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})
-        if name == "alpaca_eval2" and len(items) >= 5:
-            plot_winrate_vs_length(
-                bench.per_item_lengths(items, answers, judgments),
-                run.dir / "alpaca_eval2_winrate_vs_length.png",
-            )
+        points = (
+            bench.per_item_lengths(items, answers, judgments)
+            if hasattr(bench, "per_item_lengths")
+            else []
+        )
+        if len(points) >= 5:
+            plot_winrate_vs_length(points, run.dir / f"{name}_winrate_vs_length.png")
     judge_name = roles.get("judge").name if any(BENCHMARKS[n].uses_judge for n in scores) else "-"
     write_json(
         run.dir / "scores.json", {"model": model.name, "judge": judge_name, "scores": scores}

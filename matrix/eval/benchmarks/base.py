@@ -47,6 +47,16 @@ class Benchmark:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def config_errors(cls, bcfg: DictConfig, cfg: DictConfig) -> list[str]:
+        """Errors in this benchmark's settings `bcfg` (whole config `cfg`), found before any
+        model is loaded; none by default."""
+        return []
+
+    def bind_roles(self, roles: Any) -> None:
+        """Called by the evaluate stage with the llm roles, for a benchmark that asks a role
+        other than the judge (a baseline model); ignored by default."""
+
     def judge_calls(self, n_items: int) -> int:
         """Judge LLM calls for `n_items` items without retries (documented cost)."""
         return n_items if self.uses_judge else 0

@@ -1,0 +1,374 @@
+"""Your own questions: a JSONL or CSV file of instructions, judged pairwise or single-answer.
+
+    python evaluate.py eval=custom eval.benchmarks.custom.path=my.jsonl
+
+Each row is one question. `columns` maps the fields to the file's column names: `instruction`
+(required), `id` (optional; the line number otherwise, so give ids if you will edit the file
+between resumed runs), `reference` (an optional reference answer) and `category` (optional;
+scores are also reported per category). A row that cannot be used (not JSON, not an object, no
+instruction, a duplicate id, no reference where the baseline needs one) is named by file and
+line, and fails the run (`on_error: fail`, the default) or is skipped (`on_error: skip`).
+
+Modes:
+- `pairwise`: the model's answer against a baseline answer to the same question, judged in both
+  orders with Arena-Hard's judge prompt and scored with Bradley-Terry as a 0-100 win rate vs the
+  baseline with a bootstrap 95% CI. This is the `arena_hard` benchmark's own judge and scoring
+  (`ArenaHard.judge/score`), applied to these questions. The baseline is `baseline: reference`
+  (the file's reference answers), `baseline: role` (answers by the llm role `baseline_role`,
+  with that role's own sampling settings, cached with the model's answers) or `baseline: run`
+  (the model answers of a previous evaluation of the same file: `baseline_run` is that evaluate
+  stage folder, or its `custom/answers.jsonl`).
+- `single`: a 1-10 rating per answer with MT-Bench's single-answer judge prompts (`single-v1`;
+  the reference-guided `single-math-v1` for rows with a reference answer); the mean rating with
+  a bootstrap 95% CI, per category, and unparsed ratings counted as 1 (as `mt_bench`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from matrix.common.bad_rows import BadRows
+from matrix.common.io import jsonl_lines
+from matrix.core.validation import ConfigError
+from matrix.eval.benchmarks.arena_hard import ArenaHard
+from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
+from matrix.eval.benchmarks.mt_bench import FAILED_RATING, bootstrap_mean_ci
+from matrix.eval.bradley_terry import verdict_to_battles
+from matrix.eval.datafiles import read_jsonl
+from matrix.eval.judging import judge_batch, parse_rating
+from matrix.sim.population import resolve_data_path
+
+KEY = "eval.benchmarks.custom"
+MODES = ("pairwise", "single")
+BASELINES = ("reference", "role", "run")
+FORMATS = ("auto", "jsonl", "csv")
+DEFAULT_COLUMNS = {
+    "id": "id",
+    "instruction": "instruction",
+    "reference": "reference",
+    "category": "category",
+}
+
+
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
+    """(line number, row dict or why it is unusable) for every record of a JSONL or CSV file."""
+    fmt = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+    if fmt == "jsonl":
+        for lineno, obj, error in jsonl_lines(path):
+            if error is None and not isinstance(obj, dict):
+                error = f"expected a JSON object, got {type(obj).__name__}"
+            yield lineno, obj if error is None else error
+        return
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            width = len(reader.fieldnames or [])
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield reader.line_num, f"not valid CSV ({e})"
+                    continue
+                if None in row:  # more fields than the header
+                    yield (
+                        reader.line_num,
+                        f"{width + len(row[None])} fields, the header has {width}",
+                    )
+                elif any(v is None for v in row.values()):
+                    n = sum(v is not None for v in row.values())
+                    yield reader.line_num, f"{n} fields, the header has {width}"
+                else:
+                    yield reader.line_num, row
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e}); save the CSV as UTF-8") from e
+
+
+def _text(row: Mapping, column: str | None) -> str | None:
+    """The stripped string in `column`, None when the column is unset, absent or empty."""
+    if not column:
+        return None
+    value = row.get(column)
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"column '{column}' holds a {type(value).__name__}, expected text")
+    return str(value).strip() or None
+
+
+def load_questions(
+    path: str | Path,
+    columns: Mapping[str, str | None] | None = None,
+    fmt: str = "auto",
+    on_error: str = "fail",
+    need_reference: bool = False,
+) -> list[Record]:
+    """Questions as records {"id", "prompt", "reference", "category", "line"}.
+
+    A malformed row is named `<file>:<line>: <why>` and fails (ConfigError) or is skipped,
+    by `on_error`. `need_reference` makes a missing reference answer such a row.
+    """
+    cols = {**DEFAULT_COLUMNS, **dict(columns or {})}
+    p = resolve_data_path(str(path))
+    if not p.is_file():
+        raise ConfigError(
+            f"{KEY}.path: no file at {p}; point it at a JSONL or CSV file of questions "
+            "(see docs/evaluate.md, 'Your own questions')"
+        )
+    if fmt not in FORMATS:
+        raise ConfigError(f"{KEY}.format={fmt!r}: use one of {', '.join(FORMATS)}")
+    bad = BadRows(p, on_error, f"{KEY}.on_error")
+    items: list[Record] = []
+    seen: set[str] = set()
+    lines = 0
+    for lineno, row in _rows(p, fmt):
+        lines += 1
+        if isinstance(row, str):
+            bad.add(lineno, row)
+            continue
+        try:
+            prompt = _text(row, cols["instruction"])
+            qid = _text(row, cols["id"]) or str(lineno)
+            reference = _text(row, cols["reference"])
+            category = _text(row, cols["category"])
+        except ValueError as e:
+            bad.add(lineno, str(e))
+            continue
+        if prompt is None:
+            bad.add(
+                lineno,
+                f"no instruction in column '{cols['instruction']}' (the column is named by "
+                f"{KEY}.columns.instruction)",
+            )
+            continue
+        if qid in seen:
+            bad.add(lineno, f"duplicate id '{qid}'")
+            continue
+        if need_reference and reference is None:
+            bad.add(
+                lineno,
+                (
+                    f"no reference answer in column '{cols['reference']}'"
+                    if cols["reference"]
+                    else f"no reference column ({KEY}.columns.reference is null)"
+                )
+                + f", which baseline=reference needs (set {KEY}.columns.reference to the "
+                "column of reference answers, or use baseline=role or baseline=run)",
+            )
+            continue
+        seen.add(qid)
+        items.append(
+            {"id": qid, "prompt": prompt, "reference": reference, "category": category,
+             "line": lineno}
+        )  # fmt: skip
+    if not items:
+        raise ConfigError(
+            f"{p}: no usable question among {lines} rows; check {KEY}.columns.instruction"
+        )
+    bad.summary(lines)
+    return items
+
+
+def baseline_answers_path(run: str | Path) -> Path:
+    """`custom/answers.jsonl` of a previous evaluate stage folder (or that file itself)."""
+    p = Path(run).expanduser()
+    return p if p.is_file() else p / "custom" / "answers.jsonl"
+
+
+class Custom(Benchmark):
+    name = "custom"
+
+    def __init__(self, cfg: DictConfig | dict | None = None):
+        super().__init__(cfg)
+        self.roles: Any = None
+        self._pairwise = ArenaHard(self.cfg)  # the same judge prompt, verdicts and scoring
+
+    @property
+    def mode(self) -> str:
+        return str(self.opt("mode", "pairwise"))
+
+    @property
+    def baseline(self) -> str:
+        return str(self.opt("baseline", "reference"))
+
+    @classmethod
+    def config_errors(cls, bcfg: DictConfig, cfg: DictConfig) -> list[str]:
+        """Errors in this benchmark's settings, found before any model is loaded."""
+        errors = []
+        mode, baseline = bcfg.get("mode") or "pairwise", bcfg.get("baseline") or "reference"
+        if not bcfg.get("path"):
+            errors.append(f"{KEY}.path is not set; point it at a JSONL or CSV file of questions")
+        elif not resolve_data_path(str(bcfg.path)).is_file():
+            errors.append(f"{KEY}.path: no file at {resolve_data_path(str(bcfg.path))}")
+        if mode not in MODES:
+            errors.append(f"{KEY}.mode={mode!r}: use one of {', '.join(MODES)}")
+        if baseline not in BASELINES:
+            errors.append(f"{KEY}.baseline={baseline!r}: use one of {', '.join(BASELINES)}")
+        if not (bcfg.get("columns") or {}).get("instruction"):
+            errors.append(f"{KEY}.columns.instruction must name the column of the questions")
+        if mode == "pairwise" and baseline == "role":
+            role = bcfg.get("baseline_role")
+            roles = (cfg.get("llm") or {}).get("roles") or {}
+            if not role or role not in roles:
+                errors.append(
+                    f"{KEY}.baseline=role needs {KEY}.baseline_role set to one of the llm roles "
+                    f"({', '.join(sorted(roles))}); got {role!r}"
+                )
+        if mode == "pairwise" and baseline == "run":
+            run = bcfg.get("baseline_run")
+            if not run or not baseline_answers_path(run).is_file():
+                errors.append(
+                    f"{KEY}.baseline=run needs {KEY}.baseline_run set to a previous evaluate stage "
+                    f"folder that evaluated `custom` (its custom/answers.jsonl); got {run!r}"
+                )
+        if not errors:  # the rows themselves: a bad line is named before any model loads
+            try:
+                cls(bcfg).load()
+            except ConfigError as e:
+                errors.append(str(e))
+        return errors
+
+    def bind_roles(self, roles: Any) -> None:
+        self.roles = roles
+
+    def load(self) -> list[Record]:
+        items = load_questions(
+            self.opt("path", ""),
+            dict(self.opt("columns", {})),
+            str(self.opt("format", "auto")),
+            str(self.opt("on_error", "fail")),
+            need_reference=self.mode == "pairwise" and self.baseline == "reference",
+        )
+        items = self.limit(items)
+        if self.mode == "pairwise" and self.baseline == "run":
+            self._attach_run_baseline(items)
+        elif self.mode == "pairwise" and self.baseline == "reference":
+            for it in items:
+                it["baseline"] = it["reference"]
+        return items
+
+    def _attach_run_baseline(self, items: list[Record]) -> None:
+        path = baseline_answers_path(self.opt("baseline_run", ""))
+        previous = {}
+        for lineno, row, error in jsonl_lines(path):
+            if error is not None or not isinstance(row, dict) or "id" not in row:
+                raise ConfigError(f"{path}:{lineno}: not an answer row ({error or 'no id'})")
+            previous[str(row["id"])] = row["turns"][0]
+        missing = [it["id"] for it in items if it["id"] not in previous]
+        if missing:
+            raise ConfigError(
+                f"{KEY}.baseline_run: {path} has no answer for {len(missing)} of {len(items)} "
+                f"questions (ids {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+                "it must be an evaluation of the same question file"
+            )
+        for it in items:
+            it["baseline"] = previous[it["id"]]
+
+    def answer(self, model: Any, items: list[Record]) -> list[Record]:
+        sampling = self.opt("sampling", {})
+        texts = single_turn(model, [it["prompt"] for it in items], **sampling)
+        rows = [{"id": it["id"], "turns": [t]} for it, t in zip(items, texts, strict=True)]
+        if self.mode == "pairwise" and self.baseline == "role":
+            if self.roles is None:
+                raise ConfigError(f"{KEY}.baseline=role: no llm roles were given to the benchmark")
+            role = self.roles.get(str(self.opt("baseline_role", "")))
+            base = single_turn(role, [it["prompt"] for it in items])
+            for row, text in zip(rows, base, strict=True):
+                row["baseline"] = text
+        return rows
+
+    def _with_baseline(self, items: list[Record], answers: list[Record]) -> list[Record]:
+        """Items carrying their baseline answer (from the answer rows for baseline=role)."""
+        if all("baseline" in it for it in items):
+            return items
+        ans = by_id(answers)
+        return [{**it, "baseline": ans[it["id"]]["baseline"]} for it in items]
+
+    def judge_calls(self, n_items: int) -> int:
+        return 2 * n_items if self.mode == "pairwise" else n_items
+
+    def judge(self, judge: Any, items: list[Record], answers: list[Record]) -> list[Record]:
+        if self.mode == "pairwise":
+            return self._pairwise.judge(judge, self._with_baseline(items, answers), answers)
+        prompts = {p["name"]: p for p in read_jsonl("mt_bench/judge_prompts.jsonl")}
+        ans = by_id(answers)
+        chats = []
+        for it in items:
+            p = prompts["single-math-v1" if it["reference"] else "single-v1"]
+            fields = {"question": it["prompt"], "answer": ans[it["id"]]["turns"][0]}
+            if it["reference"]:
+                fields["ref_answer_1"] = it["reference"]
+            chats.append(
+                [
+                    {"role": "system", "content": p["system_prompt"]},
+                    {"role": "user", "content": p["prompt_template"].format(**fields)},
+                ]
+            )
+        out = judge_batch(judge, chats, parse_rating, **self.opt("judge_sampling", {}))
+        return [{"id": it["id"], **j.as_dict()} for it, j in zip(items, out, strict=True)]
+
+    def score(self, items: list[Record], answers: list[Record], judgments: list[Record]) -> dict:
+        if self.mode == "pairwise":
+            with_base = self._with_baseline(items, answers)
+            out = {
+                **self._pairwise.score(with_base, answers, judgments),
+                "mode": "pairwise",
+                "baseline": self._baseline_name(),
+            }
+            per_item = self.per_item_lengths(with_base, answers, judgments)
+            for cat, wins in self._by_category(items, [w for _, w in per_item]).items():
+                out[f"category/{cat}"] = 100 * float(np.mean(wins))
+            return out
+        jud = by_id(judgments)
+        ratings = [
+            jud[it["id"]]["verdict"] if jud[it["id"]]["ok"] else FAILED_RATING for it in items
+        ]
+        arr = np.array(ratings, dtype=float)
+        out = {
+            "score": float(arr.mean()),
+            "score_ci95": bootstrap_mean_ci(arr),
+            "mode": "single",
+            "n": len(items),
+            "judge_failures": sum(not jud[it["id"]]["ok"] for it in items),
+        }
+        for cat, values in self._by_category(items, ratings).items():
+            out[f"category/{cat}"] = float(np.mean(values))
+        return out
+
+    def _baseline_name(self) -> str:
+        if self.baseline == "role":
+            return f"role:{self.opt('baseline_role', '')}"
+        if self.baseline == "run":
+            return f"run:{self.opt('baseline_run', '')}"
+        return "reference"
+
+    @staticmethod
+    def _by_category(items: list[Record], values: list[float]) -> dict[str, list[float]]:
+        per: dict[str, list[float]] = {}
+        for it, v in zip(items, values, strict=True):
+            if it["category"]:
+                per.setdefault(it["category"], []).append(v)
+        return dict(sorted(per.items()))
+
+    def per_item_lengths(self, items: list[Record], answers: list[Record], judgments: list[Record]):
+        """(answer length, share of the two games won) per item, for the win-rate-vs-length plot;
+        empty in single mode. A strong verdict counts once here, an unparsed game as a loss."""
+        if self.mode != "pairwise":
+            return []
+        ans, jud = by_id(answers), by_id(judgments)
+        points = []
+        for it in items:
+            games = jud[it["id"]]["games"]
+            won = [
+                np.mean(verdict_to_battles(g["verdict"], model_is_a, 1)) if g["ok"] else 0.0
+                for g, model_is_a in zip(games, (False, True), strict=True)
+            ]
+            points.append((len(ans[it["id"]]["turns"][0]), float(np.mean(won))))
+        return points
