@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ _OPEN = (
     "trainer.fsdp",
     "logger.wandb.settings",
 )
+# A block whose keys are those of another block.
+_SAME_KEYS_AS = {"generator.sets.*.retrieval": "generate.retrieval"}
 # Integer budgets: null means "no limit", zero means "do nothing", which is never intended.
 _BUDGETS = (
     "simulation.max_rounds",
@@ -110,6 +113,10 @@ def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
         if prefix:
             keys.add(prefix)
         _walk(data, prefix, keys)
+    # Blocks that take the keys of another block: a generator set's `retrieval:` overrides
+    # generate.retrieval (matrix.gen.config._retrieval).
+    for alias, source in _SAME_KEYS_AS.items():
+        keys |= {alias + k[len(source) :] for k in keys if k.startswith(source + ".")}
     return frozenset(keys)
 
 
@@ -189,10 +196,11 @@ def check_config(cfg: DictConfig, stage: str) -> None:
     config_problems(cfg, stage).raise_if_any(stage)
 
 
-def check_stage(cfg: DictConfig, stage: str) -> None:
+def check_stage(cfg: DictConfig, stage: str, provided_backends: Iterable[str] = ()) -> None:
     """The one check a stage runs before any model loads: the config-wide problems and the
-    stage's own validator (matrix.core.registry), all listed in one ConfigError."""
-    p = config_problems(cfg, stage)
+    stage's own validator (matrix.core.registry), all listed in one ConfigError.
+    `provided_backends` are backends handed to the stage in-process, by name."""
+    p = config_problems(cfg, stage, provided_backends)
     if not p:  # a typo'd key can make the stage's validator fail on a missing one
         p.extend(STAGES[stage].validate(cfg))
     p.raise_if_any(stage)
@@ -259,7 +267,9 @@ def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
                 _check_fields(b.get(block), Sampling, f"eval.benchmarks.{name}.{block}", p)
 
 
-def config_problems(cfg: DictConfig, stage: str) -> ConfigProblems:
+def config_problems(
+    cfg: DictConfig, stage: str, provided_backends: Iterable[str] = ()
+) -> ConfigProblems:
     """Unknown keys (with a suggestion), zero budgets, shard settings and role backends."""
     p = ConfigProblems()
     check_keys(cfg, p)
@@ -268,9 +278,10 @@ def config_problems(cfg: DictConfig, stage: str) -> ConfigProblems:
     check_shard(cfg, p, stage)
     roles = _get(cfg, "llm.roles") or {}
     backends = _get(cfg, "llm.backends") or {}
+    provided = set(provided_backends)
     for role, rc in roles.items():
         b = rc.get("backend") if isinstance(rc, DictConfig) else None
-        if b is not None and b not in backends:
+        if b is not None and b not in backends and b not in provided:
             p.add(
                 f"llm.roles.{role}.backend", f"'{b}' is not in llm.backends ({', '.join(backends)})"
             )

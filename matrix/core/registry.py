@@ -87,7 +87,7 @@ STAGES: dict[str, Stage] = {
                 "embedding",
                 "shard",
             ),
-            validate_ref="matrix.gen.run:validate",
+            validate_ref="matrix.gen.config:validate",
             merge_ref="matrix.gen.merge:merge_shards",
         ),
         Stage(

@@ -21,8 +21,11 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     set short of its target by that many rows; the merge cannot generate replacements."""
     from matrix.common.embeddings import Encoder
     from matrix.gen.candidates import row_instruction
+    from matrix.gen.config import KINDS, build_specs
     from matrix.gen.filters import Deduper
-    from matrix.gen.run import KINDS, SetState, build_specs, simulation_input, write_outputs
+    from matrix.gen.outputs import write_outputs
+    from matrix.gen.run import simulation_input
+    from matrix.gen.state import SetState
 
     sim, inputs = simulation_input(cfg)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)

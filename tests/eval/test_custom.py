@@ -132,20 +132,20 @@ def test_config_errors_are_all_named_before_any_model_loads(tmp_path):
         "eval.benchmarks.custom.baseline_role=nobody",
     )
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        validate(cfg).raise_if_any("evaluate")
     msg = str(e.value)
     assert "custom.path: no file at nowhere.jsonl" in msg
     assert "custom.mode='triple'" in msg
     cfg = _cfg(tmp_path, "eval.benchmarks.custom.baseline=run")
     with pytest.raises(ConfigError, match="baseline=run needs eval.benchmarks.custom.baseline_run"):
-        validate(cfg)
+        validate(cfg).raise_if_any("evaluate")
     cfg = _cfg(
         tmp_path,
         "eval.benchmarks.custom.baseline=role",
         "eval.benchmarks.custom.baseline_role=nobody",
     )
     with pytest.raises(ConfigError, match="baseline_role set to one of the llm roles"):
-        validate(cfg)
+        validate(cfg).raise_if_any("evaluate")
 
 
 class JudgeFavoursModel:

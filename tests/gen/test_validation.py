@@ -4,7 +4,8 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from matrix.core.validation import ConfigError
-from matrix.gen.run import run_generate, validate
+from matrix.gen.config import validate
+from matrix.gen.run import run_generate
 
 from .doubles import compose_generate
 

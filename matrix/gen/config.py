@@ -1,0 +1,203 @@
+"""The generate stage's settings: the sets of `generator.sets` as typed specs, and every
+config problem found before any model loads (`validate`, the stage registry's validator)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from matrix.common.prompts import PromptError, render_prompt
+from matrix.core.shard import Shard
+from matrix.core.validation import ConfigProblems
+from matrix.gen.synthesis import SetSpec, template_id
+
+log = logging.getLogger(__name__)
+
+
+KINDS = ("sft", "dpo")
+SOURCES = ("simulation", "persona", "magpie")
+REJECTED_BACKEND = "rejected_model"
+# Template fields each source provides (checked before any model loads).
+_SEED_FIELDS = {
+    "simulation": ("need", "name", "persona", "goal", "others", "scenario", "actions"),
+    "persona": ("need", "name", "persona", "goal", "others"),
+    "magpie": ("need",),
+}
+
+
+# -- config ----------------------------------------------------------------------------------
+def effective_target(spec_target: int, limit: int | None) -> int:
+    return min(spec_target, int(limit)) if limit is not None else spec_target
+
+
+def _retrieval(cfg: DictConfig, s: DictConfig) -> dict[str, Any]:
+    """The global `retrieval` settings with the set's own `retrieval:` block on top."""
+    merged = OmegaConf.merge(cfg.generate.retrieval, s.get("retrieval") or {})
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
+    """The sets to generate; a shard's targets are its share of each set's target, so the
+    shards' rows add up to the unsharded target (before the merge drops cross-shard
+    duplicates, see merge_shards)."""
+    specs = []
+    for name, s in cfg.generator.sets.items():
+        need = str(s.need)
+        need_text = str(cfg.generate.needs[need]) if need in cfg.generate.needs else need
+        specs.append(
+            SetSpec(
+                name=str(name),
+                kind=str(s.kind),
+                domain=str(s.domain),
+                source=str(s.source),
+                need_name=need if need in cfg.generate.needs else "custom",
+                need_text=need_text,
+                target=shard.share(effective_target(int(s.target), cfg.generate.limit)),
+                turns=int(s.get("turns", 1)),
+                allow_refusals=bool(s.get("allow_refusals", False)),
+                prompts=OmegaConf.to_container(s.prompts, resolve=True),
+                retrieval=_retrieval(cfg, s),
+            )
+        )
+    return specs
+
+
+def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> None:
+    key = f"generator.sets.{name}"
+    p.check(
+        s.get("kind") in KINDS, f"{key}.kind", f"{s.get('kind')!r} is not one of {', '.join(KINDS)}"
+    )
+    src = s.get("source")
+    p.check(src in SOURCES, f"{key}.source", f"{src!r} is not one of {', '.join(SOURCES)}")
+    target = s.get("target")
+    p.check(
+        isinstance(target, int) and target >= 1,
+        f"{key}.target",
+        f"{target!r} must be an integer >= 1",
+    )
+    turns = s.get("turns", 1)
+    if p.check(
+        isinstance(turns, int) and turns >= 1, f"{key}.turns", f"{turns!r} must be an integer >= 1"
+    ):
+        p.check(
+            not (s.get("kind") == "dpo" and turns > 1),
+            f"{key}.turns",
+            "DPO sets are single-turn (prompt, chosen, rejected); use turns: 1",
+        )
+    need = str(s.get("need") or "")
+    # A need is either a name from `needs` or a sentence of its own; a lone unknown word is
+    # almost always a typo of a name.
+    p.check(
+        need in cfg.generate.needs or len(need.split()) >= 3,
+        f"{key}.need",
+        f"{need!r} is not one of {sorted(cfg.generate.needs)}; name one of generate.needs, or write the need as a sentence",
+    )
+    prompts = s.get("prompts") or {}
+    fields = {f: "x" for f in _SEED_FIELDS.get(src, ())}
+    if src != "magpie" and p.check(
+        bool(prompts.get("instruction")), f"{key}.prompts.instruction", "missing"
+    ):
+        _check_template(p, prompts.instruction, f"{key}.prompts.instruction", fields)
+    if p.check(bool(prompts.get("response")), f"{key}.prompts.response", "missing"):
+        _check_template(p, prompts.response, f"{key}.prompts.response", {"instruction": "x"})
+    if (
+        isinstance(turns, int)
+        and turns > 1
+        and p.check(
+            bool(prompts.get("follow_up")),
+            f"{key}.prompts.follow_up",
+            "missing; needed when turns > 1",
+        )
+    ):
+        _check_template(
+            p, prompts.follow_up, f"{key}.prompts.follow_up", {**fields, "conversation": "x"}
+        )
+
+
+def _check_template(p: ConfigProblems, tpl: Any, key: str, fields: dict[str, str]) -> None:
+    try:
+        render_prompt(tpl, key, **fields)
+    except PromptError as e:
+        p.add(key, str(e))
+
+
+def validate(cfg: DictConfig) -> ConfigProblems:
+    """Everything that can be checked before a model loads, all problems listed at once."""
+    p = ConfigProblems()
+    g = cfg.generate
+    sets = cfg.generator.get("sets") or {}
+    p.check(bool(sets), "generator.sets", "no sets; pick a generator=... option or define sets")
+    for name, s in sets.items():
+        _check_set(p, cfg, str(name), s)
+    p.check(
+        g.limit is None or (isinstance(g.limit, int) and g.limit >= 1),
+        "generate.limit",
+        "must be >= 1 or null",
+    )
+    p.check(int(g.batch_size) >= 1, "generate.batch_size", "must be >= 1")
+    p.check(float(g.oversample) >= 1.0, "generate.oversample", "must be >= 1.0")
+    p.check(float(g.max_attempts_factor) >= 1.0, "generate.max_attempts_factor", "must be >= 1.0")
+    f = cfg.generate.filters
+    for key, r in [("generate.retrieval", cfg.generate.retrieval)] + [
+        (f"generator.sets.{n}.retrieval", _retrieval(cfg, s))
+        for n, s in sets.items()
+        if s.get("retrieval")
+    ]:
+        p.check(
+            r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
+        )
+        p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
+        p.check(
+            r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
+            f"{key}.personas_per_scenario",
+            "must be >= 1 or null",
+        )
+    p.check(
+        0.0 < float(f.near_dup_threshold) <= 1.0,
+        "generate.filters.near_dup_threshold",
+        "must be within (0, 1]",
+    )
+    p.check(
+        int(f.max_instruction_chars) > int(f.min_instruction_chars),
+        "generate.filters.max_instruction_chars",
+        "must be above generate.filters.min_instruction_chars",
+    )
+    needed_roles = ["generator", "responder"]
+    if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.rejected_model:
+        needed_roles.append("rejecter")
+    for role in needed_roles:
+        p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
+    if cfg.rejected_model:
+        p.check(
+            (Path(str(cfg.rejected_model)) / "config.json").is_file(),
+            "rejected_model",
+            f"no Hugging Face model folder at {cfg.rejected_model} (expected config.json); "
+            "point it at train.py's hf_model/ folder",
+        )
+    if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
+        _check_simulation(p, cfg)
+    return p
+
+
+def _check_simulation(p: ConfigProblems, cfg: DictConfig) -> None:
+    d = Path(str(cfg.simulation_dir))
+    how = (
+        f"run `python simulate.py run.name={cfg.run.name}` first (it writes "
+        f"{cfg.paths.runs_dir}/{cfg.run.name}/simulate/), or set simulation_dir=<a simulate output folder>"
+    )
+    if not (d / "scenarios.jsonl").is_file():
+        p.add("simulation_dir", f"no scenarios.jsonl in {d}; {how}")
+    elif not (d / "scenarios.jsonl").read_text(encoding="utf-8").strip():
+        p.add(
+            "simulation_dir",
+            f"{d}/scenarios.jsonl has no scenarios; simulate for more rounds ({how})",
+        )
+    elif not ((d / "agents.jsonl").is_file() or (d / "state.json").is_file()):
+        p.add("simulation_dir", f"no agents.jsonl (or state.json) in {d}; {how}")
+
+
+def templates_of(spec: SetSpec) -> dict[str, str]:
+    return {k: template_id(spec.name, k, v) for k, v in spec.prompts.items()}
