@@ -50,6 +50,13 @@ def validate(cfg: DictConfig) -> None:
             f"{k!r} must be an integer >= 1 or 'auto'",
         )
     p.check(int(sim.max_rounds) >= 1, "simulation.max_rounds", "must be >= 1")
+    p.check(
+        comm.unparsed in ("broadcast", "nobody"),
+        "communication.unparsed",
+        f"'{comm.unparsed}' is not one of broadcast, nobody",
+    )
+    for key in ("inbound_max", "memory_size", "goal_chars", "profile_chars"):
+        p.check(int(comm[key]) >= 1, f"communication.{key}", "must be >= 1")
     p.check(int(cfg.scenario.interval) >= 1, "scenario.interval", "must be >= 1")
     p.check(pop.on_error in ("skip", "fail"), "population.on_error", "use skip or fail")
     p.check(
@@ -106,7 +113,7 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
         render_prompt(
             comm.prompts.group_description,
             "communication.prompts.group_description",
-            members=members_text(g, agents),
+            members=members_text(g, agents, int(comm.profile_chars)),
         )
         for g in groups
     ]
@@ -150,6 +157,9 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         goal_check_every=int(cfg.simulation.goal_check_every),
         inbox_max=int(cfg.simulation.inbox_max),
         seed=int(cfg.seed),
+        group_memory=int(cfg.communication.memory_size),
+        inbound_max=int(cfg.communication.inbound_max),
+        scenario_profile_chars=int(cfg.scenario.profile_chars),
     )
     per_round: list[dict] = []
 
