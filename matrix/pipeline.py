@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,9 +185,14 @@ def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
     helper = helper_rank()
-    for step in pipeline_steps(cfg):
+    steps = pipeline_steps(cfg)
+    for n, step in enumerate(steps):
         if helper and step.stage != "train":
-            continue  # rank 0 simulates, generates and evaluates
+            # rank 0 simulates, generates and evaluates; a later train step reads this one's
+            # output (paper_matrix_tuned's DPO pairs), so wait until rank 0 has finished it
+            if any(s.stage == "train" for s in steps[n + 1 :]):
+                wait_for_step(step)
+            continue
         done = finished_manifest(step.cfg, step.stage)
         if done is not None and cfg.pipeline.reuse:
             log.info("%s: reusing finished run (config hash %s)", step.name, done["config_hash"])
@@ -197,6 +203,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if not helper:
         record_arm(cfg)
     return results
+
+
+def wait_for_step(step: Step, poll_s: float = 2.0) -> None:
+    """Block a helper rank until rank 0's run of `step` has written a finished manifest."""
+    while finished_manifest(step.cfg, step.stage) is None:
+        time.sleep(poll_s)
 
 
 def record_arm(cfg: DictConfig) -> None:

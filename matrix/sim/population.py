@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import re
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ from matrix.bad_rows import BadRows
 from matrix.io import jsonl_lines
 from matrix.schemas import Profile
 from matrix.validation import ConfigError
+
+log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "matrix:"
 REQUIRED_FIELDS = ("id", "persona")
@@ -64,6 +67,7 @@ class LoadReport:
     lines: int
     loaded: int
     skipped: tuple[str, ...]
+    under_age: int = 0  # profiles dropped because they state an age below population.min_age
 
 
 def resolve_data_path(path: str) -> Path:
@@ -149,7 +153,7 @@ def load_profiles(
     bad = BadRows(p, on_error, "population.on_error", ProfileError)
     profiles: list[Profile] = []
     seen: set[str] = set()
-    lines = 0
+    lines = under_age = 0
     for lineno, row in _rows(p, fmt, max_line_bytes):
         lines += 1
         try:
@@ -163,6 +167,7 @@ def load_profiles(
                 and (age := _stated_age(prof.persona)) is not None
                 and age < min_age
             ):
+                under_age += 1
                 continue
         except ProfileError as e:
             bad.add(lineno, str(e))
@@ -172,7 +177,9 @@ def load_profiles(
     if not profiles:
         raise ProfileError(f"{p}: no usable profile among {lines} lines; check population.fields")
     bad.summary(lines)
-    return profiles, LoadReport(str(p), lines, len(profiles), tuple(bad.skipped))
+    if under_age:
+        log.info("population: dropped %d profiles stating an age below %d", under_age, min_age)
+    return profiles, LoadReport(str(p), lines, len(profiles), tuple(bad.skipped), under_age)
 
 
 def _stated_age(text: str) -> int | None:

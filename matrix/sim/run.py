@@ -124,10 +124,11 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     group_vectors = np.stack([vectors[g.members].mean(0) for g in groups])
     group_vectors /= np.linalg.norm(group_vectors, axis=1, keepdims=True) + 1e-9
     log.info(
-        "population: %d profiles from %s (%d skipped), %d groups",
+        "population: %d profiles from %s (%d skipped, %d under population.min_age), %d groups",
         len(profiles),
         report.path,
         len(report.skipped),
+        report.under_age,
         k,
     )
     load_report = {
@@ -135,6 +136,8 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
         "lines": report.lines,
         "loaded": report.loaded,
         "skipped": list(report.skipped),
+        "under_age": report.under_age,
+        "min_age": pop.min_age,
     }
     return SimState(round=0, agents=agents, groups=groups), group_vectors, load_report
 
@@ -220,6 +223,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         "scenarios": len(scenarios),
         "agents_done": sum(a.done for a in state.agents),
         "routing_fallbacks": sum(1 for e in events if e["routing"] == "fallback"),
+        "profiles_under_age": read_json(run.dir / "profiles_report.json").get("under_age", 0),
     }
     run.finish(
         counts,
