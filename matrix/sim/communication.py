@@ -203,6 +203,7 @@ class StructuredCommunication(Communication):
             "memory": memory_text(g),
             "members": members_goals_text(g, agents, self.limits.goal_chars),
             "items": "\n".join(f"{it.label}. {it.text}" for it in items),
+            "labels": ", ".join(it.label for it in items),
         }
         return render_prompt(
             self.prompts["intra_group"], "communication.prompts.intra_group", **fields

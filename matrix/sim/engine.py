@@ -46,6 +46,7 @@ class SimConfig:
     group_memory: int  # scenario summaries each modulator remembers (communication.memory_size)
     inbound_max: int  # events queued for one modulator step (communication.inbound_max)
     scenario_profile_chars: int  # profile excerpt per participant in the summarizer prompt
+    schedule: str = "lockstep"  # lockstep | groups (simulation.schedule)
 
 
 @dataclass
@@ -372,6 +373,12 @@ class Simulation:
         return None
 
     def run(self, state: SimState) -> SimState:
+        """Rounds until a stop reason; returns the last committed state (the same object
+        in lock-step; `schedule: groups` runs GroupScheduler, see matrix/sim/scheduler.py)."""
+        if self.cfg.schedule == "groups":
+            from matrix.sim.scheduler import GroupScheduler
+
+            return GroupScheduler(self, state).run()
         while not state.stopped:
             self.step(state)
         return state

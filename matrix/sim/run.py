@@ -51,6 +51,16 @@ def validate(cfg: DictConfig) -> None:
         )
     p.check(int(sim.max_rounds) >= 1, "simulation.max_rounds", "must be >= 1")
     p.check(
+        sim.schedule in ("lockstep", "groups"),
+        "simulation.schedule",
+        f"'{sim.schedule}' is not one of lockstep, groups",
+    )
+    p.check(
+        not (sim.schedule == "groups" and comm.mode == "random"),
+        "simulation.schedule",
+        "groups cannot run communication.mode=random (it routes across groups); use lockstep",
+    )
+    p.check(
         comm.unparsed in ("broadcast", "nobody"),
         "communication.unparsed",
         f"'{comm.unparsed}' is not one of broadcast, nobody",
@@ -163,6 +173,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         group_memory=int(cfg.communication.memory_size),
         inbound_max=int(cfg.communication.inbound_max),
         scenario_profile_chars=int(cfg.scenario.profile_chars),
+        schedule=str(cfg.simulation.schedule),
     )
     per_round: list[dict] = []
 
@@ -197,7 +208,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     )
     with progress() as bar:
         task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
-        sim.run(state)
+        state = sim.run(state)
 
     write_jsonl(run.dir / "agents.jsonl", (a.to_row() for a in state.agents))
     write_json(
