@@ -12,8 +12,9 @@ server, under two schedules of the same work:
 - lock-step (what the engine does today): each round is a chain of global phases (all
   agents act, all modulators route, all modulators share, summaries, memories, plans, goal
   checks); a phase starts when every request of the phase before it has returned.
-- independent: each group runs its own chain (act -> route and share -> summary -> memories
-  -> plans -> goal checks -> next round) as soon as its own requests return, with every
+- independent (`simulation.schedule=groups`, matrix/sim/scheduler.py): each group runs its
+  own chain (act -> route -> share -> summary -> memories -> plans -> goal checks -> next
+  round) as soon as its own requests return, with every
   group's requests in flight at once up to the server's concurrency. The one cross-group
   dependency is kept: a modulator routes round r's news only after every group has decided,
   in round r-1, whom to tell (what makes resume exact, as in the engine).
@@ -307,8 +308,8 @@ def independent_nodes(reqs: list[Request], group_ids: list[int]) -> dict[tuple, 
                 "act": prev_round_end,
                 "route": [key("act")]
                 + ([(h, r - 1, "share") for h in group_ids] if r > rounds[0] else []),
-                "share": [key("act")],
-                "scenario": [key("route"), key("share")],
+                "share": [key("route")],  # matrix/sim/scheduler.py shares after routing
+                "scenario": [key("share")],
                 "memory": [key("scenario")],
                 "plan": [key("memory")],
                 "goal_check": [key("plan")],
