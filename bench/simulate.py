@@ -28,6 +28,8 @@ max_new_tokens), the same draws for both schedules. Defaults approximate Llama-3
 H100: 10 ms/step alone, 25 ms/step at 256 sequences (~10K output tokens/s).
 
     python bench/simulate.py [--rounds 3] [--agents 1000] [--concurrency 256] [--seed 0]
+    python bench/simulate.py --rounds 4 --trace trace.json   # keep the requests; a second
+                                                            # run replays them without the stage
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,7 +330,14 @@ def main() -> None:
     ap.add_argument("--step-per-seq-s", type=float, default=0.00006)
     ap.add_argument("--prefill-s-per-token", type=float, default=0.00005)
     ap.add_argument("--seed", type=int, default=0, help="seed of the output-length draws")
+    ap.add_argument("--trace", type=Path, help="requests file: written after the run, or replayed")
     args = ap.parse_args()
+    if args.trace and args.trace.exists():
+        saved = json.loads(args.trace.read_text())
+        reqs = [Request(**q) for q in saved["requests"]]
+        print(f"replaying {args.trace} ({saved['rounds']} rounds, {len(reqs)} requests)")
+        compare_schedules(reqs, saved["groups"], args)
+        return
 
     from hydra import compose, initialize_config_dir
 
@@ -375,6 +384,20 @@ def main() -> None:
         )
 
     reqs = attribute(double.records, agents, groups, args.seed)
+    if args.trace:
+        args.trace.write_text(
+            json.dumps(
+                {
+                    "rounds": args.rounds,
+                    "groups": [g["id"] for g in groups],
+                    "requests": [asdict(q) for q in reqs],
+                }
+            )
+        )
+    compare_schedules(reqs, [g["id"] for g in groups], args)
+
+
+def compare_schedules(reqs: list[Request], group_ids: list[int], args) -> None:
     server = Server(
         args.concurrency, args.step_base_s, args.step_per_seq_s, args.prefill_s_per_token
     )
@@ -383,14 +406,14 @@ def main() -> None:
         per_phase[q.phase] += 1
     print()
     print(
-        f"latency model: {len(reqs)} requests over {args.rounds} rounds "
+        f"latency model: {len(reqs)} requests over {max(q.round for q in reqs)} rounds "
         f"({', '.join(f'{p} {per_phase[p]}' for p in PHASES)}), "
         f"{sum(q.output_tokens for q in reqs)} output tokens (seed {args.seed}); server: "
         f"{args.concurrency} slots, step {args.step_base_s * 1e3:.0f} ms + "
         f"{args.step_per_seq_s * 1e3:.2f} ms/sequence, prefill {args.prefill_s_per_token * 1e6:.0f} us/token"
     )
     lock = replay(lockstep_nodes(reqs), server)
-    free = replay(independent_nodes(reqs, [g["id"] for g in groups]), server)
+    free = replay(independent_nodes(reqs, group_ids), server)
     print(f"{'schedule':<12} {'wall_s':>8} {'server_busy':>12}")
     print(f"{'lock-step':<12} {lock['wall_s']:>8.1f} {lock['busy']:>12.1%}")
     print(f"{'independent':<12} {free['wall_s']:>8.1f} {free['busy']:>12.1%}")
