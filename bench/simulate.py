@@ -1,29 +1,93 @@
-"""LLM load of the simulation at the paper's scale: calls, tokens and batch sizes per round
-for 1,000 agents in 200 groups.
+"""LLM load of the simulation at the paper's scale, and what a global round barrier costs.
 
-The LLM here is a FAST DETERMINISTIC DOUBLE (it answers from a few canned texts and counts
-tokens with the real SmolLM2 tokenizer): this benchmark measures how the simulator batches
-and how many tokens it sends, not model speed. Everything else is the real stage: the
-shipped 1,000 profiles, real embeddings, constrained K-means, prompts from conf/.
+Part 1 runs the real simulate stage (the shipped 1,000 profiles, real embeddings, constrained
+K-means, prompts from conf/) for a few rounds with a FAST DETERMINISTIC DOUBLE as every LLM
+role: it answers from canned texts (routing answers that parse) and counts tokens with the
+real SmolLM2 tokenizer. It prints calls, tokens and batch sizes per round: how the simulator
+batches and how much it sends, not model speed.
 
-    python bench/simulate.py [--rounds 3] [--agents 1000]
+Part 2 replays the recorded requests of those rounds on a LATENCY MODEL of one inference
+server, under two schedules of the same work:
+
+- lock-step (what the engine does today): each round is a chain of global phases (all
+  agents act, all modulators route, all modulators share, summaries, memories, plans, goal
+  checks); a phase starts when every request of the phase before it has returned.
+- independent (`simulation.schedule=groups`, matrix/sim/scheduler.py): each group runs its
+  own chain (act -> route -> share -> summary -> memories -> plans -> goal checks -> next
+  round) as soon as its own requests return, with every
+  group's requests in flight at once up to the server's concurrency. The one cross-group
+  dependency is kept: a modulator routes round r's news only after every group has decided,
+  in round r-1, whom to tell (what makes resume exact, as in the engine).
+
+The server model (continuous batching, vLLM-like): at most `--concurrency` requests run; a
+request first prefills its prompt (`--prefill-s-per-token` x prompt tokens), then decodes one
+token per engine step, and a step takes `--step-base-s` + `--step-per-seq-s` x running
+requests, so a lone request decodes faster than one in a full batch. Output lengths are
+drawn per request (seeded lognormal around a per-role median, capped at the paper preset's
+max_new_tokens), the same draws for both schedules. Defaults approximate Llama-3-8B on one
+H100: 10 ms/step alone, 25 ms/step at 256 sequences (~10K output tokens/s).
+
+    python bench/simulate.py [--rounds 3] [--agents 1000] [--concurrency 256] [--seed 0]
+    python bench/simulate.py --rounds 4 --trace trace.json   # keep the requests; a second
+                                                            # run replays them without the stage
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import math
+import random
+import re
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+_ITEM = re.compile(r"^([A-Z]{1,2})\. ", re.MULTILINE)
+_FIRST_MEMBER = re.compile(r"^0: (.+?) - ", re.MULTILINE)
+
+
+def prompt_kind(chat) -> str:
+    """Which engine call a chat is, from the shipped (paper) prompt set's wording."""
+    system = chat[0]["content"] if chat[0]["role"] == "system" else ""
+    user = next(m["content"] for m in chat if m["role"] == "user")
+    if "Which other communities would care" in user:
+        return "share"
+    if "modulator of a community" in system:
+        return "route"
+    if "scenarios of a social simulation" in system:
+        return "scenario"
+    if "In one sentence, what do these people have in common" in user:
+        return "group_description"
+    if user.startswith("You are ") and ("What do you do" in user or "How do you respond" in user):
+        return "act"
+    if user.startswith("Earlier summary:"):
+        return "memory"
+    if "Rewrite the plan" in user:
+        return "plan"
+    if "Answer yes or no" in user:
+        return "goal_check"
+    return "setup"
+
+
+@dataclass
+class Record:
+    kind: str
+    user: str
+    prompt_tokens: int
+    items: int  # routing items (labelled lines) for a route call
+
 
 class CountingDouble:
-    """Deterministic stand-in LLM: canned answers, real token counts."""
+    """Deterministic stand-in LLM: canned answers that parse, real token counts, a record of
+    every request for the latency model."""
 
     name = "deterministic-double"
 
@@ -33,6 +97,7 @@ class CountingDouble:
         from matrix.llm.embedded import smollm2_hf_dir
 
         self.tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+        self.records: list[Record] = []
 
     def generate(self, chats, sampling):
         from matrix.llm.chat import render
@@ -41,11 +106,18 @@ class CountingDouble:
         out = []
         for chat in chats:
             prompt = render(self.tok, chat, add_generation_prompt=True)
-            text = chat[-1]["content"]
-            if "Which other members" in text or "Which other communities" in text:
-                reply = "[0, 1], they share this interest."
-            elif "Answer yes or no" in text:
+            kind = prompt_kind(chat)
+            user = next(m["content"] for m in chat if m["role"] == "user")
+            items = _ITEM.findall(user) if kind == "route" else []
+            if kind == "route":
+                reply = "\n".join(f"{x}: [0, 1], they share this interest." for x in items)
+            elif kind == "share":
+                reply = "[0, 1], they discuss the same topic."
+            elif kind == "goal_check":
                 reply = "No."
+            elif kind == "group_description":  # distinct, so a group's calls can be told apart
+                m = _FIRST_MEMBER.search(user)
+                reply = f"People who know {m.group(1) if m else 'each other'}."
             else:
                 reply = "I post an update about my project and ask my friends for advice on the next step."
             n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
@@ -53,15 +125,219 @@ class CountingDouble:
                 sampling.max_new_tokens,
                 len(self.tok(reply, add_special_tokens=False)["input_ids"]) + 1,
             )
+            self.records.append(Record(kind, user, n_prompt, len(items)))
             out.append(Completion(reply, n_prompt, n_out, "stop", self.name))
         return out
+
+
+# -- the work: requests per round, group and phase ---------------------------------------------
+PHASES = ("act", "route", "share", "scenario", "memory", "plan", "goal_check")
+# Median output tokens per request of each phase (a route answer: a line per item), and the
+# cap: max_new_tokens of conf/llm/vllm_llama3_8b_instruct.yaml (the paper presets' roles).
+MEDIAN_OUT = {"act": 60, "share": 16, "scenario": 150, "memory": 60, "plan": 70, "goal_check": 2}
+ROUTE_TOKENS_PER_ITEM = 12
+CAP_OUT = {"act": 256, "route": 256, "share": 256, "scenario": 512, "memory": 512, "plan": 256}
+CAP_OUT["goal_check"] = 4
+
+
+@dataclass
+class Request:
+    round: int
+    group: int
+    phase: str
+    prompt_tokens: int
+    output_tokens: int
+
+
+def attribute(
+    records: list[Record], agents: list[dict], groups: list[dict], seed: int
+) -> list[Request]:
+    """Each recorded request of the rounds -> (round, group, phase), with its output length."""
+    name_to_group = {a["profile"]["name"]: a["group"] for a in agents}
+    names = sorted(name_to_group, key=len, reverse=True)
+    desc_to_group = {g["description"]: g["id"] for g in groups}
+    rng = random.Random(seed)
+    out, r, prev = [], 0, "setup"
+    for rec in records:
+        if rec.kind in ("setup", "group_description"):
+            continue
+        if rec.kind == "act" and prev != "act":
+            r += 1
+        prev = rec.kind
+        if rec.kind in ("route", "share", "scenario"):
+            first = rec.user.split("\n", 1)[0].split(": ", 1)[1]
+            gid = desc_to_group[first]
+        else:  # the agent's name where the prompt states whose it is
+            at = {"act": len("You are "), "memory": rec.user.find("Memories of ") + 12}
+            i = at.get(rec.kind, 0)
+            gid = next(name_to_group[n] for n in names if rec.user.startswith(n, i))
+        median = ROUTE_TOKENS_PER_ITEM * rec.items if rec.kind == "route" else MEDIAN_OUT[rec.kind]
+        n_out = max(1, min(CAP_OUT[rec.kind], round(median * math.exp(rng.gauss(0, 0.5)))))
+        out.append(Request(r, gid, rec.kind, rec.prompt_tokens, n_out))
+    return out
+
+
+# -- the server model --------------------------------------------------------------------------
+@dataclass
+class Server:
+    concurrency: int
+    step_base_s: float
+    step_per_seq_s: float
+    prefill_s_per_token: float
+
+
+@dataclass(order=True)
+class _Queued:
+    priority: tuple
+    req: Request = field(compare=False)
+    node: object = field(compare=False)
+
+
+@dataclass
+class Node:
+    """A set of requests submitted together once its dependencies are done."""
+
+    key: tuple
+    requests: list[Request]
+    deps: list[tuple]
+    priority: tuple
+    waiting: int = 0
+    left: int = 0
+    children: list = field(default_factory=list)
+    done_at: float = -1.0
+
+
+def replay(nodes: dict[tuple, Node], server: Server) -> dict:
+    """Event-driven replay: returns wall time and the time-average share of busy slots."""
+    for n in nodes.values():
+        n.waiting, n.left = len(n.deps), len(n.requests)
+        for d in n.deps:
+            nodes[d].children.append(n)
+    queue: list[_Queued] = []
+    seq = 0
+    running: list[list] = []  # [prefill_left_s, decode_left_tokens, request, node]
+    now = busy_area = 0.0
+    done_nodes = 0
+
+    def finish(node: Node) -> None:
+        nonlocal done_nodes
+        node.done_at = now
+        done_nodes += 1
+        for c in node.children:
+            c.waiting -= 1
+            if c.waiting == 0:
+                start(c)
+
+    def start(node: Node) -> None:
+        nonlocal seq
+        if not node.requests:
+            finish(node)
+            return
+        for req in node.requests:
+            seq += 1
+            heapq.heappush(queue, _Queued((*node.priority, seq), req, node))
+
+    for n in nodes.values():
+        if n.waiting == 0:
+            start(n)
+    while queue or running:
+        while queue and len(running) < server.concurrency:
+            q = heapq.heappop(queue)
+            running.append(
+                [
+                    q.req.prompt_tokens * server.prefill_s_per_token,
+                    q.req.output_tokens,
+                    q.req,
+                    q.node,
+                ]
+            )
+        n_run = len(running)
+        step = server.step_base_s + server.step_per_seq_s * n_run
+        # time until the next request changes phase or finishes
+        dt = min(r[0] if r[0] > 0 else r[1] * step for r in running)
+        for r in running:
+            if r[0] > 0:
+                r[0] -= dt
+            else:
+                r[1] -= dt / step
+        busy_area += n_run * dt
+        now += dt
+        still = []
+        for r in running:
+            if r[0] <= 1e-12 and r[1] <= 1e-9:
+                r[3].left -= 1
+                if r[3].left == 0:
+                    finish(r[3])
+            else:
+                if r[0] < 1e-12:
+                    r[0] = 0.0
+                still.append(r)
+        running = still
+    assert done_nodes == len(nodes), "a dependency cycle left work undone"
+    return {"wall_s": now, "busy": busy_area / (server.concurrency * now) if now else 0.0}
+
+
+def lockstep_nodes(reqs: list[Request]) -> dict[tuple, Node]:
+    """One node per (round, phase) with every group's requests; each waits for the last."""
+    by = defaultdict(list)
+    for q in reqs:
+        by[(q.round, q.phase)].append(q)
+    nodes, prev = {}, None
+    for r in sorted({q.round for q in reqs}):
+        for ph in PHASES:
+            key = (r, ph)
+            nodes[key] = Node(key, by.get(key, []), [prev] if prev else [], (r, PHASES.index(ph)))
+            prev = key
+    return nodes
+
+
+def independent_nodes(reqs: list[Request], group_ids: list[int]) -> dict[tuple, Node]:
+    """One node per (group, round, phase) on its group's chain; route of round r also waits
+    for every group's share of round r-1 (the news it routes)."""
+    by = defaultdict(list)
+    for q in reqs:
+        by[(q.group, q.round, q.phase)].append(q)
+    rounds = sorted({q.round for q in reqs})
+    nodes = {}
+    for g in group_ids:
+        for r in rounds:
+
+            def key(ph, r=r, g=g):
+                return (g, r, ph)
+
+            prev_round_end = [(g, r - 1, "goal_check")] if r > rounds[0] else []
+            deps = {
+                "act": prev_round_end,
+                "route": [key("act")]
+                + ([(h, r - 1, "share") for h in group_ids] if r > rounds[0] else []),
+                "share": [key("route")],  # matrix/sim/scheduler.py shares after routing
+                "scenario": [key("share")],
+                "memory": [key("scenario")],
+                "plan": [key("memory")],
+                "goal_check": [key("plan")],
+            }
+            for ph in PHASES:
+                nodes[key(ph)] = Node(key(ph), by.get(key(ph), []), deps[ph], (r, PHASES.index(ph)))
+    return nodes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=256, help="server slots (vLLM max_num_seqs)")
+    ap.add_argument("--step-base-s", type=float, default=0.010)
+    ap.add_argument("--step-per-seq-s", type=float, default=0.00006)
+    ap.add_argument("--prefill-s-per-token", type=float, default=0.00005)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the output-length draws")
+    ap.add_argument("--trace", type=Path, help="requests file: written after the run, or replayed")
     args = ap.parse_args()
+    if args.trace and args.trace.exists():
+        saved = json.loads(args.trace.read_text())
+        reqs = [Request(**q) for q in saved["requests"]]
+        print(f"replaying {args.trace} ({saved['rounds']} rounds, {len(reqs)} requests)")
+        compare_schedules(reqs, saved["groups"], args)
+        return
 
     from hydra import compose, initialize_config_dir
 
@@ -76,19 +352,21 @@ def main() -> None:
                     f"paths.runs_dir={tmp}",
                     "logger=none",
                     f"population.size={args.agents}",
+                    "population.min_age=null",  # the paper's 1,000 profiles, all of them
                     f"simulation.max_rounds={args.rounds}",
                     "run.name=bench",
                 ],
             )
         # No call cache: every request reaches the double, so tokens are per round.
-        roles = Roles(cfg.llm, backends={"smollm2": CountingDouble()}, cache=False)
+        double = CountingDouble()
+        roles = Roles(cfg.llm, backends={"smollm2": double}, cache=False)
         t0 = time.perf_counter()
         counts = run_simulate(cfg, roles=roles)
         wall = time.perf_counter() - t0
-        rows = [
-            json.loads(x)
-            for x in (Path(tmp) / "bench/simulate/metrics.jsonl").read_text().splitlines()
-        ]
+        out = Path(tmp) / "bench/simulate"
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        agents = [json.loads(x) for x in (out / "agents.jsonl").read_text().splitlines()]
+        groups = json.loads((out / "groups.json").read_text())["groups"]
     print("simulate bench (LLM = deterministic double; token counts from the SmolLM2 tokenizer)")
     print(
         f"agents={counts['agents']} groups={counts['groups']} rounds={counts['rounds']} "
@@ -104,6 +382,42 @@ def main() -> None:
             f"{r['sim/round']:>5} {r['sim/llm_requests']:>9} {r['sim/llm_calls']:>7} {r['sim/prompt_tokens']:>11} "
             f"{r['sim/completion_tokens']:>10} {r['sim/max_batch']:>10} {r['sim/observations']:>13}"
         )
+
+    reqs = attribute(double.records, agents, groups, args.seed)
+    if args.trace:
+        args.trace.write_text(
+            json.dumps(
+                {
+                    "rounds": args.rounds,
+                    "groups": [g["id"] for g in groups],
+                    "requests": [asdict(q) for q in reqs],
+                }
+            )
+        )
+    compare_schedules(reqs, [g["id"] for g in groups], args)
+
+
+def compare_schedules(reqs: list[Request], group_ids: list[int], args) -> None:
+    server = Server(
+        args.concurrency, args.step_base_s, args.step_per_seq_s, args.prefill_s_per_token
+    )
+    per_phase = defaultdict(int)
+    for q in reqs:
+        per_phase[q.phase] += 1
+    print()
+    print(
+        f"latency model: {len(reqs)} requests over {max(q.round for q in reqs)} rounds "
+        f"({', '.join(f'{p} {per_phase[p]}' for p in PHASES)}), "
+        f"{sum(q.output_tokens for q in reqs)} output tokens (seed {args.seed}); server: "
+        f"{args.concurrency} slots, step {args.step_base_s * 1e3:.0f} ms + "
+        f"{args.step_per_seq_s * 1e3:.2f} ms/sequence, prefill {args.prefill_s_per_token * 1e6:.0f} us/token"
+    )
+    lock = replay(lockstep_nodes(reqs), server)
+    free = replay(independent_nodes(reqs, group_ids), server)
+    print(f"{'schedule':<12} {'wall_s':>8} {'server_busy':>12}")
+    print(f"{'lock-step':<12} {lock['wall_s']:>8.1f} {lock['busy']:>12.1%}")
+    print(f"{'independent':<12} {free['wall_s']:>8.1f} {free['busy']:>12.1%}")
+    print(f"lock-step / independent wall time: {lock['wall_s'] / free['wall_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,14 @@ def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
     helper = helper_rank()
-    for step in pipeline_steps(cfg):
+    steps = pipeline_steps(cfg)
+    for n, step in enumerate(steps):
         if helper and step.stage != "train":
-            continue  # rank 0 simulates, generates and evaluates
+            # rank 0 simulates, generates and evaluates; a later train step reads this one's
+            # output (paper_matrix_tuned's DPO pairs), so wait until rank 0 has finished it
+            if any(s.stage == "train" for s in steps[n + 1 :]):
+                wait_for_step(step)
+            continue
         decision = reuse_decision(step.cfg, step.stage)
         if decision.reuse and cfg.pipeline.reuse:
             log.info("%s: reusing finished run: %s", step.name, decision.why)
@@ -177,6 +183,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if not helper:
         record_arm(cfg)
     return results
+
+
+def wait_for_step(step: Step, poll_s: float = 2.0) -> None:
+    """Block a helper rank until rank 0's run of `step` has finished (its manifest says so)."""
+    while not reuse_decision(step.cfg, step.stage).reuse:
+        time.sleep(poll_s)
 
 
 def record_arm(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@ config problem found before any model loads (`validate`, the stage registry's va
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.prompts import PromptError, render_prompt
 from matrix.core.shard import Shard
 from matrix.core.validation import ConfigProblems
+from matrix.gen.inputs import Seed
 from matrix.gen.synthesis import SetSpec, template_id
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,36 @@ def _retrieval(cfg: DictConfig, s: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def selected_sets(cfg: DictConfig) -> dict[str, Any]:
+    """The sets of `generator.sets` this run generates: those `generate.run_sets` names, in
+    its order, or all of them when it is null (a pipeline step may generate some sets only:
+    experiment=paper_matrix_tuned makes the SFT rows, trains on them, then the DPO pairs)."""
+    sets = cfg.generator.get("sets") or {}
+    only = cfg.generate.get("run_sets")
+    if only is None:
+        return dict(sets.items())
+    return {str(n): sets[n] for n in only if n in sets}
+
+
+def in_stream(seeds: list[Seed], stream: int, streams: int) -> list[Seed]:
+    """The seeds of one of `streams` disjoint streams, split by a stable hash of each seed's
+    key (its scenario and persona), so sets on different streams never share a seed whatever
+    their needs rank first (the 20K mix: SFT on stream 0, DPO on stream 1)."""
+    if streams <= 1:
+        return seeds
+    return [
+        s
+        for s in seeds
+        if int.from_bytes(hashlib.sha256(s.key.encode()).digest()[:8], "big") % streams == stream
+    ]
+
+
 def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
     """The sets to generate; a shard's targets are its share of each set's target, so the
     shards' rows add up to the unsharded target (before the merge drops cross-shard
     duplicates, see merge_shards)."""
     specs = []
-    for name, s in cfg.generator.sets.items():
+    for name, s in selected_sets(cfg).items():
         need = str(s.need)
         need_text = str(cfg.generate.needs[need]) if need in cfg.generate.needs else need
         specs.append(
@@ -128,8 +154,16 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     """Everything that can be checked before a model loads, all problems listed at once."""
     p = ConfigProblems()
     g = cfg.generate
-    sets = cfg.generator.get("sets") or {}
-    p.check(bool(sets), "generator.sets", "no sets; pick a generator=... option or define sets")
+    all_sets = cfg.generator.get("sets") or {}
+    p.check(bool(all_sets), "generator.sets", "no sets; pick a generator=... option or define sets")
+    if g.get("run_sets") is not None:
+        unknown = [str(n) for n in g.run_sets if n not in all_sets]
+        p.check(
+            not unknown and len(g.run_sets) > 0,
+            "generate.run_sets",
+            f"{unknown or '[]'}: name sets of generator.sets ({', '.join(all_sets)}), or null for all",
+        )
+    sets = selected_sets(cfg)
     for name, s in sets.items():
         _check_set(p, cfg, str(name), s)
     p.check(
@@ -150,6 +184,11 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
         )
         p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
+        p.check(
+            int(r["seed_streams"]) >= 1 and 0 <= int(r["seed_stream"]) < int(r["seed_streams"]),
+            f"{key}.seed_stream",
+            f"{r['seed_stream']} must be within [0, seed_streams={r['seed_streams']})",
+        )
         p.check(
             r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
             f"{key}.personas_per_scenario",

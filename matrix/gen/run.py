@@ -32,6 +32,7 @@ from matrix.gen.config import (
     KINDS,
     REJECTED_BACKEND,
     build_specs,
+    in_stream,
     templates_of,
 )
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch
@@ -124,7 +125,8 @@ class Generation:
         order = mmr(vecs[0], vecs[1:], top_k, float(r["mmr_lambda"]))
         per = r["personas_per_scenario"]
         owned = [i for i in order if self.shard.owns(i)]
-        return simulation_seeds(self.sim, owned, None if per is None else int(per))
+        seeds = simulation_seeds(self.sim, owned, None if per is None else int(per))
+        return in_stream(seeds, int(r["seed_stream"]), int(r["seed_streams"]))
 
     def models(self, kinds: set[str]) -> dict[str, str]:
         roles = ["generator", "responder"] + (["rejecter"] if "dpo" in kinds else [])

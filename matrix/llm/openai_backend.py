@@ -6,6 +6,8 @@ hosted rate limits and local memory in check). Timeouts, connection drops, 429 a
 retried with exponential backoff and jitter, honouring Retry-After; the SDK's own retries are
 off so there is one retry policy. Each row is reported through `on_result` the moment it is
 answered, so the call cache keeps everything already paid for if the batch dies half-way.
+Calls from several threads at once (the simulator's `schedule: groups`) share the cap: at
+most `max_concurrency` requests of this backend are in flight in the whole process.
 
 The API key is read from the environment variable named by `api_key_env` at call time and
 never kept on the object, so it cannot reach a config dump, manifest or W&B; it is registered
@@ -20,6 +22,7 @@ import email.utils
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -112,6 +115,7 @@ class OpenAIBackend:
     """
 
     streams_results = True
+    concurrent_calls = True  # several threads may call generate at once (see _slots)
 
     def __init__(
         self,
@@ -140,6 +144,9 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self._model_checked = False
         self._last_5xx: str | None = None  # the last HTTP 5xx this server answered
+        # process-wide slots: each call runs its own event loop, so the per-call asyncio
+        # semaphore alone would let n concurrent calls send n x max_concurrency requests
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
 
     @property
     def name(self) -> str:
@@ -290,7 +297,12 @@ class OpenAIBackend:
 
             async def one(i: int) -> None:
                 async with sem:
-                    out[i] = await self._complete(client, chats[i], sampling, i)
+                    while not self._slots.acquire(blocking=False):
+                        await asyncio.sleep(0.005)
+                    try:
+                        out[i] = await self._complete(client, chats[i], sampling, i)
+                    finally:
+                        self._slots.release()
                 if on_result is not None:
                     on_result(i, out[i])
 

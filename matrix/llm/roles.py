@@ -16,11 +16,16 @@ misses of a batch go to the backend, as one batch), the per-role ledger and the 
 budget. A backend may carry `prices: {prompt: $, completion: $}` per 1M tokens.
 
 Stages only ever call `roles.get(name).generate(chats, **overrides)`.
+
+Several threads may call `generate` at once (the simulator's `schedule: groups`): the
+ledgers are updated under one lock, and a backend that does not declare
+`concurrent_calls = True` (an in-process model) takes one call at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -43,6 +48,18 @@ _SAMPLING_KEYS = {f.name for f in fields(Sampling)}
 BACKEND_EXTRA_KEYS = ("prices",)  # read by Roles, not passed to the backend constructor
 
 __all__ = ["RoleLLM", "Roles", "Usage"]
+
+# Ledgers (usage, totals, spend file) change under this lock; calls to a backend that cannot
+# serve two calls at once go through its own lock.
+_LEDGER = threading.RLock()
+_BACKEND_LOCKS: dict[int, threading.Lock] = {}
+
+
+def _backend_lock(backend: LLM) -> threading.Lock | None:
+    if getattr(backend, "concurrent_calls", False):
+        return None
+    with _LEDGER:
+        return _BACKEND_LOCKS.setdefault(id(backend), threading.Lock())
 
 
 @dataclass
@@ -99,9 +116,10 @@ class RoleLLM:
             self._call_backend(chats, send, keys, sampling, out)
         finally:
             hits_now = len(chats) - len(send)
-            self.usage.cache_hits += hits_now
-            self.run_usage.cache_hits += hits_now
-            self._count_batch(len(chats), time.perf_counter() - t0)
+            with _LEDGER:
+                self.usage.cache_hits += hits_now
+                self.run_usage.cache_hits += hits_now
+                self._count_batch(len(chats), time.perf_counter() - t0)
         if keys is not None:  # duplicates of a greedy request share its one answer
             first = {k: out[i] for i, k in enumerate(keys) if out[i] is not None}
             out = [first[k] for k in keys]
@@ -127,9 +145,10 @@ class RoleLLM:
         sampling = self.sampling_for(**overrides)
         t0 = time.perf_counter()
         out = backend.complete(list(prompts), sampling)
-        for u in (self.usage, self.run_usage):
-            u.add_calls(out, self.prices)
-        self._count_batch(len(prompts), time.perf_counter() - t0)
+        with _LEDGER:
+            for u in (self.usage, self.run_usage):
+                u.add_calls(out, self.prices)
+            self._count_batch(len(prompts), time.perf_counter() - t0)
         return out
 
     def _count_batch(self, n_requests: int, seconds: float) -> None:
@@ -194,13 +213,17 @@ class RoleLLM:
         def record(j: int, c: Completion) -> None:
             # Called as each row is paid for: ledger and cache are never behind the server.
             got[j] = c
-            self.usage.add_calls([c], self.prices)
-            self.run_usage.add_calls([c], self.prices)
+            with _LEDGER:
+                self.usage.add_calls([c], self.prices)
+                self.run_usage.add_calls([c], self.prices)
             if self.cache is not None and keys is not None:
                 self.cache.put(keys[batch[j]], c)
 
         sub = [chats[i] for i in batch]
+        lock = _backend_lock(self.backend)
         try:
+            if lock is not None:
+                lock.acquire()
             if getattr(self.backend, "streams_results", False):
                 result = self.backend.generate(sub, sampling, on_result=record)
             else:
@@ -208,6 +231,8 @@ class RoleLLM:
         except ContextOverflow as e:
             raise (e.at_row(batch[e.row]) if e.row is not None else e) from e
         finally:
+            if lock is not None:
+                lock.release()
             for j, c in got.items():
                 out[batch[j]] = c
         if len(result) != len(sub):

@@ -1,9 +1,13 @@
 """Who observes which action: the paper's structured communication and its two ablations.
 
-- structured: each group's modulator (an LLM role) decides, for each action of its group,
-  which members become aware of it (intra-group routing, `[ids], reason`), and between rounds
-  which other groups should hear of its group's events (inter-group routing, chosen from the
-  other groups' descriptions).
+- structured: each group's modulator (an LLM role) sees, once per step, all of its members'
+  actions together with the group's description, its memory of earlier scenarios, its
+  members' goals and the news other groups sent it, and decides for each item which members
+  become aware of it (intra-group routing, one `LABEL: [ids], reason` line per item). It also
+  decides which other groups should hear of its group's events (inter-group routing, chosen
+  from the other groups' descriptions with its memory in view); those events wait in the
+  receiving group's `inbound` queue until that group's modulator routes them to its own
+  members at its next step.
 - random: each action reaches a random set of agents from the whole population.
 - none: agents act alone; nobody observes anybody.
 
@@ -15,13 +19,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from matrix.common.prompts import render_prompt
 from matrix.llm.roles import RoleLLM
-from matrix.sim.routing import Route, parse_route
+from matrix.sim.routing import Route, item_label, parse_route, parse_routes
 from matrix.sim.schemas import Agent
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decision:
     observers: tuple[int, ...]  # agent indices
-    how: str  # modulator | retry | fallback | random | none
+    how: str  # modulator | retry | fallback | random | none | alone
     reason: str = ""
 
 
@@ -39,18 +43,65 @@ class Group:
     id: int
     members: list[int]
     description: str = ""
-    memory: list[str] = None  # recent raw scenario lines, for inter-group decisions
+    # The group's recent scenario summaries (newest last): the modulator's memory, shown in
+    # its routing and inter-group prompts.
+    memory: list[str] = field(default_factory=list)
+    # Events other groups forwarded here, waiting for this group's modulator to route them to
+    # its members at its next step: {"group", "agent", "name", "action", "round"}.
+    inbound: list[dict] = field(default_factory=list)
 
-    def __post_init__(self):
-        if self.memory is None:
-            self.memory = []
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event from another group, routed by the receiving group's modulator."""
+
+    group: int  # the receiving group
+    source_group: int
+    agent: int  # who acted, in the source group
+    name: str
+    action: str
+    observers: tuple[int, ...]
+    how: str
+    reason: str = ""
 
 
-def members_text(group: Group, agents: Sequence[Agent]) -> str:
+@dataclass(frozen=True)
+class Routing:
+    """One step's routing: a decision per own action, and the delivered inbound events."""
+
+    decisions: dict[int, Decision]
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModulatorLimits:
+    """Caps on what a modulator prompt shows and receives (communication.* in conf)."""
+
+    goal_chars: int = 200  # each member's goal, as shown to the modulator
+    memory_size: int = 3  # scenario summaries a group remembers
+    inbound_max: int = 6  # events from other groups queued for one modulator step
+    candidates: int = 8  # most similar other groups offered for inter-group routing
+    unparsed: str = "broadcast"  # an item with no usable answer after the retry: broadcast | nobody
+
+
+def members_text(group: Group, agents: Sequence[Agent], chars: int = 120) -> str:
+    """Numbered members with a profile excerpt (group descriptions)."""
     return "\n".join(
-        f"{local}: {agents[i].name} - {agents[i].profile.describe(120)}"
+        f"{local}: {agents[i].name} - {agents[i].profile.describe(chars)}"
         for local, i in enumerate(group.members)
     )
+
+
+def members_goals_text(group: Group, agents: Sequence[Agent], chars: int) -> str:
+    """Numbered members with their goals (what a modulator routes by)."""
+    return "\n".join(
+        f"{local}: {agents[i].name} - goal: {agents[i].goal[:chars] or '(unknown)'}"
+        for local, i in enumerate(group.members)
+    )
+
+
+def memory_text(group: Group) -> str:
+    return "\n".join(f"- {m}" for m in group.memory) or "(nothing yet)"
 
 
 class Communication:
@@ -62,13 +113,18 @@ class Communication:
         actions: Mapping[int, str],
         agents: Sequence[Agent],
         groups: Sequence[Group],
-    ) -> dict[int, Decision]:
+    ) -> Routing:
         raise NotImplementedError
 
     def inter_group(
-        self, round_lines: Mapping[int, list[str]], agents: Sequence[Agent], groups: Sequence[Group]
+        self,
+        round_events: Mapping[int, list[int]],
+        actions: Mapping[int, str],
+        agents: Sequence[Agent],
+        groups: Sequence[Group],
     ) -> dict[int, tuple[int, ...]]:
-        """Group id -> ids of the other groups that hear of its events this round."""
+        """Group id -> ids of the other groups that hear of its events this round.
+        `round_events` maps a group to the agents that acted in it this round."""
         return {}
 
 
@@ -76,7 +132,7 @@ class NoCommunication(Communication):
     mode = "none"
 
     def route(self, round_, actions, agents, groups):
-        return {i: Decision((), "none") for i in actions}
+        return Routing({i: Decision((), "none") for i in actions})
 
 
 class RandomCommunication(Communication):
@@ -95,7 +151,17 @@ class RandomCommunication(Communication):
             others = [j for j in range(len(agents)) if j != i]
             k = rng.randint(1, min(self.max_recipients, len(others))) if others else 0
             out[i] = Decision(tuple(sorted(rng.sample(others, k))), "random")
-        return out
+        return Routing(out)
+
+
+@dataclass
+class _Item:
+    """One thing a modulator routes: an own member's action or an inbound event."""
+
+    label: str
+    actor: int | None  # the member (agent index) who acted, None for inbound news
+    text: str
+    inbound: dict | None = None
 
 
 class StructuredCommunication(Communication):
@@ -107,38 +173,57 @@ class StructuredCommunication(Communication):
         prompts: Mapping,
         group_vectors: np.ndarray | None,
         inter_group: bool = True,
-        candidates: int = 8,
+        limits: ModulatorLimits = ModulatorLimits(),
     ):
         self.llm = llm
         self.prompts = prompts
         self.group_vectors = group_vectors
         self.inter_group_enabled = inter_group
-        self.candidates = candidates
+        self.limits = limits
         self.fallbacks = 0
 
-    def route(self, round_, actions, agents, groups):
-        jobs = []  # (actor, group, chat)
-        for i in sorted(actions):
-            g = groups[agents[i].group]
-            if len(g.members) < 2:
-                continue
-            fields = {
-                "members": members_text(g, agents),
-                "actor_id": g.members.index(i),
-                "actor_name": agents[i].name,
-                "action": actions[i],
-                "group_description": g.description,
-            }
-            jobs.append(
-                (
-                    i,
-                    g,
-                    render_prompt(
-                        self.prompts["intra_group"], "communication.prompts.intra_group", **fields
-                    ),
-                )
+    # -- intra-group: one call per group per step -----------------------------------------
+    def _items(self, g: Group, actions: Mapping[int, str], agents: Sequence[Agent]) -> list[_Item]:
+        items = [
+            _Item("", i, f"{agents[i].name} (member {g.members.index(i)}): {actions[i]}")
+            for i in g.members
+            if i in actions
+        ]
+        for ev in g.inbound:
+            items.append(
+                _Item("", None, f"news from another community: {ev['name']}: {ev['action']}", ev)
             )
+        for k, it in enumerate(items):
+            it.label = item_label(k)
+        return items
+
+    def _chat(self, g: Group, items: list[_Item], agents: Sequence[Agent]):
+        fields = {
+            "description": g.description,
+            "memory": memory_text(g),
+            "members": members_goals_text(g, agents, self.limits.goal_chars),
+            "items": "\n".join(f"{it.label}. {it.text}" for it in items),
+            "labels": ", ".join(it.label for it in items),
+        }
+        return render_prompt(
+            self.prompts["intra_group"], "communication.prompts.intra_group", **fields
+        )
+
+    def route(self, round_, actions, agents, groups):
         out = {i: Decision((), "alone") for i in actions}
+        deliveries: list[Delivery] = []
+        jobs = []  # (group, items, chat)
+        for g in groups:
+            items = self._items(g, actions, agents)
+            if not items:
+                continue
+            if len(g.members) < 2:  # nobody to tell of an own action; news reaches the one member
+                deliveries += [
+                    self._delivery(g, it, tuple(g.members), "alone") for it in items if it.inbound
+                ]
+                continue
+            jobs.append((g, items, self._chat(g, items, agents)))
+        decided: dict[tuple[int, str], tuple[Route, str]] = {}
         pending = list(range(len(jobs)))
         for attempt, how in enumerate(("modulator", "retry")):
             if not pending:
@@ -151,44 +236,74 @@ class StructuredCommunication(Communication):
             answers = self.llm.generate(chats)
             still = []
             for k, ans in zip(pending, answers, strict=True):
-                actor, g, _ = jobs[k]
-                route = parse_route(ans.text, range(len(g.members)), exclude=g.members.index(actor))
-                if route is None:
+                g, items, _ = jobs[k]
+                todo = [it for it in items if (g.id, it.label) not in decided]
+                exclude = {
+                    it.label: (g.members.index(it.actor) if it.actor is not None else None)
+                    for it in todo
+                }
+                routes = parse_routes(
+                    ans.text, [it.label for it in todo], range(len(g.members)), exclude
+                )
+                for label, route in routes.items():
+                    decided[(g.id, label)] = (route, how)
+                if len(routes) < len(todo):
                     still.append(k)
-                else:
-                    out[actor] = Decision(tuple(g.members[x] for x in route.ids), how, route.reason)
             pending = still
-        for k in pending:
-            actor, g, _ = jobs[k]
-            self.fallbacks += 1
-            log.info(
-                "modulator of group %d gave no usable routing for agent %d: broadcasting",
-                g.id,
-                actor,
-            )
-            out[actor] = Decision(
-                tuple(m for m in g.members if m != actor), "fallback", "unparseable answer"
-            )
-        return out
+        for g, items, _ in jobs:
+            for it in items:
+                got = decided.get((g.id, it.label))
+                if got is not None:
+                    route, how = got
+                    observers = tuple(g.members[x] for x in route.ids)
+                    reason = route.reason
+                else:
+                    self.fallbacks += 1
+                    how, reason = "fallback", "unparseable answer"
+                    observers = (
+                        tuple(m for m in g.members if m != it.actor)
+                        if self.limits.unparsed == "broadcast"
+                        else ()
+                    )
+                    log.info(
+                        "modulator of group %d gave no usable routing for item %s: %s",
+                        g.id,
+                        it.label,
+                        "broadcasting" if observers else "nobody observes it",
+                    )
+                if it.inbound is None:
+                    out[it.actor] = Decision(observers, how, reason)
+                else:
+                    deliveries.append(self._delivery(g, it, observers, how, reason))
+        return Routing(out, deliveries)
 
+    @staticmethod
+    def _delivery(g: Group, it: _Item, observers, how: str, reason: str = "") -> Delivery:
+        ev = it.inbound
+        return Delivery(
+            g.id, ev["group"], ev["agent"], ev["name"], ev["action"], observers, how, reason
+        )
+
+    # -- inter-group: which other groups hear of this group's events ----------------------
     def _candidates(self, gid: int, groups: Sequence[Group]) -> list[int]:
         others = [g.id for g in groups if g.id != gid]
-        if self.group_vectors is None or len(others) <= self.candidates:
+        if self.group_vectors is None or len(others) <= self.limits.candidates:
             return others
         sims = self.group_vectors[others] @ self.group_vectors[gid]
-        return [others[j] for j in np.argsort(-sims)[: self.candidates]]
+        return [others[j] for j in np.argsort(-sims)[: self.limits.candidates]]
 
-    def inter_group(self, round_lines, agents, groups):
+    def inter_group(self, round_events, actions, agents, groups):
         if not self.inter_group_enabled or len(groups) < 2:
             return {}
         jobs = []
-        for gid, lines in sorted(round_lines.items()):
-            if not lines:
+        for gid, actors in sorted(round_events.items()):
+            if not actors:
                 continue
             cands = self._candidates(gid, groups)
             fields = {
                 "description": groups[gid].description,
-                "events": "\n".join(f"- {x}" for x in lines),
+                "memory": memory_text(groups[gid]),
+                "events": "\n".join(f"- {agents[i].name}: {actions[i]}" for i in actors),
                 "groups": "\n".join(f"{c}: {groups[c].description}" for c in cands),
             }
             jobs.append(
@@ -216,11 +331,21 @@ def build_communication(
             llm,
             cfg["prompts"],
             group_vectors,
-            inter_group=bool(cfg.get("inter_group", True)),
-            candidates=int(cfg.get("inter_group_candidates", 8)),
+            inter_group=bool(cfg["inter_group"]),
+            limits=modulator_limits(cfg),
         )
     if mode == "random":
-        return RandomCommunication(seed, int(cfg.get("size_max", 10)) - 1)
+        return RandomCommunication(seed, int(cfg["size_max"]) - 1)
     if mode == "none":
         return NoCommunication()
     raise ValueError(f"communication.mode={mode!r}: use structured, random or none")
+
+
+def modulator_limits(cfg: Mapping) -> ModulatorLimits:
+    return ModulatorLimits(
+        goal_chars=int(cfg["goal_chars"]),
+        memory_size=int(cfg["memory_size"]),
+        inbound_max=int(cfg["inbound_max"]),
+        candidates=int(cfg["inter_group_candidates"]),
+        unparsed=str(cfg["unparsed"]),
+    )

@@ -1,10 +1,12 @@
 """The simulation loop: rounds of actions, routing, scenario formation, checkpoints.
 
-A round: every active agent acts (one batched call), the communication schema decides who
-observes each action, observations land in inboxes for the next round, each group's raw
-step is buffered and every `scenario.interval` modulator steps the summarizer turns the
-buffer into a narrative scenario. Between rounds modulators route events to other groups,
-memories are folded, plans revised and goals checked.
+A round (`Simulation.step`): every active agent acts (one batched call); each group's
+modulator routes, in one call, all of its members' actions and the news other groups sent
+it (`Communication.route`); observations land in inboxes for the next round; each sending
+modulator picks the groups that hear of its events, which queue in their `inbound` for
+their next step; each group's raw step is buffered and every `scenario.interval` modulator
+steps the summarizer turns the buffer into a narrative scenario, which also joins the
+group's memory; then memories are folded, plans revised and goals checked.
 
 Crash safety: events.jsonl and scenarios.jsonl are appended during a round and state.json
 is written atomically at the round's end. state.json is the commit point: on resume both
@@ -23,7 +25,7 @@ from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.common.prompts import render_prompt
 from matrix.llm.roles import RoleLLM, Roles
 from matrix.sim import agents as agent_ops
-from matrix.sim.communication import Communication, Group
+from matrix.sim.communication import Communication, Decision, Delivery, Group, Routing
 from matrix.sim.schemas import Agent, Event, Scenario
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class SimConfig:
     goal_check_every: int
     inbox_max: int
     seed: int
+    group_memory: int  # scenario summaries each modulator remembers (communication.memory_size)
+    inbound_max: int  # events queued for one modulator step (communication.inbound_max)
+    scenario_profile_chars: int  # profile excerpt per participant in the summarizer prompt
+    schedule: str = "lockstep"  # lockstep | groups (simulation.schedule)
 
 
 @dataclass
@@ -125,70 +131,138 @@ class Simulation:
 
     # -- one round ----------------------------------------------------------------------
     def step(self, state: SimState) -> None:
+        """One round: act, route, share between groups, form scenarios, update agents, commit."""
         r = state.round + 1
-        agents, groups = state.agents, state.groups
         before = self.roles.ledger()["total"]
-        active = [a for a in agents if not a.done]
+        active = [a for a in state.agents if not a.done]
+        actions = self.act(active, r)
+        routing = self.comm.route(r, actions, state.agents, state.groups)
+        for g in state.groups:  # the modulators have routed every queued inbound event
+            g.inbound = []
+        events = self.record_events(r, actions, routing.decisions, state)
+        self.deliver_news(routing.deliveries, state)
+        forwarded = self.share_between_groups(actions, events, state)
+        for a in state.agents:
+            a.inbox = a.inbox[-self.cfg.inbox_max :]
+        self.buffer_steps(r, events, routing.deliveries, forwarded, state)
+        ready = [g for g, buf in state.buffers.items() if len(buf) >= self.cfg.interval]
+        scenarios = self.summarize(state, ready)
+        self.update_agents(r, state)
+        self.commit(r, events, scenarios, state)
+        if self.on_round:
+            self.on_round(r, self.round_stats(r, before, active, events, routing, state))
+
+    def act(self, active: list[Agent], r: int) -> dict[int, str]:
+        """Agent index -> its action this round (one batched call)."""
         texts = agent_ops.act(
             self.agent_llm, self.prompts, active, r, seed=self.cfg.seed * 100_003 + r
         )
-        actions = {a.index: t for a, t in zip(active, texts, strict=True)}
-        decisions = self.comm.route(r, actions, agents, groups)
+        return {a.index: t for a, t in zip(active, texts, strict=True)}
 
-        # Raw scenario lines per group: who did what, who noticed.
-        lines: dict[int, list[str]] = {}
-        events: list[Event] = []
+    def record_events(
+        self, r: int, actions: dict[int, str], decisions: dict[int, Decision], state: SimState
+    ) -> list[Event]:
+        """An event per action; each observer finds the action in its inbox next round."""
+        agents = state.agents
+        events = []
         for i in sorted(actions):
-            d = decisions[i]
-            a = agents[i]
-            ev = Event(
-                id=f"r{r:04d}-a{i:05d}",
-                round=r,
-                group=a.group,
-                agent=i,
-                agent_name=a.name,
-                action=actions[i],
-                observers=d.observers,
-                routing=d.how,
-                routing_reason=d.reason,
-            )
-            events.append(ev)
-            seen_by = ", ".join(agents[o].name for o in d.observers) or "nobody"
-            # Reported speech, not a transcript: a small summarizer copies "Name: I ..." lines
-            # verbatim and slips into the first person; "Name posted: ..." keeps it reporting.
-            lines.setdefault(a.group, []).append(
-                f'{a.name} posted: "{actions[i]}" (read by {seen_by})'
+            d, a = decisions[i], agents[i]
+            events.append(
+                Event(
+                    id=f"r{r:04d}-a{i:05d}",
+                    round=r,
+                    group=a.group,
+                    agent=i,
+                    agent_name=a.name,
+                    action=actions[i],
+                    observers=d.observers,
+                    routing=d.how,
+                    routing_reason=d.reason,
+                )
             )
             for o in d.observers:
                 agents[o].inbox.append(f"{a.name}: {actions[i]}")
+        return events
 
-        # Inter-group routing: another group's members hear of this group's events.
-        forwarded = self.comm.inter_group(lines, agents, groups)
+    def deliver_news(self, deliveries: list[Delivery], state: SimState) -> None:
+        """Events from other groups, to the members their receiving modulator chose."""
+        for d in deliveries:
+            for o in d.observers:
+                state.agents[o].inbox.append(f"(from another community) {d.name}: {d.action}")
+
+    def share_between_groups(
+        self, actions: dict[int, str], events: list[Event], state: SimState
+    ) -> dict[int, tuple[int, ...]]:
+        """Inter-group routing: each sending modulator picks the groups that hear of its
+        group's events; they queue in those groups' `inbound` for their next step."""
+        by_group: dict[int, list[int]] = {}
+        for e in events:
+            by_group.setdefault(e.group, []).append(e.agent)
+        forwarded = self.comm.inter_group(by_group, actions, state.agents, state.groups)
         if self.owns_group is not None:  # a shard forwards only to groups it simulates
             forwarded = {
                 g: tuple(t for t in ts if self.owns_group(t)) for g, ts in forwarded.items()
             }
-        for gid, targets in forwarded.items():
+        for gid, targets in sorted(forwarded.items()):
+            news = [
+                {
+                    "group": gid,
+                    "agent": i,
+                    "name": state.agents[i].name,
+                    "action": actions[i],
+                    "round": state.round + 1,
+                }
+                for i in by_group[gid]
+            ]
             for t in targets:
-                for m in groups[t].members:
-                    agents[m].inbox.extend(f"(from another community) {x}" for x in lines[gid][:2])
-        for a in agents:
-            a.inbox = a.inbox[-self.cfg.inbox_max :]
+                inbound = state.groups[t].inbound + news
+                state.groups[t].inbound = inbound[-self.cfg.inbound_max :]
+        return forwarded
 
-        # Scenario formation: buffer each group's step; summarize full buffers.
-        for gid, ls in lines.items():
-            step = {
-                "round": r,
-                "events": [e.id for e in events if e.group == gid],
-                "lines": ls,
-                "to_groups": list(forwarded.get(gid, ())),
-            }
-            state.buffers.setdefault(gid, []).append(step)
-            groups[gid].memory = (groups[gid].memory + ls)[-6:]
-        ready = [g for g, buf in state.buffers.items() if len(buf) >= self.cfg.interval]
-        scenarios = self.summarize(state, ready)
+    def buffer_steps(
+        self,
+        r: int,
+        events: list[Event],
+        deliveries: list[Delivery],
+        forwarded: dict[int, tuple[int, ...]],
+        state: SimState,
+    ) -> None:
+        """Each group's raw step (who did what, who noticed) joins its scenario buffer."""
+        names = [a.name for a in state.agents]
+        steps: dict[int, dict] = {}
 
-        # Between rounds: memory, plans, goals.
+        def step_of(gid: int) -> dict:
+            return steps.setdefault(
+                gid,
+                {
+                    "round": r,
+                    "events": [],
+                    "agents": [],
+                    "lines": [],
+                    "to_groups": list(forwarded.get(gid, ())),
+                },
+            )
+
+        for e in events:
+            seen_by = ", ".join(names[o] for o in e.observers) or "nobody"
+            s = step_of(e.group)
+            s["events"].append(e.id)
+            s["agents"].append(e.agent)
+            # Reported speech, not a transcript: a small summarizer copies "Name: I ..." lines
+            # verbatim and slips into the first person; "Name posted: ..." keeps it reporting.
+            s["lines"].append(f'{e.agent_name} posted: "{e.action}" (read by {seen_by})')
+        for d in deliveries:
+            seen_by = ", ".join(names[o] for o in d.observers) or "nobody"
+            step_of(d.group)["lines"].append(
+                f'News from another community reached the group: {d.name} posted "{d.action}" '
+                f"(read by {seen_by})"
+            )
+        for gid, s in sorted(steps.items()):
+            state.buffers.setdefault(gid, []).append(s)
+
+    def update_agents(self, r: int, state: SimState) -> None:
+        """Between rounds: fold long memories, revise plans and check goals on schedule."""
+        agents = state.agents
         agent_ops.summarize_memories(
             self.roles.get("summarizer"),
             self.prompts,
@@ -205,7 +279,10 @@ class Simulation:
                 self.agent_llm, self.prompts, [a for a in agents if not a.done], r
             )
 
-        # Commit: rows first, then the state that counts them.
+    def commit(
+        self, r: int, events: list[Event], scenarios: list[Scenario], state: SimState
+    ) -> None:
+        """Rows first, then the state that counts them (the commit point)."""
         state.n_events += self.events.append(asdict(e) for e in events)
         state.n_scenarios += self.scenarios.append(asdict(s) for s in scenarios)
         state.round = r
@@ -214,15 +291,27 @@ class Simulation:
             rest = self.summarize(state, [g for g, buf in state.buffers.items() if buf])
             state.n_scenarios += self.scenarios.append(asdict(s) for s in rest)
         self.save_state(state)
+
+    def round_stats(
+        self,
+        r: int,
+        before: dict,
+        active: list[Agent],
+        events: list[Event],
+        routing: Routing,
+        state: SimState,
+    ) -> dict:
         after = self.roles.ledger()
-        stats = {
+        return {
             "round": r,
             "active_agents": len(active),
             "events": len(events),
             "scenarios_total": state.n_scenarios,
-            "routing_fallbacks": sum(1 for e in events if e.routing == "fallback"),
+            "routing_fallbacks": sum(1 for e in events if e.routing == "fallback")
+            + sum(1 for d in routing.deliveries if d.how == "fallback"),
             "observations": sum(len(e.observers) for e in events),
-            "agents_done": sum(a.done for a in agents),
+            "inter_group_deliveries": len(routing.deliveries),
+            "agents_done": sum(a.done for a in state.agents),
             # requests: rows the round asked for; calls: rows paid for (cache misses)
             "llm_requests": after["total"]["requests"] - before["requests"],
             "llm_calls": after["total"]["calls"] - before["calls"],
@@ -230,8 +319,6 @@ class Simulation:
             "completion_tokens": after["total"]["completion_tokens"] - before["completion_tokens"],
             "max_batch": max((u["max_batch"] for u in after["roles"].values()), default=0),
         }
-        if self.on_round:
-            self.on_round(r, stats)
 
     def summarize(self, state: SimState, group_ids: list[int]) -> list[Scenario]:
         if not group_ids:
@@ -240,14 +327,12 @@ class Simulation:
         chats, metas = [], []
         for gid in sorted(group_ids):
             buf = state.buffers[gid]
-            participants = sorted(
-                {agents[int(e.split("-a")[1])].index for s in buf for e in s["events"]}
-            )
+            participants = sorted({i for s in buf for i in s["agents"]})
             log_text = "\n".join(f"- {x}" for s in buf for x in s["lines"])
             fields = {
                 "description": state.groups[gid].description,
                 "people": "\n".join(
-                    f"- {agents[i].name}: {agents[i].profile.describe(200)} Goal: {agents[i].goal}"
+                    f"- {agents[i].name}: {agents[i].profile.describe(self.cfg.scenario_profile_chars)} Goal: {agents[i].goal}"
                     for i in participants
                 ),
                 "log": log_text,
@@ -274,6 +359,8 @@ class Simulation:
                 )
             )
             state.buffers[gid] = []
+            group = state.groups[gid]
+            group.memory = (group.memory + [summary])[-self.cfg.group_memory :]
         return scenarios
 
     def stop_reason(self, state: SimState) -> str | None:
@@ -286,6 +373,12 @@ class Simulation:
         return None
 
     def run(self, state: SimState) -> SimState:
+        """Rounds until a stop reason; returns the last committed state (the same object
+        in lock-step; `schedule: groups` runs GroupScheduler, see matrix/sim/scheduler.py)."""
+        if self.cfg.schedule == "groups":
+            from matrix.sim.scheduler import GroupScheduler
+
+            return GroupScheduler(self, state).run()
         while not state.stopped:
             self.step(state)
         return state

@@ -28,6 +28,8 @@ from matrix.sim.schemas import Profile
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 PACKAGE_PREFIX = "matrix:"
 REQUIRED_FIELDS = ("id", "persona")  # persona falls back to bio
 FIELDS = ("id", "name", "handle", "bio", "persona", "topics", "posts")
@@ -100,6 +102,7 @@ class LoadReport:
     lines: int
     loaded: int
     skipped: tuple[str, ...]
+    under_age: int = 0  # profiles dropped because they state an age below population.min_age
 
 
 def resolve_data_path(path: str) -> Path:
@@ -284,7 +287,7 @@ def load_profiles(
     check_fields(p, file_columns(p, fmt, max_line_bytes), fields)
     profiles: list[Profile] = []
     seen: set[str] = set()
-    lines = 0
+    lines = under_age = 0
     for lineno, row in _rows(p, fmt, max_line_bytes):
         lines += 1
         try:
@@ -298,6 +301,7 @@ def load_profiles(
                 and (age := _stated_age(prof.persona)) is not None
                 and age < min_age
             ):
+                under_age += 1
                 continue
         except ProfileError as e:
             bad.add(lineno, str(e))
@@ -307,7 +311,9 @@ def load_profiles(
     if not profiles:
         raise ProfileError(f"{p}: no usable profile among {lines} lines; check population.fields")
     bad.summary(lines)
-    return profiles, LoadReport(str(p), lines, len(profiles), tuple(bad.skipped))
+    if under_age:
+        log.info("population: dropped %d profiles stating an age below %d", under_age, min_age)
+    return profiles, LoadReport(str(p), lines, len(profiles), tuple(bad.skipped), under_age)
 
 
 def _stated_age(text: str) -> int | None:

@@ -45,3 +45,47 @@ def parse_route(text: str, valid: range | set[int], exclude: int | None = None) 
             return Route((), text)
         return None
     return Route(ids, reason.strip(" ,.;:-")[:300])
+
+
+# A labelled answer line: "A: [1, 2], reason", "B) []", "Item C - [0]". The label must be
+# followed by a separator, so a sentence that starts with "I think" is not item I.
+_LABELLED = re.compile(r"^\W*(?:item\s+)?([A-Z]{1,2})\s*[:)\-]\s*(.*)$", re.IGNORECASE)
+
+
+def item_label(k: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: labels for the items a modulator routes in one answer."""
+    letters = ""
+    k += 1
+    while k:
+        k, r = divmod(k - 1, 26)
+        letters = chr(65 + r) + letters
+    return letters
+
+
+def parse_routes(
+    text: str, labels: list[str], valid: range | set[int], exclude: dict[str, int | None]
+) -> dict[str, Route]:
+    """Per-item routes from a modulator answer that decides several items at once.
+
+    Each answer line `LABEL: [ids], reason` decides the item of that label (the first line
+    for a label wins; `exclude[label]` is dropped from its ids, e.g. the item's own actor).
+    A single-item answer without a label is read as that item's route. Labels absent from
+    the answer, or whose line carries no usable decision, are missing from the result.
+    """
+    wanted = {x.upper() for x in labels}
+    out: dict[str, Route] = {}
+    for line in (text or "").splitlines():
+        m = _LABELLED.match(line)
+        if not m:
+            continue
+        label = m.group(1).upper()
+        if label not in wanted or label in out:
+            continue
+        route = parse_route(m.group(2), valid, exclude=exclude.get(label))
+        if route is not None:
+            out[label] = route
+    if not out and len(labels) == 1:
+        route = parse_route(text, valid, exclude=exclude.get(labels[0]))
+        if route is not None:
+            out[labels[0]] = route
+    return out

@@ -58,6 +58,23 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             f"{k!r} must be an integer >= 1 or 'auto'",
         )
     p.check(int(sim.max_rounds) >= 1, "simulation.max_rounds", "must be >= 1")
+    p.check(
+        sim.schedule in ("lockstep", "groups"),
+        "simulation.schedule",
+        f"'{sim.schedule}' is not one of lockstep, groups",
+    )
+    p.check(
+        not (sim.schedule == "groups" and comm.mode == "random"),
+        "simulation.schedule",
+        "groups cannot run communication.mode=random (it routes across groups); use lockstep",
+    )
+    p.check(
+        comm.unparsed in ("broadcast", "nobody"),
+        "communication.unparsed",
+        f"'{comm.unparsed}' is not one of broadcast, nobody",
+    )
+    for key in ("inbound_max", "memory_size", "goal_chars", "profile_chars"):
+        p.check(int(comm[key]) >= 1, f"communication.{key}", "must be >= 1")
     p.check(int(cfg.scenario.interval) >= 1, "scenario.interval", "must be >= 1")
     p.check(pop.on_error in ("skip", "fail"), "population.on_error", "use skip or fail")
     p.check(
@@ -119,7 +136,7 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
         render_prompt(
             comm.prompts.group_description,
             "communication.prompts.group_description",
-            members=members_text(g, agents),
+            members=members_text(g, agents, int(comm.profile_chars)),
         )
         for g in groups
     ]
@@ -130,10 +147,11 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     group_vectors = np.stack([vectors[g.members].mean(0) for g in groups])
     group_vectors /= np.linalg.norm(group_vectors, axis=1, keepdims=True) + 1e-9
     log.info(
-        "population: %d profiles from %s (%d skipped), %d groups",
+        "population: %d profiles from %s (%d skipped, %d under population.min_age), %d groups",
         len(profiles),
         report.path,
         len(report.skipped),
+        report.under_age,
         k,
     )
     load_report = {
@@ -141,6 +159,8 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
         "lines": report.lines,
         "loaded": report.loaded,
         "skipped": list(report.skipped),
+        "under_age": report.under_age,
+        "min_age": pop.min_age,
     }
     return SimState(round=0, agents=agents, groups=groups), group_vectors, load_report
 
@@ -163,6 +183,10 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         goal_check_every=int(cfg.simulation.goal_check_every),
         inbox_max=int(cfg.simulation.inbox_max),
         seed=int(cfg.seed),
+        group_memory=int(cfg.communication.memory_size),
+        inbound_max=int(cfg.communication.inbound_max),
+        scenario_profile_chars=int(cfg.scenario.profile_chars),
+        schedule=str(cfg.simulation.schedule),
     )
     per_round: list[dict] = []
 
@@ -197,7 +221,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     )
     with progress() as bar:
         task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
-        sim.run(state)
+        state = sim.run(state)
 
     write_jsonl(run.dir / "agents.jsonl", (a.to_row() for a in state.agents))
     write_json(
@@ -223,6 +247,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         "scenarios": len(scenarios),
         "agents_done": sum(a.done for a in state.agents),
         "routing_fallbacks": sum(1 for e in events if e["routing"] == "fallback"),
+        "profiles_under_age": read_json(run.dir / "profiles_report.json").get("under_age", 0),
     }
     run.finish(
         counts,

@@ -1,5 +1,6 @@
 """Pipeline steps: a stage run again with its own settings into its own folder
-(experiment=paper_matrix_tuned: SFT as `train_sft`, then DPO from its model as `train`)."""
+(experiment=paper_matrix_tuned: the SFT rows as `generate_sft`, SFT as `train_sft`, the DPO
+pairs with rejected answers from that model as `generate`, then DPO from it as `train`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.experiments.fake_runs import BagOfWords
 
-TUNED_STEPS = ["simulate", "generate", "train_sft", "train", "evaluate"]
+TUNED_STEPS = ["simulate", "generate_sft", "train_sft", "generate", "train", "evaluate"]
 
 
 @pytest.mark.parametrize("preset", ["paper_matrix_tuned", "paper_matrix_tuned_tiny"])
@@ -28,13 +29,20 @@ def test_matrix_tuned_is_sft_then_dpo_from_the_sft_model(preset: str, tmp_path: 
     assert list(steps) == TUNED_STEPS
     sft, dpo = steps["train_sft"], steps["train"]
     assert (sft.stage, dpo.stage) == ("train", "train")
+    gen_sft, gen_dpo = steps["generate_sft"], steps["generate"]
+    assert (gen_sft.stage, gen_dpo.stage) == ("generate", "generate")
+    assert list(gen_sft.cfg.generate.run_sets) == ["general"]
+    assert list(gen_dpo.cfg.generate.run_sets) == ["complex"]
+    # the pairs' rejected answers come from the SFT step's model (generated after it)
+    assert gen_dpo.cfg.rejected_model == str(tmp_path / preset / "train_sft" / "hf_model")
+    assert gen_sft.cfg.rejected_model is None
     assert stage_dir(sft.cfg, "train") == tmp_path / preset / "train_sft"
     assert stage_dir(dpo.cfg, "train") == tmp_path / preset / "train"
     assert (sft.cfg.objective, dpo.cfg.objective) == ("sft", "dpo")
     # SFT starts from the base model, DPO from SFT's export; both train on this run's data
     assert sft.cfg.model.path == cfg.model.path
     assert dpo.cfg.model.path == str(tmp_path / preset / "train_sft" / "hf_model")
-    assert sft.cfg.data.sft_path == dpo.cfg.data.sft_path
+    assert sft.cfg.data.sft_path == str(tmp_path / preset / "generate_sft" / "sft.jsonl")
     assert dpo.cfg.data.dpo_path == str(tmp_path / preset / "generate" / "dpo.jsonl")
     # the same hyperparameters (the paper_sft ones) in both steps
     assert sft.cfg.optimizer == dpo.cfg.optimizer and sft.cfg.trainer == dpo.cfg.trainer
@@ -118,8 +126,13 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     dpo = json.loads((run / "train" / "manifest.json").read_text())
     assert (sft["stage"], sft["config"]["objective"]) == ("train", "sft")
     assert (dpo["stage"], dpo["config"]["objective"]) == ("train", "dpo")
-    assert sft["inputs"]["data"]["path"].endswith("generate/sft.jsonl")
-    assert dpo["inputs"]["data"]["path"].endswith("generate/dpo.jsonl")
+    assert sft["inputs"]["data"]["path"].endswith("generate_sft/sft.jsonl")
+    assert dpo["inputs"]["data"]["path"].endswith("/generate/dpo.jsonl")
+    # every DPO pair's rejected answer came from the SFT step's model
+    pairs = [json.loads(x) for x in (run / "generate" / "dpo.jsonl").read_text().splitlines()]
+    assert pairs and all(
+        p["lineage"]["models"]["rejecter"] == str(run / "train_sft" / "hf_model") for p in pairs
+    )
     assert dpo["config"]["model"]["path"] == str(run / "train_sft" / "hf_model")
     assert sft["counts"]["steps"] > 0 and dpo["counts"]["steps"] > 0
     _assert_same_weights(run / "train_sft" / "hf_model", run / "train" / "hf_model")
@@ -135,17 +148,20 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     # steps downstream of it: evaluate read the model that train now writes again.
     (run / "train" / "manifest.json").unlink()
     log = _pipeline(args, tmp_path)
-    for step in ("simulate", "generate", "train_sft"):
+    for step in ("simulate", "generate_sft", "train_sft", "generate"):
         assert f"{step}: reusing finished run" in log
     assert "train: running (the last run did not finish" in log
     assert "evaluate: running (inputs changed: model" in log
     assert "train_sft: running" not in log
 
-    # Changing a training setting reruns both train steps and evaluate, and only those.
+    # Changing a training setting reruns every step downstream of it, and only those: both
+    # train steps (their config), the DPO pairs (rejected answers from the SFT model) and
+    # evaluate (the model it answers with).
     log = _pipeline([*args, "data.max_seq_len=384"], tmp_path)
-    for step in ("simulate", "generate"):
+    for step in ("simulate", "generate_sft"):
         assert f"{step}: reusing finished run" in log
     assert "train_sft: running (config changed" in log
+    assert "generate: running (inputs changed: rejected_model" in log
     assert "train: running (config changed" in log
     assert "evaluate: running (inputs changed: model" in log
 
@@ -181,7 +197,14 @@ def test_two_train_steps_under_ddp_on_two_cpu_processes(
         tmp_path,
     )
     counts = {step: log.count(f"{step}: running") for step in TUNED_STEPS}
-    assert counts == {"simulate": 1, "generate": 1, "train_sft": 2, "train": 2, "evaluate": 1}
+    assert counts == {
+        "simulate": 1,
+        "generate_sft": 1,
+        "train_sft": 2,
+        "generate": 1,
+        "train": 2,
+        "evaluate": 1,
+    }
     for step in ("train_sft", "train"):
         manifest = json.loads((tmp_path / "ddp" / step / "manifest.json").read_text())
         assert manifest["counts"]["steps"] > 0

@@ -124,3 +124,16 @@ def test_name_sweep_job_gives_distinct_runs_under_one_sweep() -> None:
         assert c.eval.model.checkpoint.endswith(f"comm_ablation_tiny/{a}/train/hf_model")
     # the arms differ in the simulate config hash, so none reuses another's simulation
     assert len({config_hash(c, "simulate") for c in cfgs}) == 3
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_presets_simulate_until_their_scenario_target(preset: str) -> None:
+    from matrix.sim.run import resolve_k
+
+    cfg = _compose("pipeline", [f"experiment={preset}"])
+    sim, pop = cfg.simulation, cfg.population
+    assert sim.target_scenarios >= 5000  # docs/reproducing.md budgets 5,000 scenarios
+    # the round bound must leave room to reach the target: k groups summarize every interval
+    k = resolve_k(cfg.communication.k, 1000)
+    assert sim.max_rounds >= sim.target_scenarios * cfg.scenario.interval / k
+    assert pop.anonymize == "llm" and pop.min_age == 18 and pop.size is None

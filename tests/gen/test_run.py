@@ -221,3 +221,39 @@ def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
     run_generate(again, backends=backends)
     assert len(read_rows(_out(tmp_path) / "sft.jsonl")) == 3
     assert backends["gen"].calls == 1
+
+
+def test_sft_and_dpo_sets_draw_different_seeds(tmp_path, sim_dir):
+    # The 20K mix: the SFT set and the DPO set draw from disjoint seed streams, each ranked
+    # by its own need (`general`, `complex`): no (scenario, persona) seed grounds both.
+    cfg = compose_generate(
+        tmp_path,
+        f"simulation_dir={sim_dir}",
+        "generator=matrix_20k",
+        "generator.sets.general.target=3",
+        "generator.sets.complex.target=3",
+        "generate.filters.near_dup_threshold=0.99",
+        *SCRIPTED_ROLES,
+    )
+    assert cfg.generator.sets.general.need != cfg.generator.sets.complex.need
+    run_generate(cfg, backends=scripted_backends())
+    out = _out(tmp_path)
+
+    def seeds(rows):
+        return [(r["lineage"]["scenario_ids"][0], r["lineage"]["agent_ids"][0]) for r in rows]
+
+    sft, dpo = seeds(read_rows(out / "sft.jsonl")), seeds(read_rows(out / "dpo.jsonl"))
+    assert len(sft) == len(dpo) == 3
+    assert set(sft).isdisjoint(dpo)
+
+
+def test_run_sets_generates_the_named_sets_only(tmp_path, sim_dir):
+    base = [f"simulation_dir={sim_dir}", *TINY]
+    cfg = compose_generate(tmp_path, *base, "generate.run_sets=[complex]")
+    result = run_generate(cfg, backends=scripted_backends())
+    assert result["counts"]["sft"] == 0 and result["counts"]["dpo"] == 2
+    with pytest.raises(ConfigError, match="generate.run_sets"):
+        run_generate(
+            compose_generate(tmp_path, *base, "generate.run_sets=[complx]"),
+            backends=scripted_backends(),
+        )

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,22 @@ def test_default_population_loads_1000_profiles():
     profiles, report = load_profiles("matrix:data/profiles/oasis_x_synthetic_1000.jsonl", FIELDS)
     assert len(profiles) == 1000 and not report.skipped
     assert all(p.persona for p in profiles)
+
+
+def test_default_min_age_drops_stated_minors_and_counts_them():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    min_age = OmegaConf.load(f"{CONF}/population/default.yaml").min_age
+    assert min_age == 18
+    path = "matrix:data/profiles/oasis_x_synthetic_1000.jsonl"
+    profiles, report = load_profiles(path, FIELDS, min_age=min_age)
+    assert report.under_age > 0 and len(profiles) == 1000 - report.under_age
+    # a persona states its own age first ("a 16-year-old student who ..."); later ages are
+    # often someone else's ("... her 7-year-old son")
+    first_ages = [re.search(r"(\d{1,2})-year-old", p.persona) for p in profiles]
+    assert all(int(m.group(1)) >= min_age for m in first_ages if m)
 
 
 def _write(tmp_path, lines):
