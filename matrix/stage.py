@@ -15,6 +15,8 @@ import logging
 import os
 import platform
 import re
+import secrets
+import string
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -260,12 +262,11 @@ def open_stage(cfg: DictConfig, stage: str, resume: bool = True) -> StageRun:
 def wandb_run_id(out: Path, resume: bool) -> str:
     """The W&B run id of the stage folder `out`: the stored one when resuming, else a new one
     (stored under wandb/, which input hashes leave out)."""
-    import wandb
-
     path = out / "wandb" / "run_id"
     if resume and path.exists():
         return path.read_text(encoding="utf-8").strip()
-    run_id = wandb.util.generate_id()
+    # W&B's own ids: 8 characters of [a-z0-9]
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     atomic_write_text(path, run_id + "\n")
     return run_id
 
