@@ -136,19 +136,23 @@ def run_with_kills(
     snapshot: Callable[[], Any] = lambda: None,
     jitter: float = 0.0,
     timeout: float = 600,
+    did_work: Callable[[Any, Any], bool] | None = None,
 ) -> Killed:
     """Start `cmd` once per point and SIGKILL it when the point is reached (after a random
     delay of up to `jitter` seconds, drawn from `seed`, so a kill may land anywhere after
-    the point); then run it once more to the end. A run that ends before its point was
-    reached is not a kill, and no later points are tried."""
+    the point); then run it once more to the end. With `did_work(snapshot at the start,
+    snapshot now)`, a point counts only once the attempt has done work of its own (so the
+    kill lands inside the work, not while the process starts). A run that ends before its
+    point was reached is not a kill, and no later points are tried."""
     rng = random.Random(seed ^ 0x5EED)
     out = Killed(seed)
     for point in points:
         t0 = time.monotonic()
+        at_start = snapshot() if did_work else None
         proc = start(cmd, log)
         killed = False
         while proc.poll() is None:
-            if point.reached():
+            if point.reached() and (did_work is None or did_work(at_start, snapshot())):
                 if jitter:
                     time.sleep(rng.uniform(0, jitter))
                 proc.send_signal(signal.SIGKILL)

@@ -71,6 +71,11 @@ def world_size(cfg: DictConfig) -> int:
     return int(devices) * int(t.num_nodes)
 
 
+def steps_per_epoch(cfg: DictConfig, dm: ChatDataModule, world: int) -> int:
+    """Optimizer steps in one epoch (a partial accumulation window steps too)."""
+    return max(1, -(-dm.batches_per_epoch(world) // int(cfg.trainer.accumulate_grad_batches)))
+
+
 def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     """Optimizer steps of the whole run (a partial accumulation window at an epoch's end still
     steps, as Lightning does)."""
@@ -199,7 +204,9 @@ def run_train(cfg: DictConfig) -> dict | None:
         counts = {
             **dm.stats.as_counts(),
             "steps": trainer.global_step,
-            "epochs": trainer.current_epoch,
+            # epochs trained, from the step count: Lightning's epoch counter reads one less
+            # after a rerun that resumes from the final checkpoint than after the first run
+            "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
             "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
             "packed_rows": len(dm.units) if dm.packing else None,
             "validation_rows": len(dm.val_ids),

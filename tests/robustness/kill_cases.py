@@ -164,6 +164,16 @@ class Case:
             return ledger_calls(d), len(jsonl_rows(d / EVAL_BENCH / "answers.jsonl"))
         return ledger_calls(d)
 
+    def did_work(self, before, now) -> bool:
+        """Whether an attempt did work of its own between two snapshots: a training step
+        logged (a row that is not one of the rows it started with), an LLM call recorded,
+        an answer written."""
+        if self.stage == "train":
+            return now != before[: len(now)]
+        if self.stage == "evaluate":
+            return now[0] > before[0] or now[1] > before[1]
+        return now > before
+
     def files(self, name: str) -> list[str]:
         d = self.out(name)
         if self.stage == "simulate":

@@ -6,8 +6,9 @@ time with the same command, then compared with a run that was never killed.
     python -m tests.robustness.soak --kills 5 --stages simulate,train --seed 7
 
 Kill points: a row count of the stage's output drawn per kill from the seed (one from each of
-`kills` equal parts of the run), plus a random delay of up to --jitter seconds after it, so a
-kill lands mid-batch, mid-write or mid-commit. Prints per stage: kills survived, rows lost,
+`kills` equal parts of the run), reached once the attempt has done work of its own (an LLM
+call, a training step), plus a random delay of up to --jitter seconds, so a kill lands
+mid-batch, mid-write or mid-commit, never only while the process starts. Prints per stage: kills survived, rows lost,
 duplicated and changed against the uninterrupted run, and the work the restarts redid (LLM
 calls from the stage's ledger; training: optimizer steps) beside its bound (one checkpoint
 interval per kill). Exits 1 if any stage lost, duplicated or changed a row or redid more.
@@ -39,7 +40,7 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
     whole_log, log = case.base / "whole.log", case.base / "killed.log"
     case.base.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    finish(start(case.cmd("whole"), whole_log))
+    finish(start(case.cmd("whole"), whole_log), whole_log)
     killed = run_with_kills(
         case.cmd("killed"),
         case.points(seed, "killed", kills),
@@ -47,6 +48,7 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
         seed,
         snapshot=lambda: case.snapshot("killed"),
         jitter=jitter,
+        did_work=case.did_work,
     )
     return case.outcome("whole", "killed", killed), (time.monotonic() - t0) / 60
 
