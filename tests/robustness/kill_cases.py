@@ -148,9 +148,18 @@ class Case:
         }[self.stage]
         return (1, hi) if self.soak else (lo, hi)
 
-    def points(self, seed: int, name: str, kills: int) -> list[Point]:
+    def points(self, seed: int, name: str, kills: int, whole: str | None = None) -> list[Point]:
+        """Kill points: row counts of the watched outputs. The soak kills simulate at LLM call
+        counts instead, from the ledger (`whole`: the uninterrupted run that gives the total):
+        its rows come in four bursts, one per round, which would put every kill at a round's
+        end, while the calls of a round come in several batches."""
+        rng = random.Random(seed)
+        if self.soak and self.stage == "simulate" and whole is not None:
+            d = self.out(name)
+            at = thresholds(rng, 1, ledger_calls(self.out(whole)), kills)
+            return [Point(f"{n} LLM calls", lambda n=n: ledger_calls(d) >= n) for n in at]
         lo, hi = self.row_range()
-        at = thresholds(random.Random(seed), lo, hi, kills)
+        at = thresholds(rng, lo, hi, kills)
         return [rows_at_least(self.stage, lambda: self.watched(name), n) for n in at]
 
     # -- work --------------------------------------------------------------------------------

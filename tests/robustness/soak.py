@@ -5,8 +5,8 @@ time with the same command, then compared with a run that was never killed.
     python -m tests.robustness.soak                      # 20 kills per stage
     python -m tests.robustness.soak --kills 5 --stages simulate,train --seed 7
 
-Kill points: a row count of the stage's output drawn per kill from the seed (one from each of
-`kills` equal parts of the run), reached once the attempt has done work of its own (an LLM
+Kill points: a row count of the stage's output (simulate: a count of LLM calls) drawn per
+kill from the seed (one from each of `kills` equal parts of the run), reached once the attempt has done work of its own (an LLM
 call, a training step), plus a random delay of up to --jitter seconds, so a kill lands
 mid-batch, mid-write or mid-commit, never only while the process starts. Prints per stage: kills survived, rows lost,
 duplicated and changed against the uninterrupted run, and the work the restarts redid (LLM
@@ -43,7 +43,7 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
     finish(start(case.cmd("whole"), whole_log), whole_log)
     killed = run_with_kills(
         case.cmd("killed"),
-        case.points(seed, "killed", kills),
+        case.points(seed, "killed", kills, whole="whole"),
         log,
         seed,
         snapshot=lambda: case.snapshot("killed"),
