@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm bench-server lint format config-doc clean-demo
+.PHONY: install demo test test-all llm-server bench-llm bench-server lint format config-doc clean-demo soak
 
 install: $(STAMP)
 
@@ -81,3 +81,8 @@ config-doc: install
 
 clean-demo:
 	rm -rf runs/demo
+
+# 20 random SIGKILLs per stage on debug=tiny (slow, not in CI): kills survived, rows lost,
+# duplicated and changed, work redone; see docs/robustness.md.
+soak: install
+	$(PY) -m tests.robustness.soak --kills 20

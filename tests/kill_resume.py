@@ -1,23 +1,53 @@
-"""Kill a stage's process at chosen points and restart it until it finishes.
+"""Kill a stage's real process at random points, restart it until it finishes, and measure
+what the restarts lost, duplicated and redid.
 
-A stage runs as a subprocess (the real CLI). `kill_when` starts it once per threshold and
-sends SIGKILL as soon as its output holds that many complete rows, so the kill points are
-set by the test (the seed picks thresholds), not by timing; how far past a threshold the
-process gets before the signal lands varies, which the resume must not care about.
+A stage runs as a subprocess of its real entry point (`simulate.py`, ..., `python -m
+matrix.pipeline`) on the tiny random model. `run_with_kills` starts it once per kill point
+and sends SIGKILL as soon as the point is reached (a row count of an output, a manifest
+appearing), then runs it once more to the end. Kill points are drawn from a seed that is
+printed, and set with MATRIX_KILL_SEED, so a failure reproduces:
+
+    MATRIX_KILL_SEED=1234 python -m pytest -q tests/robustness/test_kill_resume.py
+
+Resumption, not restart, is measured from what the process did, not from what its state
+file claims:
+- LLM stages: the calls sent to the backend, from the stage's ledger (llm_spend.json, which
+  adds up every attempt; the call cache is off, so nothing is free). Calls past an
+  uninterrupted run's total were redone; a restart would redo everything before each kill.
+- train: the metrics.jsonl rows of a killed attempt that a later attempt wrote again (each
+  row carries its wall-clock time and throughput, so a recomputed row never equals the
+  first one); each is an optimizer step done twice.
+- evaluate's answers (the model under test is not a ledger role): the calls of the attempt
+  that finished (its manifest), against the items the killed attempts left unanswered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import ROOT
+
+SEED_ENV = "MATRIX_KILL_SEED"
+
+
+def kill_seed(what: str) -> int:
+    """The seed of `what`'s kill points: $MATRIX_KILL_SEED, else a fresh one. Printed, so
+    pytest shows it beside a failure."""
+    env = os.environ.get(SEED_ENV)
+    seed = int(env) if env else random.SystemRandom().randrange(2**31)
+    print(f"{what}: kill seed {seed} (reproduce with {SEED_ENV}={seed})", flush=True)
+    return seed
 
 
 def stage_env() -> dict[str, str]:
@@ -33,12 +63,59 @@ def complete_rows(paths: Iterable[Path]) -> int:
     return n
 
 
-def thresholds(seed: int, total: int, kills: int) -> list[int]:
-    """Where to kill: one row count drawn from each of `kills` equal parts of [1, total),
-    so the kills spread over the run (and over several sets or benchmarks)."""
-    rng = random.Random(seed)
-    edges = [1 + (total - 1) * k // kills for k in range(kills + 1)]
-    return [rng.randrange(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+def jsonl_rows(path: Path) -> list[dict]:
+    """The complete rows of a JSONL file (a torn last line left out); [] when absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
+
+
+def thresholds(rng: random.Random, lo: int, hi: int, kills: int) -> list[int]:
+    """`kills` row counts in [lo, hi), one drawn from each of `kills` equal parts, so the
+    kills spread over the run (non-decreasing; repeats when the range is shorter than
+    `kills`)."""
+    edges = [lo + (hi - lo) * k // kills for k in range(kills + 1)]
+    return [rng.randrange(a, max(b, a + 1)) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class Point:
+    """A kill point: `reached()` turns true once the run is past it."""
+
+    name: str
+    reached: Callable[[], bool]
+
+
+def rows_at_least(name: str, paths: Callable[[], Iterable[Path]], n: int) -> Point:
+    return Point(f"{name} >= {n} rows", lambda: complete_rows(paths()) >= n)
+
+
+def file_exists(name: str, path: Path) -> Point:
+    return Point(name, path.exists)
+
+
+@dataclass
+class Attempt:
+    """One start of the process: the point it was killed at (None: it ran to the end) and
+    `snapshot()` taken once it was gone."""
+
+    point: str | None
+    snapshot: Any = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Killed:
+    """The attempts of one killed-and-restarted run; the last ran to the end."""
+
+    seed: int
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def kills(self) -> int:
+        return sum(a.point is not None for a in self.attempts)
 
 
 def start(cmd: Sequence[str], log: Path) -> subprocess.Popen:
@@ -46,35 +123,107 @@ def start(cmd: Sequence[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, env=stage_env(), stdout=f, stderr=subprocess.STDOUT)
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     rc = proc.wait(timeout)
     assert rc == 0, f"exit code {rc}; log tail:\n{log.read_text(errors='replace')[-4000:]}"
 
 
-def kill_when(
+def run_with_kills(
     cmd: Sequence[str],
-    rows: Callable[[], int],
-    at: Sequence[int],
+    points: Sequence[Point],
     log: Path,
-    timeout: float = 180,
-) -> list[int]:
-    """Start `cmd` once per threshold in `at` and SIGKILL it once `rows()` reaches it;
-    returns the row counts seen at the kills (a run that ended first is not a kill)."""
-    seen = []
-    for threshold in at:
+    seed: int,
+    snapshot: Callable[[], Any] = lambda: None,
+    jitter: float = 0.0,
+    timeout: float = 600,
+    did_work: Callable[[Any, Any], bool] | None = None,
+) -> Killed:
+    """Start `cmd` once per point and SIGKILL it when the point is reached (after a random
+    delay of up to `jitter` seconds, drawn from `seed`, so a kill may land anywhere after
+    the point); then run it once more to the end. With `did_work(snapshot at the start,
+    snapshot now)`, a point counts only once the attempt has done work of its own (so the
+    kill lands inside the work, not while the process starts). A run that ends before its
+    point was reached is not a kill, and no later points are tried."""
+    rng = random.Random(seed ^ 0x5EED)
+    out = Killed(seed)
+    for point in points:
+        t0 = time.monotonic()
+        at_start = snapshot() if did_work else None
         proc = start(cmd, log)
-        deadline = time.monotonic() + timeout
+        killed = False
         while proc.poll() is None:
-            n = rows()
-            if n >= threshold:
+            if point.reached() and (did_work is None or did_work(at_start, snapshot())):
+                if jitter:
+                    time.sleep(rng.uniform(0, jitter))
                 proc.send_signal(signal.SIGKILL)
-                seen.append(n)
+                killed = True
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() - t0 > timeout:
                 proc.kill()
                 proc.wait()
-                raise AssertionError(f"fewer than {threshold} rows after {timeout}s")
+                raise AssertionError(f"{point.name} not reached after {timeout}s (seed {seed})")
             time.sleep(0.01)
-        if proc.wait() not in (0, -signal.SIGKILL):
+        rc = proc.wait()
+        if rc not in (0, -signal.SIGKILL):
             finish(proc, log)  # a crash: fail with the log
-    return seen
+        killed = killed and rc == -signal.SIGKILL
+        out.attempts.append(
+            Attempt(point.name if killed else None, snapshot(), time.monotonic() - t0)
+        )
+        if not killed:
+            return out
+    t0 = time.monotonic()
+    proc = start(cmd, log)
+    finish(proc, log, timeout)
+    out.attempts.append(Attempt(None, snapshot(), time.monotonic() - t0))
+    return out
+
+
+# -- what the restarts redid ---------------------------------------------------------------
+
+
+def ledger_calls(stage_dir: Path) -> int:
+    """Backend calls of every attempt of the stage so far (its llm_spend.json)."""
+    path = stage_dir / "llm_spend.json"
+    return int(json.loads(path.read_text())["total"]["calls"]) if path.exists() else 0
+
+
+def rows_rewritten(before: list[dict], after: list[dict]) -> int:
+    """Rows of `before` (a killed attempt's log) that `after` (the next attempt's) does not
+    keep as they were: work a resume redid."""
+    kept = 0
+    for a, b in zip(before, after, strict=False):
+        if a != b:
+            break
+        kept += 1
+    return len(before) - kept
+
+
+def steps_redone(killed: Killed) -> list[int]:
+    """Per kill, the optimizer steps a later attempt did again (attempt snapshots: the
+    metrics.jsonl rows)."""
+    snaps = [a.snapshot for a in killed.attempts]
+    return [rows_rewritten(a, b) for a, b in zip(snaps, snaps[1:], strict=False)]
+
+
+# -- stage commands --------------------------------------------------------------------------
+
+
+def cli(script: str, runs: Path, model_dir: Path, name: str, *extra: str) -> list[str]:
+    """The stage's real entry point on the tiny model, LLM call cache off (the stage's own
+    checkpoint must carry the resume)."""
+    from tests.conftest import tiny_llm_overrides
+
+    entry = ["-m", "matrix.pipeline"] if script == "pipeline" else [str(ROOT / script)]
+    return [
+        sys.executable,
+        *entry,
+        "debug=tiny",
+        f"paths.runs_dir={runs}",
+        f"paths.cache_dir={runs}/cache",
+        f"run.name={name}",
+        "logger=none",
+        "llm.cache.enabled=false",
+        *tiny_llm_overrides(model_dir),
+        *extra,
+    ]

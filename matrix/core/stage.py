@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import platform
+import secrets
+import string
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.io import JsonlLog, disk_writes, file_sha256, write_json
+from matrix.common.io import (
+    JsonlLog,
+    atomic_write_text,
+    disk_writes,
+    file_sha256,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 from matrix.common.secrets import redact, scrubbed_argv
 from matrix.core.registry import STAGES
 
@@ -113,6 +123,23 @@ class StageRun:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
+    def keep_metrics_through(self, step: int) -> int:
+        """Resume metrics.jsonl at `step`: rows logged past it (by an attempt killed after its
+        last checkpoint) are dropped, in one atomic rewrite, so the resumed run logs them once;
+        `step=0` drops every row (a fresh start). Row times continue from the last kept row.
+        Returns the number of rows dropped."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        JsonlLog(path).drop_torn_tail()
+        rows = read_jsonl(path)
+        kept = [r for r in rows if step > 0 and int(r.get("step", 0)) <= step]
+        if len(kept) < len(rows):
+            write_jsonl(path, kept)
+        if kept:
+            self.started = time.time() - float(kept[-1].get("time", 0.0))
+        return len(rows) - len(kept)
+
     def track_llm_spend(self, roles: Roles) -> None:
         """Count every attempt of this stage run against llm.budget: a resumed run starts from
         what the killed or budget-stopped attempts spent (llm_spend.json). The key leaves
@@ -174,19 +201,33 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     )
 
 
-def open_stage(cfg: DictConfig, stage: str) -> StageRun:
+def open_stage(cfg: DictConfig, stage: str, resume: bool = True) -> StageRun:
+    """Open the stage's run dir. `resume`: this attempt continues the folder's earlier one (the
+    same W&B run id, kept in <stage dir>/wandb/run_id); False starts a new W&B run."""
     out = stage_dir(cfg, stage)
     with disk_writes(out):
         out.mkdir(parents=True, exist_ok=True)
         # A stage that starts (or resumes) is no longer complete until it finishes again.
         (out / "manifest.json").unlink(missing_ok=True)
     run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg, stage))
-    run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash)
+    run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash, resume)
     log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)
     return run
 
 
-def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
+def wandb_run_id(out: Path, resume: bool) -> str:
+    """The W&B run id of the stage folder `out`: the stored one when resuming, else a new one
+    (stored under wandb/, which input hashes leave out)."""
+    path = out / "wandb" / "run_id"
+    if resume and path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    # W&B's own ids: 8 characters of [a-z0-9]
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str, resume: bool = True) -> Any:
     wcfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
     if not wcfg or not wcfg.get("enabled", True):
         return None
@@ -211,6 +252,10 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str) -> Any:
             tags=tags,
             dir=str(out),
             mode=mode,
+            # a resumed attempt continues the same run (offline: a second offline-run-*-<id>
+            # folder that `wandb sync` adds to the same run)
+            id=wandb_run_id(out, resume),
+            resume="allow",
             config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),

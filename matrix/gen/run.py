@@ -226,7 +226,12 @@ class Generation:
             st.surplus += surplus
             self.state.save(self.state_path)
             self.run.log(
-                {f"gen/{spec.name}/rows": st.rows, f"gen/{spec.name}/dropped": len(dropped)}
+                {
+                    f"gen/{spec.name}/rows": st.rows,
+                    f"gen/{spec.name}/dropped": len(dropped),
+                    # calls sent so far, earlier attempts included (what a step costs)
+                    "gen/llm_calls": self.roles.total.calls,
+                }
             )
             bar.update(task, completed=st.rows)
 

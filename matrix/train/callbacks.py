@@ -54,7 +54,8 @@ class StepLogger(L.Callback):
     """Per optimizer step: loss (and DPO rewards) averaged over the accumulated micro-batches,
     lr, grad norm, tokens/s, padding efficiency and MFU, to StageRun (metrics.jsonl + W&B).
     After each validation pass: the module's metrics over the whole validation set as `val/*`,
-    a row of its own at the current step."""
+    a row of its own at the current step. `tokens_seen` is saved in checkpoints, so it runs on
+    across a resume."""
 
     def __init__(self, run: StageRun | None, every_n_steps: int = 1, precision: str = "32-true"):
         self.run = run
@@ -66,6 +67,23 @@ class StepLogger(L.Callback):
         self._last_step = 0
         self._lr = 0.0
         self._reset()
+
+    def state_dict(self) -> dict:
+        # saved in every checkpoint: a resumed run counts tokens on from there
+        return {"tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens_seen = int(state["tokens_seen"])
+
+    def resume_from(self, rows: list[dict]) -> None:
+        """The rows an earlier attempt logged up to the checkpoint this run resumes from
+        (kept in metrics.jsonl), so the summary and the final validation see them."""
+        for r in rows:
+            row = {k: v for k, v in r.items() if k != "time"}
+            if any(k.startswith("train/") for k in row):
+                self.history.append(row)
+            if any(k.startswith("val/") for k in row):
+                self.val_history.append(row)
 
     def _reset(self) -> None:
         self._sums: dict[str, float] = defaultdict(float)

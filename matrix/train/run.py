@@ -1,8 +1,13 @@
 """`run_train(cfg)`: the train stage from a composed config (what `train.py` calls).
 
-Order matters: validate everything (no model loaded), tokenize the data, open the stage run,
-build model + Lightning trainer, fit (resuming if asked), export the HF folder, write the
-manifest.
+Order matters: validate everything (no model loaded), tokenize the data, pick the checkpoint
+to resume from (`checkpoint.resume`, matrix.train.resume), open the stage run, build model +
+Lightning trainer, fit, export the HF folder, write the manifest.
+
+A resumed run continues in place: metrics.jsonl keeps the rows up to the checkpoint's step
+(later ones are logged again, once), `train/tokens_seen` counts on from the checkpoint, the
+W&B run id is the earlier attempt's, and the data loader, optimizer, scheduler and RNG states
+come from the checkpoint, so the final weights equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from matrix.common.bad_rows import SHOWN
+from matrix.common.io import JsonlLog
 from matrix.core.cli import quiet_logs
 from matrix.core.config_check import check_stage
-from matrix.core.stage import open_stage, stage_dir
+from matrix.core.stage import config_hash, open_stage, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
 from matrix.train.models import build_model, count_parameters, load_tokenizer
+from matrix.train.resume import resume_point
 from matrix.train.sft import SFTModule
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,11 @@ def world_size(cfg: DictConfig) -> int:
     return int(devices) * int(t.num_nodes)
 
 
+def steps_per_epoch(cfg: DictConfig, dm: ChatDataModule, world: int) -> int:
+    """Optimizer steps in one epoch (a partial accumulation window steps too)."""
+    return max(1, -(-dm.batches_per_epoch(world) // int(cfg.trainer.accumulate_grad_batches)))
+
+
 def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     """Optimizer steps of the whole run (a partial accumulation window at an epoch's end still
     steps, as Lightning does)."""
@@ -79,18 +91,6 @@ def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     return by_epochs
 
 
-def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
-    spec = cfg.checkpoint.get("resume")
-    if not spec:
-        return None
-    if spec == "last":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"checkpoint.resume={spec} does not exist")
-    return str(spec)
-
-
 def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.Trainer:
     t = cfg.trainer
     ckpt = ModelCheckpoint(
@@ -102,6 +102,8 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         monitor="step",
         mode="max",
         save_last=True,
+        # resuming in place overwrites last.ckpt (never last-v1.ckpt beside it)
+        enable_version_counter=False,
     )
     return L.Trainer(
         accelerator=t.accelerator,
@@ -150,8 +152,16 @@ def run_train(cfg: DictConfig) -> dict | None:
     dm.setup()
 
     rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
-    stage = open_stage(cfg, "train") if rank_zero else None
     out = stage_dir(cfg, "train")
+    start = resume_point(cfg, out / "checkpoints", config_hash(cfg, "train"), rank_zero)
+    stage = open_stage(cfg, "train", resume=not start.fresh) if rank_zero else None
+    kept: list[dict] = []
+    if stage is not None:
+        # the rows an attempt killed after its last checkpoint logged past it are logged again
+        dropped = stage.keep_metrics_through(start.step)
+        if dropped:
+            log.info("metrics.jsonl: dropped %d rows past step %d", dropped, start.step)
+        kept = JsonlLog(stage.dir / "metrics.jsonl").read() if start.step else []
     cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
@@ -171,10 +181,9 @@ def run_train(cfg: DictConfig) -> dict | None:
             n_pairs=len(dm),
         )
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
+    logger.resume_from(kept)
     trainer = build_trainer(cfg, model, out / "checkpoints", [logger])
-    ckpt = resume_path(cfg, out / "checkpoints")
-    if ckpt:
-        log.info("resuming from %s", ckpt)
+    ckpt = str(start.path) if start.path else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if dm.val_units and (
         not logger.val_history or logger.val_history[-1]["step"] != trainer.global_step
@@ -197,7 +206,9 @@ def run_train(cfg: DictConfig) -> dict | None:
         counts = {
             **dm.stats.as_counts(),
             "steps": trainer.global_step,
-            "epochs": trainer.current_epoch,
+            # epochs trained, from the step count: Lightning's epoch counter reads one less
+            # after a rerun that resumes from the final checkpoint than after the first run
+            "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
             "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
             "packed_rows": len(dm.units) if dm.packing else None,
             "validation_rows": len(dm.val_ids),

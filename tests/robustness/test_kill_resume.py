@@ -1,47 +1,65 @@
-"""SIGKILL a generate or evaluate process at seeded row counts, restart it with the same
-command until it finishes, and compare with a run that was never killed.
+"""SIGKILL each stage's real process at random points (seed printed; MATRIX_KILL_SEED sets
+it), restart it with the same command until it finishes, and check that it RESUMED: the
+rows and files equal an uninterrupted run's (no row lost, duplicated or changed), the
+restarts redid at most one checkpoint interval of work per kill (LLM calls from the stage's
+ledger, optimizer steps from metrics.jsonl), and the attempt that finished did less work
+than a whole run. A restart from scratch gives the same rows but fails the work checks.
 
-Each stage runs as a subprocess through its real CLI on the tiny random model, with the LLM
-call cache off, so the resume rests on the stage's own checkpoint (generate: state.json)
-or its id-keyed outputs (evaluate) alone. The uninterrupted run goes in parallel with the
-killed ones. (Simulate's twin is in tests/sim/test_simulate_stage.py.)
+The uninterrupted run goes in parallel with the killed ones; the LLM call cache is off, so
+the resume rests on the stage's own checkpoint alone. `make soak` runs the same cases with
+20 kills each (tests/robustness/soak.py).
 """
 
+from __future__ import annotations
+
 import json
-import sys
+import random
+
+import pytest
 
 from matrix.common.io import read_json, read_jsonl
-from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
-from tests.gen.doubles import write_sim_dir
-from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
+from tests.conftest import RANDOM_MODEL_OVERRIDES
+from tests.kill_resume import (
+    cli,
+    file_exists,
+    finish,
+    jsonl_rows,
+    kill_seed,
+    ledger_calls,
+    rows_at_least,
+    rows_rewritten,
+    run_with_kills,
+    start,
+)
+from tests.robustness.kill_cases import (
+    EVAL_BENCH,
+    STAGES,
+    Case,
+    Outcome,
+    compare_rows,
+    make_case,
+)
+
+KILLS = 2
 
 
-def _cli(script, tmp_path, model_dir, name, *extra):
-    return [
-        sys.executable,
-        str(ROOT / script),
-        "debug=tiny",
-        f"paths.runs_dir={tmp_path}",
-        f"paths.cache_dir={tmp_path}/cache",
-        f"run.name={name}",
-        "logger=none",
-        "llm.cache.enabled=false",
-        *tiny_llm_overrides(model_dir),
-        *extra,
-    ]
-
-
-def _kill_and_finish(script, tmp_path, model_dir, extra, watched, total, seed):
-    """(uninterrupted dir, killed-and-resumed dir, row counts seen at the kills)."""
-    log = tmp_path / "log.txt"
-    whole = start(_cli(script, tmp_path, model_dir, "whole", *extra), log)
-    cmd = _cli(script, tmp_path, model_dir, "killed", *extra)
-    stage = script.removesuffix(".py")
-    out = tmp_path / "killed" / stage
-    seen = kill_when(cmd, lambda: complete_rows(watched(out)), thresholds(seed, total, 2), log)
-    finish(start(cmd, log), log)
-    finish(whole, log)
-    return tmp_path / "whole" / stage, out, seen
+def _killed_and_whole(case, tmp_path, kills=KILLS):
+    seed = kill_seed(case.stage)
+    whole_log, log = tmp_path / "whole.log", tmp_path / "killed.log"
+    whole = start(case.cmd("whole"), whole_log)  # meanwhile, in parallel
+    killed = run_with_kills(
+        case.cmd("killed"),
+        case.points(seed, "killed", kills),
+        log,
+        seed,
+        snapshot=lambda: case.snapshot("killed"),
+    )
+    finish(whole, whole_log)
+    assert killed.kills == kills, f"seed {seed}: {killed.attempts}"
+    outcome = case.outcome("whole", "killed", killed)
+    print(outcome)
+    assert outcome.problems() == [], outcome
+    return case.out("whole"), case.out("killed"), outcome
 
 
 def _same_manifest(ref, out):
@@ -51,58 +69,133 @@ def _same_manifest(ref, out):
     return b
 
 
-def test_generate_killed_at_random_rows_resumes_to_the_same_rows(tmp_path, tiny_model_dir):
-    sim = write_sim_dir(tmp_path / "sim")
-    extra = [
-        f"simulation_dir={sim}",
-        "generator=tiny",  # general 4, complex 2 (DPO), multi_turn 2, safety 2
-        "generate.limit=null",
-        "generate.batch_size=1",  # a checkpoint per row: kills land between and within steps
-        *RANDOM_MODEL_OVERRIDES,
-        *(f"llm.roles.{r}.max_new_tokens=16" for r in ("generator", "responder", "rejecter")),
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "train"])
+def test_killed_llm_stage_resumes_without_redoing_work(stage, tmp_path, tiny_model_dir):
+    case = make_case(stage, tmp_path, tiny_model_dir)
+    ref, out, outcome = _killed_and_whole(case, tmp_path)
+    assert outcome.rows > 0 and outcome.work > 0
+    m = _same_manifest(ref, out)
+    if stage == "generate":
+        assert read_json(out / "state.json") == read_json(ref / "state.json")
+        assert read_json(out / "stats.json") == read_json(ref / "stats.json")
+        assert m["counts"]["sft"] == len(read_jsonl(out / "sft.jsonl")) == 8
+        assert m["counts"]["dpo"] == len(read_jsonl(out / "dpo.jsonl")) == 2
+    if stage == "evaluate":
+        scores = json.loads((out / "scores.json").read_text())
+        assert scores == json.loads((ref / "scores.json").read_text())
+        assert m["counts"][f"{EVAL_BENCH}_n"] == 5
+
+
+def test_killed_training_resumes_in_place(tmp_path, tiny_model_dir):
+    """Killed between and at checkpoints, training resumes from the run folder's newest
+    checkpoint (checkpoint.resume=auto, the default): the same metrics rows once each, the
+    same tokens_seen, the same final weights (bit for bit on CPU), the same W&B run."""
+    case = make_case("train", tmp_path, tiny_model_dir)
+    case.extra.append("logger=wandb")  # offline (WANDB_MODE)
+    ref, out, outcome = _killed_and_whole(case, tmp_path)
+    m = _same_manifest(ref, out)
+    assert m["counts"]["steps"] == outcome.work == 16
+    assert m["resumed_from"], "the last attempt did not resume"
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    times = [r["time"] for r in rows]
+    assert times == sorted(times), "row times restart after a resume"
+    assert all(r["train/tokens_per_s"] > 0 for r in rows)
+    # one W&B run: every attempt's offline folder carries the id kept in the run folder
+    run_id = (out / "wandb" / "run_id").read_text().strip()
+    folders = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(folders) == outcome.kills + 1
+    assert {f.name.rsplit("-", 1)[1] for f in folders} == {run_id}
+
+
+# -- the whole loop ----------------------------------------------------------------------------
+
+PIPELINE_EXTRA = [
+    *RANDOM_MODEL_OVERRIDES,
+    "generate.batch_size=1",  # a commit per row, so a kill can land inside generate
+    "eval.chunk_size=1",
+    "eval.sampling.max_new_tokens=16",
+]
+# Row counts a kill inside a step is drawn from (after the step's first commit; debug=tiny:
+# 32 events, 2 generated rows, 8 training steps checkpointed every 4, 5 answers + 5 judgments)
+INSIDE = {"simulate": (9, 32), "generate": (1, 2), "train": (5, 8), "evaluate": (2, 10)}
+
+
+def _pipeline_points(seed: int, cases: dict) -> list:
+    """One kill inside a step and one between two steps, both drawn from `seed`, in the
+    order the pipeline reaches them."""
+    rng = random.Random(seed)
+    order = list(STAGES)
+    inside = rng.choice(order)
+    between = rng.choice(order[:-1])  # after this step's manifest, before the next step
+    case = cases[inside]
+    n = rng.randrange(*INSIDE[inside])
+    points = [
+        (order.index(inside), rows_at_least(f"inside {inside}", lambda: case.watched("killed"), n)),
+        (
+            order.index(between) + 0.5,
+            file_exists(f"after {between}", cases[between].out("killed") / "manifest.json"),
+        ),
     ]
-    ref, out, seen = _kill_and_finish(
-        "generate.py",
-        tmp_path,
-        tiny_model_dir,
-        extra,
-        lambda d: (d / "sets").glob("*.jsonl"),
-        total=10,
-        seed=1,  # kills at >= 2 rows (set general) and >= 9 rows (set safety)
-    )
-    assert len(seen) == 2, seen
-    sets = sorted(p.name for p in (ref / "sets").glob("*.jsonl"))
-    files = ["sft.jsonl", "dpo.jsonl", "filtered.jsonl", *(f"sets/{s}" for s in sets)]
-    for name in files:
-        a = read_jsonl(ref / name) if (ref / name).exists() else []
-        b = read_jsonl(out / name) if (out / name).exists() else []
-        assert len({r["id"] for r in b}) == len(b), f"{name}: duplicated ids"
-        assert b == a, f"{name}: resumed run differs from the uninterrupted one"
-    assert read_json(out / "state.json") == read_json(ref / "state.json")
-    assert read_json(out / "stats.json") == read_json(ref / "stats.json")
-    m = _same_manifest(ref, out)
-    assert m["counts"]["sft"] == len(read_jsonl(out / "sft.jsonl")) == 8
-    assert m["counts"]["dpo"] == len(read_jsonl(out / "dpo.jsonl")) == 2
+    return [p for _, p in sorted(points, key=lambda x: x[0])]
 
 
-def test_evaluate_killed_at_random_rows_resumes_to_the_same_scores(tmp_path, tiny_model_dir):
-    bench = "alpaca_eval2"  # eval=demo, 5 items under debug=tiny
-    ref, out, seen = _kill_and_finish(
-        "evaluate.py",
-        tmp_path,
-        tiny_model_dir,
-        # every answer and judgment appended on its own; short answers (this tests resuming)
-        ["eval.chunk_size=1", "eval.sampling.max_new_tokens=16"],
-        lambda d: [d / bench / "answers.jsonl", d / bench / "judgments.jsonl"],
-        total=10,  # 5 answers, then 5 judgments
-        seed=5,  # kills at >= 3 rows (answering) and >= 7 rows (judging)
+def _pipeline_snapshot(cases: dict) -> dict:
+    snap = {}
+    for stage, case in cases.items():
+        d = case.out("killed")
+        manifest = d / "manifest.json"
+        snap[stage] = {
+            "created": read_json(manifest)["created"] if manifest.exists() else None,
+            "work": jsonl_rows(d / "metrics.jsonl") if stage == "train" else ledger_calls(d),
+        }
+    return snap
+
+
+def test_killed_pipeline_resumes_inside_and_between_steps(tmp_path, tiny_model_dir):
+    """`python -m matrix.pipeline` killed inside a random step and between two steps: the
+    rerun reuses the finished steps (their manifests and LLM calls untouched), resumes the
+    killed one, and ends with every stage's rows and the trained weights of an uninterrupted
+    pipeline run."""
+    seed = kill_seed("pipeline")
+    cases = {s: Case(s, tmp_path, tiny_model_dir, []) for s in STAGES}
+    cmd = lambda name: cli("pipeline", tmp_path, tiny_model_dir, name, *PIPELINE_EXTRA)  # noqa: E731
+    whole_log, log = tmp_path / "whole.log", tmp_path / "killed.log"
+    whole = start(cmd("whole"), whole_log)
+    points = _pipeline_points(seed, cases)
+    killed = run_with_kills(
+        cmd("killed"), points, log, seed, snapshot=lambda: _pipeline_snapshot(cases)
     )
-    assert len(seen) == 2, seen
-    for kind in ("answers", "judgments"):
-        a, b = read_jsonl(ref / bench / f"{kind}.jsonl"), read_jsonl(out / bench / f"{kind}.jsonl")
-        assert [r["id"] for r in b] == [r["id"] for r in a] and len(b) == 5, kind
-        assert b == a, f"{kind}: resumed run differs from the uninterrupted one"
-    scores = json.loads((out / "scores.json").read_text())
-    assert scores == json.loads((ref / "scores.json").read_text())
-    m = _same_manifest(ref, out)
-    assert m["counts"][f"{bench}_n"] == 5
+    finish(whole, whole_log)
+    why = f"kill seed {seed}, kills at {[a.point for a in killed.attempts]}"
+    assert killed.kills == 2, why
+    snaps = [a.snapshot for a in killed.attempts]
+    final = snaps[-1]
+    for stage, case in cases.items():
+        o = Outcome(stage, seed, kills=0, rows=0)  # the rows; the work is checked below
+        for f in case.files("whole"):
+            compare_rows(
+                o, jsonl_rows(case.out("whole") / f), jsonl_rows(case.out("killed") / f), f
+            )
+        assert o.problems() == [], why
+        assert (
+            read_json(case.out("killed") / "manifest.json")["counts"]
+            == read_json(case.out("whole") / "manifest.json")["counts"]
+        ), (stage, why)
+        # a step finished before a kill is reused, never run again
+        first_done = next((s[stage] for s in snaps[:-1] if s[stage]["created"]), None)
+        if first_done is not None:
+            assert final[stage] == first_done, (stage, "ran again after it finished", why)
+        # a step killed inside redid at most one checkpoint interval
+        if stage == "train":
+            redone = sum(
+                rows_rewritten(a["train"]["work"], b["train"]["work"])
+                for a, b in zip(snaps, snaps[1:], strict=False)
+            )
+        else:
+            redone = final[stage]["work"] - ledger_calls(case.out("whole"))
+        assert 0 <= redone <= case.interval("whole"), (stage, redone, why)
+    weights = "hf_model/model.safetensors"
+    assert (cases["train"].out("killed") / weights).read_bytes() == (
+        cases["train"].out("whole") / weights
+    ).read_bytes(), why

@@ -1,15 +1,13 @@
 """The simulate stage end to end on the tiny random model: outputs, manifest, W&B, resume."""
 
 import json
-import sys
 
 import pytest
 
 from matrix.common.io import read_jsonl
 from matrix.core.validation import ConfigError
 from matrix.sim.run import run_simulate
-from tests.conftest import ROOT, compose, tiny_llm_overrides
-from tests.kill_resume import complete_rows, finish, kill_when, start, thresholds
+from tests.conftest import compose, tiny_llm_overrides
 
 
 def _overrides(tmp_path, model_dir, name="t", *extra):
@@ -56,31 +54,7 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run"
 
 
-def _cli(tmp_path, model_dir, name):
-    # The LLM call cache is off so the stage's own checkpoint alone must give an identical run.
-    return [
-        sys.executable,
-        str(ROOT / "simulate.py"),
-        *_overrides(tmp_path, model_dir, name, "logger=none", "llm.cache.enabled=false"),
-    ]
-
-
-def test_killed_run_resumes_with_no_lost_or_duplicated_rows(tmp_path, tiny_model_dir):
-    log = tmp_path / "log.txt"
-    whole = start(_cli(tmp_path, tiny_model_dir, "whole"), log)  # meanwhile, on another core
-    out = tmp_path / "killed" / "simulate"
-    cmd = _cli(tmp_path, tiny_model_dir, "killed")
-    # 8 agents x 4 rounds = 32 events
-    seen = kill_when(cmd, lambda: complete_rows([out / "events.jsonl"]), thresholds(0, 30, 2), log)
-    assert len(seen) == 2
-    finish(start(cmd, log), log)
-    finish(whole, log)
-
-    ref = tmp_path / "whole" / "simulate"
-    for name in ("events.jsonl", "scenarios.jsonl"):
-        a, b = read_jsonl(ref / name), read_jsonl(out / name)
-        assert [r["id"] for r in b] == [r["id"] for r in a], name
-        assert b == a, f"{name}: resumed run differs from the uninterrupted one"
+# Killed and resumed: tests/robustness/test_kill_resume.py (every stage, random kill points).
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from matrix.common.io import read_jsonl
+from matrix.train.resume import newest_checkpoint
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
@@ -85,3 +86,41 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
             assert sorted(resumed) == [s for s in full if s > step]
         for s in resumed:
             assert resumed[s] == pytest.approx(full[s], rel=1e-5, abs=1e-6), (key, s)
+
+
+def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data_dir):
+    """checkpoint.resume=auto (the default): a rerun of a finished run resumes from its
+    newest checkpoint and trains no step twice (metrics.jsonl keeps one row per step); a
+    rerun with another train config removes the old checkpoints and starts fresh."""
+    extra = ("data.packing=false", "trainer.max_steps=4", "checkpoint.every_n_steps=2")
+    extra = (*extra, "checkpoint.keep=-1")
+    args = lambda *more: tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "p", *extra, *more)  # noqa: E731
+    run_dir, ckpts = tmp_path / "p" / "train", tmp_path / "p" / "train" / "checkpoints"
+    first = run_train(compose_train(args()))
+    assert first["resumed_from"] is None
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == [
+        "last.ckpt",
+        "step000002.ckpt",
+        "step000004.ckpt",
+    ]
+
+    again = run_train(compose_train(args()))
+    assert again["resumed_from"] == str(ckpts / "last.ckpt")
+    assert read_jsonl(run_dir / "metrics.jsonl") == rows  # nothing trained again
+    assert again["counts"] == first["counts"]  # tokens_trained_on came from the checkpoint
+    assert again["final_metrics"] == first["final_metrics"]
+
+    # last.ckpt one interval behind a step checkpoint (killed between the two writes)
+    (ckpts / "last.ckpt").write_bytes((ckpts / "step000002.ckpt").read_bytes())
+    assert newest_checkpoint(ckpts) == ckpts / "step000004.ckpt"
+
+    changed = run_train(compose_train(args("optimizer.lr=2e-3")))
+    assert changed["resumed_from"] is None
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert losses(run_dir)[4] != pytest.approx(rows[-1]["train/loss"], rel=1e-6)
+
+    fresh = run_train(compose_train(args("optimizer.lr=2e-3", "checkpoint.resume=null")))
+    assert fresh["resumed_from"] is None
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume=/nope.ckpt"):
+        run_train(compose_train(args("checkpoint.resume=/nope.ckpt")))

@@ -1,0 +1,291 @@
+"""Each stage as a kill-and-resume case, shared by the kill tests (a few kills) and the soak
+(`make soak`, 20 and more): its command on `debug=tiny` and the tiny random model, where
+kills land, which rows must come out as an uninterrupted run's, and how much work a kill may
+cost (one checkpoint interval: a simulation round, a generate step, an evaluate chunk, the
+training steps between two checkpoints)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matrix.common.io import read_json
+from tests.conftest import RANDOM_MODEL_OVERRIDES
+from tests.kill_resume import (
+    Killed,
+    Point,
+    cli,
+    jsonl_rows,
+    ledger_calls,
+    rows_at_least,
+    rows_rewritten,
+    steps_redone,
+    thresholds,
+)
+
+STAGES = ("simulate", "generate", "train", "evaluate")
+EVAL_BENCH = "alpaca_eval2"  # eval=demo: 5 items under debug=tiny
+# Fields of a training metrics row that measure the clock, not the computation.
+CLOCK_FIELDS = ("time", "train/tokens_per_s", "train/tokens_per_s_per_device", "train/mfu")
+TRAIN_EVERY = 4
+# The soak's runs are longer than the tests', so that every kill lands on a new row count.
+SOAK_EXTRA = {
+    "simulate": [],  # 8 agents x 4 rounds: 32 events
+    "generate": [
+        "generator.sets.general.target=10",
+        "generator.sets.complex.target=4",
+        "generator.sets.multi_turn.target=4",
+        "generator.sets.safety.target=4",
+    ],
+    "train": [],
+    "evaluate": ["eval.limit=12", f"eval.benchmarks.{EVAL_BENCH}.limit=12"],
+}
+
+
+@dataclass
+class Outcome:
+    """What one killed-and-resumed run came to, against the uninterrupted one."""
+
+    stage: str
+    seed: int
+    kills: int
+    rows: int  # rows of the uninterrupted run's compared files
+    lost: int = 0  # rows (by id) of the uninterrupted run missing after the resumes
+    duplicated: int = 0  # extra copies of a row id
+    differing: int = 0  # rows (by id) present in both with different content
+    redone: int = 0  # work done twice: LLM calls (train: optimizer steps)
+    redone_bound: int = 0  # one checkpoint interval per kill
+    work: int = 0  # the uninterrupted run's work, in the same unit
+    last_attempt_work: int = 0  # work of the attempt that finished
+    unit: str = "calls"
+    files_differing: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Why this run does not count as resumed-without-loss ([] if it does)."""
+        out = []
+        if self.lost or self.duplicated or self.differing or self.files_differing:
+            out.append(
+                f"rows lost {self.lost}, duplicated {self.duplicated}, differing "
+                f"{self.differing}, files differing {self.files_differing}"
+            )
+        if self.redone > self.redone_bound:
+            out.append(
+                f"{self.redone} {self.unit} redone over {self.kills} kills; at most one "
+                f"checkpoint interval per kill ({self.redone_bound})"
+            )
+        if self.kills and not self.last_attempt_work < self.work:
+            out.append(
+                f"the last attempt did {self.last_attempt_work} {self.unit}, an uninterrupted "
+                f"run {self.work}: it started over"
+            )
+        return [f"{self.stage} (kill seed {self.seed}): {p}" for p in out]
+
+
+def row_key(row: dict, file: str):
+    if file == "metrics.jsonl":
+        return (row.get("step"), tuple(sorted(k for k in row if k.startswith("val/"))))
+    return row["id"]
+
+
+def compare_rows(out: Outcome, ref: list[dict], got: list[dict], file: str) -> None:
+    clock = CLOCK_FIELDS if file == "metrics.jsonl" else ()
+    strip = lambda r: {k: v for k, v in r.items() if k not in clock}  # noqa: E731
+    want = {row_key(r, file): strip(r) for r in ref}
+    counts = Counter(row_key(r, file) for r in got)
+    have = {row_key(r, file): strip(r) for r in got}
+    out.rows += len(want)
+    out.lost += sum(k not in have for k in want)
+    out.duplicated += sum(n - 1 for n in counts.values())
+    out.differing += sum(k in have and have[k] != v for k, v in want.items())
+    if [row_key(r, file) for r in got] != [row_key(r, file) for r in ref]:
+        out.files_differing.append(f"{file} (order)")
+
+
+@dataclass
+class Case:
+    """One stage run twice under `base`: `whole` (never killed) and `killed`."""
+
+    stage: str
+    base: Path
+    model_dir: Path
+    extra: list[str]
+    soak: bool = False
+
+    # -- commands and folders --------------------------------------------------------------
+    def cmd(self, name: str) -> list[str]:
+        script = f"{self.stage}.py"
+        return cli(script, self.base, self.model_dir, name, *self.extra)
+
+    def out(self, name: str) -> Path:
+        return self.base / name / self.stage
+
+    # -- where kills land --------------------------------------------------------------------
+    def watched(self, name: str) -> list[Path]:
+        d = self.out(name)
+        if self.stage == "simulate":
+            return [d / "events.jsonl"]
+        if self.stage == "generate":
+            return sorted((d / "sets").glob("*.jsonl"))
+        if self.stage == "train":
+            return [d / "metrics.jsonl"]
+        return [d / EVAL_BENCH / "answers.jsonl", d / EVAL_BENCH / "judgments.jsonl"]
+
+    @property
+    def train_steps(self) -> int:
+        return 32 if self.soak else 16
+
+    def row_range(self) -> tuple[int, int]:
+        """Row counts kills are drawn from, before the last row; in the tests after the
+        first commit (so a restart would have work to redo), in the soak from the first row."""
+        lo, hi = {
+            "simulate": (9, 32),  # 8 agents x 4 rounds; round 1 is committed once round 2 writes
+            "generate": (2, 22 if self.soak else 10),  # tests: general 4, complex 2, ...
+            "train": (TRAIN_EVERY + 1, self.train_steps),  # a metrics row per step
+            "evaluate": (2, 24 if self.soak else 10),  # the answers, then the judgments
+        }[self.stage]
+        return (1, hi) if self.soak else (lo, hi)
+
+    def points(self, seed: int, name: str, kills: int, whole: str | None = None) -> list[Point]:
+        """Kill points: row counts of the watched outputs. The soak kills simulate at LLM call
+        counts instead, from the ledger (`whole`: the uninterrupted run that gives the total):
+        its rows come in four bursts, one per round, which would put every kill at a round's
+        end, while the calls of a round come in several batches."""
+        rng = random.Random(seed)
+        if self.soak and self.stage == "simulate" and whole is not None:
+            d = self.out(name)
+            at = thresholds(rng, 1, ledger_calls(self.out(whole)), kills)
+            return [Point(f"{n} LLM calls", lambda n=n: ledger_calls(d) >= n) for n in at]
+        lo, hi = self.row_range()
+        at = thresholds(rng, lo, hi, kills)
+        return [rows_at_least(self.stage, lambda: self.watched(name), n) for n in at]
+
+    # -- work --------------------------------------------------------------------------------
+    def snapshot(self, name: str):
+        """What an attempt left: training's metrics rows; the ledger's calls (evaluate: and
+        the answers written)."""
+        d = self.out(name)
+        if self.stage == "train":
+            return jsonl_rows(d / "metrics.jsonl")
+        if self.stage == "evaluate":
+            return ledger_calls(d), len(jsonl_rows(d / EVAL_BENCH / "answers.jsonl"))
+        return ledger_calls(d)
+
+    def did_work(self, before, now) -> bool:
+        """Whether an attempt did work of its own between two snapshots: a training step
+        logged (a row that is not one of the rows it started with), an LLM call recorded,
+        an answer written."""
+        if self.stage == "train":
+            return now != before[: len(now)]
+        if self.stage == "evaluate":
+            return now[0] > before[0] or now[1] > before[1]
+        return now > before
+
+    def files(self, name: str) -> list[str]:
+        d = self.out(name)
+        if self.stage == "simulate":
+            return ["events.jsonl", "scenarios.jsonl"]
+        if self.stage == "generate":
+            sets = sorted(f"sets/{p.name}" for p in (d / "sets").glob("*.jsonl"))
+            return ["sft.jsonl", "dpo.jsonl", "filtered.jsonl", *sets]
+        if self.stage == "train":
+            return ["metrics.jsonl"]
+        return [f"{EVAL_BENCH}/answers.jsonl", f"{EVAL_BENCH}/judgments.jsonl"]
+
+    def interval(self, whole: str) -> int:
+        """The most work one checkpoint interval of the uninterrupted run took."""
+        d = self.out(whole)
+        metrics = jsonl_rows(d / "metrics.jsonl")
+        if self.stage == "simulate":
+            rounds = [int(r["sim/llm_calls"]) for r in metrics]
+            return max([*rounds, ledger_calls(d) - sum(rounds)])  # the set-up: interval 0
+        if self.stage == "generate":
+            calls = [0, *(int(r["gen/llm_calls"]) for r in metrics)]
+            return max(b - a for a, b in zip(calls, calls[1:], strict=False))
+        if self.stage == "train":
+            return TRAIN_EVERY
+        judgments = len(jsonl_rows(d / EVAL_BENCH / "judgments.jsonl"))
+        return math.ceil(ledger_calls(d) / judgments)  # judge calls of one item (chunk 1)
+
+    def outcome(self, whole: str, name: str, killed: Killed) -> Outcome:
+        ref, got = self.out(whole), self.out(name)
+        o = Outcome(self.stage, killed.seed, killed.kills, rows=0)
+        for f in self.files(whole):
+            compare_rows(o, jsonl_rows(ref / f), jsonl_rows(got / f), f)
+        snaps = [a.snapshot for a in killed.attempts]
+        o.redone_bound = killed.kills * self.interval(whole)
+        if self.stage == "train":
+            o.unit = "steps"
+            o.work = len(jsonl_rows(ref / "metrics.jsonl"))
+            o.redone = sum(steps_redone(killed))
+            kept = len(snaps[-2]) - rows_rewritten(snaps[-2], snaps[-1]) if len(snaps) > 1 else 0
+            o.last_attempt_work = len(snaps[-1]) - kept
+            for part in ("model.safetensors", "config.json"):
+                a, b = ref / "hf_model" / part, got / "hf_model" / part
+                if not b.exists() or a.read_bytes() != b.read_bytes():
+                    o.files_differing.append(f"hf_model/{part}")
+        elif self.stage == "evaluate":
+            # The judge is a ledger role (every attempt counted); the model under test is not:
+            # its calls are known for the attempt that finished (the manifest's ledger), which
+            # must answer only the items the killed attempts left unanswered.
+            answer_calls = lambda d: read_json(d / "manifest.json")["ledger"]["roles"]["model"][  # noqa: E731
+                "calls"
+            ]
+            judge_before, answered_before = snaps[-2] if len(snaps) > 1 else (0, 0)
+            judge_end = snaps[-1][0]
+            n = len(jsonl_rows(ref / EVAL_BENCH / "answers.jsonl"))
+            o.work = ledger_calls(ref) + answer_calls(ref)
+            o.redone = (judge_end - ledger_calls(ref)) + (answer_calls(got) - (n - answered_before))
+            o.last_attempt_work = judge_end - judge_before + answer_calls(got)
+        else:
+            o.work = ledger_calls(ref)
+            o.redone = snaps[-1] - o.work
+            o.last_attempt_work = snaps[-1] - (snaps[-2] if len(snaps) > 1 else 0)
+        return o
+
+
+def make_case(stage: str, base: Path, model_dir: Path, soak: bool = False) -> Case:
+    """The stage's case on `debug=tiny`, its inputs written under base/inputs; `soak`: the
+    longer runs of the soak."""
+    inputs = base / "inputs"
+    if stage == "simulate":
+        extra: list[str] = []
+    elif stage == "generate":
+        from tests.gen.doubles import write_sim_dir
+
+        sim = inputs / "sim"
+        if not sim.exists():
+            write_sim_dir(sim)
+        extra = [
+            f"simulation_dir={sim}",
+            "generator=tiny",  # general 4, complex 2 (DPO), multi_turn 2, safety 2
+            "generate.limit=null",
+            "generate.batch_size=1",  # a checkpoint per row: kills land between and within steps
+            *RANDOM_MODEL_OVERRIDES,
+            *(f"llm.roles.{r}.max_new_tokens=16" for r in ("generator", "responder", "rejecter")),
+        ]
+    elif stage == "train":
+        from tests.train.conftest import write_sft
+
+        inputs.mkdir(parents=True, exist_ok=True)
+        data = inputs / "sft.jsonl"
+        if not data.exists():
+            write_sft(data, 48, seed=3, max_words=20)
+        extra = [
+            f"data.path={data}",
+            "data.packing=false",  # 48 rows / 4 = 12 steps an epoch: the kills cross epochs
+            f"trainer.max_steps={32 if soak else 16}",
+            "trainer.max_epochs=3",
+            "data.generate_run=inputs",  # data.sft_path (unused) would hash the run name
+            f"checkpoint.every_n_steps={TRAIN_EVERY}",
+            "checkpoint.keep=-1",
+            "trainer.deterministic=true",
+        ]
+    elif stage == "evaluate":
+        # every answer and judgment appended on its own; short answers (this tests resuming)
+        extra = ["eval.chunk_size=1", "eval.sampling.max_new_tokens=16"]
+    else:
+        raise ValueError(stage)
+    return Case(stage, base, model_dir, extra + (SOAK_EXTRA[stage] if soak else []), soak)
