@@ -22,6 +22,7 @@ from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
+from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.preflight import preflight
 from matrix.train.sft import SFTModule
@@ -169,7 +170,7 @@ def run_train(cfg: DictConfig) -> dict | None:
             n_pairs=len(dm),
         )
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
-    trainer = build_trainer(cfg, model, out / "checkpoints", [logger])
+    trainer = build_trainer(cfg, model, out / "checkpoints", [PeakMemory(), logger])
     ckpt = resume_path(cfg, out / "checkpoints")
     if ckpt:
         log.info("resuming from %s", ckpt)
