@@ -150,26 +150,52 @@ class RowChecks:
 
 
 class Deduper:
-    """Exact and near-duplicate index over accepted instructions (one per data kind)."""
+    """Exact and near-duplicate index over accepted instructions (one per data kind).
+
+    The accepted vectors live in one preallocated float32 matrix whose capacity doubles when
+    full, so adding a row is amortised O(dim) and checking one is a single matrix-vector
+    product over the rows so far (no re-stacking of every stored vector per row). A brute-force
+    product is exact and, at the tens of thousands of rows a generate run keeps, faster than
+    building an approximate index (hand-written for that reason: FAISS would add a native
+    dependency for no gain at this size).
+    """
 
     def __init__(self, threshold: float):
         self.threshold = threshold
         self.keys: set[str] = set()
-        self.vectors: list[np.ndarray] = []
-        self._matrix: np.ndarray | None = None
+        self._matrix: np.ndarray | None = None  # [capacity, dim]; rows [:size] are in use
+        self.size = 0
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The accepted vectors, [size, dim] (a view)."""
+        if self._matrix is None:
+            return np.empty((0, 0), dtype=np.float32)
+        return self._matrix[: self.size]
 
     def add(self, text: str, vector: np.ndarray) -> None:
         self.keys.add(normalize(text))
-        self.vectors.append(vector)
-        self._matrix = None
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self._matrix is None:
+            self._matrix = np.empty((64, v.shape[0]), dtype=np.float32)
+        elif v.shape[0] != self._matrix.shape[1]:
+            raise ValueError(
+                f"near-duplicate index holds {self._matrix.shape[1]}-d vectors, got {v.shape[0]}"
+                "-d: one generate run must embed every row with the same model"
+            )
+        if self.size == len(self._matrix):
+            grown = np.empty((2 * len(self._matrix), v.shape[0]), dtype=np.float32)
+            grown[: self.size] = self._matrix
+            self._matrix = grown
+        self._matrix[self.size] = v
+        self.size += 1
 
     def reason(self, text: str, vector: np.ndarray) -> str | None:
         if normalize(text) in self.keys:
             return "exact_dup"
-        if self.vectors:
-            if self._matrix is None:
-                self._matrix = np.stack(self.vectors)
-            if float((self._matrix @ vector).max()) >= self.threshold:
+        if self.size:
+            sims = self.vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
+            if float(sims.max()) >= self.threshold:
                 return "near_dup"
         return None
 
