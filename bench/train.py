@@ -38,7 +38,12 @@ from matrix.train.attention import select_attention  # noqa: E402
 from matrix.train.datamodule import ChatDataModule  # noqa: E402
 from matrix.train.models import build_model, load_tokenizer  # noqa: E402
 from matrix.train.sft import batch_loss  # noqa: E402
-from matrix.train.throughput import mfu, peak_flops, training_flops_per_token  # noqa: E402
+from matrix.train.throughput import (  # noqa: E402
+    attention_context,
+    mfu,
+    peak_flops,
+    training_flops_per_token,
+)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 WORDS = [
@@ -96,6 +101,7 @@ def run_epoch(model, dm, device) -> dict:
     # one untimed step first: it pays for allocations and kernel selection
     train_step(model, opt, batches[0], device)
     real = padded = seqs = 0
+    context = 0.0
     seconds = 0.0
     for batch in batches:
         if device.type == "cuda":
@@ -108,6 +114,7 @@ def run_epoch(model, dm, device) -> dict:
         real += batch["real_tokens"]
         padded += batch["padded_tokens"]
         seqs += batch["n_sequences"]
+        context += attention_context(batch["seq_ids"]) * batch["real_tokens"]
     return {
         "tokens_per_s": real / seconds,
         "padding_efficiency": real / padded,
@@ -115,6 +122,7 @@ def run_epoch(model, dm, device) -> dict:
         "batches": len(loader),
         "seconds": seconds,
         "mean_seq_len": real / max(seqs, 1),
+        "attention_context": context / max(real, 1),
     }
 
 
@@ -355,7 +363,9 @@ def main() -> None:
         dm.setup()
         r = run_epoch(model, dm, device)
         peak = peak_flops(device, "bf16-mixed")
-        r["mfu"] = mfu(r["tokens_per_s"], training_flops_per_token(model, r["mean_seq_len"]), peak)
+        r["mfu"] = mfu(
+            r["tokens_per_s"], training_flops_per_token(model, r["attention_context"]), peak
+        )
         r["attention"] = attn
         results[mode] = r
         del model
