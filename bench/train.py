@@ -12,7 +12,8 @@ the end-to-end gain from packing. Prints MFU on a GPU.
 each in a fresh process: TRL's SFTTrainer padded and packed (best-fit decreasing, padding-free),
 and matrix's train stage (`run_train`, Lightning) padded and packed. Same model (SmolLM2-135M
 in fp32 unless --model says otherwise), AdamW at lr 2e-5, rows per batch, maximum length, loss
-on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`). Real
+on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`), gradient
+checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
 on_train_begin to on_train_end; matrix: the sum of its logged step times). Peak memory = the process's peak RSS while
 training. Prints the four rows and matrix's best mode over TRL's best mode.
@@ -191,6 +192,7 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
         optim="adamw_torch",
         max_grad_norm=1.0,
         disable_tqdm=True,
+        gradient_checkpointing=args.gradient_checkpointing == "on",
     )
     trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok)
     counts = {"real": 0, "total": 0}
@@ -241,6 +243,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 "trainer.log_every_n_steps=1",
                 "trainer.progress_bar=false",
                 "checkpoint.every_n_steps=0",
+                f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
             ],
         )
     run_train(cfg)
@@ -288,6 +291,7 @@ def peer_main(args) -> None:
         cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
         cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
         cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
+        cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
         res = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
         if res.returncode or not line:
@@ -304,7 +308,8 @@ def peer_main(args) -> None:
         )
     print(
         f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
-        f"batch_size={args.batch_size}, CPU threads={torch.get_num_threads()})"
+        f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
+        f"CPU threads={torch.get_num_threads()})"
     )
     best = {
         t: max((m for m in results if m.startswith(t)), key=lambda m: results[m]["tokens_per_s"])
@@ -333,6 +338,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peer", default=None, help="trl: compare with TRL's SFTTrainer")
     ap.add_argument("--max-words", type=int, default=300, help="--peer: longest answer")
+    ap.add_argument(
+        "--gradient-checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="--peer: for all four runs (on = TRL's SFTConfig default)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
