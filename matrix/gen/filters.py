@@ -8,6 +8,7 @@ language, DPO chosen == rejected), then duplicates against everything already ac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ REASONS = (
 )
 _CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 _WS = re.compile(r"\s+")
-# langdetect guesses wildly on a few words; shorter texts are not checked.
+# Detectors guess wildly on a few words; shorter texts are not checked.
 MIN_LANGUAGE_LETTERS = 20
 
 
@@ -62,7 +63,6 @@ class Rules:
     max_response_chars: int
     drop_truncated: bool
     language: str | None
-    language_seed: int
     refusal_patterns: tuple[str, ...]
 
     @classmethod
@@ -74,31 +74,48 @@ class Rules:
             int(f.max_response_chars),
             bool(f.drop_truncated),
             f.language or None,
-            int(f.language_seed),
             tuple(f.refusal_patterns or ()),
         )
 
 
-class LanguageCheck:
-    def __init__(self, language: str | None, seed: int):
-        self.language = language
-        if language:
-            from langdetect import DetectorFactory
+@functools.cache
+def _language_detector():
+    """lingua's detector over every language it knows, in low-accuracy mode (trigram models
+    only: deterministic, and faster than langdetect on sentence-length texts; bench/language.py
+    measures both). Built once per process; models load on first use."""
+    from lingua import LanguageDetectorBuilder
 
-            DetectorFactory.seed = seed  # langdetect samples; a fixed seed makes it repeatable
+    return LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+
+
+def language_of(code: str):
+    """lingua's Language for an ISO 639-1 code ("en"), or a ValueError naming the key."""
+    from lingua import IsoCode639_1, Language
+
+    try:
+        return Language.from_iso_code_639_1(IsoCode639_1.from_str(code))
+    except ValueError as e:
+        raise ValueError(
+            f"generate.filters.language={code!r} is not an ISO 639-1 code lingua knows "
+            "(en, fr, de, ...); use one, or null to keep every language"
+        ) from e
+
+
+class LanguageCheck:
+    """Whether a text is in the wanted language (lingua: the same answer for the same text on
+    every run, no seed). Texts with fewer than MIN_LANGUAGE_LETTERS letters outside code
+    blocks pass unchecked; a text lingua cannot place fails."""
+
+    def __init__(self, language: str | None):
+        self.language = language_of(language) if language else None
 
     def ok(self, text: str) -> bool:
-        if not self.language:
+        if self.language is None:
             return True
         prose = _CODE_BLOCK.sub(" ", text)
         if sum(ch.isalpha() for ch in prose) < MIN_LANGUAGE_LETTERS:
             return True
-        from langdetect import LangDetectException, detect
-
-        try:
-            return detect(prose) == self.language
-        except LangDetectException:
-            return False
+        return _language_detector().detect_language_of(prose) == self.language
 
 
 class RowChecks:
@@ -109,7 +126,7 @@ class RowChecks:
             if rules.refusal_patterns
             else None
         )
-        self.lang = LanguageCheck(rules.language, rules.language_seed)
+        self.lang = LanguageCheck(rules.language)
 
     def reason(self, c: Candidate, allow_refusals: bool) -> str | None:
         r = self.rules

@@ -64,7 +64,7 @@ def _cand(
 
 
 RULES = Rules(
-    12, 2000, 2, 8000, True, "en", 0, ("i'?m sorry,? but", "as an ai(?: language model)?,? i")
+    12, 2000, 2, 8000, True, "en", ("i'?m sorry,? but", "as an ai(?: language model)?,? i")
 )
 
 
@@ -187,3 +187,16 @@ def test_near_dup_index_grows_past_its_capacity_and_decides_as_brute_force():
     np.testing.assert_array_equal(dedup.vectors, np.stack(kept))
     with pytest.raises(ValueError, match="8-d"):
         dedup.add("other", np.ones(8, dtype=np.float32))
+
+
+def test_language_check_is_deterministic_and_names_a_bad_code():
+    from matrix.gen.filters import LanguageCheck
+
+    check = LanguageCheck("en")
+    french = "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil."
+    english = "Water it when the soil is dry and give it six hours of sun every day."
+    assert [check.ok(french) for _ in range(5)] == [False] * 5
+    assert [check.ok(english) for _ in range(5)] == [True] * 5
+    assert LanguageCheck("fr").ok(french) and LanguageCheck(None).ok(french)
+    with pytest.raises(ValueError, match="generate.filters.language='xx'"):
+        LanguageCheck("xx")
