@@ -8,14 +8,14 @@ SDPA for padded rows. An explicit choice that cannot run here fails with the rea
 silently falling back.
 
 `sdpa_varlen` is registered with transformers' attention interface. Plain `sdpa` on a packed
-row gets a dense `[batch, 1, T, T]` block-diagonal mask from transformers, and PyTorch's SDPA
-with an explicit mask runs the unfused math kernel on CPU, which keeps the `[batch, heads, T,
-T]` attention weights of every layer for the backward pass (9 GB per step for 8 x 1024 tokens
-of SmolLM2-135M). `sdpa_varlen` asks for no mask: it cuts each row where its position ids
-restart and runs causal SDPA on every sequence alone, so PyTorch picks its fused kernel
-(memory linear in the sequence length) and skips the blocks a mask would have thrown away.
-Right padding (trailing positions restarting at 0, as `collate_rows` writes them) is one more
-segment that nothing real attends to, so padded rows are handled the same way.
+row gets a dense `[batch, 1, T, T]` block-diagonal mask from transformers and computes every
+block of the T x T scores, the ones the mask then throws away included; `eager` also keeps the
+`[batch, heads, T, T]` attention weights of every layer for the backward pass (2.6 GB more per
+step than SDPA at 2 x 1024 tokens of SmolLM2-135M). `sdpa_varlen` asks for no mask: it cuts
+each row where its position ids restart and runs causal SDPA on every sequence alone, so
+PyTorch's fused kernel sees only the diagonal blocks. Right padding (trailing positions
+restarting at 0, as `collate_rows` writes them) is one more segment that nothing real attends
+to, so padded rows are handled the same way.
 Hand-written because PyTorch's own varlen attention (`torch.nn.attention.varlen`) is CUDA-only
 and transformers' flash/flex paths need CUDA or a compiler.
 """
