@@ -2,10 +2,21 @@
 
     python bench/train.py                                    # tiny_debug on CPU, synthetic chats
     python bench/train.py --model smollm2_135m --device cuda --data runs/demo/generate/sft.jsonl
+    python bench/train.py --peer trl                         # matrix vs TRL's SFTTrainer
 
 Both modes see the same sequences for one epoch each (forward + backward + AdamW step, the
 SFT loss of the train stage); tokens/s counts real (non-padding) tokens only, so the ratio is
 the end-to-end gain from packing. Prints MFU on a GPU.
+
+`--peer trl` (CPU; needs the `bench` extra) trains the same chats for one epoch four ways,
+each in a fresh process: TRL's SFTTrainer padded and packed (best-fit decreasing, padding-free),
+and matrix's train stage (`run_train`, Lightning) padded and packed. Same model (SmolLM2-135M
+in fp32 unless --model says otherwise), AdamW at lr 2e-5, rows per batch, maximum length, loss
+on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`), gradient
+checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
+tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
+on_train_begin to on_train_end; matrix: the sum of its logged step times). Peak memory = the process's peak RSS while
+training. Prints the four rows and matrix's best mode over TRL's best mode.
 """
 
 from __future__ import annotations
@@ -26,10 +37,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from matrix.common.io import read_jsonl  # noqa: E402
 from matrix.train.attention import select_attention  # noqa: E402
 from matrix.train.datamodule import ChatDataModule  # noqa: E402
-from matrix.train.lm import forward_logits  # noqa: E402
 from matrix.train.models import build_model, load_tokenizer  # noqa: E402
-from matrix.train.sft import sft_loss  # noqa: E402
-from matrix.train.throughput import mfu, peak_flops, training_flops_per_token  # noqa: E402
+from matrix.train.sft import batch_loss  # noqa: E402
+from matrix.train.throughput import (  # noqa: E402
+    attention_context,
+    mfu,
+    peak_flops,
+    training_flops_per_token,
+)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 WORDS = [
@@ -74,7 +89,7 @@ def synthetic_chats(n: int, seed: int) -> list[dict]:
 
 def train_step(model, opt, batch: dict, device: torch.device) -> None:
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss, _ = sft_loss(forward_logits(model, batch), batch["labels"])
+        loss, _ = batch_loss(model, batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -87,6 +102,7 @@ def run_epoch(model, dm, device) -> dict:
     # one untimed step first: it pays for allocations and kernel selection
     train_step(model, opt, batches[0], device)
     real = padded = seqs = 0
+    context = 0.0
     seconds = 0.0
     for batch in batches:
         if device.type == "cuda":
@@ -99,6 +115,7 @@ def run_epoch(model, dm, device) -> dict:
         real += batch["real_tokens"]
         padded += batch["padded_tokens"]
         seqs += batch["n_sequences"]
+        context += attention_context(batch["seq_ids"]) * batch["real_tokens"]
     return {
         "tokens_per_s": real / seconds,
         "padding_efficiency": real / padded,
@@ -106,7 +123,207 @@ def run_epoch(model, dm, device) -> dict:
         "batches": len(loader),
         "seconds": seconds,
         "mean_seq_len": real / max(seqs, 1),
+        "attention_context": context / max(real, 1),
     }
+
+
+def peer_rows(n: int, seed: int, max_words: int) -> list[dict]:
+    """Single-turn chats (so prompt-completion rows for TRL mean the same labels), answers
+    capped at `max_words` words so no row is truncated by either trainer."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60)))
+        a_len = min(max(int(rng.lognormvariate(4.5, 0.9)), 3), max_words)
+        a = " ".join(rng.choice(WORDS) for _ in range(a_len))
+        rows.append(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        )
+    return rows
+
+
+def _train_clock():
+    from transformers import TrainerCallback
+
+    class TrainClock(TrainerCallback):
+        """Seconds from the training loop's start to its end: the span matrix's step times
+        cover too (its StepLogger clock starts at Lightning's on_train_start)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.t0
+
+    return TrainClock
+
+
+def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from matrix.train.memory import peak_bytes, reset_peak
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={args.model}"])
+    tok = load_tokenizer(cfg.model)
+    rows = read_jsonl(data)
+    ds = Dataset.from_list(
+        [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows]
+    )
+    # the model the train stage would start from (same weights, fp32), with TRL's attention
+    model = build_model(cfg.model, tok, "sdpa", args.seed)
+    sft = SFTConfig(
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        num_train_epochs=1,
+        learning_rate=2e-5,
+        lr_scheduler_type="constant",
+        max_length=args.max_seq_len,
+        packing=packed,
+        packing_strategy="bfd",
+        completion_only_loss=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10_000,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=args.seed,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        disable_tqdm=True,
+        gradient_checkpointing=args.gradient_checkpointing == "on",
+    )
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=ds, processing_class=tok)
+    counts = {"real": 0, "total": 0}
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        ids = batch["input_ids"]
+        counts["total"] += ids.numel()
+        mask = batch.get("attention_mask")
+        counts["real"] += int(mask.sum()) if mask is not None else ids.numel()
+        return batch
+
+    trainer.data_collator = counting
+    clock = _train_clock()()
+    trainer.add_callback(clock)
+    reset_peak()
+    trainer.train()
+    seconds = clock.seconds
+    return {
+        "real_tokens": counts["real"],
+        "padded_tokens": counts["total"],
+        "seconds": seconds,
+        "peak_bytes": peak_bytes(),
+        "steps": trainer.state.global_step,
+    }
+
+
+def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
+    from matrix.train.run import run_train
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={args.model}",
+                "trainer=cpu",
+                "logger=none",
+                f"paths.runs_dir={work}",
+                "run.name=matrix",
+                f"data.path={data}",
+                f"data.max_seq_len={args.max_seq_len}",
+                f"data.batch_size={args.batch_size}",
+                f"data.packing={str(packed).lower()}",
+                f"seed={args.seed}",
+                "optimizer.lr=2e-5",
+                "trainer.max_epochs=1",
+                "trainer.log_every_n_steps=1",
+                "trainer.progress_bar=false",
+                "checkpoint.every_n_steps=0",
+                f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
+            ],
+        )
+    run_train(cfg)
+    steps = [
+        r for r in read_jsonl(work / "matrix" / "train" / "metrics.jsonl") if "train/loss" in r
+    ]
+    seen = [0] + [int(r["train/tokens_seen"]) for r in steps]
+    real = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    return {
+        "real_tokens": seen[-1],
+        "padded_tokens": sum(
+            n / r["train/padding_efficiency"] for n, r in zip(real, steps, strict=True)
+        ),
+        "seconds": sum(n / r["train/tokens_per_s"] for n, r in zip(real, steps, strict=True)),
+        "peak_bytes": max(r["train/peak_memory_gb"] for r in steps) * 2**30,
+        "steps": len(steps),
+    }
+
+
+PEER_MODES = ("trl:padded", "trl:packed", "matrix:padded", "matrix:packed")
+
+
+def peer_child(args) -> None:
+    trainer, mode = args.child.split(":")
+    work = Path(args.work) / args.child.replace(":", "_")
+    work.mkdir(parents=True, exist_ok=True)
+    run = run_trl if trainer == "trl" else run_matrix
+    r = run(args, mode == "packed", Path(args.work) / "chats.jsonl", work)
+    print("RESULT " + json.dumps(r))
+
+
+def peer_main(args) -> None:
+    import subprocess
+    import tempfile
+
+    if args.peer != "trl":
+        raise SystemExit(f"--peer {args.peer}: the only peer is trl")
+    if args.device != "cpu":
+        raise SystemExit("--peer trl runs on CPU (--device cpu)")
+    work = Path(tempfile.mkdtemp(prefix="matrix_bench_peer_"))
+    rows = peer_rows(args.rows, args.seed, args.max_words)
+    (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {}
+    for mode in PEER_MODES:
+        cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
+        cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
+        cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
+        cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+        if res.returncode or not line:
+            print(f"{mode}: failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+            continue
+        r = json.loads(line[-1][len("RESULT ") :])
+        r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
+        results[mode] = r
+        print(
+            f"{mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   real/total tokens "
+            f"{r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
+            f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s",
+            flush=True,
+        )
+    print(
+        f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
+        f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
+        f"CPU threads={torch.get_num_threads()})"
+    )
+    best = {
+        t: max((m for m in results if m.startswith(t)), key=lambda m: results[m]["tokens_per_s"])
+        for t in ("trl", "matrix")
+        if any(m.startswith(t) for m in results)
+    }
+    if len(best) == 2:
+        ours, theirs = results[best["matrix"]], results[best["trl"]]
+        print(
+            f"matrix best ({best['matrix']}) / TRL best ({best['trl']}): "
+            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x real tokens/s, "
+            f"{ours['peak_bytes'] / theirs['peak_bytes']:.2f}x peak memory"
+        )
+    print(json.dumps(results, default=float))
 
 
 def main() -> None:
@@ -119,7 +336,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--attn", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peer", default=None, help="trl: compare with TRL's SFTTrainer")
+    ap.add_argument("--max-words", type=int, default=300, help="--peer: longest answer")
+    ap.add_argument(
+        "--gradient-checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="--peer: for all four runs (on = TRL's SFTConfig default)",
+    )
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return peer_child(args)
+    if args.peer:
+        return peer_main(args)
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={args.model}"])
@@ -143,7 +374,9 @@ def main() -> None:
         dm.setup()
         r = run_epoch(model, dm, device)
         peak = peak_flops(device, "bf16-mixed")
-        r["mfu"] = mfu(r["tokens_per_s"], training_flops_per_token(model, r["mean_seq_len"]), peak)
+        r["mfu"] = mfu(
+            r["tokens_per_s"], training_flops_per_token(model, r["attention_context"]), peak
+        )
         r["attention"] = attn
         results[mode] = r
         del model

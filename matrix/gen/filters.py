@@ -8,6 +8,7 @@ language, DPO chosen == rejected), then duplicates against everything already ac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ REASONS = (
 )
 _CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 _WS = re.compile(r"\s+")
-# langdetect guesses wildly on a few words; shorter texts are not checked.
+# Detectors guess wildly on a few words; shorter texts are not checked.
 MIN_LANGUAGE_LETTERS = 20
 
 
@@ -62,7 +63,6 @@ class Rules:
     max_response_chars: int
     drop_truncated: bool
     language: str | None
-    language_seed: int
     refusal_patterns: tuple[str, ...]
 
     @classmethod
@@ -74,31 +74,48 @@ class Rules:
             int(f.max_response_chars),
             bool(f.drop_truncated),
             f.language or None,
-            int(f.language_seed),
             tuple(f.refusal_patterns or ()),
         )
 
 
-class LanguageCheck:
-    def __init__(self, language: str | None, seed: int):
-        self.language = language
-        if language:
-            from langdetect import DetectorFactory
+@functools.cache
+def _language_detector():
+    """lingua's detector over every language it knows, in low-accuracy mode (trigram models
+    only: deterministic, and faster than langdetect on sentence-length texts; bench/language.py
+    measures both). Built once per process; models load on first use."""
+    from lingua import LanguageDetectorBuilder
 
-            DetectorFactory.seed = seed  # langdetect samples; a fixed seed makes it repeatable
+    return LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+
+
+def language_of(code: str):
+    """lingua's Language for an ISO 639-1 code ("en"), or a ValueError naming the key."""
+    from lingua import IsoCode639_1, Language
+
+    try:
+        return Language.from_iso_code_639_1(IsoCode639_1.from_str(code))
+    except ValueError as e:
+        raise ValueError(
+            f"generate.filters.language={code!r} is not an ISO 639-1 code lingua knows "
+            "(en, fr, de, ...); use one, or null to keep every language"
+        ) from e
+
+
+class LanguageCheck:
+    """Whether a text is in the wanted language (lingua: the same answer for the same text on
+    every run, no seed). Texts with fewer than MIN_LANGUAGE_LETTERS letters outside code
+    blocks pass unchecked; a text lingua cannot place fails."""
+
+    def __init__(self, language: str | None):
+        self.language = language_of(language) if language else None
 
     def ok(self, text: str) -> bool:
-        if not self.language:
+        if self.language is None:
             return True
         prose = _CODE_BLOCK.sub(" ", text)
         if sum(ch.isalpha() for ch in prose) < MIN_LANGUAGE_LETTERS:
             return True
-        from langdetect import LangDetectException, detect
-
-        try:
-            return detect(prose) == self.language
-        except LangDetectException:
-            return False
+        return _language_detector().detect_language_of(prose) == self.language
 
 
 class RowChecks:
@@ -109,7 +126,7 @@ class RowChecks:
             if rules.refusal_patterns
             else None
         )
-        self.lang = LanguageCheck(rules.language, rules.language_seed)
+        self.lang = LanguageCheck(rules.language)
 
     def reason(self, c: Candidate, allow_refusals: bool) -> str | None:
         r = self.rules
@@ -150,26 +167,52 @@ class RowChecks:
 
 
 class Deduper:
-    """Exact and near-duplicate index over accepted instructions (one per data kind)."""
+    """Exact and near-duplicate index over accepted instructions (one per data kind).
+
+    The accepted vectors live in one preallocated float32 matrix whose capacity doubles when
+    full, so adding a row is amortised O(dim) and checking one is a single matrix-vector
+    product over the rows so far (no re-stacking of every stored vector per row). A brute-force
+    product is exact and, at the tens of thousands of rows a generate run keeps, faster than
+    building an approximate index (hand-written for that reason: FAISS would add a native
+    dependency for no gain at this size).
+    """
 
     def __init__(self, threshold: float):
         self.threshold = threshold
         self.keys: set[str] = set()
-        self.vectors: list[np.ndarray] = []
-        self._matrix: np.ndarray | None = None
+        self._matrix: np.ndarray | None = None  # [capacity, dim]; rows [:size] are in use
+        self.size = 0
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The accepted vectors, [size, dim] (a view)."""
+        if self._matrix is None:
+            return np.empty((0, 0), dtype=np.float32)
+        return self._matrix[: self.size]
 
     def add(self, text: str, vector: np.ndarray) -> None:
         self.keys.add(normalize(text))
-        self.vectors.append(vector)
-        self._matrix = None
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self._matrix is None:
+            self._matrix = np.empty((64, v.shape[0]), dtype=np.float32)
+        elif v.shape[0] != self._matrix.shape[1]:
+            raise ValueError(
+                f"near-duplicate index holds {self._matrix.shape[1]}-d vectors, got {v.shape[0]}"
+                "-d: one generate run must embed every row with the same model"
+            )
+        if self.size == len(self._matrix):
+            grown = np.empty((2 * len(self._matrix), v.shape[0]), dtype=np.float32)
+            grown[: self.size] = self._matrix
+            self._matrix = grown
+        self._matrix[self.size] = v
+        self.size += 1
 
     def reason(self, text: str, vector: np.ndarray) -> str | None:
         if normalize(text) in self.keys:
             return "exact_dup"
-        if self.vectors:
-            if self._matrix is None:
-                self._matrix = np.stack(self.vectors)
-            if float((self._matrix @ vector).max()) >= self.threshold:
+        if self.size:
+            sims = self.vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
+            if float(sims.max()) >= self.threshold:
                 return "near_dup"
         return None
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from matrix.core.stage import StageRun
-from matrix.train.throughput import mfu, peak_flops, training_flops_per_token
+from matrix.train.throughput import attention_context, mfu, peak_flops, training_flops_per_token
 
 
 class LoaderPosition(L.Callback):
@@ -91,6 +91,7 @@ class StepLogger(L.Callback):
         self._real = 0
         self._padded = 0
         self._seqs = 0
+        self._context = 0.0  # sum over micro-batches of attention_context x real tokens
         self._t0 = time.perf_counter()
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -109,6 +110,7 @@ class StepLogger(L.Callback):
         self._real += int(batch["real_tokens"])
         self._padded += int(batch["padded_tokens"])
         self._seqs += int(batch["n_sequences"])
+        self._context += attention_context(batch["seq_ids"]) * int(batch["real_tokens"])
         self.tokens_seen += int(batch["real_tokens"])
         step = trainer.global_step
         stepped, self._last_step = step != self._last_step, step
@@ -116,8 +118,9 @@ class StepLogger(L.Callback):
             return
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         tokens_per_s = self._real / elapsed
-        context = self._real / max(self._seqs, 1)
-        fpt = training_flops_per_token(pl_module.model, context)
+        context = self._context / max(self._real, 1)
+        reference = getattr(pl_module, "reference", None) == "model"  # DPO's extra forward
+        fpt = training_flops_per_token(pl_module.model, context, reference_pass=reference)
         row = {f"train/{k}": v / self._micro for k, v in self._sums.items()}
         row.update(
             {

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from matrix.train.lm import CausalLMModule, forward_logits, sequence_logps
+from matrix.train.lm import CausalLMModule
+from matrix.train.loss import labelled_logps
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,18 @@ def dpo_loss(
     return loss, metrics
 
 
+def batch_sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Summed label log-prob of each sequence of a padded or packed batch: what
+    `lm.sequence_logps` gives from full logits, computed from hidden states a slice at a time
+    (no `[tokens x vocabulary]` logits; see matrix/train/loss.py)."""
+    lp = labelled_logps(model, batch)
+    ids = batch["seq_ids"][:, 1:][lp.mask]
+    out = torch.zeros(batch["n_sequences"], dtype=lp.logps.dtype, device=lp.logps.device)
+    return out.index_add(0, ids, lp.logps)
+
+
 def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    logps = sequence_logps(
-        forward_logits(model, batch), batch["labels"], batch["seq_ids"], batch["n_sequences"]
-    )
+    logps = batch_sequence_logps(model, batch)
     return logps[0::2], logps[1::2]  # sequences alternate chosen, rejected
 
 

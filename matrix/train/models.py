@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.llm.chat import set_chat_template
 from matrix.llm.embedded import resolve_model_path
+from matrix.train.attention import VARLEN, register_varlen
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def build_model(mcfg: DictConfig, tokenizer, attn_implementation: str, seed: int
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = DTYPES[str(mcfg.get("dtype", "float32"))]
+    if attn_implementation == VARLEN:
+        register_varlen()
     kwargs: dict = {"attn_implementation": attn_implementation, "dtype": dtype}
     lora = mcfg.get("lora") or {}
     if lora.get("enabled") and lora.get("quantize_4bit"):

@@ -30,6 +30,7 @@ from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
+from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.resume import resume_point
 from matrix.train.sft import SFTModule
@@ -182,7 +183,7 @@ def run_train(cfg: DictConfig) -> dict | None:
         )
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
     logger.resume_from(kept)
-    trainer = build_trainer(cfg, model, out / "checkpoints", [logger])
+    trainer = build_trainer(cfg, model, out / "checkpoints", [PeakMemory(), logger])
     ckpt = str(start.path) if start.path else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if dm.val_units and (

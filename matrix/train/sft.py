@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from matrix.train.lm import CausalLMModule, forward_logits
+from matrix.train.lm import CausalLMModule
+from matrix.train.loss import labelled_logps
 from matrix.train.tokenize import IGNORE_INDEX
 
 
 def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over every labelled token in the batch, and how many there are."""
+    """Summed cross-entropy over every labelled token in the batch, and how many there are,
+    from full logits (the reference that `batch_loss_sum`, which training uses, must equal)."""
     targets = labels[:, 1:].reshape(-1)
     n = int((targets != IGNORE_INDEX).sum())
     total = F.cross_entropy(
@@ -29,6 +31,19 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return total / max(n, 1), n
 
 
+def batch_loss_sum(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+    """`sft_loss_sum` of the model on a batch, from hidden states a slice at a time (no
+    `[tokens x vocabulary]` logits; see matrix/train/loss.py)."""
+    lp = labelled_logps(model, batch)
+    return -lp.logps.sum(), len(lp.logps)
+
+
+def batch_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+    """`sft_loss` of the model on a batch (per-token mean), the way training computes it."""
+    total, n = batch_loss_sum(model, batch)
+    return total / max(n, 1), n
+
+
 class SFTModule(CausalLMModule):
     """`tokens_per_batch` (labelled tokens per micro-batch, averaged over the epoch), when
     set, makes the loss token-weighted across micro-batches too: each micro-batch returns its
@@ -43,14 +58,14 @@ class SFTModule(CausalLMModule):
         self.tokens_per_batch = tokens_per_batch
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, n = sft_loss(forward_logits(self.model, batch), batch["labels"])
+        loss, n = batch_loss(self.model, batch)
         self.step_metrics = {"loss": float(loss.detach()), "trained_tokens": n}
         if self.tokens_per_batch:
             return loss * (n / self.tokens_per_batch)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        total, n = sft_loss_sum(forward_logits(self.model, batch), batch["labels"])
+        total, n = batch_loss_sum(self.model, batch)
         self._val_parts.append((float(total), n))
 
     def validation_metrics(self) -> dict[str, float]:

@@ -64,7 +64,7 @@ def _cand(
 
 
 RULES = Rules(
-    12, 2000, 2, 8000, True, "en", 0, ("i'?m sorry,? but", "as an ai(?: language model)?,? i")
+    12, 2000, 2, 8000, True, "en", ("i'?m sorry,? but", "as an ai(?: language model)?,? i")
 )
 
 
@@ -165,3 +165,38 @@ def test_diversity_statistics():
     assert embedding_spread(same) == pytest.approx(0.0, abs=1e-6)
     assert embedding_spread(_unit([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(1.0)
     assert normalize("  How   are you? ") == "how are you"
+
+
+def test_near_dup_index_grows_past_its_capacity_and_decides_as_brute_force():
+    """The growing index (capacity doubled when full) decides exactly as comparing against a
+    fresh stack of every accepted vector does, through several doublings."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 16)).astype(np.float32)
+    # every third row is a slightly perturbed copy of an earlier one: a near duplicate
+    rows = [base[i] if i % 3 or i < 3 else base[i // 3] + 0.05 * base[i] for i in range(len(base))]
+    rows = [r / np.linalg.norm(r) for r in rows]
+    dedup, kept = Deduper(0.95), []
+    for i, v in enumerate(rows):
+        want = "near_dup" if kept and float((np.stack(kept) @ v).max()) >= 0.95 else None
+        got = dedup.admit(f"row {i}", v)
+        assert got == want, i
+        if got is None:
+            kept.append(v)
+    assert dedup.size == len(kept) > 128  # past two doublings of the first 64 rows
+    assert 50 < len(rows) - len(kept) < 150
+    np.testing.assert_array_equal(dedup.vectors, np.stack(kept))
+    with pytest.raises(ValueError, match="8-d"):
+        dedup.add("other", np.ones(8, dtype=np.float32))
+
+
+def test_language_check_is_deterministic_and_names_a_bad_code():
+    from matrix.gen.filters import LanguageCheck
+
+    check = LanguageCheck("en")
+    french = "Arrosez-le quand la terre est sèche et donnez-lui six heures de soleil."
+    english = "Water it when the soil is dry and give it six hours of sun every day."
+    assert [check.ok(french) for _ in range(5)] == [False] * 5
+    assert [check.ok(english) for _ in range(5)] == [True] * 5
+    assert LanguageCheck("fr").ok(french) and LanguageCheck(None).ok(french)
+    with pytest.raises(ValueError, match="generate.filters.language='xx'"):
+        LanguageCheck("xx")

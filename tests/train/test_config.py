@@ -106,7 +106,8 @@ def test_preflight_rejects_wrong_row_kind(tmp_path, data_dir):
 
 
 def test_attention_selection():
-    assert select_attention("auto", packed=True, cuda=False) == "sdpa"
+    assert select_attention("auto", packed=True, cuda=False) == "sdpa_varlen"
+    assert select_attention("auto", packed=False, cuda=False) == "sdpa"
     assert select_attention("eager", packed=False, cuda=False) == "eager"
     with pytest.raises(ValueError, match="CUDA"):
         select_attention("flash_attention_2", packed=True, cuda=False)

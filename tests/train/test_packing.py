@@ -44,7 +44,7 @@ def tiny_model(tokenizer, attn: str):
     return build_model(cfg.model, tokenizer, attn, seed=0).eval()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_varlen", "eager"])
 def test_packed_equals_padded(tokenizer, sequences, attn):
     model = tiny_model(tokenizer, attn)
     pad = tokenizer.pad_token_id

@@ -1,0 +1,120 @@
+"""Per-token log-probs of the labels from the model's hidden states, a slice of tokens at a time.
+
+The plain way (`model(...).logits`, upcast to fp32, shift, cross-entropy) holds the whole
+`[tokens x vocabulary]` logits several times over: the head's output, its fp32 copy, the
+shifted copy, the log-softmax saved for the backward pass, and its gradient. That is 0.8 GB
+per copy for 8 x 1024 tokens at SmolLM2's 49K vocabulary, 2 GB per 4K tokens at a 128K one.
+
+Here the decoder runs without its output head; only the hidden states of positions that carry
+a label are kept (prompt tokens cost nothing in the head), and the head + fp32 log-softmax run
+on `chunk` of them at a time inside `torch.utils.checkpoint`, so the forward pass keeps no
+logits at all and the backward pass recomputes one slice's logits at a time. The result equals
+the full-logits computation (same head module, same fp32 upcast before the softmax) up to
+float summation order; tests/train/test_loss.py holds the two side by side.
+
+Hand-written: PyTorch has no chunked cross-entropy, and the fused kernels that do this
+(liger-kernel, cut-cross-entropy) are CUDA/Triton-only and give no per-token log-probs for DPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from matrix.train.tokenize import IGNORE_INDEX
+
+# fp32 logits elements per slice: 32M = 128 MB (682 tokens at a 49K vocabulary, 256 at 128K)
+CHUNK_ELEMENTS = 1 << 25
+
+# Config fields that change logits after the head (softcapping, scaling): a model that sets
+# one takes the full-logits path, which the model's own forward computes correctly.
+_HEAD_TRANSFORMS = ("final_logit_softcapping", "logits_scaling", "logit_scale")
+
+
+@dataclass
+class LabelledLogps:
+    """`logps[i]`: log p(label | prefix) (fp32) of the i-th labelled target position, in row
+    order; `mask`: [rows, T-1], True where a target is labelled (so `mask.sum() == len(logps)`)."""
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_hidden_path(model: torch.nn.Module) -> bool:
+    """Whether logits are exactly `output_embeddings(decoder(...))` for this model."""
+    inner = _unwrapped(model)
+    config = getattr(inner, "config", None)
+    if config is None or inner.get_output_embeddings() is None:
+        return False
+    if getattr(inner, "base_model", inner) is inner:
+        return False
+    return not any(getattr(config, k, None) not in (None, 1, 1.0) for k in _HEAD_TRANSFORMS)
+
+
+def forward_hidden(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Last hidden states [rows, T, hidden] from the decoder, without the output head."""
+    inner = _unwrapped(model)
+    out = inner.base_model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def _slice_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+    logits = head(hidden).float()
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def chunked_logps(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """log_softmax(head(hidden).float())[i, targets[i]] for every row i of hidden [N, H],
+    `chunk` rows at a time (default: CHUNK_ELEMENTS / vocabulary), each slice checkpointed
+    when gradients are on. Returns [N] float32."""
+    if chunk is None:
+        vocab = head.weight.shape[0] if hasattr(head, "weight") else head.out_features
+        chunk = max(1, CHUNK_ELEMENTS // int(vocab))
+    if chunk <= 0:
+        raise ValueError(f"chunk={chunk}; use a positive number of tokens per slice")
+    grad = torch.is_grad_enabled()
+    parts = []
+    for s in range(0, hidden.size(0), chunk):
+        h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        if grad:
+            parts.append(checkpoint(_slice_logps, head, h, t, use_reentrant=False))
+        else:
+            parts.append(_slice_logps(head, h, t))
+    if not parts:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> LabelledLogps:
+    """Log-probs of every labelled target of a padded or packed batch (next-token: position
+    t predicts labels[t + 1]), with no `[tokens x vocabulary]` tensor alive at once; models
+    whose logits are not plain `head(hidden)` take the full-logits path instead."""
+    labels = batch["labels"]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    if not supports_hidden_path(model):
+        from matrix.train.lm import forward_logits, token_logps
+
+        logp, m = token_logps(forward_logits(model, batch), labels)
+        return LabelledLogps(logp[m], m)
+    hidden = forward_hidden(model, batch)[:, :-1][mask]  # [N, H]: labelled positions only
+    targets = labels[:, 1:][mask]
+    head = _unwrapped(model).get_output_embeddings()
+    return LabelledLogps(chunked_logps(head, hidden, targets, chunk), mask)

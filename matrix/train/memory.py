@@ -1,0 +1,74 @@
+"""Peak memory of each training step: process RSS on CPU, allocated memory on CUDA.
+
+Linux keeps the process's peak resident set (VmHWM in /proc/self/status), and writing "5" to
+/proc/self/clear_refs resets it, so the peak of one step is read exactly, with no sampling
+thread. Elsewhere the peak is the lifetime maximum (`ru_maxrss`), which can only grow, so it
+says nothing about one step: `step_peak_supported()` tells which you get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def step_peak_supported() -> bool:
+    return sys.platform.startswith("linux") and _CLEAR_REFS.exists()
+
+
+def reset_peak(device: torch.device | None = None) -> None:
+    """Start a new peak window (CUDA: the device's allocator peak; CPU: the process RSS)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    if step_peak_supported():
+        with contextlib.suppress(OSError):
+            _CLEAR_REFS.write_text("5")
+
+
+def peak_bytes(device: torch.device | None = None) -> int:
+    """Peak memory since the last `reset_peak` (CUDA: allocated by torch on the device;
+    CPU: resident set of the whole process)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    kb = _status_kb("VmHWM") if step_peak_supported() else None
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        if sys.platform == "darwin":
+            kb //= 1024  # bytes there
+    return int(kb) * 1024
+
+
+class PeakMemory(L.Callback):
+    """Adds `peak_memory_gb` (the micro-batch's peak, from `peak_bytes`) to the module's
+    step metrics, so StepLogger logs it as `train/peak_memory_gb` (mean over the step's
+    micro-batches); `peaks` keeps every micro-batch's value in bytes."""
+
+    def __init__(self) -> None:
+        self.peaks: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        reset_peak(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        peak = peak_bytes(pl_module.device)
+        self.peaks.append(peak)
+        pl_module.step_metrics["peak_memory_gb"] = peak / 2**30
