@@ -160,8 +160,23 @@ def check_shard(cfg: DictConfig, p: ConfigProblems, stage: str) -> None:
         )
 
 
-def check_config(cfg: DictConfig, stage: str) -> None:
-    """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI)."""
+def check_models(cfg: DictConfig, steps: list[tuple[DictConfig, str]], p: ConfigProblems) -> None:
+    """Every server, model folder and API key the (config, stage) `steps` need is there
+    (matrix.llm.preflight), unless llm.preflight.enabled=false."""
+    pre = _get(cfg, "llm.preflight") or {}
+    if not pre.get("enabled", True):
+        return
+    from matrix.llm.preflight import ModelCheck
+
+    check = ModelCheck(float(pre.get("timeout") or 10))
+    for step_cfg, stage in steps:
+        check.stage(step_cfg, stage)
+    check.report(p)
+
+
+def check_config(cfg: DictConfig, stage: str, models: bool = True) -> None:
+    """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI).
+    `models`: also check that the models the stage calls can be reached (check_models)."""
     p = ConfigProblems()
     check_keys(cfg, p)
     check_budgets(cfg, p)
@@ -174,4 +189,6 @@ def check_config(cfg: DictConfig, stage: str) -> None:
             p.add(
                 f"llm.roles.{role}.backend", f"'{b}' is not in llm.backends ({', '.join(backends)})"
             )
+    if models and not p:
+        check_models(cfg, [(cfg, stage)], p)
     p.raise_if_any(stage)

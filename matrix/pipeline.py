@@ -38,7 +38,7 @@ from omegaconf.errors import ConfigKeyError
 
 from matrix.arms import ARMS_FILE
 from matrix.cli import run_stage
-from matrix.config_check import check_config
+from matrix.config_check import check_config, check_models
 from matrix.stage import STAGE_KEYS, finished_manifest, stage_dir
 from matrix.validation import ConfigError, ConfigProblems
 
@@ -167,7 +167,7 @@ def pipeline_steps(cfg: DictConfig) -> list[Step]:
         p.add("pipeline.stages", "a step is listed twice; it would overwrite its own folder")
     p.raise_if_any("pipeline")
     for s in steps:
-        check_config(s.cfg, s.stage)
+        check_config(s.cfg, s.stage, models=False)  # run_pipeline checks the steps it runs
     return steps
 
 
@@ -184,13 +184,23 @@ def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
     helper = helper_rank()
-    for step in pipeline_steps(cfg):
-        if helper and step.stage != "train":
-            continue  # rank 0 simulates, generates and evaluates
-        done = finished_manifest(step.cfg, step.stage)
-        if done is not None and cfg.pipeline.reuse:
-            log.info("%s: reusing finished run (config hash %s)", step.name, done["config_hash"])
-            results[step.name] = done.get("counts")
+    steps = pipeline_steps(cfg)
+    # rank 0 simulates, generates and evaluates; helper ranks only train
+    steps = [s for s in steps if not helper or s.stage == "train"]
+    done = {
+        s.name: finished_manifest(s.cfg, s.stage) if cfg.pipeline.reuse else None for s in steps
+    }
+    # Before any work: the servers, model folders and keys of every step that will run.
+    p = ConfigProblems()
+    check_models(cfg, [(s.cfg, s.stage) for s in steps if done[s.name] is None], p)
+    p.raise_if_any("pipeline")
+    for step in steps:
+        if done[step.name] is not None:
+            manifest = done[step.name]
+            log.info(
+                "%s: reusing finished run (config hash %s)", step.name, manifest["config_hash"]
+            )
+            results[step.name] = manifest.get("counts")
             continue
         log.info("%s: running", step.name)
         results[step.name] = _stage_fn(step.stage)(step.cfg)
