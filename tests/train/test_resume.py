@@ -85,3 +85,12 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
             assert sorted(resumed) == [s for s in full if s > step]
         for s in resumed:
             assert resumed[s] == pytest.approx(full[s], rel=1e-5, abs=1e-6), (key, s)
+
+
+def test_checkpoints_off_writes_none_and_still_exports(tmp_path, data_dir):
+    overrides = ["trainer.max_steps=2", "checkpoint.every_n_steps=1", "checkpoint.enabled=false"]
+    cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "off", *overrides))
+    manifest = run_train(cfg)
+    out = tmp_path / "off" / "train"
+    assert manifest["counts"]["steps"] == 2 and (out / "hf_model" / "config.json").is_file()
+    assert not list(out.rglob("*.ckpt"))
