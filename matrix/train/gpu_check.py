@@ -498,6 +498,24 @@ def mfu_layers(total_bytes: int, vocab: int) -> int:
     return max(1, min(LLAMA3_8B_LAYERS, int((0.5 * total_bytes - embed) // per_layer)))
 
 
+def mfu_overrides(runs: Path, tok: Path, data: dict, layers: int, steps: int, cuda: bool):
+    return [
+        *base_overrides(runs, "mfu", tok, cuda),
+        *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
+        "model.gradient_checkpointing=true",
+        "model.attn_implementation=auto",
+        "objective=sft",
+        f"data.path={data['sft']}",
+        "data.max_seq_len=4096",
+        "data.packing=true",
+        "data.batch_size=1",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=1000",
+        "checkpoint.enabled=false",  # 16 bytes a parameter on disk, for nothing
+        "optimizer.lr=1e-5",
+    ]
+
+
 def check_mfu(report: Report, runs: Path, folder: Path, tok: Path, steps: int) -> None:
     import torch
     from transformers import AutoTokenizer
@@ -508,22 +526,7 @@ def check_mfu(report: Report, runs: Path, folder: Path, tok: Path, steps: int) -
         vocab = len(AutoTokenizer.from_pretrained(tok))
         layers = mfu_layers(torch.cuda.get_device_properties(0).total_memory, vocab)
         data = write_data(folder, sft_rows=400, words=(400, 900), seed=1)
-        overrides = [
-            *base_overrides(runs, "mfu", tok, True),
-            *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
-            "model.gradient_checkpointing=true",
-            "model.attn_implementation=auto",
-            "objective=sft",
-            f"data.path={data['sft']}",
-            "data.max_seq_len=4096",
-            "data.packing=true",
-            "data.batch_size=1",
-            f"trainer.max_steps={steps}",
-            "trainer.max_epochs=1000",
-            "checkpoint.enabled=false",  # 16 bytes a parameter on disk, for nothing
-            "optimizer.lr=1e-5",
-        ]
-        m = run_train(compose(overrides))
+        m = run_train(compose(mfu_overrides(runs, tok, data, layers, steps, cuda=True)))
         rows = _metrics(runs / "mfu")
         s.figures = {
             "layers": f"{layers}/{LLAMA3_8B_LAYERS}",
@@ -746,25 +749,28 @@ def check_rehearsal(report: Report, out: Path, tok: Path) -> None:
 
 
 def compose_all(report: Report, runs: Path, data: dict, tok: Path) -> None:
-    """Every config the GPU steps run composes and passes the config checks (dry mode)."""
+    """Every config the GPU steps run composes and passes the config checks, and the train
+    stage's own preflight for data and model (all but the DPO steps, whose model an SFT step
+    writes first; the trainer is CPU here, as a dry run has no GPU)."""
     from matrix.config_check import check_config
+    from matrix.train.preflight import preflight
 
     with timed(report, "compose every step's config") as s:
-        cfgs = []
+        cfgs, starts = [], []
+        importable = kernel_availability()
         for k in KERNELS:
-            cfgs += list(sft_dpo_overrides(runs, k, data, tok, True, 20))
+            sft, dpo = sft_dpo_overrides(runs, k, data, tok, True, 20)
+            cfgs += [sft, dpo]
+            if importable[k] is None:  # an explicit kernel that cannot import fails preflight
+                starts.append(sft_dpo_overrides(runs, k, data, tok, False, 20)[0])
         cfgs.append(fsdp_overrides(runs, "fsdp", data, tok, 1, 10))
-        cfgs.append(
-            [
-                *base_overrides(runs, "mfu", tok, True),
-                *_model_config({**LLAMA3_8B, "num_hidden_layers": 8}),
-                "data.max_seq_len=4096",
-                f"data.path={data['sft']}",
-            ]
-        )
+        cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True))
+        starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False))
         for o in cfgs:
             check_config(compose(o), "train", models=False)
-        s.figures = {"configs": len(cfgs)}
+        for o in starts:
+            preflight(compose(o))
+        s.figures = {"configs": len(cfgs), "preflights": len(starts)}
 
 
 # -- the command -----------------------------------------------------------------------------
