@@ -127,7 +127,7 @@ class Probe:
         try:
             return sorted(str(m["id"]) for m in r.json().get("data", []))
         except (ValueError, KeyError, TypeError, AttributeError):
-            return "GET /models did not answer with a model list"
+            return f"HTTP {r.status_code} on GET /models, but not a model list"
 
 
 def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], None]) -> None:
@@ -142,7 +142,13 @@ def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], 
             )
         return
     served = probe.models(url, env)
-    if isinstance(served, str):
+    if isinstance(served, str) and served.startswith("HTTP"):
+        add(
+            f"{key}.base_url",
+            f"the server at {url} does not list its models ({served}): see its log, or "
+            f"restart it: {serve_hint(model, url)}",
+        )
+    elif isinstance(served, str):
         add(
             f"{key}.base_url",
             f"no server at {url} ({served}): {serve_hint(model, url)}, or point "

@@ -96,8 +96,8 @@ class _Models(BaseHTTPRequestHandler):
     served: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        if self.path != "/v1/models":
-            self.send_error(404)
+        if self.path != "/v1/models" or not self.served:
+            self.send_error(404 if self.path != "/v1/models" else 500)
             return
         body = json.dumps({"object": "list", "data": [{"id": m} for m in self.served]}).encode()
         self.send_response(200)
@@ -134,6 +134,10 @@ def test_a_server_serving_another_model_is_named(models_endpoint) -> None:
     handler.served = ["llama3-8b-instruct"]
     check_config(cfg, "simulate")  # served, and simulate does not need the judge's key
     check_config(cfg, "generate")
+    handler.served = []  # a server that answers, but with errors
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, "simulate")
+    assert f"the server at {url} does not list its models (HTTP 500 on GET /models)" in str(e.value)
 
 
 def test_each_stage_checks_only_the_models_it_calls(models_endpoint, monkeypatch) -> None:
