@@ -159,3 +159,28 @@ def test_a_missing_local_model_folder_is_named(tmp_path) -> None:
     with pytest.raises(ConfigError, match=f"model folder {missing} does not exist"):
         check_config(cfg, "simulate")
     check_config(_compose(), "simulate")  # the embedded model is always there
+
+
+def test_the_pipeline_checks_only_the_steps_it_will_run(tmp_path, monkeypatch) -> None:
+    from matrix.pipeline import run_pipeline
+    from matrix.stage import config_hash, stage_dir
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # no server
+    cfg = _compose(
+        "experiment=paper_sft_10k",
+        "pipeline.stages=[simulate]",
+        f"paths.runs_dir={tmp_path}",
+        f"llm.backends.llama3_8b_instruct.base_url={url}",
+        "logger=none",
+    )
+    with pytest.raises(ConfigError, match=f"no server at {url}") as e:
+        run_pipeline(cfg)
+    assert "OPENAI_API_KEY" not in str(e.value)  # evaluate is not among the steps
+    assert not stage_dir(cfg, "simulate").exists()
+    # a finished simulate step is reused, so its server is not needed
+    done = stage_dir(cfg, "simulate")
+    done.mkdir(parents=True)
+    manifest = {"complete": True, "config_hash": config_hash(cfg, "simulate"), "counts": {}}
+    (done / "manifest.json").write_text(json.dumps(manifest))
+    assert run_pipeline(cfg) == {"simulate": {}}

@@ -70,3 +70,23 @@ def test_wheel_folder_must_hold_every_listed_wheel(tmp_path) -> None:
 def test_mfu_depth_fits_half_the_memory(gib: int, layers: int) -> None:
     # 16 bytes a parameter (fp32 weights, grads, AdamW moments); 49,152-token vocabulary
     assert gpu_check.mfu_layers(gib * 2**30, 49152) == layers
+
+
+@pytest.mark.slow
+def test_gpu_steps_run_on_cpu_with_the_same_code(tmp_path: Path) -> None:
+    """The SFT, DPO and packed == padded steps and the export check of the GPU run, on CPU
+    (trainer=cpu, sdpa): what the GPU run reads from manifests and metrics is there."""
+    tok = gpu_check.tokenizer_dir()
+    data = gpu_check.write_data(tmp_path / "data", sft_rows=40, words=(5, 60))
+    runs = tmp_path / "runs"
+    report = gpu_check.Report("cpu", "cpu")
+    gpu_check.check_sft_dpo(report, runs, "sdpa", data, tok, steps=3, cuda=False)
+    assert [s.status for s in report.steps] == ["ok", "ok", "ok"], report.markdown()
+    sft, dpo, packed = (s.figures for s in report.steps)
+    assert sft["steps"] == dpo["steps"] == 3 and dpo["reward margin last"] is not None
+    assert packed["leak seq logp gap"] > 10 * packed["seq logp gap"]
+    out = runs / "sft_sdpa" / "train"
+    diff = gpu_check.checkpoint_logits_match(
+        out / "checkpoints" / "last.ckpt", out / "hf_model", gpu_check.TOKENS
+    )
+    assert diff == 0.0
