@@ -784,6 +784,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+# What pyproject.toml requires of the bare machine's packages.
+NEEDED = {
+    "torch": ">=2.4",
+    "transformers": ">=5.0,<6",
+    "lightning": ">=2.4",
+    "accelerate": ">=1.0",
+    "peft": ">=0.12",
+}
+
+
+def check_versions(report: Report) -> None:
+    """The machine's torch, transformers, lightning, accelerate and peft are versions this
+    project supports (a bare machine brings its own)."""
+    import importlib.metadata as md
+
+    from packaging.specifiers import SpecifierSet
+
+    with timed(report, "package versions") as s:
+        bad = []
+        for dist, spec in NEEDED.items():
+            have = md.version(dist)
+            s.figures[dist] = have
+            if not SpecifierSet(spec).contains(have.split("+")[0], prereleases=True):
+                bad.append(f"{dist} {have} (needs {spec}: pip install '{dist}{spec}')")
+        assert not bad, "; ".join(bad)
+
+
 def run(out: Path, dry: bool, steps: int = 20) -> Report:
     import torch
 
@@ -793,6 +820,7 @@ def run(out: Path, dry: bool, steps: int = 20) -> Report:
     runs = out / "runs"
     tok = tokenizer_dir()
     data = write_data(out / "data", sft_rows=160, words=(10, 120))
+    check_versions(report)
     compose_all(report, runs, data, tok)
     check_wheels(report, WHEELS_DIR)
     if not cuda:

@@ -31,6 +31,7 @@ def test_dry_mode_runs_through_make_gpu_checks_script(tmp_path: Path) -> None:
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["mode"] == "dry" and report["ok"]
     steps = {s["name"]: s for s in report["steps"]}
+    assert steps["package versions"]["status"] == "ok"
     assert steps["compose every step's config"]["status"] == "ok"
     assert steps["wheel list"]["status"] == "ok"
     rehearsal = steps["bare-machine rehearsal (CPU SFT run + generation)"]
