@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm bench-server lint format config-doc clean-demo soak
+.PHONY: install demo test test-all llm-server bench-llm bench-server gpu-check gpu-wheels lint format config-doc clean-demo soak
 
 install: $(STAMP)
 
@@ -66,6 +66,17 @@ bench-llm: install
 bench-server: install
 	bash scripts/setup_llm_server.sh
 	$(PY) bench/server_vs_inprocess.py
+
+# The one-call GPU check (docs/performance.md): bf16 SFT/DPO per attention kernel, packed ==
+# padded on CUDA, FSDP + activation checkpointing with export reload, MFU of the Llama-3-8B
+# shape, generation tokens/s -> runs/gpu_check/gpu_check.{json,md}. Without CUDA: the dry
+# mode. Needs no `make install`: on a bare CUDA machine it uses python3 plus .gpu-wheels/.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+# .gpu-wheels/: what the GPU check needs beyond torch/transformers/lightning/accelerate/peft.
+gpu-wheels: install
+	bash scripts/build_gpu_wheels.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

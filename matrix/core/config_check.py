@@ -191,18 +191,42 @@ def check_shard(cfg: DictConfig, p: ConfigProblems, stage: str) -> None:
         )
 
 
+def check_models(
+    cfg: DictConfig,
+    steps: list[tuple[DictConfig, str]],
+    p: ConfigProblems,
+    skip: Iterable[str] = (),
+) -> None:
+    """Every server, model folder and API key the (config, stage) `steps` need is there
+    (matrix.llm.preflight), unless llm.preflight.enabled=false; backends named in `skip`
+    were handed over in-process."""
+    pre = _get(cfg, "llm.preflight") or {}
+    if not pre.get("enabled", True):
+        return
+    from matrix.llm.preflight import ModelCheck
+
+    check = ModelCheck(float(pre.get("timeout") or 10))
+    for step_cfg, stage in steps:
+        check.stage(step_cfg, stage, skip=set(skip))
+    check.report(p)
+
+
 def check_config(cfg: DictConfig, stage: str) -> None:
     """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI)."""
     config_problems(cfg, stage).raise_if_any(stage)
 
 
 def check_stage(cfg: DictConfig, stage: str, provided_backends: Iterable[str] = ()) -> None:
-    """The one check a stage runs before any model loads: the config-wide problems and the
-    stage's own validator (matrix.core.registry), all listed in one ConfigError.
-    `provided_backends` are backends handed to the stage in-process, by name."""
-    p = config_problems(cfg, stage, provided_backends)
+    """The one check a stage runs before any model loads: the config-wide problems, the
+    stage's own validator (matrix.core.registry) and whether the models it calls can be
+    reached (check_models), all listed in one ConfigError. `provided_backends` are backends
+    handed to the stage in-process, by name (nothing to reach)."""
+    provided = set(provided_backends)
+    p = config_problems(cfg, stage, provided)
     if not p:  # a typo'd key can make the stage's validator fail on a missing one
         p.extend(STAGES[stage].validate(cfg))
+    if not p:
+        check_models(cfg, [(cfg, stage)], p, skip=provided)
     p.raise_if_any(stage)
 
 

@@ -38,7 +38,7 @@ from omegaconf.errors import ConfigKeyError
 
 from matrix.analysis.arms import ARMS_FILE
 from matrix.common.secrets import is_secret_key
-from matrix.core.config_check import config_problems
+from matrix.core.config_check import check_models, config_problems
 from matrix.core.registry import STAGES
 from matrix.core.reuse import reuse_decision
 from matrix.core.stage import stage_dir
@@ -166,6 +166,17 @@ def run_pipeline(cfg: DictConfig) -> dict:
     results = {}
     helper = helper_rank()
     steps = pipeline_steps(cfg)
+    # Before any work: the servers, model folders and keys of every step that will run (a
+    # reused step calls no model; rank 0 simulates, generates and evaluates).
+    runs = [
+        s
+        for s in steps
+        if (not helper or s.stage == "train")
+        and not (cfg.pipeline.reuse and reuse_decision(s.cfg, s.stage).reuse)
+    ]
+    p = ConfigProblems()
+    check_models(cfg, [(s.cfg, s.stage) for s in runs], p)
+    p.raise_if_any("pipeline")
     for n, step in enumerate(steps):
         if helper and step.stage != "train":
             # rank 0 simulates, generates and evaluates; a later train step reads this one's

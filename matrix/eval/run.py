@@ -136,7 +136,7 @@ def capped(bcfg: DictConfig, limit: int | None) -> DictConfig:
 
 def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     """Run the evaluate stage; returns the scores (or the comparison rows with `compare`)."""
-    check_stage(cfg, "evaluate")
+    check_stage(cfg, "evaluate", provided_backends=roles.provided if roles else ())
     run = open_stage(cfg, "evaluate")
     ev = cfg.eval
     if ev.get("compare"):

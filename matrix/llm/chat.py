@@ -6,21 +6,17 @@ assistant-only labels (matrix.train.tokenize) is built on it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from matrix.llm.protocol import Chat
 
 # Templates for base models that ship without one (the paper trains Llama-3-8B base with the
-# llama-3 template). Selected by `model.chat_template=llama3|chatml`; null keeps the model's own.
+# llama-3 template). Selected by `model.chat_template=llama3|chatml|qwen2_5`; null keeps the
+# model's own. The files, in matrix/data/chat_templates/, are the official templates (their
+# sources are in SOURCE.md there): shipped, since model hubs may be unreachable.
+_TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / "chat_templates"
 TEMPLATES: dict[str, str] = {
-    "llama3": (
-        "{{ bos_token }}{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-    ),
-    "chatml": (
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
+    p.stem: p.read_text(encoding="utf-8") for p in sorted(_TEMPLATE_DIR.glob("*.jinja"))
 }
 
 

@@ -287,6 +287,11 @@ class Roles:
         self._spend_key = ""
         self._carried: dict[str, Usage] = {}  # per-role spend of earlier attempts
 
+    @property
+    def provided(self) -> set[str]:
+        """The backends handed over in-process (built by the caller, not from config)."""
+        return set(self._backends)
+
     def carry_spend(self, path: str | Path, key: str) -> None:
         """Make the budget span resumes: start from what earlier attempts of the same stage run
         spent (recorded in `path` under the same `key`), and keep `path` current after every

@@ -167,7 +167,7 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
 
 def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     """Run (or resume) the simulate stage; `roles` lets callers inject LLMs (benchmarks)."""
-    check_stage(cfg, "simulate")
+    check_stage(cfg, "simulate", provided_backends=roles.provided if roles else ())
     run = open_stage(cfg, "simulate")
     roles = roles or Roles(cfg.llm)
     run.track_llm_spend(roles)

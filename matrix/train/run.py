@@ -106,6 +106,7 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         # resuming in place overwrites last.ckpt (never last-v1.ckpt beside it)
         enable_version_counter=False,
     )
+    save = bool(cfg.checkpoint.get("enabled", True))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -116,9 +117,9 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         max_steps=int(t.max_steps),
         accumulate_grad_batches=int(t.accumulate_grad_batches),
         gradient_clip_val=t.gradient_clip_val,
-        callbacks=[LoaderPosition(), RNGState(), *callbacks, ckpt],
+        callbacks=[LoaderPosition(), RNGState(), *callbacks, *([ckpt] if save else [])],
         logger=False,  # metrics go through StageRun (metrics.jsonl + the stage's W&B run)
-        enable_checkpointing=True,
+        enable_checkpointing=save,
         enable_progress_bar=bool(t.get("progress_bar", True)),
         enable_model_summary=False,
         use_distributed_sampler=False,  # BatchPlan shards by rank itself

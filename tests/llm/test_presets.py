@@ -16,6 +16,7 @@ PRESETS = {
     "smollm2_server": OpenAIBackend,
     "openai_compatible": OpenAIBackend,
     "vllm_llama3_8b_instruct": VLLMBackend,
+    "paper": OpenAIBackend,
 }
 
 

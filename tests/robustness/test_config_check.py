@@ -14,9 +14,9 @@ from matrix.gen.run import run_generate
 from matrix.sim.run import run_simulate
 from tests.conftest import ROOT, compose
 
-# The model path does not exist: a run that got as far as loading a model would fail
-# with a different error than the one asserted.
-NO_MODEL = ["llm.backends.smollm2.model=/no/model", "logger=none"]
+# A folder that holds no model (it exists, so the model preflight passes): a run that got as
+# far as loading a model would fail with a different error than the one asserted.
+NO_MODEL = [f"llm.backends.smollm2.model={ROOT / 'docs'}", "logger=none"]
 
 STAGES = {"simulate": run_simulate, "generate": run_generate, "evaluate": run_evaluate}
 

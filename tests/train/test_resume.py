@@ -124,3 +124,12 @@ def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data
     assert fresh["resumed_from"] is None
     with pytest.raises(FileNotFoundError, match="checkpoint.resume=/nope.ckpt"):
         run_train(compose_train(args("checkpoint.resume=/nope.ckpt")))
+
+
+def test_checkpoints_off_writes_none_and_still_exports(tmp_path, data_dir):
+    overrides = ["trainer.max_steps=2", "checkpoint.every_n_steps=1", "checkpoint.enabled=false"]
+    cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "off", *overrides))
+    manifest = run_train(cfg)
+    out = tmp_path / "off" / "train"
+    assert manifest["counts"]["steps"] == 2 and (out / "hf_model" / "config.json").is_file()
+    assert not list(out.rglob("*.ckpt"))

@@ -1,0 +1,224 @@
+"""Before any work: can every model a stage will call be reached?
+
+`check_config` (matrix.core.config_check) runs a `ModelCheck` for the stage it is about to run (the
+pipeline: for every step it will run), so a missing server, model folder or API key fails in seconds, naming the command or
+variable that fixes it, instead of after hours of simulation:
+
+- an OpenAI-compatible backend with a key variable (`api_key_env`, a hosted API): the
+  variable is set. The endpoint is not called: the key's validity shows on the first request
+  and a hosted API is not worth a request per stage;
+- an OpenAI-compatible backend without one (a server the user runs: vLLM, SGLang ...):
+  `GET <base_url>/models` answers within `llm.preflight.timeout` seconds and lists the
+  backend's model;
+- a local backend (transformers, vLLM's offline engine): its model is embedded, a folder, or
+  a hub id already in the Hugging Face cache (hubs may be unreachable);
+- the train stage: `model.path` likewise, unless it lies under `paths.runs_dir` (a model an
+  earlier step of the same pipeline writes; train's own preflight checks it when it starts).
+
+Only the roles the stage uses are checked (`stage_roles`), so a hosted judge's key is not
+asked for by the simulate stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from omegaconf import DictConfig, OmegaConf
+
+from matrix.core.validation import ConfigProblems
+from matrix.llm.embedded import EMBEDDED_PREFIX
+
+_OPENAI = "matrix.llm.openai_backend.OpenAIBackend"
+_LOCAL = ("matrix.llm.hf.HFBackend", "matrix.llm.vllm_backend.VLLMBackend")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+def stage_roles(cfg: DictConfig, stage: str) -> list[str]:
+    """The llm.roles a stage calls with this config (mirrors what each stage's code asks for)."""
+    if stage == "simulate":
+        roles = ["agent", "summarizer"]
+        if _get(cfg, "communication.mode") == "structured":
+            roles.append("modulator")
+        return roles
+    if stage == "generate":
+        roles = ["generator", "responder"]
+        kinds = {str(s.get("kind")) for s in (_get(cfg, "generator.sets") or {}).values()}
+        if "dpo" in kinds and not _get(cfg, "rejected_model"):
+            roles.append("rejecter")  # with rejected_model the rejecter is that folder
+        return roles
+    if stage == "evaluate":
+        ev = _get(cfg, "eval") or {}
+        if ev.get("compare"):
+            return []
+        roles = [str(ev.model.role)] if (ev.get("model") or {}).get("role") else []
+        from matrix.eval.benchmarks import BENCHMARKS
+
+        names = [n for n in (ev.get("benchmarks") or {}) if n in BENCHMARKS]
+        if any(BENCHMARKS[n].uses_judge for n in names):
+            roles.append("judge")
+        return roles
+    return []
+
+
+def serve_hint(model: str, base_url: str) -> str:
+    """The command that starts an OpenAI-compatible server for `model` at `base_url`."""
+    port = urlsplit(base_url).port or 8000
+    return (
+        f"start one with `make llm-server MODEL=<HF folder of the model> "
+        f"SERVED_NAME={model} PORT={port}` (or `python -m matrix.llm.server --model-dir "
+        f"<HF folder> --served-name {model} --port {port}`)"
+    )
+
+
+def _is_local(base_url: str) -> bool:
+    return (urlsplit(base_url).hostname or "") in _LOCAL_HOSTS
+
+
+def model_folder_problem(spec: str) -> str | None:
+    """Why a model spec (embedded:NAME, folder or hub id) cannot be loaded here, or None."""
+    if spec.startswith(EMBEDDED_PREFIX):
+        return None
+    from matrix.train.preflight import _local_model_dir
+
+    if _local_model_dir(spec) is not None:
+        return None
+    if Path(spec).expanduser().is_absolute() or spec.startswith((".", "~")):
+        return f"model folder {spec} does not exist; point it at a Hugging Face model folder"
+    return (
+        f"{spec} is neither a local folder nor in the Hugging Face cache: download it "
+        f"(`huggingface-cli download {spec}`) or give the folder's path"
+    )
+
+
+class Probe:
+    """Endpoint answers, asked once per base_url and key variable (several roles and steps
+    share one server)."""
+
+    def __init__(self, timeout: float):
+        self.timeout = float(timeout)
+        self._seen: dict[tuple[str, str | None], list[str] | str] = {}
+
+    def models(self, base_url: str, api_key_env: str | None) -> list[str] | str:
+        """The served model names, or the reason none could be listed."""
+        key = (base_url, api_key_env)
+        if key not in self._seen:
+            self._seen[key] = self._ask(base_url, api_key_env)
+        return self._seen[key]
+
+    def _ask(self, base_url: str, api_key_env: str | None) -> list[str] | str:
+        headers = {}
+        if api_key_env and os.environ.get(api_key_env):
+            headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+        try:
+            r = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=self.timeout)
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if r.status_code != 200:
+            return f"HTTP {r.status_code} on GET /models"
+        try:
+            return sorted(str(m["id"]) for m in r.json().get("data", []))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"HTTP {r.status_code} on GET /models, but not a model list"
+
+
+def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], None]) -> None:
+    model, url = str(node.get("model")), str(node.get("base_url", "https://api.openai.com/v1"))
+    env = node.get("api_key_env", "OPENAI_API_KEY")
+    if env and not _is_local(url):
+        if not os.environ.get(env):
+            add(
+                f"{key}.api_key_env",
+                f"{env} is not set: export it (`export {env}=...`, the key for {url}; keys are "
+                "never read from config files)",
+            )
+        return
+    served = probe.models(url, env)
+    if isinstance(served, str) and served.startswith("HTTP"):
+        add(
+            f"{key}.base_url",
+            f"the server at {url} does not list its models ({served}): see its log, or "
+            f"restart it: {serve_hint(model, url)}",
+        )
+    elif isinstance(served, str):
+        add(
+            f"{key}.base_url",
+            f"no server at {url} ({served}): {serve_hint(model, url)}, or point "
+            f"{key}.base_url at a running OpenAI-compatible server",
+        )
+    elif served and model not in served:
+        add(
+            f"{key}.model",
+            f"the server at {url} serves {', '.join(served)}, not '{model}': restart it with "
+            f"SERVED_NAME={model}, or set {key}.model to a served name",
+        )
+
+
+class ModelCheck:
+    """Checks the models of one or more stages (the steps of a pipeline) and reports each
+    problem once, with every role that needs the model; see the module doc."""
+
+    def __init__(self, timeout: float = 10.0):
+        self.probe = Probe(timeout)
+        self._found: dict[str, tuple[str, list[str]]] = {}  # key -> (message, roles)
+
+    def _add(self, key: str, msg: str, roles: list[str]) -> None:
+        _, seen = self._found.setdefault(key, (msg, []))
+        seen.extend(r for r in roles if r not in seen)
+
+    def stage(self, cfg: DictConfig, stage: str, skip: set[str] | None = None) -> ModelCheck:
+        """Check the models of `stage`; backends named in `skip` were handed over in-process."""
+        backends = _get(cfg, "llm.backends") or {}
+        roles = _get(cfg, "llm.roles") or {}
+        used: dict[str, list[str]] = {}
+        for role in stage_roles(cfg, stage):
+            rc = roles.get(role)
+            b = rc.get("backend") if rc is not None else None
+            if b is not None and b in backends and b not in (skip or set()):
+                # an unknown backend is check_config's
+                used.setdefault(str(b), []).append(role)
+        for name, for_roles in used.items():
+            node = OmegaConf.to_container(backends[name], resolve=True)
+            key = f"llm.backends.{name}"
+
+            def add(k: str, msg: str, for_roles: list[str] = for_roles) -> None:
+                self._add(k, msg, for_roles)
+
+            target = node.get("_target_")
+            if target == _OPENAI:
+                _check_openai(node, key, self.probe, add)
+            elif target in _LOCAL:
+                problem = model_folder_problem(str(node.get("model")))
+                if problem:
+                    add(f"{key}.model", problem)
+        if stage == "train":
+            problem = _train_model_problem(cfg)
+            if problem:
+                self._add("model.path", problem, [])
+        return self
+
+    def report(self, p: ConfigProblems) -> None:
+        for key, (msg, roles) in self._found.items():
+            p.add(key, f"{msg} [roles: {', '.join(roles)}]" if roles else msg)
+
+
+def _train_model_problem(cfg: DictConfig) -> str | None:
+    path = _get(cfg, "model.path")
+    if path is None or _get(cfg, "model.init") == "random":
+        return None
+    runs = _get(cfg, "paths.runs_dir")
+    if runs is not None:
+        try:
+            Path(str(path)).expanduser().resolve().relative_to(Path(str(runs)).resolve())
+            return None  # an earlier step writes it; train's preflight checks it at its start
+        except ValueError:
+            pass
+    return model_folder_problem(str(path))
