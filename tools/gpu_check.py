@@ -19,7 +19,7 @@ scripts/build_gpu_wheels.sh) and rehearses a tiny CPU SFT run and a generation i
 that can import only what a bare CUDA machine has plus the listed wheels; the report names
 every step it skipped.
 
-    python -m matrix.train.gpu_check --out runs/gpu_check     # what `make gpu-check` runs
+    python -m tools.gpu_check --out runs/gpu_check     # what `make gpu-check` runs
 
 Only the standard library is imported at module level: the rehearsal installs its import
 guard before anything else loads.
@@ -730,7 +730,7 @@ def check_rehearsal(report: Report, out: Path, tok: Path) -> None:
             )
         proc = subprocess.run(
             [
-                *(sys.executable, "-S", "-m", "matrix.train.gpu_check"),
+                *(sys.executable, "-S", "-m", "tools.gpu_check"),
                 *("--rehearse", "--out", str(out), "--tokenizer", str(tok)),
             ],
             capture_output=True,
