@@ -1,4 +1,4 @@
-"""MATRIX-Gen: python generate.py [generator=...] [simulation_dir=...] -> SFT / DPO data."""
+"""MATRIX-Gen: python generate.py [generator=...] [generate.simulation_dir=...] -> SFT / DPO data."""
 
 import hydra
 from omegaconf import DictConfig

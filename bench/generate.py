@@ -111,7 +111,7 @@ def main() -> None:
             "generate",
             overrides=[
                 f"generator={args.generator}",
-                f"simulation_dir={args.simulation_dir}",
+                f"generate.simulation_dir={args.simulation_dir}",
                 "logger=none",
                 f"paths.runs_dir={tmp}",
                 f"generate.limit={args.rows}",

@@ -55,7 +55,7 @@ def run_path(path: str, url: str | None, work: Path, overrides: list[str]) -> di
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for stage, fn, extra in (
             ("simulate", run_simulate, []),
-            ("generate", run_generate, [f"simulation_dir={work / path / 'simulate'}"]),
+            ("generate", run_generate, [f"generate.simulation_dir={work / path / 'simulate'}"]),
         ):
             cfg = compose(stage, overrides=[*common, *extra])
             t0 = time.perf_counter()

@@ -242,7 +242,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 "trainer.max_epochs=1",
                 "trainer.log_every_n_steps=1",
                 "trainer.progress_bar=false",
-                "checkpoint.every_n_steps=0",
+                "train.checkpoint.every_n_steps=0",
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
             ],
         )

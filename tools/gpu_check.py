@@ -268,7 +268,7 @@ def base_overrides(runs: Path, name: str, tok: Path, cuda: bool) -> list[str]:
         f"trainer={'gpu' if cuda else 'cpu'}",
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
-        "checkpoint.every_n_steps=0",
+        "train.checkpoint.every_n_steps=0",
     ]
 
 
@@ -305,19 +305,19 @@ def sft_dpo_overrides(runs: Path, kernel: str, data: dict, tok: Path, cuda: bool
     sft = [
         *base_overrides(runs, f"sft_{kernel}", tok, cuda),
         *common,
-        "objective=sft",
+        "train.objective=sft",
         f"data.path={data['sft']}",
     ]
     hf = runs / f"sft_{kernel}" / "train" / "hf_model"
     dpo = [
         *base_overrides(runs, f"dpo_{kernel}", tok, cuda),
         *common,
-        "objective=dpo",
+        "train.objective=dpo",
         f"data.path={data['dpo']}",
         f"model.path={hf}",
         "model.init=pretrained",
         "model.chat_template=null",
-        "dpo.beta=0.1",
+        "train.dpo.beta=0.1",
     ]
     return sft, dpo
 
@@ -460,12 +460,12 @@ def fsdp_overrides(runs: Path, name: str, data: dict, tok: Path, devices: int, s
         "trainer.fsdp.activation_checkpointing=true",
         *_model_config(SMALL),
         "model.attn_implementation=sdpa",
-        "objective=sft",
+        "train.objective=sft",
         f"data.path={data['sft']}",
         "data.max_seq_len=512",
         "data.batch_size=4",
         f"trainer.max_steps={steps}",
-        f"checkpoint.every_n_steps={steps}",
+        f"train.checkpoint.every_n_steps={steps}",
         "optimizer.lr=1e-3",
     ]
 
@@ -504,14 +504,14 @@ def mfu_overrides(runs: Path, tok: Path, data: dict, layers: int, steps: int, cu
         *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
         "model.gradient_checkpointing=true",
         "model.attn_implementation=auto",
-        "objective=sft",
+        "train.objective=sft",
         f"data.path={data['sft']}",
         "data.max_seq_len=4096",
         "data.packing=true",
         "data.batch_size=1",
         f"trainer.max_steps={steps}",
         "trainer.max_epochs=1000",
-        "checkpoint.enabled=false",  # 16 bytes a parameter on disk, for nothing
+        "train.checkpoint.enabled=false",  # 16 bytes a parameter on disk, for nothing
         "optimizer.lr=1e-5",
     ]
 
@@ -672,7 +672,7 @@ def rehearse(out: Path, tok: Path) -> dict:
         cfg = compose(
             [
                 *base_overrides(out / "runs", "rehearsal", tok, cuda=False),
-                "objective=sft",
+                "train.objective=sft",
                 f"data.path={data['sft']}",
                 "data.max_seq_len=256",
                 "trainer.max_steps=2",

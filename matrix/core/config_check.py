@@ -120,8 +120,23 @@ def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     return frozenset(keys)
 
 
+# Keys that moved into the group of the stage that owns them: the old spelling is refused
+# with the new one named (every shipped preset and doc uses the new one).
+MOVED = {
+    "objective": "train.objective",
+    "dpo": "train.dpo",
+    "checkpoint": "train.checkpoint",
+    "simulation_dir": "generate.simulation_dir",
+    "rejected_model": "generate.rejected_model",
+}
+
+
 def _suggest(path: str, known: frozenset[str], shown: str) -> str:
     """`path` is normalized (for lookup), `shown` the user's spelling (for the message)."""
+    root, _, rest = shown.partition(".")
+    if root in MOVED:
+        new = MOVED[root] + ("." + rest if rest else "")
+        return f"moved to `{new}` (the owning stage's group); write `{new}` instead"
     parent, _, leaf = path.rpartition(".")
     shown_parent = shown.rpartition(".")[0]
     siblings = sorted({k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent})

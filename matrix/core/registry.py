@@ -34,6 +34,7 @@ class Stage:
     hash_keys: tuple[str, ...]  # the root config keys its outputs depend on (config hash)
     validate_ref: str  # "module:function" returning ConfigProblems; never raises for config
     merge_ref: str | None = None  # "module:function" joining shards; None: runs whole
+    hash_exclude: tuple[str, ...] = ()  # dotted keys inside hash_keys that never change results
 
     @property
     def shardable(self) -> bool:
@@ -82,8 +83,6 @@ STAGES: dict[str, Stage] = {
                 "llm",
                 "generator",
                 "generate",
-                "simulation_dir",
-                "rejected_model",
                 "embedding",
                 "shard",
             ),
@@ -100,10 +99,10 @@ STAGES: dict[str, Stage] = {
                 "optimizer",
                 "scheduler",
                 "trainer",
-                "objective",
                 "train",
-                "dpo",
             ),
+            # how often it checkpoints and whether it resumes never change its results
+            hash_exclude=("train.checkpoint",),
             validate_ref="matrix.train.preflight:validate",
         ),
         Stage(

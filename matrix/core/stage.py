@@ -9,6 +9,7 @@ git sha, inputs with hashes, counts and token totals.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -57,6 +58,13 @@ def config_hash(
     data = {k: v for k, v in data.items() if k not in exclude}
     if stage in STAGES:
         data = {k: v for k, v in data.items() if k in STAGES[stage].hash_keys}
+        for dotted in STAGES[stage].hash_exclude:
+            *parents, leaf = dotted.split(".")
+            node = data = copy.deepcopy(data)
+            for k in parents:
+                node = node.get(k) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

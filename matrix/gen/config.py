@@ -205,15 +205,15 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         "must be above generate.filters.min_instruction_chars",
     )
     needed_roles = ["generator", "responder"]
-    if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.rejected_model:
+    if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.generate.rejected_model:
         needed_roles.append("rejecter")
     for role in needed_roles:
         p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
-    if cfg.rejected_model:
+    if cfg.generate.rejected_model:
         p.check(
-            (Path(str(cfg.rejected_model)) / "config.json").is_file(),
-            "rejected_model",
-            f"no Hugging Face model folder at {cfg.rejected_model} (expected config.json); "
+            (Path(str(cfg.generate.rejected_model)) / "config.json").is_file(),
+            "generate.rejected_model",
+            f"no Hugging Face model folder at {cfg.generate.rejected_model} (expected config.json); "
             "point it at train.py's hf_model/ folder",
         )
     if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
@@ -222,20 +222,20 @@ def validate(cfg: DictConfig) -> ConfigProblems:
 
 
 def _check_simulation(p: ConfigProblems, cfg: DictConfig) -> None:
-    d = Path(str(cfg.simulation_dir))
+    d = Path(str(cfg.generate.simulation_dir))
     how = (
         f"run `python simulate.py run.name={cfg.run.name}` first (it writes "
-        f"{cfg.paths.runs_dir}/{cfg.run.name}/simulate/), or set simulation_dir=<a simulate output folder>"
+        f"{cfg.paths.runs_dir}/{cfg.run.name}/simulate/), or set generate.simulation_dir=<a simulate output folder>"
     )
     if not (d / "scenarios.jsonl").is_file():
-        p.add("simulation_dir", f"no scenarios.jsonl in {d}; {how}")
+        p.add("generate.simulation_dir", f"no scenarios.jsonl in {d}; {how}")
     elif not (d / "scenarios.jsonl").read_text(encoding="utf-8").strip():
         p.add(
-            "simulation_dir",
+            "generate.simulation_dir",
             f"{d}/scenarios.jsonl has no scenarios; simulate for more rounds ({how})",
         )
     elif not ((d / "agents.jsonl").is_file() or (d / "state.json").is_file()):
-        p.add("simulation_dir", f"no agents.jsonl (or state.json) in {d}; {how}")
+        p.add("generate.simulation_dir", f"no agents.jsonl (or state.json) in {d}; {how}")
 
 
 def templates_of(spec: SetSpec) -> dict[str, str]:

@@ -90,7 +90,7 @@ def write_outputs(
     write_datacard(
         out / "datacard.md",
         generator=str(cfg.generator.name),
-        sim_dir=str(cfg.simulation_dir),
+        sim_dir=str(cfg.generate.simulation_dir),
         models=models,
         sets=set_rows,
         stats=stats,

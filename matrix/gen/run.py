@@ -48,13 +48,13 @@ log = logging.getLogger(__name__)
 
 
 def make_roles(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> Roles:
-    """Roles from cfg.llm; with `rejected_model`, the rejecter runs that HF folder."""
+    """Roles from cfg.llm; with `generate.rejected_model`, the rejecter runs that HF folder."""
     llm_cfg = cfg.llm
-    if cfg.rejected_model:
+    if cfg.generate.rejected_model:
         llm_cfg = OmegaConf.create(OmegaConf.to_container(cfg.llm, resolve=True))
         llm_cfg.backends[REJECTED_BACKEND] = {
             "_target_": "matrix.llm.hf.HFBackend",
-            "model": str(cfg.rejected_model),
+            "model": str(cfg.generate.rejected_model),
             "dtype": "auto",
             "device": "auto",
         }
@@ -160,7 +160,7 @@ class Generation:
         if not seeds:
             raise ConfigError(
                 f"generator.sets.{spec.name}: no (scenario, persona) seeds in "
-                f"{self.cfg.simulation_dir}; the simulation has no usable scenarios"
+                f"{self.cfg.generate.simulation_dir}; the simulation has no usable scenarios"
             )
         g = self.cfg.generate
         cap = math.ceil(spec.target * float(g.max_attempts_factor))
@@ -265,15 +265,15 @@ def simulation_input(cfg: DictConfig) -> tuple[SimulationData | None, dict[str, 
     the manifest records as inputs."""
     if not any(s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values()):
         return None, {}
-    sim = load_simulation(str(cfg.simulation_dir))
+    sim = load_simulation(str(cfg.generate.simulation_dir))
     return sim, {"scenarios": sim.dir / "scenarios.jsonl", "agents": sim.agents_file}
 
 
 def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dict[str, Any]:
     check_stage(cfg, "generate", provided_backends=backends or {})
     sim, inputs = simulation_input(cfg)
-    if cfg.get("rejected_model"):
-        inputs["rejected_model"] = Path(str(cfg.rejected_model))
+    if cfg.generate.get("rejected_model"):
+        inputs["rejected_model"] = Path(str(cfg.generate.rejected_model))
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
     run.track_llm_spend(roles)

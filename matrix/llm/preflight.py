@@ -52,7 +52,7 @@ def stage_roles(cfg: DictConfig, stage: str) -> list[str]:
     if stage == "generate":
         roles = ["generator", "responder"]
         kinds = {str(s.get("kind")) for s in (_get(cfg, "generator.sets") or {}).values()}
-        if "dpo" in kinds and not _get(cfg, "rejected_model"):
+        if "dpo" in kinds and not _get(cfg, "generate.rejected_model"):
             roles.append("rejecter")  # with rejected_model the rejecter is that folder
         return roles
     if stage == "evaluate":

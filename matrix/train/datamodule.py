@@ -69,7 +69,7 @@ def data_path(cfg: DictConfig) -> str:
     """The file this run trains on: `data.path` if set, else the objective's default file."""
     if cfg.data.get("path"):
         return str(cfg.data.path)
-    return str(cfg.data.sft_path if cfg.objective == "sft" else cfg.data.dpo_path)
+    return str(cfg.data.sft_path if cfg.train.objective == "sft" else cfg.data.dpo_path)
 
 
 class ChatDataModule(L.LightningDataModule):
@@ -93,7 +93,7 @@ class ChatDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if objective not in ("sft", "dpo"):
-            raise ValueError(f"objective={objective!r}; choose sft or dpo")
+            raise ValueError(f"train.objective={objective!r}; choose sft or dpo")
         self.path = Path(path)
         self.tokenizer = tokenizer
         self.objective = objective
@@ -124,7 +124,7 @@ class ChatDataModule(L.LightningDataModule):
         return cls(
             path=data_path(cfg),
             tokenizer=tokenizer,
-            objective=str(cfg.objective),
+            objective=str(cfg.train.objective),
             max_seq_len=int(d.max_seq_len),
             batch_size=int(d.batch_size),
             packing=bool(d.packing),

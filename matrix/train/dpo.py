@@ -1,8 +1,8 @@
 """Direct Preference Optimization (sigmoid loss) from an SFT checkpoint.
 
 The reference policy is the starting model, either as a frozen copy kept in memory
-(`dpo.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
-log-probs computed once before training (`dpo.reference=precomputed`: no second model in
+(`train.dpo.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
+log-probs computed once before training (`train.dpo.reference=precomputed`: no second model in
 memory; the values live in a buffer so a resumed run keeps the original reference).
 """
 
@@ -73,7 +73,7 @@ class DPOModule(CausalLMModule):
     ):
         super().__init__(model, optimizer, scheduler, total_steps)
         if reference not in ("model", "precomputed"):
-            raise ValueError(f"dpo.reference={reference!r}; choose model or precomputed")
+            raise ValueError(f"train.dpo.reference={reference!r}; choose model or precomputed")
         self.beta = beta
         self.reference = reference
         self.uses_adapters = hasattr(model, "disable_adapter")

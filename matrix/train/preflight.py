@@ -47,7 +47,7 @@ def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
         fix = cfg.data.get("generate_command")
         p.add(
             "data.path",
-            f"data file {path} does not exist (data.path / data.{cfg.objective}_path, "
+            f"data file {path} does not exist (data.path / data.{cfg.train.objective}_path, "
             f"data={cfg.data.name}); create it with:\n      {fix}"
             + "\n    or point data.path=... at an existing JSONL file",
         )
@@ -60,11 +60,11 @@ def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
             "data.path", f"data file {path} has no JSON object row (empty, or every line malformed)"
         )
         return
-    missing = [k for k in REQUIRED_KEYS[cfg.objective] if k not in row]
+    missing = [k for k in REQUIRED_KEYS[cfg.train.objective] if k not in row]
     if missing:
         p.add(
             "data.path",
-            f"data file {path} lacks {missing} needed for objective={cfg.objective} "
+            f"data file {path} lacks {missing} needed for train.objective={cfg.train.objective} "
             f"(SFT rows hold `messages`, DPO rows `prompt`/`chosen`/`rejected`)",
         )
 
@@ -150,8 +150,8 @@ def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
         p.add(
             "model.lora.quantize_4bit", "model.lora.quantize_4bit=true (QLoRA) needs bitsandbytes"
         )
-    if cfg.objective not in ("sft", "dpo"):
-        p.add("objective", f"objective={cfg.objective!r}; choose sft or dpo")
+    if cfg.train.objective not in ("sft", "dpo"):
+        p.add("train.objective", f"{cfg.train.objective!r}; choose sft or dpo")
     if int(cfg.data.batch_size) < 1:
         p.add("data.batch_size", "data.batch_size must be >= 1")
     if cfg.data.get("on_error", "skip") not in ON_ERROR:
@@ -179,7 +179,7 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     """Every train problem found before any model loads (the stage registry's validator)."""
     p = ConfigProblems()
     check_runtime(cfg, p)
-    if cfg.objective in REQUIRED_KEYS:
+    if cfg.train.objective in REQUIRED_KEYS:
         check_data(cfg, p)
     check_model(cfg, p)
     return p

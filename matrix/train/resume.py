@@ -1,8 +1,8 @@
-"""Which checkpoint a training run starts from (`checkpoint.resume`).
+"""Which checkpoint a training run starts from (`train.checkpoint.resume`).
 
-    checkpoint.resume: auto   # this run folder's newest checkpoint, if one exists (default)
-    checkpoint.resume: null   # start fresh (also false); this folder's checkpoints are removed
-    checkpoint.resume: /path/to/step000200.ckpt   # that checkpoint
+    train.checkpoint.resume: auto   # this run folder's newest checkpoint, if one exists (default)
+    train.checkpoint.resume: null   # start fresh (also false); this folder's checkpoints are removed
+    train.checkpoint.resume: /path/to/step000200.ckpt   # that checkpoint
 
 `auto` resumes only checkpoints written under the same train config: <stage dir>/checkpoints/
 run.json records the config hash of the run that writes them. Checkpoints of another config
@@ -70,12 +70,12 @@ def _remove_checkpoints(ckpt_dir: Path, why: str, keep: Path | None = None) -> N
 def resume_point(
     cfg: DictConfig, ckpt_dir: Path, config_hash: str, rank_zero: bool = True
 ) -> ResumePoint:
-    """The checkpoint this run starts from, per `checkpoint.resume` (see the module doc).
+    """The checkpoint this run starts from, per `train.checkpoint.resume` (see the module doc).
 
     On rank zero, leaves `ckpt_dir` holding only checkpoints of this config (and a checkpoint
-    named by `checkpoint.resume`) and records the config hash, so the checkpoints this run
+    named by `train.checkpoint.resume`) and records the config hash, so the checkpoints this run
     writes resume its next attempt."""
-    spec = cfg.checkpoint.get("resume")
+    spec = cfg.train.checkpoint.get("resume")
     fresh = spec in (None, False, "none", "null", "false")
     explicit = None if fresh or spec in AUTO else Path(str(spec)).resolve()
     marker = ckpt_dir / MARKER
@@ -89,7 +89,7 @@ def resume_point(
         _remove_checkpoints(ckpt_dir, why, keep=explicit)
     if fresh:
         if rank_zero:
-            _remove_checkpoints(ckpt_dir, "checkpoint.resume=null: starting fresh")
+            _remove_checkpoints(ckpt_dir, "train.checkpoint.resume=null: starting fresh")
         point = ResumePoint(None, 0)
     elif spec in AUTO:
         path = newest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
@@ -98,7 +98,7 @@ def resume_point(
         path = explicit
         if not path.is_file():
             raise FileNotFoundError(
-                f"checkpoint.resume={spec} does not exist; give a .ckpt file, `auto` (this run "
+                f"train.checkpoint.resume={spec} does not exist; give a .ckpt file, `auto` (this run "
                 "folder's newest checkpoint) or null (start fresh)"
             )
         point = ResumePoint(path, checkpoint_step(path))

@@ -1,7 +1,7 @@
 """`run_train(cfg)`: the train stage from a composed config (what `train.py` calls).
 
 Order matters: validate everything (no model loaded), tokenize the data, pick the checkpoint
-to resume from (`checkpoint.resume`, matrix.train.resume), open the stage run, build model +
+to resume from (`train.checkpoint.resume`, matrix.train.resume), open the stage run, build model +
 Lightning trainer, fit, export the HF folder, write the manifest.
 
 A resumed run continues in place: metrics.jsonl keeps the rows up to the checkpoint's step
@@ -98,15 +98,15 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         dirpath=ckpt_dir,
         filename="step{step:06d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=int(cfg.checkpoint.every_n_steps) or None,
-        save_top_k=int(cfg.checkpoint.keep),
+        every_n_train_steps=int(cfg.train.checkpoint.every_n_steps) or None,
+        save_top_k=int(cfg.train.checkpoint.keep),
         monitor="step",
         mode="max",
         save_last=True,
         # resuming in place overwrites last.ckpt (never last-v1.ckpt beside it)
         enable_version_counter=False,
     )
-    save = bool(cfg.checkpoint.get("enabled", True))
+    save = bool(cfg.train.checkpoint.get("enabled", True))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -168,7 +168,7 @@ def run_train(cfg: DictConfig) -> dict | None:
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
-    if cfg.objective == "sft":
+    if cfg.train.objective == "sft":
         module = SFTModule(
             model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
         )
@@ -178,8 +178,8 @@ def run_train(cfg: DictConfig) -> dict | None:
             cfg.optimizer,
             cfg.scheduler,
             total,
-            beta=float(cfg.dpo.beta),
-            reference=str(cfg.dpo.reference),
+            beta=float(cfg.train.dpo.beta),
+            reference=str(cfg.train.dpo.reference),
             n_pairs=len(dm),
         )
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
@@ -193,7 +193,7 @@ def run_train(cfg: DictConfig) -> dict | None:
         trainer.validate(module, datamodule=dm, verbose=False)  # the final model's val metrics
 
     provenance = {
-        "objective": cfg.objective,
+        "objective": cfg.train.objective,
         "base_model": str(cfg.model.path),
         "data": data_path(cfg),
         "config_hash": stage.config_hash if stage else None,

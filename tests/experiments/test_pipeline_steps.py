@@ -34,11 +34,11 @@ def test_matrix_tuned_is_sft_then_dpo_from_the_sft_model(preset: str, tmp_path: 
     assert list(gen_sft.cfg.generate.run_sets) == ["general"]
     assert list(gen_dpo.cfg.generate.run_sets) == ["complex"]
     # the pairs' rejected answers come from the SFT step's model (generated after it)
-    assert gen_dpo.cfg.rejected_model == str(tmp_path / preset / "train_sft" / "hf_model")
-    assert gen_sft.cfg.rejected_model is None
+    assert gen_dpo.cfg.generate.rejected_model == str(tmp_path / preset / "train_sft" / "hf_model")
+    assert gen_sft.cfg.generate.rejected_model is None
     assert stage_dir(sft.cfg, "train") == tmp_path / preset / "train_sft"
     assert stage_dir(dpo.cfg, "train") == tmp_path / preset / "train"
-    assert (sft.cfg.objective, dpo.cfg.objective) == ("sft", "dpo")
+    assert (sft.cfg.train.objective, dpo.cfg.train.objective) == ("sft", "dpo")
     # SFT starts from the base model, DPO from SFT's export; both train on this run's data
     assert sft.cfg.model.path == cfg.model.path
     assert dpo.cfg.model.path == str(tmp_path / preset / "train_sft" / "hf_model")
@@ -124,8 +124,8 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
         assert json.loads((run / step / "manifest.json").read_text())["complete"]
     sft = json.loads((run / "train_sft" / "manifest.json").read_text())
     dpo = json.loads((run / "train" / "manifest.json").read_text())
-    assert (sft["stage"], sft["config"]["objective"]) == ("train", "sft")
-    assert (dpo["stage"], dpo["config"]["objective"]) == ("train", "dpo")
+    assert (sft["stage"], sft["config"]["train"]["objective"]) == ("train", "sft")
+    assert (dpo["stage"], dpo["config"]["train"]["objective"]) == ("train", "dpo")
     assert sft["inputs"]["data"]["path"].endswith("generate_sft/sft.jsonl")
     assert dpo["inputs"]["data"]["path"].endswith("/generate/dpo.jsonl")
     # every DPO pair's rejected answer came from the SFT step's model

@@ -78,7 +78,7 @@ def test_tiny_preset_composes_on_the_tiny_model(preset: str, tmp_path: Path) -> 
     # the same loop as the paper preset: same data sets and benchmarks, only smaller
     assert set(cfg.generator.sets) == set(full.generator.sets)
     assert set(cfg.eval.benchmarks) == set(full.eval.benchmarks)
-    assert cfg.objective == full.objective
+    assert cfg.train.objective == full.train.objective
 
 
 def test_debug_tiny_shrinks_a_tiny_preset_further(tmp_path: Path) -> None:

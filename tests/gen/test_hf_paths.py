@@ -1,5 +1,5 @@
 """Paths that need a real local model: Magpie's raw-prefix sampling and DPO rejected answers
-from a `rejected_model` folder. A 2-layer random-weight Llama with the SmolLM2 tokenizer
+from a `generate.rejected_model` folder. A 2-layer random-weight Llama with the SmolLM2 tokenizer
 stands in: these tests check plumbing, not text quality."""
 
 from pathlib import Path
@@ -55,7 +55,7 @@ def test_magpie_baseline_writes_rows_from_the_chat_template_alone(tmp_path, tiny
         tmp_path,
         "generator=magpie",
         "generator.sets.magpie.target=3",
-        f"simulation_dir={tmp_path / 'no_simulation'}",
+        f"generate.simulation_dir={tmp_path / 'no_simulation'}",
         *_hf_overrides(tiny_model),
     )
     result = run_generate(cfg)
@@ -72,10 +72,10 @@ def test_magpie_baseline_writes_rows_from_the_chat_template_alone(tmp_path, tiny
 def test_rejected_answers_come_from_the_rejected_model_folder(tmp_path, sim_dir, tiny_model):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=dpo_complex",
         "generator.sets.complex.target=2",
-        f"rejected_model={tiny_model}",
+        f"generate.rejected_model={tiny_model}",
         "generate.filters.language=null",
         "generate.filters.min_response_chars=1",
         "generate.filters.drop_truncated=false",

@@ -18,7 +18,7 @@ def _out(tmp_path):
 
 
 def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
-    cfg = compose_generate(tmp_path, f"simulation_dir={sim_dir}", *TINY)
+    cfg = compose_generate(tmp_path, f"generate.simulation_dir={sim_dir}", *TINY)
     result = run_generate(cfg, backends=scripted_backends())
     out = _out(tmp_path)
     sft, dpo = read_rows(out / "sft.jsonl"), read_rows(out / "dpo.jsonl")
@@ -86,7 +86,7 @@ def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
 def test_dpo_rows_never_have_chosen_equal_rejected(tmp_path, sim_dir):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=dpo_complex",
         "generator.sets.complex.target=6",
         "generate.filters.near_dup_threshold=0.95",
@@ -119,7 +119,7 @@ def test_resume_after_kill_has_no_duplicates_and_matches_an_uninterrupted_run(tm
     # The call cache off: the stage's own checkpoint must give the resume, and a cache shared
     # by both runs would answer the killed run without reaching the crashing backend.
     overrides = [
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         *TINY,
         "generate.batch_size=2",
         "llm.cache.enabled=false",
@@ -148,7 +148,7 @@ def test_resume_after_kill_has_no_duplicates_and_matches_an_uninterrupted_run(tm
 def test_scenarios_running_dry_raises_with_the_numbers(tmp_path, sim_dir):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=sft_general",
         "generator.sets.general.target=3",
         "generate.max_attempts_factor=2",
@@ -165,7 +165,7 @@ def test_scenarios_running_dry_raises_with_the_numbers(tmp_path, sim_dir):
 def test_persona_only_baseline_has_agents_but_no_scenarios(tmp_path, sim_dir):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=persona_only",
         "generator.sets.persona_only.target=3",
         *SCRIPTED_ROLES,
@@ -183,7 +183,7 @@ def test_retrieval_grounds_a_need_in_the_matching_scenarios(tmp_path, sim_dir):
     # The code need should find the website and the Python-at-the-clinic scenarios.
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=code",
         "generator.sets.code.target=4",
         "generator.sets.code.retrieval.top_k=2",
@@ -198,7 +198,7 @@ def test_retrieval_grounds_a_need_in_the_matching_scenarios(tmp_path, sim_dir):
 
 def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
     base = [
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=sft_general",
         "generator.sets.general.target=2",
         *SCRIPTED_ROLES,
@@ -228,7 +228,7 @@ def test_sft_and_dpo_sets_draw_different_seeds(tmp_path, sim_dir):
     # by its own need (`general`, `complex`): no (scenario, persona) seed grounds both.
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=matrix_20k",
         "generator.sets.general.target=3",
         "generator.sets.complex.target=3",
@@ -248,7 +248,7 @@ def test_sft_and_dpo_sets_draw_different_seeds(tmp_path, sim_dir):
 
 
 def test_run_sets_generates_the_named_sets_only(tmp_path, sim_dir):
-    base = [f"simulation_dir={sim_dir}", *TINY]
+    base = [f"generate.simulation_dir={sim_dir}", *TINY]
     cfg = compose_generate(tmp_path, *base, "generate.run_sets=[complex]")
     result = run_generate(cfg, backends=scripted_backends())
     assert result["counts"]["sft"] == 0 and result["counts"]["dpo"] == 2

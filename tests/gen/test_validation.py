@@ -18,7 +18,7 @@ class Untouchable:
 
 
 def test_missing_simulation_names_key_and_command(tmp_path):
-    cfg = compose_generate(tmp_path, f"simulation_dir={tmp_path / 'nowhere'}")
+    cfg = compose_generate(tmp_path, f"generate.simulation_dir={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError) as e:
         run_generate(cfg, backends={"smollm2": Untouchable()})
     msg = str(e.value)
@@ -29,7 +29,7 @@ def test_missing_simulation_names_key_and_command(tmp_path):
 def test_all_problems_listed_at_once(tmp_path, sim_dir):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=tiny",
         "generator.sets.general.target=0",
         "generator.sets.complex.kind=kto",
@@ -58,9 +58,9 @@ def test_all_problems_listed_at_once(tmp_path, sim_dir):
 def test_rejected_model_must_be_a_model_folder(tmp_path, sim_dir):
     cfg = compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         "generator=dpo_complex",
-        f"rejected_model={tmp_path / 'no_model'}",
+        f"generate.rejected_model={tmp_path / 'no_model'}",
     )
     with pytest.raises(ConfigError, match="rejected_model"):
         validate(cfg).raise_if_any("generate")
@@ -88,7 +88,7 @@ def test_unknown_generator_name_is_refused_with_the_options(tmp_path):
     ],
 )
 def test_every_generator_option_composes_and_validates(tmp_path, sim_dir, name):
-    cfg = compose_generate(tmp_path, f"generator={name}", f"simulation_dir={sim_dir}")
+    cfg = compose_generate(tmp_path, f"generator={name}", f"generate.simulation_dir={sim_dir}")
     validate(cfg).raise_if_any("generate")
     if name == "matrix_20k":
         assert (

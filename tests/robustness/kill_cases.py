@@ -259,7 +259,7 @@ def make_case(stage: str, base: Path, model_dir: Path, soak: bool = False) -> Ca
         if not sim.exists():
             write_sim_dir(sim)
         extra = [
-            f"simulation_dir={sim}",
+            f"generate.simulation_dir={sim}",
             "generator=tiny",  # general 4, complex 2 (DPO), multi_turn 2, safety 2
             "generate.limit=null",
             "generate.batch_size=1",  # a checkpoint per row: kills land between and within steps
@@ -279,8 +279,8 @@ def make_case(stage: str, base: Path, model_dir: Path, soak: bool = False) -> Ca
             f"trainer.max_steps={32 if soak else 16}",
             "trainer.max_epochs=3",
             "data.generate_run=inputs",  # data.sft_path (unused) would hash the run name
-            f"checkpoint.every_n_steps={TRAIN_EVERY}",
-            "checkpoint.keep=-1",
+            f"train.checkpoint.every_n_steps={TRAIN_EVERY}",
+            "train.checkpoint.keep=-1",
             "trainer.deterministic=true",
         ]
     elif stage == "evaluate":

@@ -88,7 +88,7 @@ def test_killed_llm_stage_resumes_without_redoing_work(stage, tmp_path, tiny_mod
 
 def test_killed_training_resumes_in_place(tmp_path, tiny_model_dir):
     """Killed between and at checkpoints, training resumes from the run folder's newest
-    checkpoint (checkpoint.resume=auto, the default): the same metrics rows once each, the
+    checkpoint (train.checkpoint.resume=auto, the default): the same metrics rows once each, the
     same tokens_seen, the same final weights (bit for bit on CPU), the same W&B run."""
     case = make_case("train", tmp_path, tiny_model_dir)
     case.extra.append("logger=wandb")  # offline (WANDB_MODE)

@@ -509,7 +509,7 @@ def _generate_cmd(tmp_path, runs, sim, model_dir, name):
         "logger=none",
         "llm.cache.enabled=false",
         *tiny_llm_overrides(model_dir),
-        f"simulation_dir={sim}",
+        f"generate.simulation_dir={sim}",
         "generator=tiny",
         "generate.limit=null",
         "generate.batch_size=1",

@@ -116,7 +116,7 @@ def test_evaluate_shards_merge_to_the_unsharded_scores(tmp_path):
 def _gen_cfg(tmp_path, sim_dir, name, *extra):
     return compose_generate(
         tmp_path,
-        f"simulation_dir={sim_dir}",
+        f"generate.simulation_dir={sim_dir}",
         f"run.name={name}",
         "generate.filters.near_dup_threshold=0.95",
         *SCRIPTED_ROLES,

@@ -112,7 +112,7 @@ def test_simulate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
 
 
 def test_generate_through_the_server_then_a_rerun_from_the_cache(work, proxy, simulated):
-    extra = ("generator=tiny", f"simulation_dir={simulated['dir']}")
+    extra = ("generator=tiny", f"generate.simulation_dir={simulated['dir']}")
     before = proxy.posts
     result = run_generate(compose("generate", overrides(work, proxy.base_url, "gen", *extra)))
     posts = proxy.posts - before

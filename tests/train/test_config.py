@@ -31,7 +31,7 @@ def test_every_option_composes(group):
     assert names
     for name in names:
         cfg = compose_train([f"{group}={name}"])
-        assert cfg.objective in ("sft", "dpo")
+        assert cfg.train.objective in ("sft", "dpo")
         assert cfg.model.attn_implementation in (
             "auto",
             "flash_attention_2",
@@ -99,7 +99,7 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
 
 def test_preflight_rejects_wrong_row_kind(tmp_path, data_dir):
     cfg = compose_train(
-        ["model=tiny_debug", "objective=dpo", f"data.path={data_dir / 'sft.jsonl'}"]
+        ["model=tiny_debug", "train.objective=dpo", f"data.path={data_dir / 'sft.jsonl'}"]
     )
     with pytest.raises(ConfigError, match="lacks"):
         validate(cfg).raise_if_any("train")

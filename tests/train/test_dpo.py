@@ -31,14 +31,14 @@ def test_dpo_learns_the_preference(tmp_path, data_dir, reference, packing):
             tmp_path,
             data_dir / "dpo.jsonl",
             "dpo",
-            "objective=dpo",
-            f"dpo.reference={reference}",
+            "train.objective=dpo",
+            f"train.dpo.reference={reference}",
             f"data.packing={packing}",
             "data.batch_size=2",
             "trainer.max_epochs=3",
             "trainer.max_steps=6",
             "optimizer.lr=3e-3",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
         )
     )
     manifest = run_train(cfg)

@@ -22,7 +22,7 @@ def test_hf_folder_reloads_and_generates(tmp_path, data_dir, lora):
             f"model.lora.enabled={lora}",
             "model.lora.r=4",
             "trainer.max_steps=2",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
         )
     )
     manifest = run_train(cfg)

@@ -44,7 +44,7 @@ def step_peaks(tmp_path: Path, name: str) -> list[float]:
             "data.max_seq_len=512",
             "data.batch_size=4",
             f"trainer.max_steps={STEPS}",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
             # deep and narrow: one step's saved activations (~2K tokens x 16 layers x ~4 KB)
             # come to ~130 MB, far above allocator noise, while the 49K-vocabulary head,
             # which dominates a tiny model's time, stays cheap
@@ -126,7 +126,7 @@ def test_packed_smollm2_batches_train_within_budget(tmp_path):
             "data.batch_size=8",
             "trainer.max_steps=3",
             "trainer.progress_bar=false",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
         ]
     )
     manifest = run_train(cfg)

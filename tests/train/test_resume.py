@@ -17,8 +17,8 @@ SETTINGS = (
     "data.batch_size=2",
     "trainer.accumulate_grad_batches=2",
     "trainer.max_epochs=2",
-    "checkpoint.every_n_steps=2",
-    "checkpoint.keep=-1",
+    "train.checkpoint.every_n_steps=2",
+    "train.checkpoint.keep=-1",
 )
 
 
@@ -74,7 +74,7 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
             data_dir / "sft_short.jsonl",
             "resumed",
             *extra,
-            f"checkpoint.resume={ckpt}",
+            f"train.checkpoint.resume={ckpt}",
         )
     )
     assert run_train(cfg)["counts"]["steps"] == last
@@ -89,11 +89,11 @@ def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir
 
 
 def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data_dir):
-    """checkpoint.resume=auto (the default): a rerun of a finished run resumes from its
+    """train.checkpoint.resume=auto (the default): a rerun of a finished run resumes from its
     newest checkpoint and trains no step twice (metrics.jsonl keeps one row per step); a
     rerun with another train config removes the old checkpoints and starts fresh."""
-    extra = ("data.packing=false", "trainer.max_steps=4", "checkpoint.every_n_steps=2")
-    extra = (*extra, "checkpoint.keep=-1")
+    extra = ("data.packing=false", "trainer.max_steps=4", "train.checkpoint.every_n_steps=2")
+    extra = (*extra, "train.checkpoint.keep=-1")
     args = lambda *more: tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "p", *extra, *more)  # noqa: E731
     run_dir, ckpts = tmp_path / "p" / "train", tmp_path / "p" / "train" / "checkpoints"
     first = run_train(compose_train(args()))
@@ -120,14 +120,18 @@ def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
     assert losses(run_dir)[4] != pytest.approx(rows[-1]["train/loss"], rel=1e-6)
 
-    fresh = run_train(compose_train(args("optimizer.lr=2e-3", "checkpoint.resume=null")))
+    fresh = run_train(compose_train(args("optimizer.lr=2e-3", "train.checkpoint.resume=null")))
     assert fresh["resumed_from"] is None
-    with pytest.raises(FileNotFoundError, match="checkpoint.resume=/nope.ckpt"):
-        run_train(compose_train(args("checkpoint.resume=/nope.ckpt")))
+    with pytest.raises(FileNotFoundError, match="train.checkpoint.resume=/nope.ckpt"):
+        run_train(compose_train(args("train.checkpoint.resume=/nope.ckpt")))
 
 
 def test_checkpoints_off_writes_none_and_still_exports(tmp_path, data_dir):
-    overrides = ["trainer.max_steps=2", "checkpoint.every_n_steps=1", "checkpoint.enabled=false"]
+    overrides = [
+        "trainer.max_steps=2",
+        "train.checkpoint.every_n_steps=1",
+        "train.checkpoint.enabled=false",
+    ]
     cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "off", *overrides))
     manifest = run_train(cfg)
     out = tmp_path / "off" / "train"

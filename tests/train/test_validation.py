@@ -105,7 +105,7 @@ def test_sft_run_logs_val_loss_and_puts_it_in_the_manifest(tmp_path, data_dir):
             "data.val_fraction=0.25",
             "trainer.max_steps=4",
             "trainer.val_check_interval=2",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
         )
     )
     manifest = run_train(cfg)
@@ -127,13 +127,13 @@ def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
             tmp_path,
             data_dir / "dpo.jsonl",
             "dpo",
-            "objective=dpo",
-            f"dpo.reference={reference}",
+            "train.objective=dpo",
+            f"train.dpo.reference={reference}",
             "data.batch_size=4",
             "data.val_fraction=0.25",
             "trainer.max_steps=3",
             "optimizer.lr=3e-3",
-            "checkpoint.every_n_steps=0",
+            "train.checkpoint.every_n_steps=0",
         )
     )
     manifest = run_train(cfg)
