@@ -34,25 +34,35 @@ END = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "qwen2_5": "<|im_end|>"}
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
-@pytest.fixture(scope="module", params=sorted(SPECIAL))
-def templated(request, tokenizer):
-    name = request.param
-    tok = copy.deepcopy(tokenizer)
-    tok.add_tokens(SPECIAL[name], special_tokens=True)
-    if name == "llama3":
-        tok.bos_token = "<|begin_of_text|>"
-    set_chat_template(tok, name)
-    return name, tok
+@pytest.fixture(scope="module")
+def with_template(tokenizer):
+    """name -> (name, a copy of the SmolLM2 tokenizer with that template and its tokens)."""
+    made: dict = {}
+
+    def make(name: str):
+        if name not in made:
+            tok = copy.deepcopy(tokenizer)
+            tok.add_tokens(SPECIAL[name], special_tokens=True)
+            if name == "llama3":
+                tok.bos_token = "<|begin_of_text|>"
+            set_chat_template(tok, name)
+            made[name] = (name, tok)
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(params=sorted(SPECIAL))
+def templated(request, with_template):
+    return with_template(request.param)
 
 
 def test_every_paper_template_is_shipped() -> None:
     assert {"llama3", "chatml", "qwen2_5"} <= set(TEMPLATES)
 
 
-def test_llama3_renders_metas_documented_format(templated) -> None:
-    name, tok = templated
-    if name != "llama3":
-        pytest.skip("llama3 only")
+def test_llama3_renders_metas_documented_format(with_template) -> None:
+    _, tok = with_template("llama3")
     # Meta's Llama 3 model card, "Prompt format"
     assert render(tok, CHAT[:3]) == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
@@ -66,10 +76,9 @@ def test_llama3_renders_metas_documented_format(templated) -> None:
     assert render(tok, [{"role": "user", "content": "  hi \n"}]).endswith("\n\nhi<|eot_id|>")
 
 
-def test_chatml_and_qwen_render_their_formats(templated) -> None:
-    name, tok = templated
-    if name == "llama3":
-        pytest.skip("ChatML templates only")
+@pytest.mark.parametrize("name", ["chatml", "qwen2_5"])
+def test_chatml_and_qwen_render_their_formats(with_template, name) -> None:
+    _, tok = with_template(name)
     turns = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n"
     text = render(tok, NO_SYSTEM[:2])
     if name == "qwen2_5":  # Qwen's default system prompt when the chat has none
