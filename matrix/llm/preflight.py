@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.core.validation import ConfigProblems
@@ -118,6 +117,8 @@ class Probe:
         headers = {}
         if api_key_env and os.environ.get(api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+        import httpx  # here: a bare training machine (make gpu-check) may lack it
+
         try:
             r = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=self.timeout)
         except httpx.HTTPError as e:
