@@ -119,7 +119,7 @@ def test_name_sweep_job_gives_distinct_runs_under_one_sweep() -> None:
     assert {c.experiment_name for c in cfgs} == {"comm_ablation_tiny"}
     # every stage of an arm reads and writes inside that arm's run dir
     for c, a in zip(cfgs, arms, strict=True):
-        assert c.simulation_dir.endswith(f"comm_ablation_tiny/{a}/simulate")
+        assert c.generate.simulation_dir.endswith(f"comm_ablation_tiny/{a}/simulate")
         assert c.data.sft_path.endswith(f"comm_ablation_tiny/{a}/generate/sft.jsonl")
         assert c.eval.model.checkpoint.endswith(f"comm_ablation_tiny/{a}/train/hf_model")
     # the arms differ in the simulate config hash, so none reuses another's simulation

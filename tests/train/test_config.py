@@ -51,7 +51,7 @@ def test_paper_presets_carry_the_paper_settings():
     assert sft.trainer.devices == 8 and sft.data.max_seq_len == 4096
     assert sft.model.chat_template == "llama3" and sft.scheduler.name == "cosine"
     dpo = compose_train(["experiment=paper_dpo"])
-    assert dpo.objective == "dpo" and dpo.dpo.beta == 0.1
+    assert dpo.train.objective == "dpo" and dpo.train.dpo.beta == 0.1
     assert dpo.model.path.endswith("paper_sft/train/hf_model")
     assert dpo.data.dpo_path.endswith("matrix_20k/generate/dpo.jsonl")
 
