@@ -96,4 +96,4 @@ clean-demo:
 # 20 random SIGKILLs per stage on debug=tiny (slow, not in CI): kills survived, rows lost,
 # duplicated and changed, work redone; see docs/robustness.md.
 soak: install
-	$(PY) -m tests.robustness.soak --kills 20
+	$(PY) -m tests.core.soak --kills 20

@@ -123,3 +123,6 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+from tests.doubles import sim_dir  # noqa: E402,F401  (fixture: a hand-written simulate output)

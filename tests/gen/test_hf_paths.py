@@ -10,8 +10,7 @@ from matrix.gen.run import run_generate
 from matrix.llm.hf import HFBackend
 from matrix.llm.protocol import Sampling
 from tests.conftest import build_tiny_llama
-
-from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
+from tests.doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 
 
 @pytest.fixture(scope="module")

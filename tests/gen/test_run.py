@@ -7,8 +7,7 @@ from datasets import load_dataset, load_from_disk
 
 from matrix.core.validation import ConfigError
 from matrix.gen.run import run_generate
-
-from .doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
+from tests.doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 
 TINY = ["generator=tiny", "generate.filters.near_dup_threshold=0.95", *SCRIPTED_ROLES]
 

@@ -6,8 +6,7 @@ from hydra.errors import MissingConfigException
 from matrix.core.validation import ConfigError
 from matrix.gen.config import validate
 from matrix.gen.run import run_generate
-
-from .doubles import compose_generate
+from tests.doubles import compose_generate
 
 
 class Untouchable:

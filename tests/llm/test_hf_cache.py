@@ -4,7 +4,7 @@ from hydra import compose, initialize_config_dir
 
 from matrix.llm.roles import Roles
 from matrix.llm.server import REPO
-from tests.llm.helpers import chats_of
+from tests.doubles import chats_of
 
 
 def local_roles(cache_dir) -> Roles:

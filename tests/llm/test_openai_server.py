@@ -18,8 +18,8 @@ from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
 from matrix.llm.roles import Roles
 from matrix.llm.server import REPO
+from tests.doubles import chats_of
 from tests.llm.fault_proxy import Fault, FaultProxy
-from tests.llm.helpers import chats_of
 
 pytestmark = pytest.mark.server
 

@@ -6,7 +6,7 @@ from matrix.llm.cache import CallCache
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
 from matrix.llm.ledger import Budget
 from matrix.llm.roles import Roles
-from tests.llm.helpers import ScriptedBackend, chats_of
+from tests.doubles import ScriptedBackend, chats_of
 
 
 def make_roles(tmp_path, backend, cache=True, budget=None, prices=None, **role):

@@ -24,7 +24,7 @@ from matrix.llm.server import (
     spec_from_args,
 )
 from tests.conftest import free_port
-from tests.llm.helpers import chats_of
+from tests.doubles import chats_of
 
 CRASH_LOG = Path(__file__).parent / "data" / "vllm_cpu_seed_crash.log"
 

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 from matrix.llm.errors import StructuredOutputError
 from matrix.llm.roles import Roles
 from matrix.llm.structured import generate_structured, parse_int_list, parse_json
-from tests.llm.helpers import ScriptedBackend, chats_of
+from tests.doubles import ScriptedBackend, chats_of
 
 
 @pytest.mark.parametrize(

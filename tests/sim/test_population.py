@@ -12,7 +12,7 @@ from matrix.sim.grouping import GroupingError, check_bounds, constrained_groups
 from matrix.sim.population import ProfileError, anonymize_rules, load_profiles
 from matrix.sim.run import run_simulate
 from tests.conftest import ROOT, compose
-from tests.robustness.doubles import PromptHashLLM
+from tests.doubles import PromptHashLLM
 
 FIELDS = {
     "id": "id",

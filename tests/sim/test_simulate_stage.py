@@ -54,7 +54,7 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run"
 
 
-# Killed and resumed: tests/robustness/test_kill_resume.py (every stage, random kill points).
+# Killed and resumed: tests/core/test_kill_resume.py (every stage, random kill points).
 
 
 @pytest.mark.parametrize(

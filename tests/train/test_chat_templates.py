@@ -13,8 +13,9 @@ import copy
 
 import pytest
 
-from matrix.llm.chat import IGNORE_INDEX, TEMPLATES, assistant_char_spans, render, set_chat_template
+from matrix.llm.chat import TEMPLATES, render, set_chat_template
 from matrix.train.examples import tokenize_dpo, tokenize_sft
+from matrix.train.tokenize import IGNORE_INDEX, assistant_char_spans
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

@@ -2,8 +2,8 @@
 and the tiny random model, SIGKILLed at 20 (or --kills) random points and restarted each
 time with the same command, then compared with a run that was never killed.
 
-    python -m tests.robustness.soak                      # 20 kills per stage
-    python -m tests.robustness.soak --kills 5 --stages simulate,train --seed 7
+    python -m tests.core.soak                      # 20 kills per stage
+    python -m tests.core.soak --kills 5 --stages simulate,train --seed 7
 
 Kill points: a row count of the stage's output (simulate: a count of LLM calls) drawn per
 kill from the seed (one from each of `kills` equal parts of the run), reached once the attempt has done work of its own (an LLM
@@ -26,8 +26,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests.conftest import build_tiny_llama  # noqa: E402  (also sets the offline env vars)
-from tests.kill_resume import SEED_ENV, finish, kill_seed, run_with_kills, start  # noqa: E402
-from tests.robustness.kill_cases import STAGES, Outcome, make_case  # noqa: E402
+from tests.core.kill_cases import STAGES, Outcome, make_case  # noqa: E402
+from tests.core.kill_resume import SEED_ENV, finish, kill_seed, run_with_kills, start  # noqa: E402
 
 HEADER = (
     "| stage | kills survived | rows | rows lost | rows duplicated | rows changed "

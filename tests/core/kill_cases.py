@@ -14,7 +14,7 @@ from pathlib import Path
 
 from matrix.common.io import read_json
 from tests.conftest import RANDOM_MODEL_OVERRIDES
-from tests.kill_resume import (
+from tests.core.kill_resume import (
     Killed,
     Point,
     cli,
@@ -253,7 +253,7 @@ def make_case(stage: str, base: Path, model_dir: Path, soak: bool = False) -> Ca
     if stage == "simulate":
         extra: list[str] = []
     elif stage == "generate":
-        from tests.gen.doubles import write_sim_dir
+        from tests.doubles import write_sim_dir
 
         sim = inputs / "sim"
         if not sim.exists():

@@ -7,7 +7,7 @@ than a whole run. A restart from scratch gives the same rows but fails the work 
 
 The uninterrupted run goes in parallel with the killed ones; the LLM call cache is off, so
 the resume rests on the stage's own checkpoint alone. `make soak` runs the same cases with
-20 kills each (tests/robustness/soak.py).
+20 kills each (tests/core/soak.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import pytest
 
 from matrix.common.io import read_json, read_jsonl
 from tests.conftest import RANDOM_MODEL_OVERRIDES
-from tests.kill_resume import (
+from tests.core.kill_cases import (
+    EVAL_BENCH,
+    STAGES,
+    Case,
+    Outcome,
+    compare_rows,
+    make_case,
+)
+from tests.core.kill_resume import (
     cli,
     file_exists,
     finish,
@@ -30,14 +38,6 @@ from tests.kill_resume import (
     rows_rewritten,
     run_with_kills,
     start,
-)
-from tests.robustness.kill_cases import (
-    EVAL_BENCH,
-    STAGES,
-    Case,
-    Outcome,
-    compare_rows,
-    make_case,
 )
 
 KILLS = 2

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, RANDOM_MODEL_OVERRIDES, tiny_llm_overrides
-from tests.experiments.test_pipeline_steps import _pipeline
+from tests.core.test_pipeline_steps import _pipeline
 
 RUN_HERE = ["paper_sft_10k_tiny", "code_tiny", "safety_tiny", "multi_turn_tiny"]
 

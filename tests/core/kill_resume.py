@@ -7,7 +7,7 @@ and sends SIGKILL as soon as the point is reached (a row count of an output, a m
 appearing), then runs it once more to the end. Kill points are drawn from a seed that is
 printed, and set with MATRIX_KILL_SEED, so a failure reproduces:
 
-    MATRIX_KILL_SEED=1234 python -m pytest -q tests/robustness/test_kill_resume.py
+    MATRIX_KILL_SEED=1234 python -m pytest -q tests/core/test_kill_resume.py
 
 Resumption, not restart, is measured from what the process did, not from what its state
 file claims:

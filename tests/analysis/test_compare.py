@@ -7,7 +7,7 @@ import pytest
 
 from matrix.analysis.arms import ARMS_FILE, arm_names, find_run_dirs
 from matrix.analysis.compare import compare
-from tests.experiments.fake_runs import BagOfWords, write_fake_run
+from tests.doubles import BagOfWords, write_fake_run
 
 ARMS = {"communication=none": 0.3, "communication=random": 0.5, "communication=structured": 1.0}
 

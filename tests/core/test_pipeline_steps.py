@@ -17,7 +17,7 @@ from matrix.core.pipeline import pipeline_steps
 from matrix.core.stage import config_hash, stage_dir
 from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
-from tests.experiments.fake_runs import BagOfWords
+from tests.doubles import BagOfWords
 
 TUNED_STEPS = ["simulate", "generate_sft", "train_sft", "generate", "train", "evaluate"]
 

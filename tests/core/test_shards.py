@@ -30,8 +30,13 @@ from matrix.llm.protocol import Completion
 from matrix.llm.roles import Roles
 from matrix.sim.run import run_simulate
 from tests.conftest import compose
-from tests.gen.doubles import QUESTIONS, SCRIPTED_ROLES, compose_generate, scripted_backends
-from tests.robustness.doubles import PromptHashLLM
+from tests.doubles import (
+    QUESTIONS,
+    SCRIPTED_ROLES,
+    PromptHashLLM,
+    compose_generate,
+    scripted_backends,
+)
 
 
 def _cfg(stage, tmp_path, name, *extra):

@@ -26,9 +26,8 @@ from matrix.llm.protocol import Sampling
 from matrix.llm.roles import Roles
 from matrix.sim.run import run_simulate
 from tests.conftest import CONF, RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
-from tests.gen.doubles import write_sim_dir
-from tests.kill_resume import complete_rows, finish, stage_env, start
-from tests.robustness.doubles import PromptHashLLM
+from tests.core.kill_resume import complete_rows, finish, stage_env, start
+from tests.doubles import PromptHashLLM, write_sim_dir
 
 SECRET = "sk-test-0123456789abcdef"
 ENV_KEY = "sk-env-9f8e7d6c5b4a39281706"  # the backend's api_key_env variable holds this

@@ -1,1 +1,0 @@
-from .doubles import sim_dir  # noqa: F401  (fixture)
