@@ -83,12 +83,14 @@ def validate(cfg: DictConfig) -> ConfigProblems:
 def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
     ev = cfg.eval
     sampling = Sampling(**OmegaConf.to_container(ev.get("sampling") or {}, resolve=True))
+    # Adopted by `roles`: its answers go through the call cache (a rerun asks nothing again)
+    # and count against llm.budget and in the ledger like every role's.
     if ev.model.get("checkpoint"):
         from matrix.llm.hf import HFBackend
 
-        return RoleLLM("model", HFBackend(model=str(ev.model.checkpoint)), sampling)
+        return roles.adopt("model", HFBackend(model=str(ev.model.checkpoint)), sampling)
     role = roles.get(str(ev.model.role))
-    return RoleLLM("model", role.backend, sampling)
+    return roles.adopt("model", role.backend, sampling, role.prices)
 
 
 def _cached(path: Path, todo: list[Record], compute, chunk: int) -> list[Record]:

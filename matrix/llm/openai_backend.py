@@ -182,7 +182,7 @@ class OpenAIBackend:
         def before_sleep(state: RetryCallState) -> None:
             e = state.outcome.exception() if state.outcome else None
             if isinstance(e, openai.APIStatusError) and e.status_code >= 500:
-                self._last_5xx = f"HTTP {e.status_code}: {_snippet(e.message, 200)}"
+                self._last_5xx = f"HTTP {e.status_code}: {_server_says(e)}"
             log.warning(
                 "%s: attempt %d failed (%s); retrying in %.1fs",
                 self.base_url,
@@ -214,7 +214,7 @@ class OpenAIBackend:
         if _engine_dead(e):
             return ServerDied(
                 f"the server at {self.base_url} died: its engine failed and it answers every "
-                f"request with HTTP {e.status_code} ({_snippet(e.message)}).{self._diagnosis()}"
+                f"request with HTTP {e.status_code} ({_server_says(e)}).{self._diagnosis()}"
             )
         if isinstance(e, openai.APITimeoutError):
             return EndpointUnreachable(
@@ -399,10 +399,11 @@ class OpenAIBackend:
             raise self._unreachable(e) from e
         except openai.APIStatusError as e:
             if e.status_code >= 500:
-                self._last_5xx = f"HTTP {e.status_code}: {_snippet(e.message, 200)}"
+                self._last_5xx = f"HTTP {e.status_code}: {_server_says(e)}"
             if _retryable(e) or _engine_dead(e):
                 raise self._unreachable(e) from e
             raise
+        self._last_5xx = None  # it answers again: a later silence is not "died after 5xx"
         text = choices[0].message.content or ""
         usage = getattr(resp, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
@@ -420,6 +421,11 @@ class OpenAIBackend:
             finish_reason=choices[0].finish_reason or "stop",
             model=self.model,
         )
+
+
+def _server_says(e: openai.APIStatusError) -> str:
+    """The server's own message, without the SDK's "Error code: 500 - " prefix."""
+    return _snippet(re.sub(r"^Error code: \d+ - ", "", e.message or ""), 200)
 
 
 def _snippet(text: str | None, n: int = 300) -> str:

@@ -378,6 +378,25 @@ class Roles:
             )
         return self._roles[role]
 
+    def adopt(
+        self, role: str, backend: LLM, sampling: Sampling, prices: Prices | None = None
+    ) -> RoleLLM:
+        """Bind a backend built outside `llm.backends` (the evaluate stage's model under test:
+        a checkpoint folder, or another role's backend with other sampling) as `role`, with
+        the same call cache, budget, run totals and ledger as every configured role."""
+        self._roles[role] = RoleLLM(
+            role,
+            backend,
+            sampling,
+            usage=self._carried.pop(role, None) or Usage(),
+            prices=prices or Prices(),
+            cache=self.cache,
+            budget=self.budget,
+            run_usage=self.total,
+            on_batch=self._record_spend,
+        )
+        return self._roles[role]
+
     def ledger(self) -> dict[str, Any]:
         """Requests, backend calls, cache hits, tokens and cost per role and in total, for
         manifests and W&B."""

@@ -214,3 +214,50 @@ def test_server_killed_mid_batch_then_restarted_resumes_without_loss_or_duplicat
     # The resumed chunk paid only for the rows the server had not answered before the kill.
     assert led["calls"] == 12 - paid_before and led["cache_hits"] == paid_before - 6
     assert all(r["answer"] for r in rows)
+
+
+def test_the_server_command_prints_the_override_and_restarts_a_dead_server(tmp_path, monkeypatch):
+    """`python -m matrix.llm.server` (what `make llm-server` runs): prints the overrides that
+    point the stages at it, starts vLLM again after a crash, and stops it on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from matrix.llm.server import server_record
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MATRIX_CACHE", str(tmp_path / "cache"))  # its server record goes here
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    out = tmp_path / "cli.log"
+    with open(out, "w") as f:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "matrix.llm.server", "--port", str(port), "--max-restarts", "1"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_for(predicate, what: str, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert cli.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{what}: {out.read_text()[-3000:]}"
+            time.sleep(1)
+
+    try:
+        wait_for(lambda: out.read_text().count("Point the stages at it") == 1, "first start")
+        assert f"llm.backends.server.base_url={url}" in out.read_text()
+        first = server_record(url)["pid"]
+        answer = backend(url).generate(chats_of("Name a fruit."), Sampling(max_new_tokens=8))
+        assert answer[0].text
+        os.killpg(first, signal.SIGKILL)  # a crash: the whole vLLM process group at once
+        wait_for(lambda: out.read_text().count("Point the stages at it") == 2, "restart")
+        assert server_record(url)["pid"] != first
+        answer = backend(url).generate(chats_of("Name a fruit."), Sampling(max_new_tokens=8))
+        assert answer[0].text
+    finally:
+        cli.send_signal(signal.SIGINT)
+        cli.wait(120)
+    assert server_record(url) is None  # stopped on purpose: nothing left to diagnose
+    assert out.read_text().count("vLLM exited with code") == 1

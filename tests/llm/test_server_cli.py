@@ -123,3 +123,34 @@ def test_no_record_means_the_generic_advice(monkeypatch, tmp_path):
     backend = OpenAIBackend("smollm2", base_url=url, api_key_env=None, max_retries=0)
     with pytest.raises(EndpointUnreachable, match="make llm-server MODEL="):
         backend.generate(chats_of("hi"), Sampling(max_new_tokens=4))
+
+
+def test_a_server_that_fails_then_goes_silent_is_reported_as_died(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    from matrix.llm.errors import ServerDied
+    from tests.llm.fault_proxy import Fault, FaultProxy
+
+    monkeypatch.setenv("MATRIX_CACHE", str(tmp_path))
+    proxy = FaultProxy(f"http://127.0.0.1:{free_port()}").__enter__()
+    proxy.faults.append(Fault(status=500))
+    url = proxy.base_url
+
+    def go_silent() -> None:  # after its one HTTP 500, the server is gone
+        while proxy.posts < 1:
+            time.sleep(0.01)
+        proxy.__exit__()
+
+    t = threading.Thread(target=go_silent)
+    t.start()
+    backend = OpenAIBackend(
+        "smollm2", base_url=url, api_key_env=None, max_retries=3, retry_max_wait=0.5,
+        check_model=False,
+    )  # fmt: skip
+    with pytest.raises(ServerDied) as e:
+        backend.generate(chats_of("hi"), Sampling(max_new_tokens=4))
+    t.join()
+    msg = str(e.value)
+    assert "died: it answered HTTP 500: injected fault, then stopped answering" in msg
+    assert url in msg

@@ -236,6 +236,7 @@ def test_a_stage_whose_server_dies_says_why_and_how_to_restart_it(work, tmp_path
             "simulate",
             [
                 *overrides(work, url, "dies"),
+                f"llm.cache.dir={tmp_path / 'llm_cache'}",  # a cold cache: every call is sent
                 "llm.backends.server.max_retries=2",
                 "llm.backends.server.retry_max_wait=1",
             ],

@@ -42,6 +42,12 @@ def main():
                         Sampling(max_new_tokens=40, json_schema=schema))
     sampled = [b.generate(chats[:1], Sampling(max_new_tokens=12, temperature=1.0, seed=s))[0].text
                for s in (1, 1, 2)]
+    # Ten seeded prompts of ~860 tokens overflow one step's token budget (vLLM's defaults are
+    # 2,048 or 8,192): with chunked prefill one would be split, and the CPU engine would die
+    # rewinding its generator ("CPU Generator does not use offset").
+    long = [[{"role": "user", "content": f"({i}) " + "word " * 850 + "Summarize."}]
+            for i in range(10)]
+    seeded_long = b.generate(long, Sampling(max_new_tokens=4, temperature=0.7, top_p=0.9, seed=0))
     try:
         b.generate(chats + [[{"role": "user", "content": "word " * 2000}]], Sampling(max_new_tokens=8))
         overflow = None
@@ -49,7 +55,8 @@ def main():
         overflow = e.row
     print("RESULT" + json.dumps({
         "plain": [[c.text, c.prompt_tokens, c.completion_tokens] for c in plain],
-        "guided": guided[0].text, "sampled": sampled, "overflow_row": overflow}))
+        "guided": guided[0].text, "sampled": sampled, "overflow_row": overflow,
+        "seeded_long": [c.completion_tokens for c in seeded_long]}))
 
 
 if __name__ == "__main__":  # vLLM's engine process is spawned and re-imports this file
@@ -87,6 +94,7 @@ def test_offline_engine_on_cpu(tmp_path):
     assert isinstance(json.loads(res["guided"]).get("name"), str)  # valid JSON by construction
     assert res["sampled"][0] == res["sampled"][1]  # same seed, same sample
     assert res["overflow_row"] == 2
+    assert len(res["seeded_long"]) == 10 and all(n > 0 for n in res["seeded_long"])
 
 
 DP_SCRIPT = r"""
