@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.common.prompts import render_prompt
@@ -31,22 +32,44 @@ from matrix.sim.schemas import Agent, Event, Scenario
 log = logging.getLogger(__name__)
 
 
+def _key(path: str) -> Any:
+    return field(metadata={"key": path})
+
+
 @dataclass
 class SimConfig:
+    """The engine's typed settings. Each field is filled from `simulation.<its name>` unless
+    its metadata names another key (`SimConfig.from_cfg`): a new option is one YAML line and
+    one field here."""
+
     max_rounds: int
     target_scenarios: int | None
-    interval: int
-    flush_partial: bool
-    memory_max_items: int
-    memory_keep: int
+    interval: int = _key("scenario.interval")
+    flush_partial: bool = _key("scenario.flush_partial")
+    memory_max_items: int = _key("simulation.memory.max_items")
+    memory_keep: int = _key("simulation.memory.keep")
     revise_plan_every: int
     goal_check_every: int
     inbox_max: int
-    seed: int
-    group_memory: int  # scenario summaries each modulator remembers (communication.memory_size)
-    inbound_max: int  # events queued for one modulator step (communication.inbound_max)
-    scenario_profile_chars: int  # profile excerpt per participant in the summarizer prompt
-    schedule: str = "lockstep"  # lockstep | groups (simulation.schedule)
+    seed: int = _key("seed")
+    # scenario summaries each modulator remembers
+    group_memory: int = _key("communication.memory_size")
+    # events queued for one modulator step
+    inbound_max: int = _key("communication.inbound_max")
+    # profile excerpt per participant in the summarizer prompt
+    scenario_profile_chars: int = _key("scenario.profile_chars")
+    schedule: str  # lockstep | groups
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> SimConfig:
+        from omegaconf import OmegaConf
+
+        cast = {"int": int, "bool": bool, "str": str}
+        values = {}
+        for f in fields(cls):
+            v = OmegaConf.select(cfg, f.metadata.get("key", f"simulation.{f.name}"))
+            values[f.name] = v if v is None else cast.get(str(f.type), lambda x: x)(v)
+        return cls(**values)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -14,7 +15,7 @@ from matrix.common.progress import progress
 from matrix.common.prompts import render_prompt
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
-from matrix.core.stage import open_stage
+from matrix.core.stage import StageRun, open_stage
 from matrix.core.validation import ConfigProblems
 from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
@@ -171,23 +172,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     run = open_stage(cfg, "simulate")
     roles = roles or Roles(cfg.llm)
     run.track_llm_spend(roles)
-    encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
-    sim_cfg = SimConfig(
-        max_rounds=int(cfg.simulation.max_rounds),
-        target_scenarios=cfg.simulation.target_scenarios,
-        interval=int(cfg.scenario.interval),
-        flush_partial=bool(cfg.scenario.flush_partial),
-        memory_max_items=int(cfg.simulation.memory.max_items),
-        memory_keep=int(cfg.simulation.memory.keep),
-        revise_plan_every=int(cfg.simulation.revise_plan_every),
-        goal_check_every=int(cfg.simulation.goal_check_every),
-        inbox_max=int(cfg.simulation.inbox_max),
-        seed=int(cfg.seed),
-        group_memory=int(cfg.communication.memory_size),
-        inbound_max=int(cfg.communication.inbound_max),
-        scenario_profile_chars=int(cfg.scenario.profile_chars),
-        schedule=str(cfg.simulation.schedule),
-    )
+    sim_cfg = SimConfig.from_cfg(cfg)
     per_round: list[dict] = []
 
     def on_round(r: int, stats: dict) -> None:
@@ -204,14 +189,25 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     )
     if Shard.from_cfg(cfg).active:
         sim.owns_group = Shard.from_cfg(cfg).owns
+    state = restore_or_set_up(cfg, sim, roles, run.dir)
+    with progress() as bar:
+        task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
+        state = sim.run(state)
+    return finish_simulation(cfg, run, sim, state, roles, per_round)
+
+
+def restore_or_set_up(cfg: DictConfig, sim: Simulation, roles: Roles, out: Path) -> SimState:
+    """The state a killed run left (resume), or a new population and grouping; then the
+    communication schema over the groups' vectors."""
     state = sim.load_state()
     if state is None:
+        encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
         state, group_vectors, load_report = setup(cfg, roles, encoder)
-        write_json(run.dir / "profiles_report.json", load_report)
-        write_json(run.dir / "group_vectors.json", group_vectors.round(6).tolist())
+        write_json(out / "profiles_report.json", load_report)
+        write_json(out / "group_vectors.json", group_vectors.round(6).tolist())
         sim.save_state(state)
     else:
-        group_vectors = np.asarray(read_json(run.dir / "group_vectors.json"))
+        group_vectors = np.asarray(read_json(out / "group_vectors.json"))
     sim.comm = build_communication(
         cfg.communication.mode,
         OmegaConf.to_container(cfg.communication, resolve=True),
@@ -219,10 +215,13 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         group_vectors,
         int(cfg.seed),
     )
-    with progress() as bar:
-        task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
-        state = sim.run(state)
+    return state
 
+
+def finish_simulation(
+    cfg: DictConfig, run: StageRun, sim: Simulation, state: SimState, roles: Roles, per_round
+) -> dict:
+    """agents.jsonl, groups.json, report.md and the manifest of a finished simulation."""
     write_jsonl(run.dir / "agents.jsonl", (a.to_row() for a in state.agents))
     write_json(
         run.dir / "groups.json",
@@ -238,7 +237,6 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     scenarios = sim.scenarios.read()
     events = sim.events.read()
     write_report(run.dir, state, scenarios, events, _read_rounds(run.dir, per_round))
-    ledger = roles.ledger()
     counts = {
         "agents": len(state.agents),
         "groups": len(state.groups),
@@ -254,7 +252,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         inputs={"population": resolve_data_path(str(cfg.population.path))},
         extra={
             "stopped": state.stopped,
-            "llm": ledger,
+            "llm": roles.ledger(),
             "models": {
                 r: roles.get(r).name
                 for r in ("agent", "modulator", "summarizer")
