@@ -170,7 +170,7 @@ class Simulation:
         self.buffer_steps(r, events, routing.deliveries, forwarded, state)
         ready = [g for g, buf in state.buffers.items() if len(buf) >= self.cfg.interval]
         scenarios = self.summarize(state, ready)
-        self.update_agents(r, state)
+        self.update_agents(r, state.agents)
         self.commit(r, events, scenarios, state)
         if self.on_round:
             self.on_round(r, self.round_stats(r, before, active, events, routing, state))
@@ -283,9 +283,9 @@ class Simulation:
         for gid, s in sorted(steps.items()):
             state.buffers.setdefault(gid, []).append(s)
 
-    def update_agents(self, r: int, state: SimState) -> None:
-        """Between rounds: fold long memories, revise plans and check goals on schedule."""
-        agents = state.agents
+    def update_agents(self, r: int, agents: list[Agent]) -> None:
+        """Between rounds: fold long memories, revise plans and check goals on schedule (for
+        every agent, or one group's members under `schedule: groups`)."""
         agent_ops.summarize_memories(
             self.roles.get("summarizer"),
             self.prompts,

@@ -210,25 +210,8 @@ class GroupScheduler:
         return inbound
 
     def _update_members(self, members: list[Agent], r: int) -> None:
-        """The lock-step `update_agents`, for this group's members only."""
-        from matrix.sim import agents as agent_ops
+        self.sim.update_agents(r, members)
 
-        sim = self.sim
-        agent_ops.summarize_memories(
-            sim.roles.get("summarizer"),
-            sim.prompts,
-            members,
-            sim.cfg.memory_max_items,
-            sim.cfg.memory_keep,
-        )
-        if sim.cfg.revise_plan_every and r % sim.cfg.revise_plan_every == 0:
-            agent_ops.revise_plans(
-                sim.agent_llm, sim.prompts, [a for a in members if not a.done], r
-            )
-        if sim.cfg.goal_check_every and r % sim.cfg.goal_check_every == 0:
-            agent_ops.check_goals(sim.agent_llm, sim.prompts, [a for a in members if not a.done], r)
-
-    # -- the logical clock: commit round r once every group has finished it ----------------
     def _commit(self, r: int) -> None:
         """Called with the lock held, by the group that finishes round r last."""
         done = self.shared.finished.pop(r)
