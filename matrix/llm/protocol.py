@@ -54,6 +54,11 @@ class Completion:
     # `Sampling.logprobs` asked for them and the backend can give them; empty otherwise
     top_logprobs: tuple[dict[str, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        # a JSON round trip (the call cache) gives a list; keep completions comparable
+        if not isinstance(self.top_logprobs, tuple):
+            object.__setattr__(self, "top_logprobs", tuple(self.top_logprobs))
+
 
 @runtime_checkable
 class LLM(Protocol):
