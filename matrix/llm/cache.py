@@ -61,6 +61,9 @@ def request_key(model: str, chat: Chat, sampling: Sampling, occurrence: int = 0)
         fields.pop("seed")
         fields.pop("top_p")
         occurrence = 0
+    if not sampling.logprobs:
+        # requests that ask for no log-probs keep the keys they had before the field existed
+        fields.pop("logprobs")
     blob = json.dumps(
         {"model": model, "messages": chat, "sampling": fields, "n": occurrence},
         sort_keys=True,

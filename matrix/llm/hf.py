@@ -140,6 +140,8 @@ class HFBackend:
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id)
+            if sampling.logprobs > 0:
+                kwargs.update(output_logits=True, return_dict_in_generate=True)
             if sampling.greedy:
                 kwargs.update(do_sample=False)
             else:
@@ -148,8 +150,12 @@ class HFBackend:
                     do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p
                 )
             gen = model.generate(**batch, **kwargs)
+            top: list[list[dict[str, float]]] = [[] for _ in idx]
+            if sampling.logprobs > 0:
+                top = _top_logprobs(gen.logits, tok, sampling.logprobs)
+                gen = gen.sequences
             new = gen[:, batch["input_ids"].shape[1] :].tolist()
-            for row, i in zip(new, idx, strict=True):
+            for row, i, alts in zip(new, idx, top, strict=True):
                 n = len(row)
                 for j, t in enumerate(row):
                     if t in eos_ids:
@@ -164,5 +170,21 @@ class HFBackend:
                     completion_tokens=min(n + int(hit_eos), len(row)),
                     finish_reason="stop" if (hit_eos or stopped) else "length",
                     model=self.name,
+                    top_logprobs=tuple(alts[: min(n + int(hit_eos), len(row))]),
                 )
         return out  # type: ignore[return-value]
+
+
+def _top_logprobs(logits: Sequence[torch.Tensor], tok, k: int) -> list[list[dict[str, float]]]:
+    """Per row and generated position, the k most likely next tokens under the model's raw
+    logits (before sampling processors), as {decoded token: log-probability}."""
+    rows: list[list[dict[str, float]]] = [[] for _ in range(logits[0].shape[0])]
+    for step in logits:
+        lp = torch.log_softmax(step.float(), dim=-1)
+        values, ids = lp.topk(k, dim=-1)
+        for r in range(lp.shape[0]):
+            alts: dict[str, float] = {}
+            for v, t in zip(values[r].tolist(), ids[r].tolist(), strict=True):
+                alts.setdefault(tok.decode([t]), v)  # two ids can decode alike: keep the likelier
+            rows[r].append(alts)
+    return rows

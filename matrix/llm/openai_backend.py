@@ -338,6 +338,8 @@ class OpenAIBackend:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": sampling.json_schema},
             }
+        if sampling.logprobs > 0:
+            req.update(logprobs=True, top_logprobs=sampling.logprobs)
         if self.extra_body:
             req["extra_body"] = self.extra_body
         return req
@@ -420,12 +422,24 @@ class OpenAIBackend:
             ),
             finish_reason=choices[0].finish_reason or "stop",
             model=self.model,
+            top_logprobs=_top_logprobs(choices[0]),
         )
 
 
 def _server_says(e: openai.APIStatusError) -> str:
     """The server's own message, without the SDK's "Error code: 500 - " prefix."""
     return _snippet(re.sub(r"^Error code: \d+ - ", "", e.message or ""), 200)
+
+
+def _top_logprobs(choice: Any) -> tuple[dict[str, float], ...]:
+    """`choices[0].logprobs.content[*].top_logprobs` as {token: logprob} per generated token
+    (empty when the server sent none)."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    out = []
+    for position in content:
+        alts = getattr(position, "top_logprobs", None) or []
+        out.append({a.token: float(a.logprob) for a in alts})
+    return tuple(out)
 
 
 def _snippet(text: str | None, n: int = 300) -> str:

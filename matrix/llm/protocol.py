@@ -24,6 +24,10 @@ class Sampling:
     (vLLM guided decoding, OpenAI-compatible `response_format`): True for any JSON object,
     a dict for a JSON schema. Backends that cannot constrain ignore it; parse the text with
     `matrix.llm.structured` either way.
+
+    `logprobs` > 0 asks for that many most likely tokens, with their log-probabilities, at each
+    generated position (OpenAI-compatible `top_logprobs`; the local HF backend computes them).
+    Backends that cannot return them leave `Completion.top_logprobs` empty.
     """
 
     max_new_tokens: int = 256
@@ -32,6 +36,7 @@ class Sampling:
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     json_schema: dict | bool | None = None
+    logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -45,6 +50,14 @@ class Completion:
     completion_tokens: int
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     model: str = ""
+    # per generated token: {token text: log-probability} of its most likely alternatives, when
+    # `Sampling.logprobs` asked for them and the backend can give them; empty otherwise
+    top_logprobs: tuple[dict[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        # a JSON round trip (the call cache) gives a list; keep completions comparable
+        if not isinstance(self.top_logprobs, tuple):
+            object.__setattr__(self, "top_logprobs", tuple(self.top_logprobs))
 
 
 @runtime_checkable

@@ -1,24 +1,50 @@
 import numpy as np
 import pytest
 
-from matrix.eval.alpaca_lc import (
-    Pairwise,
-    fit_length_controlled,
-    published_lc_deviations,
+from matrix.eval import alpaca_lc
+from matrix.eval.alpaca_lc import GamedRows, Pairwise, fit_length_controlled
+
+# The goal for a model the difficulty fit never saw (leave-one-model-out over every shipped
+# annotation set): mean |LC - published LC| <= 0.3 points, and <= 0.5 for every model whose
+# average answer length is within a factor of two of the baseline's.
+GOAL_MEAN_ABS = 0.3
+GOAL_IN_RANGE_ABS = 0.5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal not met yet: leave-one-out mean |dev| 0.55, in-range max 2.37 (claude-2); "
+    "docs/evaluate.md lists every set and explains the misses",
 )
+def test_leave_one_model_out_lc_meets_the_goal():
+    devs = alpaca_lc.leave_one_out_deviations()
+    assert len(devs) == 44  # every shipped set with a published LC, the baseline excluded
+    assert np.mean([abs(d.deviation) for d in devs]) <= GOAL_MEAN_ABS
+    for d in devs:
+        if d.in_range:
+            assert abs(d.deviation) <= GOAL_IN_RANGE_ABS, d
 
-# Measured deviations are reported in docs/evaluate.md; the bound below is what the bundled data
-# (4 annotated models, no gamed-baseline rows) supports, not the 0.5-point aspiration.
-MAX_ABS_DEVIATION = 2.0
+
+def test_shipped_table_is_what_the_script_fits():
+    table, _ = alpaca_lc.fit_length_control_table()
+    shipped = alpaca_lc.bundled_table()
+    assert len(shipped.difficulty) == 805
+    np.testing.assert_allclose(shipped.difficulty, table.difficulty, atol=1e-4)
+    for a, b in zip(shipped.gamed, table.gamed, strict=True):
+        np.testing.assert_allclose(a.preference, b.preference, atol=1e-4)
 
 
-def test_lc_close_to_published_leaderboard():
-    dev = published_lc_deviations()
-    for model, d in dev.items():
-        assert abs(d["deviation"]) < MAX_ABS_DEVIATION, (model, d)
-    # the LC ranking of the published leaderboard is preserved
-    ours = sorted(dev, key=lambda m: dev[m]["ours"])
-    assert ours == sorted(dev, key=lambda m: dev[m]["published"])
+def test_table_reproduces_published_lc_from_published_coefficients():
+    # upstream's LC is mean_x sigmoid(theta + psi * d_x) with its own table: with the published
+    # coefficients, ours must give the published LC of the leaderboard models to the goal
+    d = alpaca_lc.bundled_difficulty()
+    devs = [
+        c.lc(d) - lc
+        for m, c in alpaca_lc.published_glm_weights().items()
+        if m != alpaca_lc.BASELINE and (lc := alpaca_lc.published_lc(m)) is not None
+    ]
+    assert len(devs) > 150
+    assert np.mean(np.abs(devs)) <= GOAL_MEAN_ABS
 
 
 def _simulate(theta, phi, n=805, seed=0):
@@ -49,6 +75,19 @@ def test_gamed_rows_enter_without_model_term():
     g_delta = rng.normal(size=300)
     g_pref = 1.0 / (1.0 + np.exp(-(-1.0 * np.tanh(g_delta) + difficulty)))
     fit = fit_length_controlled(
-        pairs, difficulty, gamed=[(g_pref, g_delta, difficulty)], n_splits=2
+        pairs, difficulty, gamed=[GamedRows(g_pref, g_delta, difficulty)], n_splits=2
     )
     assert fit.coefficients["length"] == pytest.approx(-1.0, abs=0.15)
+
+
+def test_gamed_pseudo_rows_have_the_requested_label_sums():
+    d = alpaca_lc.bundled_difficulty()
+    sums = np.array([-150.0, 400.0])
+    rows = alpaca_lc.gamed_rows(d, sums)
+    got = np.array(
+        [
+            sum((g.preference * np.tanh(g.std_delta_len)).sum() for g in rows),
+            sum((g.preference * g.difficulty).sum() for g in rows),
+        ]
+    )
+    np.testing.assert_allclose(got, sums, rtol=1e-9)

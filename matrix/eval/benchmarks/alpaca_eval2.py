@@ -1,9 +1,12 @@
 """AlpacaEval 2: 805 instructions, pairwise against GPT-4-Turbo reference outputs.
 
 The judge sees the upstream `alpaca_eval_clf` prompt with both outputs (order randomised per
-instruction, as upstream) and answers `m` or `M`. Upstream reads the judge's token log-probs to get
-a soft preference; the LLM protocol returns text, so each judgment here is a hard 1 or 2. Raw win
-rate with standard error, and the length-controlled win rate (`matrix.eval.alpaca_lc`).
+instruction, as upstream) and answers `m` or `M`. With `soft_preferences` (default) the judge is
+asked for its first token's top log-probs and the preference is P("m") / (P("m") + P("M")), as
+upstream's weighted_alpaca_eval_gpt4_turbo; a judge backend that returns no log-probs (or none for
+either identifier) falls back to the hard verdict, 1 or 2. The scores count which was used
+(`preference_source`). Raw win rate with standard error, and the length-controlled win rate
+(`matrix.eval.alpaca_lc`, with the shipped difficulty table).
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from matrix.eval.alpaca_lc import Pairwise, bundled_difficulty, default_prior, fit_length_controlled
+from matrix.eval.alpaca_lc import Pairwise, bundled_table, fit_length_controlled
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
 from matrix.eval.datafiles import read_jsonl, read_text
-from matrix.eval.judging import judge_batch, parse_alpaca_identifier
+from matrix.eval.judging import (
+    alpaca_first_output_probability,
+    judge_batch,
+    parse_alpaca_identifier,
+)
 from matrix.eval.winrate import preferences_to_unit, win_rate
 from matrix.llm.protocol import Chat
 
@@ -69,15 +76,38 @@ class AlpacaEval2(Benchmark):
             )
             chats.append(chatml_to_chat(text))
             swapped.append(swap)
-        out = judge_batch(judge, chats, parse_alpaca_identifier, **self.opt("judge_sampling", {}))
+        sampling = dict(self.opt("judge_sampling", {}))
+        if self.opt("soft_preferences", True):
+            sampling["logprobs"] = int(self.opt("top_logprobs", 5))  # upstream asks for 5
+        out = judge_batch(judge, chats, parse_alpaca_identifier, **sampling)
         rows = []
         for it, j, swap in zip(items, out, swapped, strict=True):
-            if j.ok:
-                model_won = (j.verdict == "m") == swap  # "m" names output_1
-                preference = 2.0 if model_won else 1.0
+            # the first answer whose top log-probs name either identifier (upstream: the one call)
+            p_first = next(
+                (
+                    p
+                    for lp in j.first_token_logprobs
+                    if (p := alpaca_first_output_probability(lp)) is not None
+                ),
+                None,
+            )
+            if p_first is not None:
+                p_model = p_first if swap else 1.0 - p_first  # "m" names output_1
+                preference, source = 1.0 + p_model, "logprobs"
+            elif j.ok:
+                model_won = (j.verdict == "m") == swap
+                preference, source = (2.0 if model_won else 1.0), "verdict"
             else:
-                preference = 1.0  # an unparsed judgment counts as a loss, and is reported
-            rows.append({"id": it["id"], "preference": preference, "swapped": swap, **j.as_dict()})
+                preference, source = 1.0, "unparsed"  # counted as a loss, and reported
+            rows.append(
+                {
+                    "id": it["id"],
+                    "preference": preference,
+                    "preference_source": source,
+                    "swapped": swap,
+                    **j.as_dict(),
+                }
+            )
         return rows
 
     def score(self, items: list[Record], answers: list[Record], judgments: list[Record]) -> dict:
@@ -98,14 +128,14 @@ class AlpacaEval2(Benchmark):
             ],
             "n": wr.n_total,
             "judge_failures": sum(not jud[i]["ok"] for i in ids),
+            "preferences": _preference_summary([jud[i] for i in ids]),
             "avg_length": float(model_len.mean()),
             "avg_length_reference": float(ref_len.mean()),
         }
         if len(ids) >= MIN_ROWS_FOR_LC and 0 < wr.win_rate < 100:
             pairs = Pairwise(preferences_to_unit(prefs), model_len, ref_len)
-            fit = fit_length_controlled(
-                pairs, bundled_difficulty()[np.array(ids)], prior=default_prior()
-            )
+            table = bundled_table().subset(np.array(ids))
+            fit = fit_length_controlled(pairs, table.difficulty, gamed=table.gamed)
             out["length_controlled_win_rate"] = fit.length_controlled_win_rate
         return out
 
@@ -113,3 +143,17 @@ class AlpacaEval2(Benchmark):
         """(answer length, P(win)) per item, for the win-rate-vs-length plot."""
         ans, jud = by_id(answers), by_id(judgments)
         return [(len(ans[i["id"]]["turns"][0]), jud[i["id"]]["preference"] - 1) for i in items]
+
+
+def _preference_summary(judgments: list[Record]) -> str:
+    """Which kind of preference the win rate is made of, e.g. "soft (judge log-probs): 805"."""
+    counts = {"logprobs": 0, "verdict": 0, "unparsed": 0}
+    for j in judgments:
+        # rows judged before soft preferences existed are hard verdicts
+        counts[j.get("preference_source", "verdict" if j["ok"] else "unparsed")] += 1
+    labels = {
+        "logprobs": "soft (judge log-probs)",
+        "verdict": "hard (verdict text)",
+        "unparsed": "unparsed (counted as losses)",
+    }
+    return ", ".join(f"{labels[k]}: {n}" for k, n in counts.items() if n)

@@ -3,7 +3,9 @@
 Game 1 shows the baseline as assistant A and the model as B, game 2 swaps them (arena-hard-auto's
 gen_judgment). Verdicts [[A>>B]] .. [[B>>A]] become battles (a strong verdict weighs 3), scored
 with Bradley-Terry as a 0-100 win rate vs the baseline with bootstrap CIs; optionally with style
-control (length and markdown density).
+control (length in cl100k_base tokens as upstream, words only when tiktoken's file is unavailable,
+and markdown density). A game whose verdict does not parse is, by `unparsed_verdicts`, dropped
+(`drop`, arena-hard-auto) or counted as one lost battle (`loss`); the scores say which.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
-from matrix.eval.bradley_terry import Battles, bradley_terry, style_features, verdict_to_battles
+from matrix.eval.bradley_terry import (
+    Battles,
+    bradley_terry,
+    length_unit,
+    style_features,
+    verdict_to_battles,
+)
 from matrix.eval.datafiles import data_path, read_jsonl
 from matrix.eval.judging import judge_batch, parse_arena_verdict
 
 BASELINE = "gpt-4-0314"
 MODEL = "model"
+UNPARSED_POLICIES = ("loss", "drop")
 
 
 class ArenaHard(Benchmark):
@@ -72,6 +81,7 @@ class ArenaHard(Benchmark):
     def battles(self, items: list[Record], judgments: list[Record], answers: list[Record]):
         jud, ans = by_id(judgments), by_id(answers)
         weight = int(self.opt("strong_weight", 3))
+        unparsed = self.unparsed_policy()
         records, model_texts, base_texts, failures = [], [], [], 0
         for it in items:
             for game, model_is_a in zip(jud[it["id"]]["games"], (False, True), strict=True):
@@ -79,15 +89,30 @@ class ArenaHard(Benchmark):
                     outcomes = verdict_to_battles(game["verdict"], model_is_a, weight)
                 else:
                     failures += 1
-                    outcomes = [0.0]  # an unparsed game counts as one lost battle
+                    # upstream drops the game; "loss" counts it as one lost battle
+                    outcomes = [0.0] if unparsed == "loss" else []
                 for o in outcomes:
                     records.append((MODEL, BASELINE, o))
                     model_texts.append(ans[it["id"]]["turns"][0])
                     base_texts.append(it["baseline"])
         return records, model_texts, base_texts, failures
 
+    def unparsed_policy(self) -> str:
+        policy = str(self.opt("unparsed_verdicts", "loss"))
+        if policy not in UNPARSED_POLICIES:
+            raise ValueError(
+                f"eval.benchmarks.arena_hard.unparsed_verdicts={policy!r}: use one of "
+                f"{', '.join(UNPARSED_POLICIES)} (drop = arena-hard-auto, loss = a lost battle)"
+            )
+        return policy
+
     def score(self, items: list[Record], answers: list[Record], judgments: list[Record]) -> dict:
         records, mt, bt, failures = self.battles(items, judgments, answers)
+        if not records:
+            raise ValueError(
+                "arena_hard: no judged game left to score (every verdict was unparsed and "
+                "unparsed_verdicts=drop); check the judge's answers in judgments.jsonl"
+            )
         n_boot = int(self.opt("n_bootstrap", 100))
         res = bradley_terry(Battles.from_records(records), BASELINE, n_bootstrap=n_boot)
         out: dict[str, Any] = {
@@ -96,10 +121,14 @@ class ArenaHard(Benchmark):
             "n": len(items),
             "n_battles": len(records),
             "judge_failures": failures,
+            "unparsed_verdicts": (
+                "dropped (arena-hard-auto)" if self.unparsed_policy() == "drop" else "lost battle"
+            ),
             "avg_words": sum(len(a["turns"][0].split()) for a in answers) / max(len(answers), 1),
         }
         control = list(self.opt("style_control", []))
         if control:
+            out["style_length_unit"] = length_unit()[0]
             style = style_features(mt, bt, use=control)
             sc = bradley_terry(
                 Battles.from_records(records, style=style), BASELINE, n_bootstrap=n_boot
