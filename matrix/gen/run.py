@@ -146,9 +146,24 @@ class Generation:
         }
 
     def run_set(self, spec: SetSpec, bar, task) -> None:
+        """Steps of `generate.batch_size` seeds until the set has exactly its target rows."""
         st = self.state.sets[spec.name]
         if st.rows >= spec.target:
             return
+        seeds = self._seeds_or_fail(spec)
+        cap = math.ceil(spec.target * float(self.cfg.generate.max_attempts_factor))
+        roles = StepRoles(
+            self.roles.get("generator"),
+            self.roles.get("responder"),
+            self.roles.get("rejecter") if spec.kind == "dpo" else None,
+        )
+        while st.rows < spec.target:
+            if st.seeds_used >= cap:
+                self._give_up(spec, st, len(seeds))
+            self.step(spec, seeds, roles, cap)
+            bar.update(task, completed=st.rows)
+
+    def _seeds_or_fail(self, spec: SetSpec) -> list[Seed]:
         seeds = self.seeds(spec)
         if not seeds and self.shard.active:
             raise ConfigError(
@@ -162,78 +177,72 @@ class Generation:
                 f"generator.sets.{spec.name}: no (scenario, persona) seeds in "
                 f"{self.cfg.generate.simulation_dir}; the simulation has no usable scenarios"
             )
-        g = self.cfg.generate
-        cap = math.ceil(spec.target * float(g.max_attempts_factor))
-        roles = StepRoles(
-            self.roles.get("generator"),
-            self.roles.get("responder"),
-            self.roles.get("rejecter") if spec.kind == "dpo" else None,
+        return seeds
+
+    def _give_up(self, spec: SetSpec, st: SetState, n_seeds: int) -> None:
+        factor = self.cfg.generate.max_attempts_factor
+        raise ConfigError(
+            f"generator.sets.{spec.name}: {st.rows}/{spec.target} rows after {st.seeds_used} "
+            f"seeds (cap: target x generate.max_attempts_factor={factor}); "
+            f"{n_seeds} distinct (scenario, persona) seeds were retrieved and the filters "
+            f"dropped {dict(st.filtered)}. Simulate more scenarios, raise generate.retrieval.top_k or "
+            "generate.max_attempts_factor, loosen filters, or lower the target."
+        )
+
+    def step(self, spec: SetSpec, seeds: list[Seed], roles: StepRoles, cap: int) -> None:
+        """One step: synthesize a batch, filter it, commit rows then the state that counts them."""
+        g, st = self.cfg.generate, self.state.sets[spec.name]
+        missing = spec.target - st.rows
+        n = min(
+            int(g.batch_size), max(1, math.ceil(missing * float(g.oversample))), cap - st.seeds_used
+        )
+        idx = range(st.seeds_used, st.seeds_used + n)
+        batch = [seeds[i % len(seeds)] for i in idx]
+        ids = [f"{spec.name}-{self.shard.global_index(i):06d}" for i in idx]
+        # Sets get their own sampling streams, stable under reordering of the config. Steps are
+        # spaced far apart: a backend seeds its sub-batches with seed + b, and the streams of
+        # one step must not repeat another step's (nor another shard's).
+        set_offset = int(text_sha256(spec.name)[:6], 16)
+        stream = self.shard.global_index(st.steps)
+        sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 10_007 * stream
+        cands = synthesize(
+            spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars)
+        )
+        vectors = self.encoder.encode([c.instruction for c in cands])
+        kept, dropped, surplus = filter_batch(
+            cands, vectors, self.checks, self.dedup[spec.kind], spec.allow_refusals, missing
         )
         base_lineage = self.lineage(spec)
-        # Sets get their own sampling streams, stable under reordering of the config.
-        set_offset = int(text_sha256(spec.name)[:6], 16)
-        while st.rows < spec.target:
-            if st.seeds_used >= cap:
-                raise ConfigError(
-                    f"generator.sets.{spec.name}: {st.rows}/{spec.target} rows after {st.seeds_used} "
-                    f"seeds (cap: target x generate.max_attempts_factor={g.max_attempts_factor}); "
-                    f"{len(seeds)} distinct (scenario, persona) seeds were retrieved and the filters "
-                    f"dropped {dict(st.filtered)}. Simulate more scenarios, raise generate.retrieval.top_k or "
-                    "generate.max_attempts_factor, loosen filters, or lower the target."
-                )
-            missing = spec.target - st.rows
-            n = min(
-                int(g.batch_size),
-                max(1, math.ceil(missing * float(g.oversample))),
-                cap - st.seeds_used,
-            )
-            idx = range(st.seeds_used, st.seeds_used + n)
-            batch = [seeds[i % len(seeds)] for i in idx]
-            ids = [f"{spec.name}-{self.shard.global_index(i):06d}" for i in idx]
-            # Steps are spaced far apart: a backend seeds its sub-batches with seed + b, and
-            # the streams of one step must not repeat another step's (nor another shard's).
-            stream = self.shard.global_index(st.steps)
-            sample_seed = int(self.cfg.seed) * 1_000_003 + set_offset + 10_007 * stream
-            cands = synthesize(
-                spec, ids, batch, roles, sample_seed, int(g.max_actions), int(g.max_action_chars)
-            )
-            vectors = self.encoder.encode([c.instruction for c in cands])
-            kept, dropped, surplus = filter_batch(
-                cands, vectors, self.checks, self.dedup[spec.kind], spec.allow_refusals, missing
-            )
-            rows = [
-                c.to_row(
-                    spec.name, spec.domain, {**base_lineage, **c.seed.lineage(), "step": st.steps}
-                )
-                for c in kept
-            ]
-            # Commit: rows first, then the state that counts them.
-            st.rows += self.logs[spec.name].append(rows)
-            self.state.filtered_rows += self.filtered.append(
-                {
-                    "id": c.id,
-                    "set": spec.name,
-                    "reason": why,
-                    "messages": c.messages,
-                    "rejected": c.rejected,
-                }
-                for c, why in dropped
-            )
-            for _, why in dropped:
-                st.filtered[why] = st.filtered.get(why, 0) + 1
-            st.seeds_used += n
-            st.steps += 1
-            st.surplus += surplus
-            self.state.save(self.state_path)
-            self.run.log(
-                {
-                    f"gen/{spec.name}/rows": st.rows,
-                    f"gen/{spec.name}/dropped": len(dropped),
-                    # calls sent so far, earlier attempts included (what a step costs)
-                    "gen/llm_calls": self.roles.total.calls,
-                }
-            )
-            bar.update(task, completed=st.rows)
+        rows = [
+            c.to_row(spec.name, spec.domain, {**base_lineage, **c.seed.lineage(), "step": st.steps})
+            for c in kept
+        ]
+        # Commit: rows first, then the state that counts them.
+        st.rows += self.logs[spec.name].append(rows)
+        self.state.filtered_rows += self.filtered.append(
+            {
+                "id": c.id,
+                "set": spec.name,
+                "reason": why,
+                "messages": c.messages,
+                "rejected": c.rejected,
+            }
+            for c, why in dropped
+        )
+        for _, why in dropped:
+            st.filtered[why] = st.filtered.get(why, 0) + 1
+        st.seeds_used += n
+        st.steps += 1
+        st.surplus += surplus
+        self.state.save(self.state_path)
+        self.run.log(
+            {
+                f"gen/{spec.name}/rows": st.rows,
+                f"gen/{spec.name}/dropped": len(dropped),
+                # calls sent so far, earlier attempts included (what a step costs)
+                "gen/llm_calls": self.roles.total.calls,
+            }
+        )
 
     def generate(self) -> None:
         with progress() as bar:
