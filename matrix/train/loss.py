@@ -26,8 +26,9 @@ from torch.utils.checkpoint import checkpoint
 
 from matrix.train.tokenize import IGNORE_INDEX
 
-# fp32 logits elements per slice: 32M = 128 MB (682 tokens at a 49K vocabulary, 256 at 128K)
-CHUNK_ELEMENTS = 1 << 25
+# fp32 logits elements per slice: 16M = 64 MB (341 tokens at a 49K vocabulary, 128 at 128K);
+# the backward pass holds about four such buffers at once
+CHUNK_ELEMENTS = 1 << 24
 
 # Config fields that change logits after the head (softcapping, scaling): a model that sets
 # one takes the full-logits path, which the model's own forward computes correctly.

@@ -9,6 +9,8 @@ says nothing about one step: `step_peak_supported()` tells which you get.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import resource
 import sys
 from pathlib import Path
@@ -57,13 +59,44 @@ def peak_bytes(device: torch.device | None = None) -> int:
     return int(kb) * 1024
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_RELEASE_ABOVE = 1 << 20
+
+
+def release_freed_blocks() -> bool:
+    """Make glibc give every freed block of 1 MB or more back to the OS (Linux/glibc only;
+    False elsewhere).
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to
+    32 MB), so a training step's activations then come from the heap and stay resident after
+    the step: on SmolLM2-135M, 1.4 GB above the live tensors after two steps, and 0.4 GB
+    more at the next step's peak. Fixed thresholds keep large blocks in their own mappings,
+    returned on free."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _RELEASE_ABOVE)
+            and libc.mallopt(_M_TRIM_THRESHOLD, _RELEASE_ABOVE)
+        )
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
 class PeakMemory(L.Callback):
     """Adds `peak_memory_gb` (the micro-batch's peak, from `peak_bytes`) to the module's
     step metrics, so StepLogger logs it as `train/peak_memory_gb` (mean over the step's
-    micro-batches); `peaks` keeps every micro-batch's value in bytes."""
+    micro-batches); `peaks` keeps every micro-batch's value in bytes. On CPU it also calls
+    `release_freed_blocks` when training starts, so the peak is what a step uses."""
 
     def __init__(self) -> None:
         self.peaks: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cpu":
+            release_freed_blocks()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         reset_peak(pl_module.device)
