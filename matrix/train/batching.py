@@ -114,6 +114,9 @@ class BatchPlan(Sampler[list[int]]):
         if epoch != self.epoch:
             self.epoch = epoch
             self.consumed = 0
+            # a restored skip counts batches of the checkpoint's epoch: a checkpoint written
+            # at an epoch's last batch resumes at the next epoch, from its first batch
+            self._skip = 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}

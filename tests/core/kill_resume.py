@@ -14,6 +14,7 @@ file claims:
 - LLM stages: the calls sent to the backend, from the stage's ledger (llm_spend.json, which
   adds up every attempt; the call cache is off, so nothing is free). Calls past an
   uninterrupted run's total were redone; a restart would redo everything before each kill.
+  (A batch in flight at a kill was never recorded, so it does not count.)
 - train: the metrics.jsonl rows of a killed attempt that a later attempt wrote again (each
   row carries its wall-clock time and throughput, so a recomputed row never equals the
   first one); each is an optimizer step done twice.

@@ -62,7 +62,7 @@ def test_uninterrupted_run_writes_metrics_and_manifest(full_run):
     assert curve[12] < curve[1]
 
 
-@pytest.mark.parametrize("step", [4, 8])  # mid-epoch 1, mid-epoch 2
+@pytest.mark.parametrize("step", [4, 6, 8])  # mid-epoch 1, its last step, mid-epoch 2
 def test_resume_mid_epoch_reproduces_the_loss_curve(full_run, tmp_path, data_dir, step):
     run_dir, manifest, extra = full_run
     last = manifest["counts"]["steps"]
