@@ -18,7 +18,8 @@ Upstream reads the difficulty table and the gamed rows (`instruction_difficulty.
 
 - difficulty: per instruction, the value that best explains 45 models' judged preferences given
   those models' published GLM coefficients (`lc_glm_weights.csv`), while the published LC of every
-  leaderboard model with coefficients is reproduced (`fit_instruction_difficulty`);
+  leaderboard model with coefficients is reproduced and each published fit predicts its model's
+  raw win rate, as a fit with a model term must (`fit_instruction_difficulty`);
 - gamed rows: the gamed baselines' answer lengths are public (their model outputs), their judge
   preferences are not. The GLM's loss depends on those preferences only through two sums,
   sum p * tanh(std_delta_len) and sum p * difficulty; both are recovered from the stationarity of
@@ -57,7 +58,7 @@ REGULARIZE_TO_BASELINE_LAMBDA = 0.2  # upstream: each gamed baseline's rows weig
 # Difficulty fit, chosen on leave-one-model-out error (docs/evaluate.md):
 DEFAULT_DIFFICULTY_RIDGE = 0.01  # L2 on difficulty: instructions every model lost stay finite
 DEFAULT_LC_WEIGHT = 100.0  # weight of reproducing the published LC of the leaderboard models
-DEFAULT_STATIONARITY_WEIGHT = 0.0  # weight of the published fits being stationary points
+DEFAULT_WIN_RATE_WEIGHT = 10.0  # weight of each published fit reproducing its raw win rate
 TABLE_FILE = "alpaca_eval_2/length_control_v1.csv"
 SLIM_DIR = "alpaca_eval_2/annotations_slim"
 
@@ -302,25 +303,26 @@ def fit_instruction_difficulty(
     gamed_sdl: Mapping[str, np.ndarray] | None = None,
     ridge: float = DEFAULT_DIFFICULTY_RIDGE,
     lc_weight: float = DEFAULT_LC_WEIGHT,
-    stationarity_weight: float = DEFAULT_STATIONARITY_WEIGHT,
+    win_rate_weight: float = DEFAULT_WIN_RATE_WEIGHT,
     init: DifficultyFit | None = None,
 ) -> DifficultyFit:
     """Per-instruction difficulty d (upstream's scale) from annotation sets with published fits.
 
-    Minimises over d and the gamed rows' label sums S, for the models m of `sets` that have
-    published coefficients (phi, psi, theta):
+    Minimises over d, for the models m of `sets` that have published coefficients
+    (phi, psi, theta):
 
         sum_m sum_x xent(p_mx, sigmoid(theta_m + phi_m tanh_len_mx + psi_m d_x))
         + ridge * |d|^2
         + lc_weight * n * sum_k (mean_x sigmoid(theta_k + psi_k d_x) - LC_k / 100)^2
-        + stationarity_weight * sum_m |grad_m|^2
+        + win_rate_weight * sum_m (sum_x sigmoid(theta_m + phi_m tanh_len_mx + psi_m d_x) - p_mx)^2
 
-    where k runs over `lc_targets` (published LC of leaderboard models with coefficients) and
-    grad_m is the gradient of model m's own GLM loss (its rows plus the gamed rows, whose labels
-    enter only through S) at its published coefficients. The first term places each instruction;
-    the second pins the table's distribution to the published LC numbers; the third asks that the
-    published coefficients be what upstream's fit would return with this table. L-BFGS with the
-    analytic gradient; `init` warm-starts it (the leave-one-out loop starts from the full fit).
+    where k runs over `lc_targets` (published LC of leaderboard models with coefficients). The
+    first term places each instruction; the second pins the table's distribution to the published
+    LC numbers; the third is the GLM's score equation for the model term: upstream's fit of m
+    predicts m's raw win rate exactly (up to the small L1 term), so with upstream's table the
+    published coefficients must too. The gamed rows' label sums then come from the published fits
+    (`gamed_label_sums`). L-BFGS with the analytic gradient; `init` warm-starts it (the
+    leave-one-out loop starts from the full fit).
     """
     weights = published_glm_weights() if weights is None else weights
     lc_targets = {} if lc_targets is None else lc_targets
@@ -329,70 +331,36 @@ def fit_instruction_difficulty(
     if not names:
         raise ValueError("no annotation set has published GLM coefficients to fit against")
     n = len(sets[names[0]].preference)
-    tl = np.array([sets[m].tanh_len() for m in names])
-    th = np.array([weights[m].model for m in names])[:, None]
-    ph = np.array([weights[m].length for m in names])[:, None]
-    ps = np.array([weights[m].difficulty for m in names])[:, None]
+    offset = np.array([weights[m].model + weights[m].length * sets[m].tanh_len() for m in names])
+    slope = np.array([weights[m].difficulty for m in names])[:, None]
     pref = np.array([sets[m].preference for m in names])
     lc_names = [k for k in lc_targets if k in weights]
     theta = np.array([weights[k].model for k in lc_names])[:, None]
     psi = np.array([weights[k].difficulty for k in lc_names])[:, None]
     target = np.array([lc_targets[k] / 100 for k in lc_names])
-    tg = [np.tanh(v) for v in gamed_sdl.values()]
-    wg = REGULARIZE_TO_BASELINE_LAMBDA / 2
-    kappa = stationarity_weight
 
-    def f(x: np.ndarray) -> tuple[float, np.ndarray]:
-        d, S = x[:n], x[n:]
-        z = th + ph * tl + ps * d
+    def f(d: np.ndarray) -> tuple[float, np.ndarray]:
+        z = offset + slope * d
         q = expit(z)
         r = q - pref
         loss = -(pref * log_expit(z) + (1 - pref) * log_expit(-z)).sum() + ridge * (d**2).sum()
-        grad = (ps * r).sum(0) + 2 * ridge * d
-        grad_S = np.zeros(2)
+        grad = (slope * r).sum(0) + 2 * ridge * d
         if lc_names:
             ql = expit(theta + psi * d)
             rl = ql.mean(1) - target
             loss += lc_weight * n * (rl**2).sum()
             grad += lc_weight * 2 * (rl[:, None] * psi * ql * (1 - ql)).sum(0)
-        if kappa > 0:
-            qp = q * (1 - q)
-            a1, a2 = np.zeros(len(names)), np.zeros(len(names))
-            da1, da2 = np.zeros_like(tl), np.zeros_like(tl)
-            for t in tg:
-                qg = expit(ph * t + ps * d)
-                qgp = qg * (1 - qg)
-                a1 += (qg * t).sum(1)
-                a2 += (qg * d).sum(1)
-                da1 += qgp * ps * t
-                da2 += qgp * ps * d + qg
-            r0 = r.sum(1)
-            r1 = (r * tl).sum(1) + wg * (a1 - S[0])
-            r2 = (r * d).sum(1) + wg * (a2 - S[1])
-            loss += kappa * (r0**2 + r1**2 + r2**2).sum()
-            grad += (
-                2
-                * kappa
-                * (
-                    r0[:, None] * qp * ps
-                    + r1[:, None] * (qp * ps * tl + wg * da1)
-                    + r2[:, None] * (qp * ps * d + r + wg * da2)
-                ).sum(0)
-            )
-            grad_S = -2 * kappa * wg * np.array([r1.sum(), r2.sum()])
-        return loss, np.concatenate([grad, grad_S])
+        r0 = r.sum(1)
+        loss += win_rate_weight * (r0**2).sum()
+        grad += 2 * win_rate_weight * (r0[:, None] * q * (1 - q) * slope).sum(0)
+        return loss, grad
 
-    if init is None:
-        d0 = np.zeros(n)
-        x0 = np.concatenate([d0, _gamed_sums_from_fits(names, sets, weights, gamed_sdl, d0)])
-    else:
-        x0 = np.concatenate([init.difficulty, init.gamed_label_sums])
+    x0 = np.zeros(n) if init is None else init.difficulty
     res = minimize(
         f, x0, jac=True, method="L-BFGS-B", options={"maxiter": 20000, "ftol": 1e-13, "gtol": 1e-7}
     )
-    d = res.x[:n]
-    sums = res.x[n:] if kappa > 0 else _gamed_sums_from_fits(names, sets, weights, gamed_sdl, d)
-    return DifficultyFit(d, sums)
+    d = res.x
+    return DifficultyFit(d, _gamed_sums_from_fits(names, sets, weights, gamed_sdl, d))
 
 
 def _gamed_sums_from_fits(names, sets, weights, gamed_sdl, difficulty) -> np.ndarray:
@@ -468,7 +436,7 @@ def fit_length_control_table(
     exclude: Sequence[str] = (),
     ridge: float = DEFAULT_DIFFICULTY_RIDGE,
     lc_weight: float = DEFAULT_LC_WEIGHT,
-    stationarity_weight: float = DEFAULT_STATIONARITY_WEIGHT,
+    win_rate_weight: float = DEFAULT_WIN_RATE_WEIGHT,
     init: DifficultyFit | None = None,
 ) -> tuple[LengthControlTable, DifficultyFit]:
     """Difficulty and gamed rows from the annotation sets and the published leaderboard, leaving
@@ -487,7 +455,7 @@ def fit_length_control_table(
         lc_targets=targets,
         ridge=ridge,
         lc_weight=lc_weight,
-        stationarity_weight=stationarity_weight,
+        win_rate_weight=win_rate_weight,
         init=init,
     )
     table = LengthControlTable(
@@ -582,7 +550,7 @@ def leave_one_out_deviations(
 ) -> list[Deviation]:
     """For each model: fit the table without it (annotations, coefficients and LC), fit its GLM,
     compare its LC with the published one. A new model's situation. `fit_kwargs` go to
-    `fit_length_control_table` (ridge, lc_weight, stationarity_weight)."""
+    `fit_length_control_table` (ridge, lc_weight, win_rate_weight)."""
     sets = load_annotation_sets()
     _, full = fit_length_control_table(sets, **fit_kwargs)
     base_len = float(leaderboard()[BASELINE]["avg_length"])

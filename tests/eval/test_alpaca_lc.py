@@ -11,16 +11,24 @@ GOAL_MEAN_ABS = 0.3
 GOAL_IN_RANGE_ABS = 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="goal not met yet: leave-one-out mean |dev| 0.55, in-range max 2.37 (claude-2); "
-    "docs/evaluate.md lists every set and explains the misses",
-)
-def test_leave_one_model_out_lc_meets_the_goal():
+@pytest.fixture(scope="module")
+def loo():
     devs = alpaca_lc.leave_one_out_deviations()
     assert len(devs) == 44  # every shipped set with a published LC, the baseline excluded
-    assert np.mean([abs(d.deviation) for d in devs]) <= GOAL_MEAN_ABS
-    for d in devs:
+    return devs
+
+
+def test_leave_one_model_out_mean_deviation_meets_the_goal(loo):
+    assert np.mean([abs(d.deviation) for d in loo]) <= GOAL_MEAN_ABS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal not met yet for 4 of 22 in-range models (max +0.96, "
+    "gpt-3.5-turbo-1106_verbose); docs/evaluate.md lists every set and explains the misses",
+)
+def test_leave_one_model_out_each_in_range_model_meets_the_goal(loo):
+    for d in loo:
         if d.in_range:
             assert abs(d.deviation) <= GOAL_IN_RANGE_ABS, d
 
