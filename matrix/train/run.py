@@ -157,31 +157,11 @@ def run_train(cfg: DictConfig) -> dict | None:
     out = stage_dir(cfg, "train")
     start = resume_point(cfg, out / "checkpoints", config_hash(cfg, "train"), rank_zero)
     stage = open_stage(cfg, "train", resume=not start.fresh) if rank_zero else None
-    kept: list[dict] = []
-    if stage is not None:
-        # the rows an attempt killed after its last checkpoint logged past it are logged again
-        dropped = stage.keep_metrics_through(start.step)
-        if dropped:
-            log.info("metrics.jsonl: dropped %d rows past step %d", dropped, start.step)
-        kept = JsonlLog(stage.dir / "metrics.jsonl").read() if start.step else []
+    kept = keep_metrics(stage, start.step)
     cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
-    total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
-    if cfg.train.objective == "sft":
-        module = SFTModule(
-            model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
-        )
-    else:
-        module = DPOModule(
-            model,
-            cfg.optimizer,
-            cfg.scheduler,
-            total,
-            beta=float(cfg.train.dpo.beta),
-            reference=str(cfg.train.dpo.reference),
-            n_pairs=len(dm),
-        )
+    module = build_module(cfg, model, dm)
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
     logger.resume_from(kept)
     trainer = build_trainer(cfg, model, out / "checkpoints", [PeakMemory(), logger])
@@ -202,35 +182,68 @@ def run_train(cfg: DictConfig) -> dict | None:
     hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
     manifest = None
     if stage is not None:
-        last = logger.history[-1] if logger.history else {}
-        last_val = logger.val_history[-1] if logger.val_history else {}
-        final = {**last, **{k: v for k, v in last_val.items() if k != "step"}}
-        counts = {
-            **dm.stats.as_counts(),
-            "steps": trainer.global_step,
-            # epochs trained, from the step count: Lightning's epoch counter reads one less
-            # after a rerun that resumes from the final checkpoint than after the first run
-            "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
-            "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
-            "packed_rows": len(dm.units) if dm.packing else None,
-            "validation_rows": len(dm.val_ids),
-            "tokens_trained_on": logger.tokens_seen,
-            "parameters": count_parameters(module.model),
-            "trainable_parameters": count_parameters(module.model, trainable_only=True),
-        }
-        stage.summary({k: v for k, v in final.items() if k != "step"})
-        manifest = stage.finish(
-            counts,
-            inputs={"data": data_path(cfg)},
-            extra={
-                "attention": attn,
-                "hf_model": str(hf_dir) if hf_dir else None,
-                "final_metrics": final,
-                "resumed_from": ckpt,
-                "skipped_rows": dm.skipped[:SHOWN],
-            },
-        )
+        extra = {"attention": attn, "hf_model": str(hf_dir) if hf_dir else None}
+        manifest = finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra)
     # The other ranks wait for rank 0's export and manifest: a pipeline step after this one
     # (DPO from this model) reads them on every rank.
     trainer.strategy.barrier("train_exported")
     return manifest
+
+
+def keep_metrics(stage, step: int) -> list[dict]:
+    """metrics.jsonl up to the resumed checkpoint's step: the rows an attempt killed after its
+    last checkpoint logged past it are dropped (and logged again, once)."""
+    if stage is None:
+        return []
+    dropped = stage.keep_metrics_through(step)
+    if dropped:
+        log.info("metrics.jsonl: dropped %d rows past step %d", dropped, step)
+    return JsonlLog(stage.dir / "metrics.jsonl").read() if step else []
+
+
+def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> L.LightningModule:
+    total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
+    if cfg.train.objective == "sft":
+        return SFTModule(
+            model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
+        )
+    return DPOModule(
+        model,
+        cfg.optimizer,
+        cfg.scheduler,
+        total,
+        beta=float(cfg.train.dpo.beta),
+        reference=str(cfg.train.dpo.reference),
+        n_pairs=len(dm),
+    )
+
+
+def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) -> dict:
+    """The manifest of a finished training run: counts, final metrics, where it resumed from."""
+    last = logger.history[-1] if logger.history else {}
+    last_val = logger.val_history[-1] if logger.val_history else {}
+    final = {**last, **{k: v for k, v in last_val.items() if k != "step"}}
+    counts = {
+        **dm.stats.as_counts(),
+        "steps": trainer.global_step,
+        # epochs trained, from the step count: Lightning's epoch counter reads one less
+        # after a rerun that resumes from the final checkpoint than after the first run
+        "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
+        "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
+        "packed_rows": len(dm.units) if dm.packing else None,
+        "validation_rows": len(dm.val_ids),
+        "tokens_trained_on": logger.tokens_seen,
+        "parameters": count_parameters(module.model),
+        "trainable_parameters": count_parameters(module.model, trainable_only=True),
+    }
+    stage.summary({k: v for k, v in final.items() if k != "step"})
+    return stage.finish(
+        counts,
+        inputs={"data": data_path(cfg)},
+        extra={
+            **extra,
+            "final_metrics": final,
+            "resumed_from": ckpt,
+            "skipped_rows": dm.skipped[:SHOWN],
+        },
+    )
