@@ -8,7 +8,7 @@ One rule for names, one for values, used everywhere:
   `key` or `token` that says what kind of non-secret it is (`sort_key`, `cache_key`,
   `pad_token`, `eos_token`). The last word decides, so `max_tokens`, `max_new_tokens`,
   `tokenizer`, `num_key_value_heads`, `key_by` and `api_key_env` (the *name* of a variable)
-  are not secrets. `tests/robustness/test_secrets_and_files.py` runs the rule over every key
+  are not secrets. `tests/common/test_secrets_and_files.py` runs the rule over every key
   defined under conf/.
 - A secret value is: a string under such a key in the config or in a command-line override
   (`+llm.backends.api.api_key=...`, `hydra.job.env_set.OPENAI_API_KEY=...`); the value of the
