@@ -226,9 +226,13 @@ def check_models(
     check.report(p)
 
 
-def check_config(cfg: DictConfig, stage: str) -> None:
-    """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI)."""
-    config_problems(cfg, stage).raise_if_any(stage)
+def check_config(cfg: DictConfig, stage: str, models: bool = True) -> None:
+    """Every config-wide problem at once, raised as one ConfigError (exit code 2 via the CLI);
+    `models`: also whether the models the stage calls can be reached (check_models)."""
+    p = config_problems(cfg, stage)
+    if models and not p:
+        check_models(cfg, [(cfg, stage)], p)
+    p.raise_if_any(stage)
 
 
 def check_stage(cfg: DictConfig, stage: str, provided_backends: Iterable[str] = ()) -> None:

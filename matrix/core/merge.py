@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run_merge(c: DictConfig) -> dict:
         if stage in SHARDED_STAGES:  # an unknown stage is merge()'s error to report
-            check_config(c, stage)
+            check_config(c, stage, models=False)  # a merge calls no model
         return merge(stage, c)
 
     m = run_user_command(run_merge, cfg)

@@ -123,6 +123,8 @@ class Probe:
             r = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=self.timeout)
         except httpx.HTTPError as e:
             return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if r.status_code in (401, 403):  # up, but refuses the key: say what it answered
+            return f"HTTP {r.status_code} on GET /models: {r.text.strip()[:200]}"
         if r.status_code != 200:
             return f"HTTP {r.status_code} on GET /models"
         try:
@@ -143,7 +145,13 @@ def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], 
             )
         return
     served = probe.models(url, env)
-    if isinstance(served, str) and served.startswith("HTTP"):
+    if isinstance(served, str) and served.startswith(("HTTP 401", "HTTP 403")):
+        add(
+            f"{key}.api_key_env",
+            f"the server at {url} refused the API key from ${env} ({served}): set {env} to a "
+            "key it accepts",
+        )
+    elif isinstance(served, str) and served.startswith("HTTP"):
         add(
             f"{key}.base_url",
             f"the server at {url} does not list its models ({served}): see its log, or "

@@ -28,8 +28,14 @@ from tests.core.kill_resume import (
 
 STAGES = ("simulate", "generate", "train", "evaluate")
 EVAL_BENCH = "alpaca_eval2"  # eval=demo: 5 items under debug=tiny
-# Fields of a training metrics row that measure the clock, not the computation.
-CLOCK_FIELDS = ("time", "train/tokens_per_s", "train/tokens_per_s_per_device", "train/mfu")
+# Fields of a training metrics row that measure the clock or the process, not the computation.
+CLOCK_FIELDS = (
+    "time",
+    "train/tokens_per_s",
+    "train/tokens_per_s_per_device",
+    "train/mfu",
+    "train/peak_memory_gb",
+)
 TRAIN_EVERY = 4
 # The soak's runs are longer than the tests', so that every kill lands on a new row count.
 SOAK_EXTRA = {

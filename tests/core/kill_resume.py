@@ -52,7 +52,11 @@ def kill_seed(what: str) -> int:
 
 
 def stage_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"}
+    # Not this process's W&B service (wandb exports WANDB_SERVICE once a run starts here): a
+    # killed stage's run would stay registered in it and its rerun be refused ("run ID is in
+    # use"); each stage process starts its own service, as it does for a user.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"}
 
 
 def complete_rows(paths: Iterable[Path]) -> int:
