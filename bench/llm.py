@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from matrix.llm.cache import CallCache
 from matrix.llm.hf import HFBackend
 from matrix.llm.openai_backend import OpenAIBackend
-from matrix.llm.protocol import LLM, Chat, Sampling
+from matrix.llm.protocol import LLM, Chat, Sampling, StreamingLLM
 from matrix.llm.roles import Roles
 
 TOPICS = ["rivers", "bread", "chess", "volcanoes", "bees", "trains", "jazz", "glaciers",
@@ -53,7 +53,6 @@ class TimedBackend:
     def __init__(self, inner: LLM):
         self.inner = inner
         self.seconds = 0.0
-        self.streams_results = getattr(inner, "streams_results", False)
 
     @property
     def name(self) -> str:
@@ -65,6 +64,21 @@ class TimedBackend:
             return self.inner.generate(chats, sampling, **kw)
         finally:
             self.seconds += time.perf_counter() - t0
+
+
+class TimedStreamingBackend(TimedBackend):
+    """A TimedBackend around a backend that reports rows as they arrive."""
+
+    def generate_streaming(self, chats, sampling, on_result):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.generate_streaming(chats, sampling, on_result)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def timed_backend(inner: LLM) -> TimedBackend:
+    return TimedStreamingBackend(inner) if isinstance(inner, StreamingLLM) else TimedBackend(inner)
 
 
 def layer_roles(backend: LLM, cache_dir: str) -> Roles:
@@ -85,7 +99,7 @@ def bench(
     sampling = Sampling(max_new_tokens=new_tokens)
     direct(prompts(2, "warmup"), sampling)  # load weights / open connections first
     with tempfile.TemporaryDirectory() as tmp:
-        inner = TimedBackend(backend)
+        inner = timed_backend(backend)
         role = layer_roles(inner, tmp).get("bench")
         d_times, l_times, own, d_tok, l_tok = [], [], [], 0, 0
         for r in range(repeats):

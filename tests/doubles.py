@@ -243,13 +243,11 @@ class ScriptedBackend:
         self,
         answer: Callable[[Chat, Sampling], str] | None = None,
         name: str = "scripted",
-        streams: bool = False,
         fail_at: int | None = None,
         max_prompt_chars: int | None = None,
     ):
         self.answer = answer or (lambda chat, s: "echo: " + chat[-1]["content"])
         self._name = name
-        self.streams_results = streams
         self.fail_at = fail_at
         self.max_prompt_chars = max_prompt_chars
         self.batches: list[list[Chat]] = []
@@ -277,6 +275,13 @@ class ScriptedBackend:
                 on_result(i, c)
             out.append(c)
         return out
+
+
+class StreamingScriptedBackend(ScriptedBackend):
+    """A ScriptedBackend that reports each row as it answers it (a network server's way)."""
+
+    def generate_streaming(self, chats: Sequence[Chat], sampling: Sampling, on_result):
+        return self.generate(chats, sampling, on_result)
 
 
 def chats_of(*questions: str) -> list[Chat]:

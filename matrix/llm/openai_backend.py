@@ -114,7 +114,6 @@ class OpenAIBackend:
     of the longest message until the prompt fits.
     """
 
-    streams_results = True
     concurrent_calls = True  # several threads may call generate at once (see _slots)
 
     def __init__(
@@ -281,6 +280,15 @@ class OpenAIBackend:
         if not chats:
             return []
         return _run(self._generate_all(list(chats), sampling, on_result))
+
+    def generate_streaming(
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        on_result: Callable[[int, Completion], None],
+    ) -> list[Completion]:
+        """`generate`, reporting each row as it arrives (matrix.llm.protocol.StreamingLLM)."""
+        return self.generate(chats, sampling, on_result)
 
     async def _generate_all(
         self,

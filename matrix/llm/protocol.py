@@ -8,7 +8,7 @@ responder, judge), which wraps the backend with the shared cache and ledger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -71,12 +71,23 @@ class LLM(Protocol):
 
     def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[Completion]:
         """One completion per chat, in input order. Batches internally as it sees fit.
+        A backend that answers rows as they arrive implements `StreamingLLM` as well."""
+        ...
 
-        Backends that answer rows out of order (network servers) may also accept an
-        `on_result(index, completion)` keyword, called as each row arrives, and set
-        `streams_results = True`; the call cache then stores every answer the moment it is
-        paid for, so a batch killed half-way resumes from where it stopped.
-        """
+
+@runtime_checkable
+class StreamingLLM(Protocol):
+    """Optional: a backend that reports each row the moment it is answered (network servers
+    answer out of order). The call cache and the ledger then record every answer as it is
+    paid for, so a batch killed half-way resumes from where it stopped."""
+
+    def generate_streaming(
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        on_result: Callable[[int, Completion], None],
+    ) -> list[Completion]:
+        """As `LLM.generate`, calling `on_result(index, completion)` as each row arrives."""
         ...
 
 

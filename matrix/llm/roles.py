@@ -40,7 +40,7 @@ from matrix.llm.cache import CallCache, batch_keys, model_identity
 from matrix.llm.embedded import cache_root
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
 from matrix.llm.ledger import Budget, Prices, Usage, estimate_prompt_tokens
-from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling
+from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling, StreamingLLM
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ class RoleLLM:
         try:
             if lock is not None:
                 lock.acquire()
-            if getattr(self.backend, "streams_results", False):
-                result = self.backend.generate(sub, sampling, on_result=record)
+            if isinstance(self.backend, StreamingLLM):
+                result = self.backend.generate_streaming(sub, sampling, record)
             else:
                 result = self.backend.generate(sub, sampling)
         except ContextOverflow as e:

@@ -6,7 +6,7 @@ from matrix.llm.cache import CallCache
 from matrix.llm.errors import BudgetExhausted, ContextOverflow
 from matrix.llm.ledger import Budget
 from matrix.llm.roles import Roles
-from tests.doubles import ScriptedBackend, chats_of
+from tests.doubles import ScriptedBackend, StreamingScriptedBackend, chats_of
 
 
 def make_roles(tmp_path, backend, cache=True, budget=None, prices=None, **role):
@@ -160,7 +160,7 @@ def test_cost_budget(tmp_path):
 
 def test_streamed_rows_are_cached_before_a_mid_batch_failure(tmp_path):
     chats = chats_of("a", "b", "c", "d")
-    dying = ScriptedBackend(streams=True, fail_at=2)
+    dying = StreamingScriptedBackend(fail_at=2)
     with pytest.raises(ConnectionError):
         make_roles(tmp_path, dying).get("judge").generate(chats)
     healthy = ScriptedBackend()
