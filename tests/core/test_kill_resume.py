@@ -115,6 +115,8 @@ PIPELINE_EXTRA = [
     "generate.batch_size=1",  # a commit per row, so a kill can land inside generate
     "eval.chunk_size=1",
     "eval.sampling.max_new_tokens=16",
+    # the 2 generated rows make one batch: 8 epochs give debug=tiny's 8 steps to kill inside
+    "trainer.max_epochs=8",
 ]
 # Row counts a kill inside a step is drawn from (after the step's first commit; debug=tiny:
 # 32 events, 2 generated rows, 8 training steps checkpointed every 4, 5 answers + 5 judgments)
