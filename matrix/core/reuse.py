@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from matrix.core.stage import config_hash, describe_input, stage_dir
+from matrix.common.io import file_sha256
+from matrix.core.stage import config_hash, describe_input, producer_manifest, stage_dir
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,15 @@ def changed_inputs(manifest: dict) -> list[str]:
     """The names of the recorded inputs that differ from what is on disk now."""
     changed = []
     for name, recorded in (manifest.get("inputs") or {}).items():
-        now = describe_input(recorded["path"])
-        key = "producer_manifest_sha256" if recorded.get("producer_manifest_sha256") else "sha256"
-        if now.get(key) != recorded.get(key):
+        path = Path(recorded["path"])
+        if recorded.get("producer_manifest_sha256"):
+            # only the producing stage's manifest is read: a model folder is not hashed again
+            producer = producer_manifest(path.resolve()) if path.exists() else None
+            now = file_sha256(producer) if producer is not None else None
+            same = now == recorded["producer_manifest_sha256"]
+        else:
+            same = describe_input(path).get("sha256") == recorded.get("sha256")
+        if not same:
             changed.append(f"{name} ({recorded['path']})")
     return changed
 
