@@ -43,11 +43,11 @@ test-all: install
 
 # An OpenAI-compatible vLLM server on 127.0.0.1:$(PORT) in its own venv (.venv-vllm: the CPU
 # build without CUDA, the CUDA build with it). MODEL: a Hugging Face folder (default: the
-# embedded SmolLM2, served as "smollm2"); NAME: the served name (default: the folder's name);
+# embedded SmolLM2, served as "smollm2"); SERVED_NAME: the served name (default: the folder's name);
 # TP/DP: tensor- and data-parallel size. Prints the `llm=` overrides that point the stages at it.
-#   make llm-server MODEL=/models/Meta-Llama-3-8B-Instruct NAME=llama3 TP=2 DP=4
+#   make llm-server MODEL=/models/Meta-Llama-3-8B-Instruct SERVED_NAME=llama3-8b-instruct TP=2 DP=4
 MODEL ?=
-NAME ?=
+SERVED_NAME ?=
 PORT ?= 8000
 TP ?= 1
 DP ?= 1
@@ -56,7 +56,7 @@ llm-server: install
 	bash scripts/setup_llm_server.sh
 	$(PY) -m matrix.llm.server --port $(PORT) --max-model-len $(MAX_MODEL_LEN) \
 	  --tensor-parallel-size $(TP) --data-parallel-size $(DP) \
-	  $(if $(MODEL),--model-dir $(MODEL),) $(if $(NAME),--served-name $(NAME),)
+	  $(if $(MODEL),--model-dir $(MODEL),) $(if $(SERVED_NAME),--served-name $(SERVED_NAME),)
 
 bench-llm: install
 	bash scripts/setup_llm_server.sh

@@ -184,3 +184,28 @@ def test_the_pipeline_checks_only_the_steps_it_will_run(tmp_path, monkeypatch) -
     manifest = {"complete": True, "config_hash": config_hash(cfg, "simulate"), "counts": {}}
     (done / "manifest.json").write_text(json.dumps(manifest))
     assert run_pipeline(cfg) == {"simulate": {}}
+
+
+def test_the_suggested_make_command_passes_its_variables_to_the_server():
+    """The command the preflight prints (`make llm-server MODEL=... SERVED_NAME=... PORT=...`)
+    must reach `matrix.llm.server` with those values; `make -n` prints without running."""
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "llm-server",
+            "MODEL=/models/m",
+            "SERVED_NAME=llama3-8b-instruct",
+            "PORT=8123",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    joined = out.stdout.replace("\\\n", " ")  # the recipe's line continuations
+    line = next(x for x in joined.splitlines() if "matrix.llm.server" in x)
+    assert "--port 8123" in line
+    assert "--model-dir /models/m" in line
+    assert "--served-name llama3-8b-instruct" in line
