@@ -35,6 +35,9 @@ class Stage:
     validate_ref: str  # "module:function" returning ConfigProblems; never raises for config
     merge_ref: str | None = None  # "module:function" joining shards; None: runs whole
     hash_exclude: tuple[str, ...] = ()  # dotted keys inside hash_keys that never change results
+    # dotted keys (`*` for any child) a run may change and still resume the folder's earlier
+    # run, which it then extends (e.g. a higher target); any other change starts fresh
+    resume_exclude: tuple[str, ...] = ()
 
     @property
     def shardable(self) -> bool:
@@ -55,6 +58,10 @@ class Stage:
 # The config keys each stage's outputs depend on. The config hash covers only these, so the
 # same stage composed from its own script or from the whole-loop pipeline hashes the same, and
 # a change to training settings does not invalidate a finished simulation.
+# Keys inside an LLM stage's hashed groups that never change its results: raising the budget
+# of a budget-stopped run and running it again continues it.
+NO_RESULT_KEYS = ("llm.budget",)
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -72,6 +79,7 @@ STAGES: dict[str, Stage] = {
                 "embedding",
                 "shard",
             ),
+            hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.sim.run:validate",
             merge_ref="matrix.sim.merge:merge_shards",
         ),
@@ -86,6 +94,8 @@ STAGES: dict[str, Stage] = {
                 "embedding",
                 "shard",
             ),
+            hash_exclude=NO_RESULT_KEYS,
+            resume_exclude=("generator.sets.*.target",),
             validate_ref="matrix.gen.config:validate",
             merge_ref="matrix.gen.merge:merge_shards",
         ),
@@ -109,6 +119,7 @@ STAGES: dict[str, Stage] = {
             name="evaluate",
             run_ref="matrix.eval.run:run_evaluate",
             hash_keys=("seed", "llm", "eval", "shard"),
+            hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.eval.run:validate",
             merge_ref="matrix.eval.merge:merge_shards",
         ),

@@ -6,6 +6,11 @@ is unchanged. An input that another stage wrote is compared through that stage's
 manifest (cheap, and it changes whenever that stage ran again); any other input through
 its content hash. So changing an upstream setting reruns every step downstream of it, and
 only those: a step whose inputs and config are the same is never redone.
+
+A rerun starts from scratch: a stage folder whose last run (finished, or killed and
+recorded in `attempt.json`) had another config hash, or whose finished run read inputs that
+have changed since, is set aside by `matrix.core.stage.open_stage` before the stage writes
+(`stale_reason`), so no row, answer or checkpoint of the old config is resumed into the new.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ def changed_inputs(manifest: dict) -> list[str]:
         if not same:
             changed.append(f"{name} ({recorded['path']})")
     return changed
+
+
+ATTEMPT = "attempt.json"  # the config hashes of the run that last wrote the folder
+
+
+def stale_reason(folder: Path, chash: str, resume_hash: str) -> str | None:
+    """Why the outputs in `folder` cannot be resumed by a run of config hash `chash` (and
+    resumable hash `resume_hash`: the config less the keys a resumed run may change, such as a
+    target), or None when they can: no earlier run, or one of the same config whose inputs,
+    if it finished, are unchanged. An unfinished run's inputs are not recorded yet."""
+    attempt = folder / ATTEMPT
+    manifest = folder / "manifest.json"
+    m = json.loads(manifest.read_text(encoding="utf-8")) if manifest.exists() else {}
+    if attempt.exists():
+        recorded = json.loads(attempt.read_text(encoding="utf-8"))
+        if recorded.get("resume_hash") != resume_hash:
+            return (
+                f"its last run had config hash {recorded.get('config_hash')}, this run's is {chash}"
+            )
+    elif m.get("complete") and m.get("config_hash") != chash:  # a folder without attempt.json
+        return f"its finished run had config hash {m.get('config_hash')}, this run's is {chash}"
+    if m.get("complete"):
+        changed = changed_inputs(m)
+        if changed:
+            return f"the inputs of its finished run changed: {', '.join(changed)}"
+    return None
 
 
 def reuse_decision(cfg: DictConfig, stage: str) -> ReuseDecision:

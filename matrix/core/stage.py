@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import secrets
+import shutil
 import string
 import subprocess
 import time
@@ -52,19 +53,21 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 
 def config_hash(
-    cfg: DictConfig | dict, stage: str | None = None, exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS
+    cfg: DictConfig | dict,
+    stage: str | None = None,
+    exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS,
+    resumable: bool = False,
 ) -> str:
+    """Hash of the config keys `stage`'s outputs depend on. `resumable`: also leave out the
+    keys a resumed run may change (the stage's `resume_exclude`): two configs with the same
+    resumable hash can continue each other's runs."""
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k not in exclude}
     if stage in STAGES:
-        data = {k: v for k, v in data.items() if k in STAGES[stage].hash_keys}
-        for dotted in STAGES[stage].hash_exclude:
-            *parents, leaf = dotted.split(".")
-            node = data = copy.deepcopy(data)
-            for k in parents:
-                node = node.get(k) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(leaf, None)
+        spec = STAGES[stage]
+        data = copy.deepcopy({k: v for k, v in data.items() if k in spec.hash_keys})
+        for dotted in (*spec.hash_exclude, *(spec.resume_exclude if resumable else ())):
+            _drop(data, dotted.split("."))
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -209,15 +212,63 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     )
 
 
+def set_aside_stale(cfg: DictConfig, stage: str) -> bool:
+    """Move the stage folder's outputs to `<run>/.stale/<folder>` (replacing an older set-aside
+    copy) when a run of another config, or a finished run whose inputs changed since, wrote
+    them (`matrix.core.reuse.stale_reason`): this run then starts fresh instead of resuming
+    them. Returns whether it did. Only the stage's own process may call it (rank zero)."""
+    from matrix.core.reuse import stale_reason
+
+    out = stage_dir(cfg, stage)
+    why = (
+        stale_reason(out, config_hash(cfg, stage), config_hash(cfg, stage, resumable=True))
+        if out.is_dir()
+        else None
+    )
+    if why is None:
+        return False
+    run_root = Path(cfg.paths.runs_dir) / str(cfg.run.name)
+    rel = out.relative_to(run_root) if out.is_relative_to(run_root) else Path(out.name)
+    dest = run_root / ".stale" / "__".join(rel.parts)
+    with disk_writes(dest):
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(dest)
+    log.warning("%s: starting fresh; %s (the old outputs are in %s)", stage, why, dest)
+    return True
+
+
+def _drop(node: Any, path: list[str]) -> None:
+    """Remove the dotted key `path` from nested dicts in place; `*` matches every child."""
+    if not isinstance(node, dict) or not path:
+        return
+    head, rest = path[0], path[1:]
+    for key in list(node) if head == "*" else [head]:
+        if not rest:
+            node.pop(key, None)
+        else:
+            _drop(node.get(key), rest)
+
+
 def open_stage(cfg: DictConfig, stage: str, resume: bool = True) -> StageRun:
     """Open the stage's run dir. `resume`: this attempt continues the folder's earlier one (the
-    same W&B run id, kept in <stage dir>/wandb/run_id); False starts a new W&B run."""
+    same W&B run id, kept in <stage dir>/wandb/run_id); False starts a new W&B run. Outputs of
+    another config (or of changed inputs) are set aside first (`set_aside_stale`)."""
+    from matrix.core.reuse import ATTEMPT
+
     out = stage_dir(cfg, stage)
+    chash = config_hash(cfg, stage)
+    resume = not set_aside_stale(cfg, stage) and resume
     with disk_writes(out):
         out.mkdir(parents=True, exist_ok=True)
         # A stage that starts (or resumes) is no longer complete until it finishes again.
         (out / "manifest.json").unlink(missing_ok=True)
-    run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=config_hash(cfg, stage))
+    write_json(
+        out / ATTEMPT,
+        {"config_hash": chash, "resume_hash": config_hash(cfg, stage, resumable=True)},
+    )
+    run = StageRun(stage=stage, dir=out, cfg=cfg, config_hash=chash)
     run.wandb_run = _start_wandb(cfg, stage, out, run.config_hash, resume)
     log.info("%s: writing to %s (config hash %s)", stage, out, run.config_hash)
     return run

@@ -24,7 +24,7 @@ from matrix.common.bad_rows import SHOWN
 from matrix.common.io import JsonlLog
 from matrix.core.cli import quiet_logs
 from matrix.core.config_check import check_stage
-from matrix.core.stage import config_hash, open_stage, stage_dir
+from matrix.core.stage import config_hash, open_stage, set_aside_stale, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
@@ -155,6 +155,8 @@ def run_train(cfg: DictConfig) -> dict | None:
 
     rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     out = stage_dir(cfg, "train")
+    if rank_zero:  # before the checkpoints are looked at: they may be another config's
+        set_aside_stale(cfg, "train")
     start = resume_point(cfg, out / "checkpoints", config_hash(cfg, "train"), rank_zero)
     stage = open_stage(cfg, "train", resume=not start.fresh) if rank_zero else None
     kept = keep_metrics(stage, start.step)

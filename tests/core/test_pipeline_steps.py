@@ -152,6 +152,9 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
         assert f"{step}: reusing finished run" in log
     assert "train: running (the last run did not finish" in log
     assert "evaluate: running (inputs changed: model" in log
+    # evaluate's answers came from the model of the run that did not finish: not resumed
+    assert "evaluate: starting fresh; the inputs of its finished run changed: model" in log
+    assert "starting fresh" not in log.replace("evaluate: starting fresh", "")
     assert "train_sft: running" not in log
 
     # Changing a training setting reruns every step downstream of it, and only those: both
@@ -164,6 +167,10 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     assert "generate: running (inputs changed: rejected_model" in log
     assert "train: running (config changed" in log
     assert "evaluate: running (inputs changed: model" in log
+    # and each of them starts fresh instead of resuming the old outputs in its folder
+    assert "generate: starting fresh; the inputs of its finished run changed: rejected_model" in log
+    assert "evaluate: starting fresh; the inputs of its finished run changed: model" in log
+    assert log.count("train: starting fresh; its last run had config hash") == 2
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

@@ -17,8 +17,9 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self):
+    def __init__(self, answer: str = "An answer."):
         self.calls = 0
+        self.answer = answer
 
     def generate(self, chats, sampling):
         self.calls += len(chats)
@@ -28,7 +29,7 @@ class ScriptedBackend:
             reply = (
                 ("M" if "[[" not in text else "[[A=B]]")
                 if "Best Model Identifier" in text
-                else "An answer."
+                else self.answer
             )
             out.append(Completion(reply, 3, 2))
         return out
@@ -73,6 +74,32 @@ def test_demo_runs_writes_report_and_resumes_without_duplicates(tmp_path):
         for x in (out / "alpaca_eval2" / "answers.jsonl").read_text().splitlines()
     ]
     assert len(ids) == len(set(ids)) == 8
+
+
+def _answers(path: Path) -> list[str]:
+    return [json.loads(x)["turns"][0] for x in path.read_text().splitlines()]
+
+
+def test_a_rerun_with_another_config_starts_fresh_instead_of_resuming_old_answers(tmp_path):
+    """The answers cache is keyed by item id: resuming it under another config (other sampling,
+    model, judge or baseline) would score the old model's answers. Such a folder is set aside."""
+    run_evaluate(_cfg(tmp_path), roles=_roles(_cfg(tmp_path), ScriptedBackend()))
+    out = tmp_path / "default" / "evaluate"
+    assert set(_answers(out / "alpaca_eval2" / "answers.jsonl")) == {"An answer."}
+
+    # a budget never changes results: the finished run is resumed and nothing asked again
+    budget = _cfg(tmp_path, "llm.budget.max_tokens=1000000")
+    same = ScriptedBackend("Not asked.")
+    run_evaluate(budget, roles=_roles(budget, same))
+    assert same.calls == 0 and not (tmp_path / "default" / ".stale").exists()
+
+    other = _cfg(tmp_path, "eval.sampling.max_new_tokens=100")
+    backend = ScriptedBackend("Another answer.")
+    run_evaluate(other, roles=_roles(other, backend))
+    assert backend.calls == 16  # 8 answers + 8 judgments, none resumed
+    assert set(_answers(out / "alpaca_eval2" / "answers.jsonl")) == {"Another answer."}
+    old = tmp_path / "default" / ".stale" / "evaluate" / "alpaca_eval2" / "answers.jsonl"
+    assert set(_answers(old)) == {"An answer."}
 
 
 def test_compare_marks_significance(tmp_path):

@@ -195,7 +195,7 @@ def test_retrieval_grounds_a_need_in_the_matching_scenarios(tmp_path, sim_dir):
     assert {s for r in rows for s in r["lineage"]["scenario_ids"]} == {"s00001-g001", "s00004-g000"}
 
 
-def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
+def test_a_higher_target_extends_and_changed_prompts_start_fresh(tmp_path, sim_dir):
     base = [
         f"generate.simulation_dir={sim_dir}",
         "generator=sft_general",
@@ -203,16 +203,7 @@ def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
         *SCRIPTED_ROLES,
     ]
     run_generate(compose_generate(tmp_path, *base), backends=scripted_backends())
-    more = compose_generate(
-        tmp_path,
-        *base[:2],
-        "generator.sets.general.target=3",
-        "generator.sets.general.prompts.response.system='Be brief.'",
-        *SCRIPTED_ROLES,
-    )
-    with pytest.raises(ConfigError, match="general: its kind or prompts changed since 2 rows"):
-        run_generate(more, backends=scripted_backends())
-    # Same prompts, higher target: only the missing row is generated.
+    # Same prompts, higher target: the finished run is resumed, only the missing row generated.
     again = compose_generate(
         tmp_path, *base[:2], "generator.sets.general.target=3", *SCRIPTED_ROLES
     )
@@ -220,6 +211,26 @@ def test_resume_with_changed_prompts_is_refused(tmp_path, sim_dir):
     run_generate(again, backends=backends)
     assert len(read_rows(_out(tmp_path) / "sft.jsonl")) == 3
     assert backends["gen"].calls == 1
+    assert not (tmp_path / "runs" / "default" / ".stale").exists()
+    # Other prompts: the rows made with the old ones are set aside, not resumed or mixed in.
+    other = compose_generate(
+        tmp_path,
+        *base[:2],
+        "generator.sets.general.target=3",
+        "generator.sets.general.prompts.response.system='Be brief.'",
+        *SCRIPTED_ROLES,
+    )
+    backends = scripted_backends()
+    run_generate(other, backends=backends)
+    rows = read_rows(_out(tmp_path) / "sft.jsonl")
+    old = read_rows(tmp_path / "runs" / "default" / ".stale" / "generate" / "sft.jsonl")
+    assert len(rows) == len(old) == 3
+
+    def response_templates(rs):
+        return {r["lineage"]["templates"]["response"] for r in rs}
+
+    assert len(response_templates(rows)) == len(response_templates(old)) == 1
+    assert response_templates(rows) != response_templates(old)  # every row made anew
 
 
 def test_sft_and_dpo_sets_draw_different_seeds(tmp_path, sim_dir):

@@ -137,3 +137,20 @@ def test_checkpoints_off_writes_none_and_still_exports(tmp_path, data_dir):
     out = tmp_path / "off" / "train"
     assert manifest["counts"]["steps"] == 2 and (out / "hf_model" / "config.json").is_file()
     assert not list(out.rglob("*.ckpt"))
+
+
+def test_a_rerun_on_changed_data_trains_again_instead_of_resuming(tmp_path, data_dir):
+    """Same config, but the data file at the same path was regenerated since the finished run
+    (an upstream step ran again): its checkpoints belong to other data and are not resumed."""
+    data = tmp_path / "sft.jsonl"
+    data.write_bytes((data_dir / "sft_short.jsonl").read_bytes())
+    extra = ("data.packing=false", "trainer.max_steps=2", "train.checkpoint.every_n_steps=2")
+    cfg = compose_train(tiny_overrides(tmp_path / "runs", data, "d", *extra))
+    first = run_train(cfg)
+    data.write_bytes((data_dir / "sft.jsonl").read_bytes())
+    again = run_train(cfg)
+    assert again["resumed_from"] is None  # a finished run of the same data would resume
+    run_dir = tmp_path / "runs" / "d" / "train"
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r] == [1, 2]
+    assert again["inputs"]["data"]["sha256"] != first["inputs"]["data"]["sha256"]
+    assert (tmp_path / "runs" / "d" / ".stale" / "train" / "manifest.json").exists()
