@@ -50,6 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from matrix.sim.phases import CROSS_GROUP, PHASES, Deps, dependencies, phase_specs  # noqa: E402
+
 _ITEM = re.compile(r"^([A-Z]{1,2})\. ", re.MULTILINE)
 _FIRST_MEMBER = re.compile(r"^0: (.+?) - ", re.MULTILINE)
 
@@ -131,12 +133,13 @@ class CountingDouble:
 
 
 # -- the work: requests per round, group and phase ---------------------------------------------
-PHASES = ("act", "route", "share", "scenario", "memory", "plan", "goal_check")
+# A recorded request's kind -> the scheduler's phase (matrix/sim/phases.py) that sends it.
+PHASE_OF_KIND = {"scenario": "summary"}
 # Median output tokens per request of each phase (a route answer: a line per item), and the
 # cap: max_new_tokens of conf/llm/vllm_llama3_8b_instruct.yaml (the paper presets' roles).
-MEDIAN_OUT = {"act": 60, "share": 16, "scenario": 150, "memory": 60, "plan": 70, "goal_check": 2}
+MEDIAN_OUT = {"act": 60, "share": 16, "summary": 150, "memory": 60, "plan": 70, "goal_check": 2}
 ROUTE_TOKENS_PER_ITEM = 12
-CAP_OUT = {"act": 256, "route": 256, "share": 256, "scenario": 512, "memory": 512, "plan": 256}
+CAP_OUT = {"act": 256, "route": 256, "share": 256, "summary": 512, "memory": 512, "plan": 256}
 CAP_OUT["goal_check"] = 4
 
 
@@ -171,9 +174,10 @@ def attribute(
             at = {"act": len("You are "), "memory": rec.user.find("Memories of ") + 12}
             i = at.get(rec.kind, 0)
             gid = next(name_to_group[n] for n in names if rec.user.startswith(n, i))
-        median = ROUTE_TOKENS_PER_ITEM * rec.items if rec.kind == "route" else MEDIAN_OUT[rec.kind]
-        n_out = max(1, min(CAP_OUT[rec.kind], round(median * math.exp(rng.gauss(0, 0.5)))))
-        out.append(Request(r, gid, rec.kind, rec.prompt_tokens, n_out))
+        phase = PHASE_OF_KIND.get(rec.kind, rec.kind)
+        median = ROUTE_TOKENS_PER_ITEM * rec.items if phase == "route" else MEDIAN_OUT[phase]
+        n_out = max(1, min(CAP_OUT[phase], round(median * math.exp(rng.gauss(0, 0.5)))))
+        out.append(Request(r, gid, phase, rec.prompt_tokens, n_out))
     return out
 
 
@@ -195,41 +199,50 @@ class _Queued:
 
 @dataclass
 class Node:
-    """A set of requests submitted together once its dependencies are done."""
+    """A set of requests submitted together once the nodes in `deps` are done and those in
+    `after_start` have been submitted (they took their inputs before this one changes them)."""
 
     key: tuple
     requests: list[Request]
     deps: list[tuple]
     priority: tuple
+    after_start: list[tuple] = field(default_factory=list)
     waiting: int = 0
     left: int = 0
     children: list = field(default_factory=list)
+    start_children: list = field(default_factory=list)
     done_at: float = -1.0
 
 
 def replay(nodes: dict[tuple, Node], server: Server) -> dict:
     """Event-driven replay: returns wall time and the time-average share of busy slots."""
     for n in nodes.values():
-        n.waiting, n.left = len(n.deps), len(n.requests)
+        n.waiting, n.left = len(n.deps) + len(n.after_start), len(n.requests)
         for d in n.deps:
             nodes[d].children.append(n)
+        for d in n.after_start:
+            nodes[d].start_children.append(n)
     queue: list[_Queued] = []
     seq = 0
     running: list[list] = []  # [prefill_left_s, decode_left_tokens, request, node]
     now = busy_area = 0.0
     done_nodes = 0
 
-    def finish(node: Node) -> None:
-        nonlocal done_nodes
-        node.done_at = now
-        done_nodes += 1
-        for c in node.children:
+    def release(children: list) -> None:
+        for c in children:
             c.waiting -= 1
             if c.waiting == 0:
                 start(c)
 
+    def finish(node: Node) -> None:
+        nonlocal done_nodes
+        node.done_at = now
+        done_nodes += 1
+        release(node.children)
+
     def start(node: Node) -> None:
         nonlocal seq
+        release(node.start_children)
         if not node.requests:
             finish(node)
             return
@@ -291,33 +304,32 @@ def lockstep_nodes(reqs: list[Request]) -> dict[tuple, Node]:
     return nodes
 
 
-def independent_nodes(reqs: list[Request], group_ids: list[int]) -> dict[tuple, Node]:
-    """One node per (group, round, phase) on its group's chain; route of round r also waits
-    for every group's share of round r-1 (the news it routes)."""
+def independent_nodes(
+    reqs: list[Request], group_ids: list[int], deps: dict[tuple, Deps]
+) -> dict[tuple, Node]:
+    """One node per (group, round, phase), waiting for what the groups scheduler waits for:
+    `deps` is matrix/sim/phases.py's `dependencies` for this config, the declaration the
+    scheduler runs on, and a route of round r also waits for every group's share of round
+    r-1 (`CROSS_GROUP`, the news it routes)."""
     by = defaultdict(list)
     for q in reqs:
         by[(q.group, q.round, q.phase)].append(q)
-    rounds = sorted({q.round for q in reqs})
+    missing = {(q.round, q.phase) for q in reqs} - set(deps)
+    assert not missing, f"requests of steps the scheduler does not run: {sorted(missing)}"
     nodes = {}
     for g in group_ids:
-        for r in rounds:
-
-            def key(ph, r=r, g=g):
-                return (g, r, ph)
-
-            prev_round_end = [(g, r - 1, "goal_check")] if r > rounds[0] else []
-            deps = {
-                "act": prev_round_end,
-                "route": [key("act")]
-                + ([(h, r - 1, "share") for h in group_ids] if r > rounds[0] else []),
-                "share": [key("route")],  # matrix/sim/scheduler.py shares after routing
-                "scenario": [key("share")],
-                "memory": [key("scenario")],
-                "plan": [key("memory")],
-                "goal_check": [key("plan")],
-            }
-            for ph in PHASES:
-                nodes[key(ph)] = Node(key(ph), by.get(key(ph), []), deps[ph], (r, PHASES.index(ph)))
+        for (r, ph), d in deps.items():
+            cross = CROSS_GROUP.get(ph)
+            after = [(g, *s) for s in d.done]
+            if cross and (r - 1, cross) in deps:
+                after += [(h, r - 1, cross) for h in group_ids]
+            nodes[(g, r, ph)] = Node(
+                (g, r, ph),
+                by.get((g, r, ph), []),
+                after,
+                (r, PHASES.index(ph)),
+                after_start=[(g, *s) for s in d.started],
+            )
     return nodes
 
 
@@ -334,29 +346,21 @@ def main() -> None:
     args = ap.parse_args()
     if args.trace and args.trace.exists():
         saved = json.loads(args.trace.read_text())
-        reqs = [Request(**q) for q in saved["requests"]]
+        reqs = [
+            Request(**{**q, "phase": PHASE_OF_KIND.get(q["phase"], q["phase"])})
+            for q in saved["requests"]
+        ]
         print(f"replaying {args.trace} ({saved['rounds']} rounds, {len(reqs)} requests)")
-        compare_schedules(reqs, saved["groups"], args)
+        # the phases' dependencies come from the config (its prompts and cadences), as in
+        # the stage: a trace replays against the conf/ it is read with
+        compare_schedules(reqs, saved["groups"], bench_config(args, "unused"), args)
         return
-
-    from hydra import compose, initialize_config_dir
 
     from matrix.llm.roles import Roles
     from matrix.sim.run import run_simulate
 
     with tempfile.TemporaryDirectory() as tmp:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(
-                "simulate",
-                overrides=[
-                    f"paths.runs_dir={tmp}",
-                    "logger=none",
-                    f"population.size={args.agents}",
-                    "population.min_age=null",  # the paper's 1,000 profiles, all of them
-                    f"simulation.max_rounds={args.rounds}",
-                    "run.name=bench",
-                ],
-            )
+        cfg = bench_config(args, tmp)
         # No call cache: every request reaches the double, so tokens are per round.
         double = CountingDouble()
         roles = Roles(cfg.llm, backends={"smollm2": double}, cache=False)
@@ -394,10 +398,27 @@ def main() -> None:
                 }
             )
         )
-    compare_schedules(reqs, [g["id"] for g in groups], args)
+    compare_schedules(reqs, [g["id"] for g in groups], cfg, args)
 
 
-def compare_schedules(reqs: list[Request], group_ids: list[int], args) -> None:
+def bench_config(args, runs_dir: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "simulate",
+            overrides=[
+                f"paths.runs_dir={runs_dir}",
+                "logger=none",
+                f"population.size={args.agents}",
+                "population.min_age=null",  # the paper's 1,000 profiles, all of them
+                f"simulation.max_rounds={args.rounds}",
+                "run.name=bench",
+            ],
+        )
+
+
+def compare_schedules(reqs: list[Request], group_ids: list[int], cfg, args) -> None:
     server = Server(
         args.concurrency, args.step_base_s, args.step_per_seq_s, args.prefill_s_per_token
     )
@@ -413,7 +434,14 @@ def compare_schedules(reqs: list[Request], group_ids: list[int], args) -> None:
         f"{args.step_per_seq_s * 1e3:.2f} ms/sequence, prefill {args.prefill_s_per_token * 1e6:.0f} us/token"
     )
     lock = replay(lockstep_nodes(reqs), server)
-    free = replay(independent_nodes(reqs, group_ids), server)
+    sim = cfg.simulation
+    deps = dependencies(
+        phase_specs(cfg.agent.prompts),
+        sorted({q.round for q in reqs}),
+        sim.revise_plan_every,
+        sim.goal_check_every,
+    )
+    free = replay(independent_nodes(reqs, group_ids, deps), server)
     print(f"{'schedule':<12} {'wall_s':>8} {'server_busy':>12}")
     print(f"{'lock-step':<12} {lock['wall_s']:>8.1f} {lock['busy']:>12.1%}")
     print(f"{'independent':<12} {free['wall_s']:>8.1f} {free['busy']:>12.1%}")
