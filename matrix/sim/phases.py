@@ -13,8 +13,9 @@ A group's phases in lock-step order (`PHASES`), with the group's state they touc
   routing, inbox (the observations, for the next round's action).
 - share: the modulator picks the other groups that hear of the actions. Reads actions,
   group_memory; writes forwarded (and publishes the news).
-- summary: the round's raw step joins the buffer; a full buffer becomes a scenario. Reads
-  routing, forwarded, buffer; writes buffer, group_memory.
+- summary: the round's raw step joins the buffer; a full buffer becomes a scenario, which
+  joins the group's memory. Reads routing, forwarded, buffer, group_memory; writes buffer,
+  group_memory.
 - memory, plan, goal_check: fold long memories, revise plans, check goals. Each reads what
   its prompt template uses (`{memory}`, `{observations}`, `{plan}`...), plus memory (fold),
   done and plan (plan revision: active members, current plan), done (goal check); writes
@@ -97,7 +98,10 @@ def phase_specs(agent_prompts: Mapping) -> dict[str, PhaseSpec]:
         "act": spec({"inbox", "memory", "plan", "done"}, {"actions", "inbox", "memory"}),
         "route": spec({"actions", "group_memory"}, {"routing", "inbox"}),
         "share": spec({"actions", "group_memory"}, {"forwarded"}),
-        "summary": spec({"routing", "forwarded", "buffer"}, {"buffer", "group_memory"}),
+        # the summary appends to the group's memory: it reads what it changes
+        "summary": spec(
+            {"routing", "forwarded", "buffer", "group_memory"}, {"buffer", "group_memory"}
+        ),
         "memory": spec({"memory"}, {"memory"}, "memory"),
         "plan": spec({"done", "plan"}, {"plan"}, "plan"),
         "goal_check": spec({"done"}, {"done"}, "goal_check"),
