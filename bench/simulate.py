@@ -12,17 +12,21 @@ server, under two schedules of the same work:
 - lock-step (what the engine does today): each round is a chain of global phases (all
   agents act, all modulators route, all modulators share, summaries, memories, plans, goal
   checks); a phase starts when every request of the phase before it has returned.
-- independent (`simulation.schedule=groups`, matrix/sim/scheduler.py): each group runs its
-  own chain (act -> route -> share -> summary -> memories -> plans -> goal checks -> next
-  round) as soon as its own requests return, with every
-  group's requests in flight at once up to the server's concurrency. The one cross-group
-  dependency is kept: a modulator routes round r's news only after every group has decided,
-  in round r-1, whom to tell (what makes resume exact, as in the engine).
+- independent (`simulation.schedule=groups`, matrix/sim/scheduler.py): each group's steps
+  (a phase of one round) are submitted as soon as the steps they depend on have returned,
+  with every group's requests in flight at once up to the server's concurrency. The
+  dependencies are those the scheduler runs on: `matrix.sim.phases.dependencies` of this
+  config's prompts and cadences (what each phase reads and writes), and the one
+  cross-group dependency (a modulator routes round r's news only after every group has
+  decided, in round r-1, whom to tell). So sharing runs beside routing, plans and goal
+  checks beside routing and the summary, the next round's actions beside the summary.
 
 The server model (continuous batching, vLLM-like): at most `--concurrency` requests run; a
 request first prefills its prompt (`--prefill-s-per-token` x prompt tokens), then decodes one
 token per engine step, and a step takes `--step-base-s` + `--step-per-seq-s` x running
-requests, so a lone request decodes faster than one in a full batch. Output lengths are
+requests, so a lone request decodes faster than one in a full batch; waiting requests start
+by (round, phase), as a server with a priority policy would order them, or first come first
+served with `--queue fcfs` (vLLM's default). Output lengths are
 drawn per request (seeded lognormal around a per-role median, capped at the paper preset's
 max_new_tokens), the same draws for both schedules. Defaults approximate Llama-3-8B on one
 H100: 10 ms/step alone, 25 ms/step at 256 sequences (~10K output tokens/s).

@@ -72,12 +72,17 @@ _HIDDEN["plan"] = NOT_GIVEN
 def given(agent: Agent, reads: frozenset[str]) -> Agent:
     """A copy of `agent` with the state of the resources outside `reads` hidden. Whether an
     agent is done is never hidden: the coordinator picks the active agents itself."""
-    a = copy.deepcopy(agent)
+    # profiles are frozen and texts immutable: only the lists a phase may change are copied
+    a = replace(agent, memory=list(agent.memory), inbox=list(agent.inbox))
     for res, names in AGENT_FIELDS.items():
         if res not in reads and res != "done":
             for name in names:
                 setattr(a, name, copy.copy(_HIDDEN[name]))
     return a
+
+
+def _copied(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value  # lists of texts; the rest immutable
 
 
 @dataclass
@@ -283,7 +288,7 @@ class GroupScheduler:
         sim, gid = self.sim, g.gid
         buffered = SimpleNamespace(
             agents=self.live.agents,  # names only
-            buffers={gid: copy.deepcopy(self.live.buffers.get(gid, []))},
+            buffers={gid: list(self.live.buffers.get(gid, []))},  # steps are never changed
         )
         sim.buffer_steps(r, res["events"], res["routing"].deliveries, res["forwarded"], buffered)
         res["buffer"] = buffer = buffered.buffers[gid]
@@ -403,13 +408,13 @@ class GroupScheduler:
     def _value(self, gid: int, res: str) -> Any:
         if res in AGENT_FIELDS:
             return {
-                a.index: {n: copy.deepcopy(getattr(a, n)) for n in AGENT_FIELDS[res]}
+                a.index: {n: _copied(getattr(a, n)) for n in AGENT_FIELDS[res]}
                 for a in self._members(gid)
             }
         if res == "group_memory":
             return list(self.live.groups[gid].memory)
         if res == "buffer":
-            return copy.deepcopy(self.live.buffers.get(gid, []))
+            return list(self.live.buffers.get(gid, []))
         return None  # a round's own results (actions, routing...) are kept by round
 
     # -- rounds: a group's end of round, then the commit of every group's ---------------------
@@ -417,12 +422,12 @@ class GroupScheduler:
         kept = g.before.pop(r, {})
         agents = {}
         for a in self._members(g.gid):
-            row = copy.deepcopy(a.to_row())
+            row = a.to_row()  # a copy (dataclasses.asdict)
             for res in AGENT_FIELDS:
                 if res in kept:
-                    row.update(copy.deepcopy(kept[res][a.index]))
+                    row.update(kept[res][a.index])
             agents[a.index] = row
-        group = copy.deepcopy(asdict(self.live.groups[g.gid]))
+        group = asdict(self.live.groups[g.gid])
         if "group_memory" in kept:
             group["memory"] = kept["group_memory"]
         buffer = kept.get("buffer", self._value(g.gid, "buffer"))
@@ -435,7 +440,7 @@ class GroupScheduler:
             flushed=res["flushed"],
             agents=agents,
             group=group,
-            buffer=copy.deepcopy(buffer),
+            buffer=list(buffer),
             deliveries=len(routing.deliveries),
             fallbacks=sum(1 for e in events if e.routing == "fallback")
             + sum(1 for d in routing.deliveries if d.how == "fallback"),
