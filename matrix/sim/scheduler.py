@@ -255,6 +255,8 @@ class GroupScheduler:
 
     def _prepare_act(self, g: _Group, r: int) -> Callable[[], _Out] | None:
         copies = self._copies("act", [a for a in self._members(g.gid) if not a.done])
+        if not copies:  # every member reached its goal: nothing to ask
+            return None
         return lambda: _Out(copies, self.sim.act(copies, r))
 
     def _group_copy(self, gid: int, phase: str, inbound: list[dict]) -> Group:
@@ -357,7 +359,7 @@ class GroupScheduler:
         self._launch(gid)
 
     def _apply_act(self, g: _Group, r: int, res: dict, out: _Out) -> None:
-        res["actions"] = out.value
+        res["actions"] = out.value or {}
 
     def _apply_route(self, g: _Group, r: int, res: dict, out: _Out) -> None:
         sim, state = self.sim, self.live
