@@ -128,3 +128,156 @@ def test_groups_schedule_resumes_a_crashed_run_to_the_same_rows(tmp_path):
 def test_groups_schedule_refuses_random_communication(tmp_path):
     with pytest.raises(ConfigError, match="simulation.schedule"):
         _run(tmp_path, "r", PureWorld(), "simulation.schedule=groups", "communication=random")
+
+
+class TimedWorld(PureWorld):
+    """A PureWorld that records each call: what it asks (kind, first lines) and when."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.log: list[tuple[str, str, float, float]] = []  # kind, user text, start, end
+
+    def generate(self, chats, sampling):
+        t0 = time.perf_counter()
+        out = super().generate(chats, sampling)
+        user = next(m["content"] for m in chats[0] if m["role"] == "user")
+        with self.lock:
+            self.log.append((_kind(user), user, t0, time.perf_counter()))
+        return out
+
+
+def _kind(user: str) -> str:
+    if "Which other communities would care" in user:
+        return "share"
+    if _ITEM.search(user) and "notice it?" in user:
+        return "route"
+    if "Rewrite the plan" in user:
+        return "plan"
+    if "Answer yes or no" in user:
+        return "goal_check"
+    if user.startswith("Community:"):
+        return "summary"
+    return "other"
+
+
+def _group_of(tmp_path, name, world_log):
+    """Each logged call -> its group: by the community description (modulator and summary
+    calls) or by the agent the prompt is about (plans, goal checks)."""
+    out = tmp_path / name / "simulate"
+    groups = json.loads((out / "groups.json").read_text())["groups"]
+    by_name = {a["profile"]["name"]: a["group"] for a in read_jsonl(out / "agents.jsonl")}
+    calls = []
+    for kind, user, t0, t1 in world_log:
+        first = user.split("\n", 1)[0].removeprefix("Your community: ").removeprefix("Community: ")
+        gid = next((g["id"] for g in groups if first == g["description"]), None)
+        if gid is None:
+            gid = next((g for n, g in by_name.items() if user.startswith(f"{n}'s goal")), None)
+        calls.append((kind, gid, t0, t1))
+    return calls
+
+
+def test_groups_schedule_runs_independent_phases_of_a_group_side_by_side(tmp_path):
+    """Sharing runs beside routing, and goal checks and plan revisions (which read neither
+    the routing nor the summary with the shipped prompts) beside routing, in one group."""
+    lock = _run(tmp_path, "lock", PureWorld())
+    world = TimedWorld(delay_s=0.05)
+    assert _run(tmp_path, "free", world, "simulation.schedule=groups") == lock
+    assert _rows(tmp_path, "free") == _rows(tmp_path, "lock")
+    calls = _group_of(tmp_path, "free", world.log)
+
+    def overlap(kind_a: str, kinds_b: set[str]) -> bool:
+        return any(
+            a[1] == b[1] and a[1] is not None and a[2] < b[3] and b[2] < a[3]
+            for a in calls
+            if a[0] == kind_a
+            for b in calls
+            if b[0] in kinds_b
+        )
+
+    assert overlap("route", {"share"})
+    assert overlap("route", {"plan", "goal_check"})
+
+
+# Agent prompts that read every changing field (observations, plan, memory): each phase must
+# be given, and wait for, what its template reads.
+_READ_ALL = {
+    "memory_summary": "Earlier summary: {summary}\nMemories of {name}:\n{old_memories}\n"
+    "Seen lately: {observations}\nPlan: {plan}\nSummarize these memories in two sentences.",
+    "revise_plan": "{name}'s goal: {goal}\nCurrent plan: {plan}\nSeen lately: {observations}\n"
+    "What happened so far:\n{memory}\nRewrite the plan as three short numbered steps.",
+    "goal_check": "{name}'s goal: {goal}\nPlan: {plan}\nSeen lately: {observations}\n"
+    "What happened so far:\n{memory}\nHas {name} fully achieved this goal? Answer yes or no.",
+}
+
+
+class MarkerWorld(PureWorld):
+    """Records every request that carries the scheduler's stand-in for state not given."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.not_given: list[str] = []
+
+    def generate(self, chats, sampling):
+        from matrix.sim.scheduler import NOT_GIVEN
+
+        for c in chats:
+            text = json.dumps(c)
+            if NOT_GIVEN in text:
+                with self.lock:
+                    self.not_given.append(text)
+        return super().generate(chats, sampling)
+
+
+def _run_read_all(tmp_path, name, world, *extra):
+    cfg = _cfg(tmp_path, name, "simulation.memory.max_items=3", "simulation.memory.keep=2", *extra)
+    for key, user in _READ_ALL.items():
+        cfg.agent.prompts[key].user = user
+    return run_simulate(cfg, roles=Roles(cfg.llm, backends={"smollm2": world}, cache=False))
+
+
+def test_groups_schedule_gives_each_phase_what_its_prompt_reads(tmp_path, monkeypatch):
+    """With prompts that read every changing field, each phase waits for, and is given,
+    the results it reads: the rows equal lock-step's and no request carries the stand-in
+    for state a phase was not given. A declaration that leaves out one read (goal checks
+    reading the plan) is caught: the stand-in reaches the goal-check prompts."""
+    from matrix.sim import phases, scheduler
+
+    lock = _run_read_all(tmp_path, "lock", PureWorld())
+    world = MarkerWorld(delay_s=0.01)
+    free = _run_read_all(tmp_path, "free", world, "simulation.schedule=groups")
+    assert world.not_given == []
+    assert free == lock and _rows(tmp_path, "free") == _rows(tmp_path, "lock")
+    rows = _rows(tmp_path, "lock")
+    assert any(a["memory_summary"] for a in rows["agents"])  # memories were folded
+
+    def without_plan_read(prompts):
+        specs = phases.phase_specs(prompts)
+        g = specs["goal_check"]
+        specs["goal_check"] = phases.PhaseSpec(g.reads - {"plan"}, g.writes)
+        return specs
+
+    monkeypatch.setattr(scheduler, "phase_specs", without_plan_read)
+    world = MarkerWorld()
+    _run_read_all(tmp_path, "wrong", world, "simulation.schedule=groups")
+    assert world.not_given and all("Answer yes or no" in t for t in world.not_given)
+
+
+def test_phase_dependencies_follow_the_prompts():
+    """With the shipped prompts, plans and goal checks wait for the actions and memories,
+    not for routing; prompts that read observations make them wait for routing too."""
+    from omegaconf import OmegaConf
+
+    from matrix.sim.phases import dependencies, phase_specs
+
+    shipped = OmegaConf.load("conf/agent/default.yaml").prompts
+    deps = dependencies(phase_specs(shipped), [1, 2], 2, 2)
+    assert (2, "route") not in deps[(2, "goal_check")].done
+    assert (2, "route") not in deps[(2, "plan")].done
+    assert (2, "memory") in deps[(2, "plan")].done
+    assert set(deps[(2, "share")].done) == {(1, "share"), (1, "summary"), (2, "act")}
+    assert (1, "summary") not in deps[(2, "act")].done  # next actions beside the summary
+    assert (1, "plan") not in deps  # plans revised every 2nd round only
+    read_all = {**shipped, **{k: {"user": v} for k, v in _READ_ALL.items()}}
+    deps = dependencies(phase_specs(read_all), [1, 2], 2, 2)
+    assert {(2, "route"), (2, "plan")} <= set(deps[(2, "goal_check")].done)
+    assert (2, "route") in deps[(2, "memory")].done
