@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matrix.common.prompts import render_prompt
-from matrix.llm.roles import RoleLLM
+from matrix.llm.role_llm import RoleLLM
 from matrix.sim.routing import Route, item_label, parse_route, parse_routes
 from matrix.sim.schemas import Agent
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.common.prompts import render_prompt
-from matrix.llm.roles import RoleLLM, Roles
+from matrix.llm.role_llm import RoleLLM
+from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import Communication, Decision, Delivery, Group, Routing
 from matrix.sim.schemas import Agent, Event, Scenario
