@@ -5,13 +5,8 @@ answers and keeps the chats it was sent) so the routing logic itself is what is 
 
 from matrix.llm.protocol import Completion, Sampling
 from matrix.llm.role_llm import build_role_llm
-from matrix.sim.communication import (
-    Group,
-    ModulatorLimits,
-    NoCommunication,
-    RandomCommunication,
-    StructuredCommunication,
-)
+from matrix.sim.communication import Group, NoCommunication, RandomCommunication
+from matrix.sim.modulator import ModulatorLimits, StructuredCommunication
 from matrix.sim.schemas import Agent, Profile
 
 PROMPTS = {

@@ -51,12 +51,14 @@ class RoleLedger:
                 self.on_batch()
 
 
-class CountedLLM(LLMWrapper):
-    """Counts every batch in `ledger` once it ends, failed or not."""
-
+class _LedgerWriter(LLMWrapper):
     def __init__(self, inner: StreamingLLM, ledger: RoleLedger):
         super().__init__(inner)
         self.ledger = ledger
+
+
+class CountedLLM(_LedgerWriter):
+    """Counts every batch in `ledger` once it ends, failed or not."""
 
     def generate_streaming(
         self, chats: Sequence[Chat], sampling: Sampling, on_result: OnResult
@@ -68,12 +70,8 @@ class CountedLLM(LLMWrapper):
             self.ledger.batch(len(chats), time.perf_counter() - t0)
 
 
-class PaidLLM(LLMWrapper):
+class PaidLLM(_LedgerWriter):
     """Books each row in `ledger` as it is reported from below, before passing it up."""
-
-    def __init__(self, inner: StreamingLLM, ledger: RoleLedger):
-        super().__init__(inner)
-        self.ledger = ledger
 
     def generate_streaming(
         self, chats: Sequence[Chat], sampling: Sampling, on_result: OnResult
