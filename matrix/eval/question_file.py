@@ -17,10 +17,10 @@ from typing import Any
 from matrix.common.bad_rows import BadRows
 from matrix.common.io import jsonl_lines
 from matrix.core.validation import ConfigError
-from matrix.eval.benchmarks.base import Record
 from matrix.sim.population import resolve_data_path
 
 KEY = "eval.benchmarks.custom"
+Record = dict[str, Any]  # as matrix.eval.benchmarks.base.Record (imported from there, a cycle)
 FORMATS = ("auto", "jsonl", "csv")
 DEFAULT_COLUMNS = {
     "id": "id",
