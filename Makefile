@@ -81,6 +81,7 @@ gpu-wheels: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m tools.long_functions --check
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from matrix.common.secrets import guard
+from matrix.common.secret_guard import guard
 from matrix.core.cli import check_command_line, run_stage
 
 

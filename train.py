@@ -8,7 +8,7 @@ python train.py model=llama3_8b data=matrix_20k --cfg job
 import hydra
 from omegaconf import DictConfig
 
-from matrix.common.secrets import guard
+from matrix.common.secret_guard import guard
 from matrix.core.cli import check_command_line, run_stage
 
 

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from matrix.common.secrets import guard
+from matrix.common.secret_guard import guard
 from matrix.core.cli import check_command_line, run_user_command
 from matrix.core.pipeline import flags_first, helper_rank, objective_value, run_pipeline
 

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import StorageError, storage_error
-from matrix.common.secrets import guard
+from matrix.common.secret_guard import guard
 from matrix.core.registry import get_stage
 from matrix.core.validation import ConfigError, ConfigProblems
 

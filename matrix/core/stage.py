@@ -35,7 +35,8 @@ from matrix.common.io import (
     write_json,
     write_jsonl,
 )
-from matrix.common.secrets import redact, scrubbed_argv
+from matrix.common.secret_guard import scrubbed_argv
+from matrix.common.secrets import redact
 from matrix.core.registry import STAGES
 
 if TYPE_CHECKING:

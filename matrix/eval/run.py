@@ -30,7 +30,8 @@ from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
 from matrix.llm.protocol import Sampling
-from matrix.llm.roles import RoleLLM, Roles
+from matrix.llm.role_llm import RoleLLM
+from matrix.llm.roles import Roles
 
 log = logging.getLogger(__name__)
 

@@ -180,20 +180,7 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         for n, s in sets.items()
         if s.get("retrieval")
     ]:
-        p.check(
-            r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
-        )
-        p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
-        p.check(
-            int(r["seed_streams"]) >= 1 and 0 <= int(r["seed_stream"]) < int(r["seed_streams"]),
-            f"{key}.seed_stream",
-            f"{r['seed_stream']} must be within [0, seed_streams={r['seed_streams']})",
-        )
-        p.check(
-            r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
-            f"{key}.personas_per_scenario",
-            "must be >= 1 or null",
-        )
+        _check_retrieval(p, key, r)
     p.check(
         0.0 < float(f.near_dup_threshold) <= 1.0,
         "generate.filters.near_dup_threshold",
@@ -204,6 +191,32 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         "generate.filters.max_instruction_chars",
         "must be above generate.filters.min_instruction_chars",
     )
+    _check_models(p, cfg, sets)
+    if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
+        _check_simulation(p, cfg)
+    return p
+
+
+def _check_retrieval(p: ConfigProblems, key: str, r: Any) -> None:
+    """One retrieval block (generate.retrieval, or a set's own) at config key `key`."""
+    p.check(
+        r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
+    )
+    p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
+    p.check(
+        int(r["seed_streams"]) >= 1 and 0 <= int(r["seed_stream"]) < int(r["seed_streams"]),
+        f"{key}.seed_stream",
+        f"{r['seed_stream']} must be within [0, seed_streams={r['seed_streams']})",
+    )
+    p.check(
+        r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
+        f"{key}.personas_per_scenario",
+        "must be >= 1 or null",
+    )
+
+
+def _check_models(p: ConfigProblems, cfg: DictConfig, sets: dict[str, Any]) -> None:
+    """The roles the selected sets need, and the rejected-answer model folder if one is set."""
     needed_roles = ["generator", "responder"]
     if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.generate.rejected_model:
         needed_roles.append("rejecter")
@@ -216,9 +229,6 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             f"no Hugging Face model folder at {cfg.generate.rejected_model} (expected config.json); "
             "point it at train.py's hf_model/ folder",
         )
-    if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
-        _check_simulation(p, cfg)
-    return p
 
 
 def _check_simulation(p: ConfigProblems, cfg: DictConfig) -> None:

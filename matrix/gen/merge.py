@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from matrix.common.io import JsonlLog, write_jsonl
 from matrix.core.merge import Merged
+from matrix.gen.state import SetState
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     from matrix.gen.filters import Deduper
     from matrix.gen.outputs import write_outputs
     from matrix.gen.run import simulation_input
-    from matrix.gen.state import SetState
 
     sim, inputs = simulation_input(cfg)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
@@ -34,23 +34,9 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     states: dict[str, SetState] = {}
     cross: list[dict] = []
     for spec in build_specs(cfg):  # the unsharded targets
-        rows = [
-            r
-            for d, m in shards
-            for r in JsonlLog(d / "sets" / f"{spec.name}.jsonl").read()[
-                : m["counts"][f"set/{spec.name}"]
-            ]
-        ]
-        rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+        rows = _rows_in_id_order(shards, spec.name)
         vectors = encoder.encode([row_instruction(r) for r in rows]) if rows else []
-        parts = [next(s for s in m["sets"] if s["name"] == spec.name) for _, m in shards]
-        st = SetState(kind=parts[0]["kind"], templates=parts[0]["templates"])
-        for part in parts:
-            st.seeds_used += part["seeds_used"]
-            st.steps += part["steps"]
-            st.surplus += part["surplus"]
-            for why, n in part["filtered"].items():
-                st.filtered[why] = st.filtered.get(why, 0) + n
+        st = _summed_state(shards, spec.name)
         by_set[spec.name] = []
         for r, v in zip(rows, vectors, strict=True):
             why = dedup[spec.kind].admit(row_instruction(r), v)
@@ -82,3 +68,28 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
         inputs,
         {"models": result["models"], "stats": result["stats"], "sets": result["sets"]},
     )
+
+
+def _rows_in_id_order(shards: list[tuple[Path, dict]], name: str) -> list[dict]:
+    """The committed rows of set `name` of every shard (each shard's file cut at the count
+    its manifest records), in id order."""
+    rows = [
+        r
+        for d, m in shards
+        for r in JsonlLog(d / "sets" / f"{name}.jsonl").read()[: m["counts"][f"set/{name}"]]
+    ]
+    rows.sort(key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+    return rows
+
+
+def _summed_state(shards: list[tuple[Path, dict]], name: str) -> SetState:
+    """Set `name`'s seeds, steps, surplus and filter counts, summed over the shards."""
+    parts = [next(s for s in m["sets"] if s["name"] == name) for _, m in shards]
+    st = SetState(kind=parts[0]["kind"], templates=parts[0]["templates"])
+    for part in parts:
+        st.seeds_used += part["seeds_used"]
+        st.steps += part["steps"]
+        st.surplus += part["surplus"]
+        for why, n in part["filtered"].items():
+            st.filtered[why] = st.filtered.get(why, 0) + n
+    return st

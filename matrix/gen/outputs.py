@@ -36,43 +36,8 @@ def write_outputs(
     """sft.jsonl / dpo.jsonl / <domain>.jsonl, hf/, stats.json and datacard.md from the
     accepted rows of each set; returns counts, stats and the per-set table for the manifest.
     (Written by a finished run and by the merge of shards.)"""
-    files: list[str] = []
-    kinds: dict[str, list[dict]] = {k: [] for k in KINDS}
-    domains: dict[str, list[dict]] = {}
-    for spec in specs:
-        kinds[spec.kind].extend(by_set[spec.name])
-        dkey = spec.domain if spec.kind == "sft" else f"{spec.domain}_dpo"
-        domains.setdefault(dkey, []).extend(by_set[spec.name])
-    for kind, rows in kinds.items():
-        if rows:
-            write_jsonl(out / f"{kind}.jsonl", rows)
-            files.append(f"{kind}.jsonl")
-    for dkey, rows in domains.items():
-        if dkey not in KINDS:  # a domain named sft/dpo would overwrite the main files
-            write_jsonl(out / f"{dkey}.jsonl", rows)
-            files.append(f"{dkey}.jsonl")
-    if cfg.generate.export_hf:
-        export_hf(out / "hf", {k: v for k, v in kinds.items() if v})
-        files.append("hf/ (datasets.load_from_disk)")
-
-    stats: dict[str, dict[str, Any]] = {}
-    n_scen = len(sim.scenarios) if sim else 0
-    n_agents = len(sim.agents) if sim else 0
-    for kind, rows in kinds.items():
-        if rows:
-            ins = [row_instruction(r) for r in rows]
-            resp = [t for r in rows for t in row_responses(r)]
-            stats[kind] = {
-                **diversity(ins, resp, encoder.encode(ins)),
-                **coverage(rows, n_scen, n_agents),
-            }
-    for spec in specs:
-        rows = by_set[spec.name]
-        if rows and len(specs) > 1:
-            ins = [row_instruction(r) for r in rows]
-            stats[f"set:{spec.name}"] = diversity(
-                ins, [t for r in rows for t in row_responses(r)], encoder.encode(ins)
-            )
+    kinds, files = _write_data_files(out, cfg, specs, by_set)
+    stats = _stats(specs, by_set, kinds, encoder, sim)
     write_json(out / "stats.json", stats)
     set_rows = [
         {
@@ -104,6 +69,61 @@ def write_outputs(
     counts["filtered"] = sum(sum(s["filtered"].values()) for s in set_rows)
     counts["seeds_used"] = sum(s["seeds_used"] for s in set_rows)
     return {"counts": counts, "stats": stats, "sets": set_rows, "models": models}
+
+
+def _write_data_files(
+    out: Path, cfg: DictConfig, specs: list[SetSpec], by_set: dict[str, list[dict]]
+) -> tuple[dict[str, list[dict]], list[str]]:
+    """The rows of every set joined per kind (sft.jsonl, dpo.jsonl) and per domain, and the
+    Hugging Face folder; returns the rows per kind and the files written."""
+    files: list[str] = []
+    kinds: dict[str, list[dict]] = {k: [] for k in KINDS}
+    domains: dict[str, list[dict]] = {}
+    for spec in specs:
+        kinds[spec.kind].extend(by_set[spec.name])
+        dkey = spec.domain if spec.kind == "sft" else f"{spec.domain}_dpo"
+        domains.setdefault(dkey, []).extend(by_set[spec.name])
+    for kind, rows in kinds.items():
+        if rows:
+            write_jsonl(out / f"{kind}.jsonl", rows)
+            files.append(f"{kind}.jsonl")
+    for dkey, rows in domains.items():
+        if dkey not in KINDS:  # a domain named sft/dpo would overwrite the main files
+            write_jsonl(out / f"{dkey}.jsonl", rows)
+            files.append(f"{dkey}.jsonl")
+    if cfg.generate.export_hf:
+        export_hf(out / "hf", {k: v for k, v in kinds.items() if v})
+        files.append("hf/ (datasets.load_from_disk)")
+    return kinds, files
+
+
+def _stats(
+    specs: list[SetSpec],
+    by_set: dict[str, list[dict]],
+    kinds: dict[str, list[dict]],
+    encoder: Encoder,
+    sim: SimulationData | None,
+) -> dict[str, dict[str, Any]]:
+    """Diversity and coverage per kind, and diversity per set when there are several."""
+    stats: dict[str, dict[str, Any]] = {}
+    n_scen = len(sim.scenarios) if sim else 0
+    n_agents = len(sim.agents) if sim else 0
+    for kind, rows in kinds.items():
+        if rows:
+            ins = [row_instruction(r) for r in rows]
+            resp = [t for r in rows for t in row_responses(r)]
+            stats[kind] = {
+                **diversity(ins, resp, encoder.encode(ins)),
+                **coverage(rows, n_scen, n_agents),
+            }
+    for spec in specs:
+        rows = by_set[spec.name]
+        if rows and len(specs) > 1:
+            ins = [row_instruction(r) for r in rows]
+            stats[f"set:{spec.name}"] = diversity(
+                ins, [t for r in rows for t in row_responses(r)], encoder.encode(ins)
+            )
+    return stats
 
 
 def export_hf(path: Path, splits: dict[str, list[dict]]) -> None:

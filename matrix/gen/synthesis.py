@@ -15,7 +15,7 @@ from matrix.common.prompts import render_prompt
 from matrix.gen.candidates import Candidate
 from matrix.gen.inputs import Seed
 from matrix.llm.protocol import Chat, Completion
-from matrix.llm.roles import RoleLLM
+from matrix.llm.role_llm import RoleLLM
 
 # Openings small models put before the actual request ("Sure! Here is the question:").
 _PREAMBLE = re.compile(

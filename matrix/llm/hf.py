@@ -156,23 +156,36 @@ class HFBackend:
                 gen = gen.sequences
             new = gen[:, batch["input_ids"].shape[1] :].tolist()
             for row, i, alts in zip(new, idx, top, strict=True):
-                n = len(row)
-                for j, t in enumerate(row):
-                    if t in eos_ids:
-                        n = j
-                        break
-                text = tok.decode(row[:n], skip_special_tokens=True)
-                text, stopped = truncate_at_stop(text, sampling.stop)
-                hit_eos = n < len(row)
-                out[i] = Completion(
-                    text=text.strip(),
-                    prompt_tokens=len(encoded[i]),
-                    completion_tokens=min(n + int(hit_eos), len(row)),
-                    finish_reason="stop" if (hit_eos or stopped) else "length",
-                    model=self.name,
-                    top_logprobs=tuple(alts[: min(n + int(hit_eos), len(row))]),
-                )
+                out[i] = self._decode(tok, row, eos_ids, sampling, len(encoded[i]), alts)
         return out  # type: ignore[return-value]
+
+    def _decode(
+        self,
+        tok,
+        row: list[int],
+        eos_ids: set[int],
+        sampling: Sampling,
+        prompt_tokens: int,
+        alts: list[dict[str, float]],
+    ) -> Completion:
+        """One generated row (padded past its end) as a Completion: cut at the first end
+        token, then at the first stop string; the end token counts as generated."""
+        n = len(row)
+        for j, t in enumerate(row):
+            if t in eos_ids:
+                n = j
+                break
+        text = tok.decode(row[:n], skip_special_tokens=True)
+        text, stopped = truncate_at_stop(text, sampling.stop)
+        hit_eos = n < len(row)
+        return Completion(
+            text=text.strip(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=min(n + int(hit_eos), len(row)),
+            finish_reason="stop" if (hit_eos or stopped) else "length",
+            model=self.name,
+            top_logprobs=tuple(alts[: min(n + int(hit_eos), len(row))]),
+        )
 
 
 def _top_logprobs(logits: Sequence[torch.Tensor], tok, k: int) -> list[list[dict[str, float]]]:

@@ -13,38 +13,32 @@ stops it by its process group.
 
 On ready it prints the `llm=` override that points every stage at it.
 
-The CPU build's sampler cannot rewind a CPU random generator (`RuntimeError: CPU Generator
-does not use offset`, vllm/v1/worker/gpu_model_runner.py): it tries to whenever a seeded
-request's prompt is prefilled in chunks, and the engine dies. On the CPU build the server is
-therefore started with chunked prefill off and a token budget of at least one full context,
-so no prompt is ever split and every seeded request can be served.
+What is served and how is a `ServeSpec` (`matrix.llm.server_spec`, which also explains the
+CPU build's settings); the record a failing stage reads is `matrix.llm.server_record`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from matrix.llm.embedded import cache_root, smollm2_hf_dir
 from matrix.llm.errors import LLMError
+from matrix.llm.server_record import last_error, record_path, server_record, write_record
+from matrix.llm.server_spec import ServeSpec
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_BATCHED_TOKENS = 2048  # vLLM's default max_num_batched_tokens
 
 
 def vllm_python() -> Path:
@@ -75,165 +69,7 @@ def vllm_build(python: Path) -> str:
     return out.stdout.strip()
 
 
-# --- the record of a server started by matrix, read back when a stage fails ----------------
-
-
-def _record_path(port: int) -> Path:
-    return cache_root() / "servers" / f"127.0.0.1-{port}.json"
-
-
-def server_record(base_url: str) -> dict | None:
-    """What matrix knows about the server at `base_url` if matrix started it on this machine
-    (pid, log, restart command), else None."""
-    m = re.match(r"https?://(?:127\.0\.0\.1|localhost|\[::1\]):(\d+)", base_url)
-    if not m:
-        return None
-    try:
-        return json.loads(_record_path(int(m.group(1))).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# Lines in vLLM's log that only relay an earlier error; the root cause is the line before them.
-_RELAYS = re.compile(
-    r"EngineDeadError|EngineCore encountered|Worker failed with error|output_handler failed|"
-    r"See stack trace|CancelledError|KeyboardInterrupt",
-    re.I,
-)
-_ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
-# Known causes of an engine death and what fixes each.
-_HINTS = (
-    (
-        "CPU Generator does not use offset",
-        "vLLM's CPU build cannot serve seeded requests whose prompt is prefilled in chunks; "
-        "serve with `python -m matrix.llm.server` (it turns chunked prefill off on the CPU "
-        "build) or add `--no-enable-chunked-prefill --max-num-batched-tokens <max-model-len>` "
-        "to your `vllm serve` command",
-    ),
-    (
-        "out of memory",
-        "lower --max-model-len or the batch (max_concurrency), or use a larger device",
-    ),
-)
-
-
-def last_error(log_text: str) -> str | None:
-    """The root-cause error line of a vLLM log (`RuntimeError: ...`), skipping the lines that
-    only relay it (EngineDeadError and friends); None if the log shows no error."""
-    found = None
-    for line in log_text.splitlines():
-        m = _ERROR_LINE.search(line)
-        if m and not _RELAYS.search(line):
-            found = f"{m.group(1)}: {m.group(2).strip()}"
-    return found
-
-
-def hint_for(error: str) -> str | None:
-    for needle, hint in _HINTS:
-        if needle.lower() in error.lower():
-            return hint
-    return None
-
-
-def diagnose(base_url: str) -> str:
-    """One paragraph on the server at `base_url` for an error message: whether matrix started
-    it and it is still running, its log's last error (with the fix for known causes), and the
-    command that starts it again. Empty when matrix did not start a server there."""
-    rec = server_record(base_url)
-    if rec is None:
-        return ""
-    state = "is still running" if _alive(int(rec["pid"])) else "has exited"
-    parts = [f"The server matrix started there (pid {rec['pid']}) {state}; log {rec['log']}."]
-    try:
-        text = Path(rec["log"]).read_text(errors="replace")
-        # Only this run of the server: the log is appended to across restarts.
-        text = text[int(rec.get("log_offset", 0)) :]
-    except OSError:
-        text = ""
-    err = last_error(text)
-    if err:
-        parts.append(f"Its log's last error: {err}.")
-        hint = hint_for(err)
-        if hint:
-            parts.append(f"Fix: {hint}.")
-    parts.append(f"Restart it with: {rec['restart']}")
-    return " ".join(parts)
-
-
 # --- the server process ----------------------------------------------------------------------
-
-
-@dataclass
-class ServeSpec:
-    """What to serve and how; `args()` is the vLLM command line, `command()` the matrix one."""
-
-    port: int = 8000
-    model_dir: str | None = None  # HF folder; None: the embedded SmolLM2
-    served_name: str = "smollm2"
-    max_model_len: int = 2048
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    dtype: str | None = None  # None: float32 on the CPU build, bfloat16 on CUDA
-    eager: bool | None = None  # None: eager on the CPU build (compiling costs minutes there)
-    extra_args: tuple[str, ...] = ()
-
-    def args(self, build: str) -> list[str]:
-        cpu = build == "cpu"
-        dtype = self.dtype or ("float32" if cpu else "bfloat16")
-        eager = cpu if self.eager is None else self.eager
-        model_dir = self.model_dir or str(smollm2_hf_dir())
-        args = [
-            "--model", str(model_dir),
-            "--served-model-name", self.served_name,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--max-model-len", str(self.max_model_len),
-            "--dtype", dtype,
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
-            "--data-parallel-size", str(self.data_parallel_size),
-            "--seed", "0",
-        ]  # fmt: skip
-        if cpu:  # see the module docstring: no prompt may be prefilled in chunks
-            budget = max(self.max_model_len, DEFAULT_BATCHED_TOKENS)
-            args += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(budget)]
-        if eager:
-            args.append("--enforce-eager")
-        return [*args, *self.extra_args]
-
-    def command(self) -> str:
-        """The `python -m matrix.llm.server ...` command that serves this spec again."""
-        parts = [sys.executable, "-m", "matrix.llm.server", "--port", str(self.port)]
-        if self.model_dir:
-            parts += ["--model-dir", str(self.model_dir)]
-        parts += ["--served-name", self.served_name, "--max-model-len", str(self.max_model_len)]
-        if self.tensor_parallel_size != 1:
-            parts += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
-        if self.data_parallel_size != 1:
-            parts += ["--data-parallel-size", str(self.data_parallel_size)]
-        if self.dtype:
-            parts += ["--dtype", self.dtype]
-        if self.eager is not None:
-            parts.append("--eager" if self.eager else "--compile")
-        if self.extra_args:
-            parts += ["--", *self.extra_args]
-        return shlex.join(parts)
-
-    def llm_override(self) -> str:
-        """The command-line overrides that point every stage's roles at this server."""
-        return (
-            f"llm=smollm2_server llm.backends.server.model={self.served_name} "
-            f"llm.backends.server.base_url=http://127.0.0.1:{self.port}/v1"
-        )
 
 
 class LocalServer:
@@ -317,11 +153,7 @@ class LocalServer:
             "restart": self.spec.command(),
             "vllm_command": shlex.join(cmd),
         }
-        path = _record_path(self.port)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        write_record(self.port, record)
         log.info("started vLLM (pid %d) on %s, log %s", self.proc.pid, self.base_url, self.log_path)
         return self
 
@@ -374,7 +206,7 @@ class LocalServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
         rec = server_record(self.base_url)
         if forget and rec is not None and rec.get("pid") == self.proc.pid:
-            _record_path(self.port).unlink(missing_ok=True)
+            record_path(self.port).unlink(missing_ok=True)
         self.proc = None
 
     def __enter__(self) -> LocalServer:

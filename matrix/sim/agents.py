@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matrix.common.prompts import render_prompt
-from matrix.llm.roles import RoleLLM
+from matrix.llm.role_llm import RoleLLM
 from matrix.sim.schemas import Agent, Profile
 
 _YES = re.compile(r"^\W*(yes|yeah|yep|achieved|done|true)\b", re.IGNORECASE)

@@ -11,24 +11,18 @@
 - random: each action reaches a random set of agents from the whole population.
 - none: agents act alone; nobody observes anybody.
 
-All three share one interface, so the engine does not know which one runs.
+All three share one interface (`Communication`, here with the two ablations), so the engine
+does not know which one runs; the structured mode is `matrix.sim.modulator`, and
+`matrix.sim.run.build_communication` picks one from `communication.mode`.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from matrix.common.prompts import render_prompt
-from matrix.llm.roles import RoleLLM
-from matrix.sim.routing import Route, item_label, parse_route, parse_routes
 from matrix.sim.schemas import Agent
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,35 +67,12 @@ class Routing:
     deliveries: list[Delivery] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class ModulatorLimits:
-    """Caps on what a modulator prompt shows and receives (communication.* in conf)."""
-
-    goal_chars: int = 200  # each member's goal, as shown to the modulator
-    memory_size: int = 3  # scenario summaries a group remembers
-    inbound_max: int = 6  # events from other groups queued for one modulator step
-    candidates: int = 8  # most similar other groups offered for inter-group routing
-    unparsed: str = "broadcast"  # an item with no usable answer after the retry: broadcast | nobody
-
-
 def members_text(group: Group, agents: Sequence[Agent], chars: int = 120) -> str:
     """Numbered members with a profile excerpt (group descriptions)."""
     return "\n".join(
         f"{local}: {agents[i].name} - {agents[i].profile.describe(chars)}"
         for local, i in enumerate(group.members)
     )
-
-
-def members_goals_text(group: Group, agents: Sequence[Agent], chars: int) -> str:
-    """Numbered members with their goals (what a modulator routes by)."""
-    return "\n".join(
-        f"{local}: {agents[i].name} - goal: {agents[i].goal[:chars] or '(unknown)'}"
-        for local, i in enumerate(group.members)
-    )
-
-
-def memory_text(group: Group) -> str:
-    return "\n".join(f"- {m}" for m in group.memory) or "(nothing yet)"
 
 
 class Communication:
@@ -152,200 +123,3 @@ class RandomCommunication(Communication):
             k = rng.randint(1, min(self.max_recipients, len(others))) if others else 0
             out[i] = Decision(tuple(sorted(rng.sample(others, k))), "random")
         return Routing(out)
-
-
-@dataclass
-class _Item:
-    """One thing a modulator routes: an own member's action or an inbound event."""
-
-    label: str
-    actor: int | None  # the member (agent index) who acted, None for inbound news
-    text: str
-    inbound: dict | None = None
-
-
-class StructuredCommunication(Communication):
-    mode = "structured"
-
-    def __init__(
-        self,
-        llm: RoleLLM,
-        prompts: Mapping,
-        group_vectors: np.ndarray | None,
-        inter_group: bool = True,
-        limits: ModulatorLimits = ModulatorLimits(),
-    ):
-        self.llm = llm
-        self.prompts = prompts
-        self.group_vectors = group_vectors
-        self.inter_group_enabled = inter_group
-        self.limits = limits
-        self.fallbacks = 0
-
-    # -- intra-group: one call per group per step -----------------------------------------
-    def _items(self, g: Group, actions: Mapping[int, str], agents: Sequence[Agent]) -> list[_Item]:
-        items = [
-            _Item("", i, f"{agents[i].name} (member {g.members.index(i)}): {actions[i]}")
-            for i in g.members
-            if i in actions
-        ]
-        for ev in g.inbound:
-            items.append(
-                _Item("", None, f"news from another community: {ev['name']}: {ev['action']}", ev)
-            )
-        for k, it in enumerate(items):
-            it.label = item_label(k)
-        return items
-
-    def _chat(self, g: Group, items: list[_Item], agents: Sequence[Agent]):
-        fields = {
-            "description": g.description,
-            "memory": memory_text(g),
-            "members": members_goals_text(g, agents, self.limits.goal_chars),
-            "items": "\n".join(f"{it.label}. {it.text}" for it in items),
-            "labels": ", ".join(it.label for it in items),
-        }
-        return render_prompt(
-            self.prompts["intra_group"], "communication.prompts.intra_group", **fields
-        )
-
-    def route(self, round_, actions, agents, groups):
-        out = {i: Decision((), "alone") for i in actions}
-        deliveries: list[Delivery] = []
-        jobs = []  # (group, items, chat)
-        for g in groups:
-            items = self._items(g, actions, agents)
-            if not items:
-                continue
-            if len(g.members) < 2:  # nobody to tell of an own action; news reaches the one member
-                deliveries += [
-                    self._delivery(g, it, tuple(g.members), "alone") for it in items if it.inbound
-                ]
-                continue
-            jobs.append((g, items, self._chat(g, items, agents)))
-        decided: dict[tuple[int, str], tuple[Route, str]] = {}
-        pending = list(range(len(jobs)))
-        for attempt, how in enumerate(("modulator", "retry")):
-            if not pending:
-                break
-            chats = [jobs[k][2] for k in pending]
-            if attempt:
-                chats = [
-                    c + [{"role": "user", "content": self.prompts["retry_hint"]}] for c in chats
-                ]
-            answers = self.llm.generate(chats)
-            still = []
-            for k, ans in zip(pending, answers, strict=True):
-                g, items, _ = jobs[k]
-                todo = [it for it in items if (g.id, it.label) not in decided]
-                exclude = {
-                    it.label: (g.members.index(it.actor) if it.actor is not None else None)
-                    for it in todo
-                }
-                routes = parse_routes(
-                    ans.text, [it.label for it in todo], range(len(g.members)), exclude
-                )
-                for label, route in routes.items():
-                    decided[(g.id, label)] = (route, how)
-                if len(routes) < len(todo):
-                    still.append(k)
-            pending = still
-        for g, items, _ in jobs:
-            for it in items:
-                got = decided.get((g.id, it.label))
-                if got is not None:
-                    route, how = got
-                    observers = tuple(g.members[x] for x in route.ids)
-                    reason = route.reason
-                else:
-                    self.fallbacks += 1
-                    how, reason = "fallback", "unparseable answer"
-                    observers = (
-                        tuple(m for m in g.members if m != it.actor)
-                        if self.limits.unparsed == "broadcast"
-                        else ()
-                    )
-                    log.info(
-                        "modulator of group %d gave no usable routing for item %s: %s",
-                        g.id,
-                        it.label,
-                        "broadcasting" if observers else "nobody observes it",
-                    )
-                if it.inbound is None:
-                    out[it.actor] = Decision(observers, how, reason)
-                else:
-                    deliveries.append(self._delivery(g, it, observers, how, reason))
-        return Routing(out, deliveries)
-
-    @staticmethod
-    def _delivery(g: Group, it: _Item, observers, how: str, reason: str = "") -> Delivery:
-        ev = it.inbound
-        return Delivery(
-            g.id, ev["group"], ev["agent"], ev["name"], ev["action"], observers, how, reason
-        )
-
-    # -- inter-group: which other groups hear of this group's events ----------------------
-    def _candidates(self, gid: int, groups: Sequence[Group]) -> list[int]:
-        others = [g.id for g in groups if g.id != gid]
-        if self.group_vectors is None or len(others) <= self.limits.candidates:
-            return others
-        sims = self.group_vectors[others] @ self.group_vectors[gid]
-        return [others[j] for j in np.argsort(-sims)[: self.limits.candidates]]
-
-    def inter_group(self, round_events, actions, agents, groups):
-        if not self.inter_group_enabled or len(groups) < 2:
-            return {}
-        jobs = []
-        for gid, actors in sorted(round_events.items()):
-            if not actors:
-                continue
-            cands = self._candidates(gid, groups)
-            fields = {
-                "description": groups[gid].description,
-                "memory": memory_text(groups[gid]),
-                "events": "\n".join(f"- {agents[i].name}: {actions[i]}" for i in actors),
-                "groups": "\n".join(f"{c}: {groups[c].description}" for c in cands),
-            }
-            jobs.append(
-                (
-                    gid,
-                    set(cands),
-                    render_prompt(
-                        self.prompts["inter_group"], "communication.prompts.inter_group", **fields
-                    ),
-                )
-            )
-        answers = self.llm.generate([j[2] for j in jobs]) if jobs else []
-        out = {}
-        for (gid, cands, _), ans in zip(jobs, answers, strict=True):
-            route: Route | None = parse_route(ans.text, cands, exclude=gid)
-            out[gid] = route.ids if route else ()
-        return out
-
-
-def build_communication(
-    mode: str, cfg: Mapping, llm: RoleLLM | None, group_vectors, seed: int
-) -> Communication:
-    if mode == "structured":
-        return StructuredCommunication(
-            llm,
-            cfg["prompts"],
-            group_vectors,
-            inter_group=bool(cfg["inter_group"]),
-            limits=modulator_limits(cfg),
-        )
-    if mode == "random":
-        return RandomCommunication(seed, int(cfg["size_max"]) - 1)
-    if mode == "none":
-        return NoCommunication()
-    raise ValueError(f"communication.mode={mode!r}: use structured, random or none")
-
-
-def modulator_limits(cfg: Mapping) -> ModulatorLimits:
-    return ModulatorLimits(
-        goal_chars=int(cfg["goal_chars"]),
-        memory_size=int(cfg["memory_size"]),
-        inbound_max=int(cfg["inbound_max"]),
-        candidates=int(cfg["inter_group_candidates"]),
-        unparsed=str(cfg["unparsed"]),
-    )

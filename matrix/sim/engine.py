@@ -18,92 +18,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from matrix.common.io import JsonlLog, read_json, write_json
 from matrix.common.prompts import render_prompt
-from matrix.llm.roles import RoleLLM, Roles
+from matrix.llm.role_llm import RoleLLM
+from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
-from matrix.sim.communication import Communication, Decision, Delivery, Group, Routing
+from matrix.sim.communication import Communication, Decision, Delivery, Routing
+from matrix.sim.config import SimConfig
 from matrix.sim.schemas import Agent, Event, Scenario
+from matrix.sim.state import SimState
 
 log = logging.getLogger(__name__)
-
-
-def _key(path: str) -> Any:
-    return field(metadata={"key": path})
-
-
-@dataclass
-class SimConfig:
-    """The engine's typed settings. Each field is filled from `simulation.<its name>` unless
-    its metadata names another key (`SimConfig.from_cfg`): a new option is one YAML line and
-    one field here."""
-
-    max_rounds: int
-    target_scenarios: int | None
-    interval: int = _key("scenario.interval")
-    flush_partial: bool = _key("scenario.flush_partial")
-    memory_max_items: int = _key("simulation.memory.max_items")
-    memory_keep: int = _key("simulation.memory.keep")
-    revise_plan_every: int
-    goal_check_every: int
-    inbox_max: int
-    seed: int = _key("seed")
-    # scenario summaries each modulator remembers
-    group_memory: int = _key("communication.memory_size")
-    # events queued for one modulator step
-    inbound_max: int = _key("communication.inbound_max")
-    # profile excerpt per participant in the summarizer prompt
-    scenario_profile_chars: int = _key("scenario.profile_chars")
-    schedule: str  # lockstep | groups
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> SimConfig:
-        from omegaconf import OmegaConf
-
-        cast = {"int": int, "bool": bool, "str": str}
-        values = {}
-        for f in fields(cls):
-            v = OmegaConf.select(cfg, f.metadata.get("key", f"simulation.{f.name}"))
-            values[f.name] = v if v is None else cast.get(str(f.type), lambda x: x)(v)
-        return cls(**values)
-
-
-@dataclass
-class SimState:
-    round: int = 0
-    agents: list[Agent] = field(default_factory=list)
-    groups: list[Group] = field(default_factory=list)
-    buffers: dict[int, list[dict]] = field(default_factory=dict)  # group -> raw steps
-    n_events: int = 0
-    n_scenarios: int = 0
-    stopped: str | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "round": self.round,
-            "agents": [a.to_row() for a in self.agents],
-            "groups": [asdict(g) for g in self.groups],
-            "buffers": {str(k): v for k, v in self.buffers.items()},
-            "n_events": self.n_events,
-            "n_scenarios": self.n_scenarios,
-            "stopped": self.stopped,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> SimState:
-        return cls(
-            round=d["round"],
-            agents=[Agent.from_row(a) for a in d["agents"]],
-            groups=[Group(**g) for g in d["groups"]],
-            buffers={int(k): v for k, v in d["buffers"].items()},
-            n_events=d["n_events"],
-            n_scenarios=d["n_scenarios"],
-            stopped=d.get("stopped"),
-        )
 
 
 class Simulation:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +18,25 @@ from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
 from matrix.core.validation import ConfigProblems
+from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
-from matrix.sim.communication import Group, build_communication, members_text
-from matrix.sim.engine import SimConfig, SimState, Simulation
-from matrix.sim.grouping import check_bounds, constrained_groups
-from matrix.sim.population import (
-    anonymize_rules,
-    field_map_problem,
-    file_columns,
-    load_profiles,
-    resolve_data_path,
-    sample_profiles,
+from matrix.sim.communication import (
+    Communication,
+    Group,
+    NoCommunication,
+    RandomCommunication,
+    members_text,
 )
+from matrix.sim.config import SimConfig
+from matrix.sim.engine import Simulation
+from matrix.sim.grouping import check_bounds, constrained_groups
+from matrix.sim.modulator import StructuredCommunication, modulator_limits
+from matrix.sim.population import load_profiles, resolve_data_path, sample_profiles
+from matrix.sim.profile_fields import field_map_problem, file_columns
+from matrix.sim.pseudonyms import anonymize_rules
 from matrix.sim.report import write_report
+from matrix.sim.state import SimState
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,23 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     for key in ("inbound_max", "memory_size", "goal_chars", "profile_chars"):
         p.check(int(comm[key]) >= 1, f"communication.{key}", "must be >= 1")
     p.check(int(cfg.scenario.interval) >= 1, "scenario.interval", "must be >= 1")
+    _check_population(p, pop)
+    if not p and pop.size is not None and isinstance(k, int):
+        try:
+            check_bounds(int(pop.size), k, int(comm.size_min), int(comm.size_max))
+        except ValueError as e:
+            p.add("communication", str(e))
+    for role in ("agent", "summarizer") + (("modulator",) if comm.mode == "structured" else ()):
+        p.check(
+            role in cfg.llm.roles,
+            f"llm.roles.{role}",
+            "missing; every simulate role needs a backend",
+        )
+    return p
+
+
+def _check_population(p: ConfigProblems, pop: DictConfig) -> None:
+    """population.*: the options, the file, and its columns against population.fields."""
     p.check(pop.on_error in ("skip", "fail"), "population.on_error", "use skip or fail")
     p.check(
         pop.anonymize in ("rules", "llm", "none"), "population.anonymize", "use rules, llm or none"
@@ -93,18 +116,6 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         problem = field_map_problem(path, columns, dict(pop.fields))
         if problem is not None and problem[1]:
             p.add("population.fields", problem[0])
-    if not p and pop.size is not None and isinstance(k, int):
-        try:
-            check_bounds(int(pop.size), k, int(comm.size_min), int(comm.size_max))
-        except ValueError as e:
-            p.add("communication", str(e))
-    for role in ("agent", "summarizer") + (("modulator",) if comm.mode == "structured" else ()):
-        p.check(
-            role in cfg.llm.roles,
-            f"llm.roles.{role}",
-            "missing; every simulate role needs a backend",
-        )
-    return p
 
 
 def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
@@ -194,6 +205,26 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
         state = sim.run(state)
     return finish_simulation(cfg, run, sim, state, roles, per_round)
+
+
+def build_communication(
+    mode: str, cfg: Mapping, llm: RoleLLM | None, group_vectors, seed: int
+) -> Communication:
+    """The communication schema `communication.mode` names (a new schema: a `Communication`
+    subclass and its name here, plus `conf/communication/<name>.yaml`)."""
+    if mode == "structured":
+        return StructuredCommunication(
+            llm,
+            cfg["prompts"],
+            group_vectors,
+            inter_group=bool(cfg["inter_group"]),
+            limits=modulator_limits(cfg),
+        )
+    if mode == "random":
+        return RandomCommunication(seed, int(cfg["size_max"]) - 1)
+    if mode == "none":
+        return NoCommunication()
+    raise ValueError(f"communication.mode={mode!r}: use structured, random or none")
 
 
 def restore_or_set_up(cfg: DictConfig, sim: Simulation, roles: Roles, out: Path) -> SimState:

@@ -99,19 +99,7 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
                 f"download it (`huggingface-cli download {spec}`) or set model.path=/path/to/folder",
             )
         else:
-            if m.get("init") != "random" and not (folder / "config.json").is_file():
-                p.add("model.path", f"model.path={folder} has no config.json")
-            if not any(
-                (folder / f).is_file()
-                for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-            ):
-                p.add("model.path", f"model.path={folder} has no tokenizer files (tokenizer.json)")
-            elif not m.get("chat_template") and not _has_chat_template(folder):
-                p.add(
-                    "model.path",
-                    f"model.path={folder} has no chat template; set model.chat_template=llama3 "
-                    "(the paper's choice for base models) or chatml",
-                )
+            _check_model_folder(folder, m, p)
             if ctx is None and (folder / "config.json").is_file():
                 data = json.loads((folder / "config.json").read_text())
                 ctx = data.get("text_config", data).get("max_position_embeddings")
@@ -130,6 +118,24 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
         p.add(
             "model.lora.quantize_4bit",
             "model.lora.quantize_4bit=true needs model.lora.enabled=true",
+        )
+
+
+def _check_model_folder(folder: Path, m: DictConfig, p: ConfigProblems) -> None:
+    """A local model folder has a config (unless initialised at random), tokenizer files and a
+    chat template (or model.chat_template names one)."""
+    if m.get("init") != "random" and not (folder / "config.json").is_file():
+        p.add("model.path", f"model.path={folder} has no config.json")
+    if not any(
+        (folder / f).is_file()
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        p.add("model.path", f"model.path={folder} has no tokenizer files (tokenizer.json)")
+    elif not m.get("chat_template") and not _has_chat_template(folder):
+        p.add(
+            "model.path",
+            f"model.path={folder} has no chat template; set model.chat_template=llama3 "
+            "(the paper's choice for base models) or chatml",
         )
 
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from matrix.common.io import JsonlLog, StorageError, read_json, read_jsonl, write_json
-from matrix.common.secrets import guard, is_secret_key, scrub, secret_values
+from matrix.common.secret_guard import guard
+from matrix.common.secrets import is_secret_key, scrub, secret_values
 from matrix.core.stage import resolved_config
 from matrix.eval.run import run_evaluate
 from matrix.llm.errors import LLMError

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from matrix.core.validation import ConfigError
-from matrix.eval.benchmarks.custom import load_questions
+from matrix.eval.question_file import load_questions
 from matrix.eval.run import run_evaluate, validate
 from matrix.llm.protocol import Completion
 from matrix.llm.roles import Roles

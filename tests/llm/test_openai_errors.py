@@ -3,7 +3,9 @@
 import pytest
 
 from matrix.llm.errors import EndpointUnreachable, LLMError
-from matrix.llm.openai_backend import OpenAIBackend, _retry_after, _truncate_left
+from matrix.llm.openai_backend import OpenAIBackend
+from matrix.llm.openai_failures import retry_after
+from matrix.llm.openai_payload import truncate_left
 from matrix.llm.protocol import Sampling
 from tests.llm.conftest import free_port
 
@@ -37,11 +39,11 @@ def test_retry_after_header_forms():
         def __init__(self, headers):
             self.response = R(headers)
 
-    assert _retry_after(E({"retry-after": "3"})) == 3.0
-    assert _retry_after(E({"retry-after-ms": "250"})) == 0.25
-    assert _retry_after(E({})) is None
-    assert _retry_after(ValueError()) is None
-    assert 0 <= _retry_after(E({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) < 1
+    assert retry_after(E({"retry-after": "3"})) == 3.0
+    assert retry_after(E({"retry-after-ms": "250"})) == 0.25
+    assert retry_after(E({})) is None
+    assert retry_after(ValueError()) is None
+    assert 0 <= retry_after(E({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) < 1
 
 
 def test_truncate_left_uses_the_reported_sizes():
@@ -50,7 +52,7 @@ def test_truncate_left_uses_the_reported_sizes():
         "at least 4096 input tokens"
     )
     chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x" * 1000}]
-    cut = _truncate_left(chat, msg, max_new_tokens=48)
+    cut = truncate_left(chat, msg, max_new_tokens=48)
     assert cut[0] == chat[0]
     assert 400 < len(cut[1]["content"]) < 500  # ~ (2048 - 48) / 4096 of it, the end kept
     assert chat[1]["content"] == "x" * 1000  # the caller's chat is not modified

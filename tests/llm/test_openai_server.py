@@ -224,7 +224,7 @@ def test_the_server_command_prints_the_override_and_restarts_a_dead_server(tmp_p
     import subprocess
     import sys
 
-    from matrix.llm.server import server_record
+    from matrix.llm.server_record import server_record
     from tests.conftest import free_port
 
     monkeypatch.setenv("MATRIX_CACHE", str(tmp_path / "cache"))  # its server record goes here

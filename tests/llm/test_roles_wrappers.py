@@ -201,3 +201,64 @@ def test_errors_survive_pickling_across_processes():
     b = pickle.loads(pickle.dumps(BudgetExhausted("over", {"tokens": 5}, {"max_tokens": 4})))
     assert b.spent == {"tokens": 5} and b.limit == {"max_tokens": 4}
     assert pickle.loads(pickle.dumps(StructuredOutputError("bad", "txt"))).text == "txt"
+
+
+# -- each wrapper alone, over a scripted backend (matrix/llm/wrappers/)
+
+
+class _ShortBackend(ScriptedBackend):
+    def generate(self, chats, sampling, on_result=None):
+        return super().generate(chats, sampling, on_result)[:-1]
+
+
+def test_streamed_wrapper_reports_each_row_once_and_checks_the_count():
+    from matrix.llm.protocol import Sampling
+    from matrix.llm.wrappers.serialized import SerializedLLM
+    from matrix.llm.wrappers.streamed import StreamedLLM
+
+    for backend in (ScriptedBackend(), StreamingScriptedBackend()):
+        heard: list[tuple[int, str]] = []
+
+        def listen(j, c, heard=heard):
+            heard.append((j, c.text))
+
+        out = StreamedLLM(SerializedLLM(backend)).generate_streaming(
+            chats_of("a", "b"), Sampling(), listen
+        )
+        assert heard == [(0, "echo: a"), (1, "echo: b")]
+        assert [c.text for c in out] == ["echo: a", "echo: b"]
+    with pytest.raises(RuntimeError, match="returned 1 completions for 2 chats"):
+        StreamedLLM(SerializedLLM(_ShortBackend())).generate(chats_of("a", "b"), Sampling())
+
+
+def test_cached_wrapper_alone_sends_each_distinct_miss_once(tmp_path):
+    from matrix.llm.protocol import Sampling
+    from matrix.llm.wrappers.cached import CachedLLM
+    from matrix.llm.wrappers.serialized import SerializedLLM
+    from matrix.llm.wrappers.streamed import StreamedLLM
+
+    backend, hits = ScriptedBackend(), []
+    llm = CachedLLM(StreamedLLM(SerializedLLM(backend)), CallCache.in_dir(tmp_path), hits.append)
+    llm.generate(chats_of("a"), Sampling())
+    out = llm.generate(chats_of("b", "a", "b"), Sampling())
+    assert [c.text for c in out] == ["echo: b", "echo: a", "echo: b"]
+    assert backend.batches == [chats_of("a"), chats_of("b")]
+    assert hits == [0, 2]  # the cached "a" and the second "b"
+
+
+def test_budgeted_wrapper_alone_sends_the_rows_that_fit_then_stops():
+    from matrix.llm.ledger import Budget, Prices, Usage
+    from matrix.llm.protocol import Sampling
+    from matrix.llm.wrappers.budgeted import BudgetedLLM
+    from matrix.llm.wrappers.serialized import SerializedLLM
+    from matrix.llm.wrappers.streamed import StreamedLLM
+
+    backend = ScriptedBackend()
+    # a 1-char row is estimated at 1 + 8 (template) prompt + 8 completion tokens = 17; the
+    # 100-char row at 25 + 8 + 8 = 41, past the cap even alone
+    llm = BudgetedLLM(
+        StreamedLLM(SerializedLLM(backend)), Budget(max_tokens=40), Usage(), Prices(), "judge"
+    )
+    with pytest.raises(BudgetExhausted, match="role 'judge'"):
+        llm.generate(chats_of("a", "b", "x" * 100), Sampling(max_new_tokens=8))
+    assert backend.batches == [chats_of("a", "b")]

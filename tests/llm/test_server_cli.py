@@ -14,15 +14,9 @@ import pytest
 from matrix.llm.errors import EndpointUnreachable
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
-from matrix.llm.server import (
-    ServeSpec,
-    diagnose,
-    hint_for,
-    last_error,
-    parser,
-    server_record,
-    spec_from_args,
-)
+from matrix.llm.server import parser, spec_from_args
+from matrix.llm.server_record import diagnose, hint_for, last_error, server_record
+from matrix.llm.server_spec import ServeSpec
 from tests.conftest import free_port
 from tests.doubles import chats_of
 

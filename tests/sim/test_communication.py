@@ -4,14 +4,9 @@ The structured mode is driven by a scripted modulator (a test double that replay
 answers and keeps the chats it was sent) so the routing logic itself is what is checked."""
 
 from matrix.llm.protocol import Completion, Sampling
-from matrix.llm.roles import RoleLLM
-from matrix.sim.communication import (
-    Group,
-    ModulatorLimits,
-    NoCommunication,
-    RandomCommunication,
-    StructuredCommunication,
-)
+from matrix.llm.role_llm import build_role_llm
+from matrix.sim.communication import Group, NoCommunication, RandomCommunication
+from matrix.sim.modulator import ModulatorLimits, StructuredCommunication
 from matrix.sim.schemas import Agent, Profile
 
 PROMPTS = {
@@ -53,7 +48,10 @@ def _world():
 
 def _comm(mod, **limits):
     return StructuredCommunication(
-        RoleLLM("modulator", mod, Sampling()), PROMPTS, None, limits=ModulatorLimits(**limits)
+        build_role_llm("modulator", mod, Sampling()),
+        PROMPTS,
+        None,
+        limits=ModulatorLimits(**limits),
     )
 
 
@@ -130,7 +128,10 @@ def test_inter_group_offers_the_named_number_of_candidates():
     vecs[2] = vecs[0] * 0.9 + vecs[2] * 0.1
     mod = ScriptedModulator(["[3]"])
     comm = StructuredCommunication(
-        RoleLLM("modulator", mod, Sampling()), PROMPTS, vecs, limits=ModulatorLimits(candidates=1)
+        build_role_llm("modulator", mod, Sampling()),
+        PROMPTS,
+        vecs,
+        limits=ModulatorLimits(candidates=1),
     )
     out = comm.inter_group({0: [0]}, {0: "x"}, agents, groups)
     assert "2: group two" in mod.chats[0][-1]["content"]

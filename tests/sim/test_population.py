@@ -9,7 +9,9 @@ import pytest
 from matrix.common.io import read_jsonl
 from matrix.llm.roles import Roles
 from matrix.sim.grouping import GroupingError, check_bounds, constrained_groups
-from matrix.sim.population import ProfileError, anonymize_rules, load_profiles
+from matrix.sim.population import load_profiles
+from matrix.sim.profile_fields import ProfileError
+from matrix.sim.pseudonyms import anonymize_rules
 from matrix.sim.run import run_simulate
 from tests.conftest import ROOT, compose
 from tests.doubles import PromptHashLLM

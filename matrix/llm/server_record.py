@@ -1,0 +1,115 @@
+"""The record of a server matrix started (pid, log, the command that starts it again), kept
+under the cache root per port, and what a failing stage says from it: whether the server is
+still running, its log's root-cause error with the fix for known causes, and the restart
+command. `LocalServer` writes the record; `OpenAIBackend` reads it when a call fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from matrix.llm.embedded import cache_root
+
+
+def record_path(port: int) -> Path:
+    return cache_root() / "servers" / f"127.0.0.1-{port}.json"
+
+
+def write_record(port: int, record: dict) -> None:
+    """Atomically (re)write the record of the server on `port`."""
+    path = record_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def server_record(base_url: str) -> dict | None:
+    """What matrix knows about the server at `base_url` if matrix started it on this machine
+    (pid, log, restart command), else None."""
+    m = re.match(r"https?://(?:127\.0\.0\.1|localhost|\[::1\]):(\d+)", base_url)
+    if not m:
+        return None
+    try:
+        return json.loads(record_path(int(m.group(1))).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Lines in vLLM's log that only relay an earlier error; the root cause is the line before them.
+_RELAYS = re.compile(
+    r"EngineDeadError|EngineCore encountered|Worker failed with error|output_handler failed|"
+    r"See stack trace|CancelledError|KeyboardInterrupt",
+    re.I,
+)
+_ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
+# Known causes of an engine death and what fixes each.
+_HINTS = (
+    (
+        "CPU Generator does not use offset",
+        "vLLM's CPU build cannot serve seeded requests whose prompt is prefilled in chunks; "
+        "serve with `python -m matrix.llm.server` (it turns chunked prefill off on the CPU "
+        "build) or add `--no-enable-chunked-prefill --max-num-batched-tokens <max-model-len>` "
+        "to your `vllm serve` command",
+    ),
+    (
+        "out of memory",
+        "lower --max-model-len or the batch (max_concurrency), or use a larger device",
+    ),
+)
+
+
+def last_error(log_text: str) -> str | None:
+    """The root-cause error line of a vLLM log (`RuntimeError: ...`), skipping the lines that
+    only relay it (EngineDeadError and friends); None if the log shows no error."""
+    found = None
+    for line in log_text.splitlines():
+        m = _ERROR_LINE.search(line)
+        if m and not _RELAYS.search(line):
+            found = f"{m.group(1)}: {m.group(2).strip()}"
+    return found
+
+
+def hint_for(error: str) -> str | None:
+    for needle, hint in _HINTS:
+        if needle.lower() in error.lower():
+            return hint
+    return None
+
+
+def diagnose(base_url: str) -> str:
+    """One paragraph on the server at `base_url` for an error message: whether matrix started
+    it and it is still running, its log's last error (with the fix for known causes), and the
+    command that starts it again. Empty when matrix did not start a server there."""
+    rec = server_record(base_url)
+    if rec is None:
+        return ""
+    state = "is still running" if _alive(int(rec["pid"])) else "has exited"
+    parts = [f"The server matrix started there (pid {rec['pid']}) {state}; log {rec['log']}."]
+    try:
+        text = Path(rec["log"]).read_text(errors="replace")
+        # Only this run of the server: the log is appended to across restarts.
+        text = text[int(rec.get("log_offset", 0)) :]
+    except OSError:
+        text = ""
+    err = last_error(text)
+    if err:
+        parts.append(f"Its log's last error: {err}.")
+        hint = hint_for(err)
+        if hint:
+            parts.append(f"Fix: {hint}.")
+    parts.append(f"Restart it with: {rec['restart']}")
+    return " ".join(parts)
