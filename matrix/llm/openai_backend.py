@@ -7,7 +7,8 @@ retried with exponential backoff and jitter, honouring Retry-After; the SDK's ow
 off so there is one retry policy. Each row is reported through `on_result` the moment it is
 answered, so the call cache keeps everything already paid for if the batch dies half-way.
 Calls from several threads at once (the simulator's `schedule: groups`) share the cap: at
-most `max_concurrency` requests of this backend are in flight in the whole process.
+most `max_concurrency` requests of this backend are in flight in the whole process, and the
+waiting ones get free slots in the order of their `request_priority` (matrix.llm.slots).
 
 The API key is read from the environment variable named by `api_key_env` at call time and
 never kept on the object, so it cannot reach a config dump, manifest or W&B; it is registered
@@ -23,7 +24,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -45,6 +45,7 @@ from matrix.llm.openai_failures import (
 )
 from matrix.llm.openai_payload import chat_request, completion_from, is_context_error, truncate_left
 from matrix.llm.protocol import Chat, Completion, Sampling
+from matrix.llm.slots import PrioritySlots, current_priority
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class OpenAIBackend:
         self._last_5xx: str | None = None  # the last HTTP 5xx this server answered
         # process-wide slots: each call runs its own event loop, so the per-call asyncio
         # semaphore alone would let n concurrent calls send n x max_concurrency requests
-        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        # (handed out by request priority: matrix.llm.slots)
+        self._slots = PrioritySlots(self.max_concurrency)
 
     @property
     def name(self) -> str:
@@ -191,7 +193,9 @@ class OpenAIBackend:
     ) -> list[Completion]:
         if not chats:
             return []
-        return _run(self._generate_all(list(chats), sampling, on_result))
+        # read here, in the caller's thread: `_run` may run the loop in another one
+        priority = current_priority()
+        return _run(self._generate_all(list(chats), sampling, on_result, priority))
 
     def generate_streaming(
         self,
@@ -207,6 +211,7 @@ class OpenAIBackend:
         chats: list[Chat],
         sampling: Sampling,
         on_result: Callable[[int, Completion], None] | None,
+        priority: int | None = None,
     ) -> list[Completion]:
         client = self._client()
         try:
@@ -217,8 +222,7 @@ class OpenAIBackend:
 
             async def one(i: int) -> None:
                 async with sem:
-                    while not self._slots.acquire(blocking=False):
-                        await asyncio.sleep(0.005)
+                    await self._slots.acquire(priority)
                     try:
                         out[i] = await self._complete(client, chats[i], sampling, i)
                     finally:
