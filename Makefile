@@ -82,6 +82,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m tools.long_functions --check
+	$(PY) -m tools.long_modules --check
 
 format: install
 	$(VENV)/bin/ruff check --fix .

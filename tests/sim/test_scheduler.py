@@ -218,7 +218,7 @@ class MarkerWorld(PureWorld):
         self.not_given: list[str] = []
 
     def generate(self, chats, sampling):
-        from matrix.sim.scheduler import NOT_GIVEN
+        from matrix.sim.group_steps import NOT_GIVEN
 
         for c in chats:
             text = json.dumps(c)
