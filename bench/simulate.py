@@ -25,8 +25,8 @@ The server model (continuous batching, vLLM-like): at most `--concurrency` reque
 request first prefills its prompt (`--prefill-s-per-token` x prompt tokens), then decodes one
 token per engine step, and a step takes `--step-base-s` + `--step-per-seq-s` x running
 requests, so a lone request decodes faster than one in a full batch; waiting requests start
-by (round, phase), as a server with a priority policy would order them, or first come first
-served with `--queue fcfs` (vLLM's default). Output lengths are
+by (round, phase), the order the OpenAI backend gives its slots to the `groups` schedule's
+requests (matrix.llm.slots), or first come first served with `--queue fcfs`. Output lengths are
 drawn per request (seeded lognormal around a per-role median, capped at the paper preset's
 max_new_tokens), the same draws for both schedules. Defaults approximate Llama-3-8B on one
 H100: 10 ms/step alone, 25 ms/step at 256 sequences (~10K output tokens/s).
@@ -54,7 +54,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matrix.sim.phases import CROSS_GROUP, PHASES, Deps, dependencies, phase_specs  # noqa: E402
+from matrix.sim.phases import (  # noqa: E402
+    CROSS_GROUP,
+    PHASES,
+    Deps,
+    dependencies,
+    phase_specs,
+    step_priority,
+)
 
 _ITEM = re.compile(r"^([A-Z]{1,2})\. ", re.MULTILINE)
 _FIRST_MEMBER = re.compile(r"^0: (.+?) - ", re.MULTILINE)
@@ -304,7 +311,9 @@ def lockstep_nodes(reqs: list[Request]) -> dict[tuple, Node]:
     for r in sorted({q.round for q in reqs}):
         for ph in PHASES:
             key = (r, ph)
-            nodes[key] = Node(key, by.get(key, []), [prev] if prev else [], (r, PHASES.index(ph)))
+            nodes[key] = Node(
+                key, by.get(key, []), [prev] if prev else [], (step_priority((r, ph)),)
+            )
             prev = key
     return nodes
 
@@ -332,7 +341,7 @@ def independent_nodes(
                 (g, r, ph),
                 by.get((g, r, ph), []),
                 after,
-                (r, PHASES.index(ph)),
+                (step_priority((r, ph)),),
                 after_start=[(g, *s) for s in d.started],
             )
     return nodes
@@ -352,8 +361,8 @@ def main() -> None:
         "--queue",
         choices=("priority", "fcfs"),
         default="priority",
-        help="the server's queue: by (round, phase) as vLLM's priority scheduling policy "
-        "would order it given those priorities, or first come first served (vLLM's default)",
+        help="the queue: by (round, phase), as the OpenAI backend's slots order the groups "
+        "schedule's requests (matrix.llm.slots), or first come first served",
     )
     args = ap.parse_args()
     if args.trace and args.trace.exists():

@@ -68,6 +68,14 @@ class PhaseSpec:
 Step = tuple[int, str]  # (round, phase)
 
 
+def step_priority(step: Step) -> int:
+    """The order in which waiting requests of the `groups` schedule get a server slot
+    (matrix.llm.slots; lower first): earlier rounds first, then lock-step phase order, so
+    the steps the rest of a round waits for are not stuck behind ones that can wait."""
+    r, phase = step
+    return r * len(PHASES) + PHASES.index(phase)
+
+
 @dataclass(frozen=True)
 class Deps:
     """What a step of one group waits for, in the same group (plus `CROSS_GROUP`)."""

@@ -45,13 +45,15 @@ from __future__ import annotations
 import copy
 import logging
 import queue
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from matrix.llm.slots import request_priority
 from matrix.sim.communication import Group
 from matrix.sim.engine import SimState, Simulation
 from matrix.sim.group_steps import AGENT_FIELDS, APPLY, NOT_GIVEN, PREPARE, StepOut
-from matrix.sim.phases import CROSS_GROUP, PHASES, Step, dependencies, phase_specs
+from matrix.sim.phases import CROSS_GROUP, PHASES, Step, dependencies, phase_specs, step_priority
 from matrix.sim.round_commit import GroupRound, finish_round, keep_before
 
 log = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ class GroupScheduler:
             self._apply(g.gid, step, StepOut())
             return True
         self.in_flight += 1
-        fut = self.pool.submit(call)
+        fut = self.pool.submit(_prioritized, step_priority(step), call)
         fut.add_done_callback(lambda f, gid=g.gid: self.events.put((gid, step, f)))
         return False
 
@@ -217,3 +219,9 @@ class GroupScheduler:
         if g.done >= self.round_steps[r] and r == g.finished_through + 1:
             finish_round(self, g, r)
         self._launch(gid)
+
+
+def _prioritized(priority: int, call: Callable[[], StepOut]) -> StepOut:
+    """Run a step's LLM call (in a worker thread) with its requests marked by `priority`."""
+    with request_priority(priority):
+        return call()

@@ -16,6 +16,8 @@ from matrix.common.io import read_jsonl
 from matrix.core.validation import ConfigError
 from matrix.llm.protocol import Completion
 from matrix.llm.roles import Roles
+from matrix.llm.slots import current_priority
+from matrix.sim.phases import PHASES
 from matrix.sim.run import run_simulate
 from tests.conftest import compose
 
@@ -281,3 +283,35 @@ def test_phase_dependencies_follow_the_prompts():
     deps = dependencies(phase_specs(read_all), [1, 2], 2, 2)
     assert {(2, "route"), (2, "plan")} <= set(deps[(2, "goal_check")].done)
     assert (2, "route") in deps[(2, "memory")].done
+
+
+class PriorityWorld(PureWorld):
+    """A PureWorld that records, per call, its kind and the request priority it carries."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen: list[tuple[str, int | None]] = []
+
+    def generate(self, chats, sampling):
+        user = next(m["content"] for m in chats[0] if m["role"] == "user")
+        with self.lock:
+            self.seen.append((_kind(user), current_priority()))
+        return super().generate(chats, sampling)
+
+
+def test_groups_schedule_marks_each_request_with_its_round_and_phase(tmp_path):
+    """A server backend hands waiting requests their slots by this mark (matrix.llm.slots)."""
+    free = PriorityWorld()
+    _run(tmp_path, "free", free, "simulation.schedule=groups")
+    first = next(i for i, (_, p) in enumerate(free.seen) if p is not None)
+    setup, scheduled = free.seen[:first], free.seen[first:]  # setup: before round 1
+    assert setup == [(k, None) for k, _ in setup]
+    assert len(scheduled) > len(setup) and all(p is not None for _, p in scheduled)
+    for kind, p in scheduled:
+        r, phase = divmod(p, len(PHASES))
+        assert 1 <= r <= 5
+        assert PHASES[phase] == kind if kind != "other" else PHASES[phase] in ("act", "memory")
+    assert {p % len(PHASES) for k, p in scheduled if k == "other"} >= {PHASES.index("act")}
+    lock = PriorityWorld()
+    _run(tmp_path, "lock", lock)
+    assert {p for _, p in lock.seen} == {None}  # lock-step sends one phase at a time
