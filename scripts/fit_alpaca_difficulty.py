@@ -7,7 +7,7 @@
 Inputs, all shipped under matrix/eval/data/alpaca_eval_2/ (see data/ATTRIBUTION.md): the slim
 upstream annotation sets (annotations_slim/), the published per-model GLM coefficients
 (lc_glm_weights.csv), the leaderboard (leaderboard.csv) and the gamed baselines' answer lengths
-(gamed_baseline_lengths.csv). Method: `matrix.eval.alpaca_lc` module docstring.
+(gamed_baseline_lengths.csv). Method: `matrix.eval.alpaca_lc_difficulty` module docstring.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import time
 
 import numpy as np
 
-from matrix.eval import alpaca_lc
+from matrix.eval.alpaca_lc_difficulty import fit_length_control_table
+from matrix.eval.alpaca_lc_loo import Deviation, leave_one_out_deviations
+from matrix.eval.alpaca_lc_table import TABLE_FILE, bundled_table, table_to_csv
 from matrix.eval.datafiles import DATA_DIR
 
 
-def loo_table(devs: list[alpaca_lc.Deviation]) -> str:
+def loo_table(devs: list[Deviation]) -> str:
     lines = [
         "| model | avg length | published LC | ours (left out) | deviation |",
         "|---|---|---|---|---|",
@@ -52,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the shipped table")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    table, _ = alpaca_lc.fit_length_control_table()
-    text = alpaca_lc.table_to_csv(table)
-    path = DATA_DIR / alpaca_lc.TABLE_FILE
+    table, _ = fit_length_control_table()
+    text = table_to_csv(table)
+    path = DATA_DIR / TABLE_FILE
     if args.check:
-        shipped = alpaca_lc.bundled_table()
+        shipped = bundled_table()
         diff = float(np.abs(shipped.difficulty - table.difficulty).max())
         print(f"max |difficulty - shipped| = {diff:.2e}")
         if diff > 1e-4:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {path} ({len(table.difficulty)} instructions) in {time.perf_counter() - t0:.1f}s"
         )
     if args.loo:
-        print(loo_table(alpaca_lc.leave_one_out_deviations()))
+        print(loo_table(leave_one_out_deviations()))
         print(f"total {time.perf_counter() - t0:.1f}s")
     return 0
 

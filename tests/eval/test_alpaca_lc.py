@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 
-from matrix.eval import alpaca_lc
-from matrix.eval.alpaca_lc import GamedRows, Pairwise, fit_length_controlled
+from matrix.eval.alpaca_lc_data import BASELINE, published_glm_weights, published_lc
+from matrix.eval.alpaca_lc_difficulty import fit_length_control_table, gamed_rows
+from matrix.eval.alpaca_lc_glm import GamedRows, Pairwise, fit_length_controlled
+from matrix.eval.alpaca_lc_loo import leave_one_out_deviations
+from matrix.eval.alpaca_lc_table import bundled_difficulty, bundled_table
 
 # The goal for a model the difficulty fit never saw (leave-one-model-out over every shipped
 # annotation set): mean |LC - published LC| <= 0.3 points, and <= 0.5 for every model whose
@@ -13,7 +16,7 @@ GOAL_IN_RANGE_ABS = 0.5
 
 @pytest.fixture(scope="module")
 def loo():
-    devs = alpaca_lc.leave_one_out_deviations()
+    devs = leave_one_out_deviations()
     assert len(devs) == 44  # every shipped set with a published LC, the baseline excluded
     return devs
 
@@ -34,8 +37,8 @@ def test_leave_one_model_out_each_in_range_model_meets_the_goal(loo):
 
 
 def test_shipped_table_is_what_the_script_fits():
-    table, _ = alpaca_lc.fit_length_control_table()
-    shipped = alpaca_lc.bundled_table()
+    table, _ = fit_length_control_table()
+    shipped = bundled_table()
     assert len(shipped.difficulty) == 805
     np.testing.assert_allclose(shipped.difficulty, table.difficulty, atol=1e-4)
     for a, b in zip(shipped.gamed, table.gamed, strict=True):
@@ -45,11 +48,11 @@ def test_shipped_table_is_what_the_script_fits():
 def test_table_reproduces_published_lc_from_published_coefficients():
     # upstream's LC is mean_x sigmoid(theta + psi * d_x) with its own table: with the published
     # coefficients, ours must give the published LC of the leaderboard models to the goal
-    d = alpaca_lc.bundled_difficulty()
+    d = bundled_difficulty()
     devs = [
         c.lc(d) - lc
-        for m, c in alpaca_lc.published_glm_weights().items()
-        if m != alpaca_lc.BASELINE and (lc := alpaca_lc.published_lc(m)) is not None
+        for m, c in published_glm_weights().items()
+        if m != BASELINE and (lc := published_lc(m)) is not None
     ]
     assert len(devs) > 150
     assert np.mean(np.abs(devs)) <= GOAL_MEAN_ABS
@@ -89,9 +92,9 @@ def test_gamed_rows_enter_without_model_term():
 
 
 def test_gamed_pseudo_rows_have_the_requested_label_sums():
-    d = alpaca_lc.bundled_difficulty()
+    d = bundled_difficulty()
     sums = np.array([-150.0, 400.0])
-    rows = alpaca_lc.gamed_rows(d, sums)
+    rows = gamed_rows(d, sums)
     got = np.array(
         [
             sum((g.preference * np.tanh(g.std_delta_len)).sum() for g in rows),

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from matrix.eval.alpaca_lc import BUNDLED_MODELS, load_bundled_annotations
+from matrix.eval.alpaca_lc_data import BUNDLED_MODELS, load_bundled_annotations
 from matrix.eval.datafiles import read_csv
 from matrix.eval.winrate import win_rate
 

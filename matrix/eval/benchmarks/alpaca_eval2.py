@@ -6,7 +6,7 @@ asked for its first token's top log-probs and the preference is P("m") / (P("m")
 upstream's weighted_alpaca_eval_gpt4_turbo; a judge backend that returns no log-probs (or none for
 either identifier) falls back to the hard verdict, 1 or 2. The scores count which was used
 (`preference_source`). Raw win rate with standard error, and the length-controlled win rate
-(`matrix.eval.alpaca_lc`, with the shipped difficulty table).
+(`matrix.eval.alpaca_lc_glm`, with the shipped difficulty table of `matrix.eval.alpaca_lc_table`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from matrix.eval.alpaca_lc import Pairwise, bundled_table, fit_length_controlled
+from matrix.eval.alpaca_lc_glm import Pairwise, fit_length_controlled
+from matrix.eval.alpaca_lc_table import bundled_table
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
 from matrix.eval.datafiles import read_jsonl, read_text
 from matrix.eval.judging import (
