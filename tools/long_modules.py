@@ -22,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 350
 
 # "path/to/module.py" -> why it stays one module
-ALLOWED_MODULES: dict[str, str] = {
-    "matrix/eval/alpaca_lc.py": (
-        "the length-controlled win rate (the GLM, the instruction-difficulty fit, the gamed "
-        "rows and the shipped table) written as one derivation against upstream alpaca_eval; "
-        "to be split into the fit and the table"
-    ),
-}
+ALLOWED_MODULES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
