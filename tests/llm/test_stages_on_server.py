@@ -111,6 +111,28 @@ def test_simulate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
     )
 
 
+def test_simulate_with_the_groups_schedule_through_the_server(work, proxy, simulated):
+    """The paper presets' schedule (`groups`, requests of many groups in flight at once, queued
+    by (round, phase) in the backend's slots) against the real server, the call cache off so
+    every request reaches it: the same rows as the lock-step run, one request per call."""
+    before = proxy.posts
+    extra = ("simulation.schedule=groups", "llm.cache.enabled=false")
+    counts = run_simulate(
+        compose("simulate", overrides(work, proxy.base_url, "sim_groups", *extra))
+    )
+    out = work / "runs" / "sim_groups" / "simulate"
+    events, scenarios = read_jsonl(out / "events.jsonl"), read_jsonl(out / "scenarios.jsonl")
+    for key in ("agents", "groups", "rounds", "events", "scenarios"):
+        assert counts[key] == simulated["counts"][key], key
+    lock = simulated["dir"]
+    assert [e["id"] for e in events] == [e["id"] for e in read_jsonl(lock / "events.jsonl")]
+    assert [s["id"] for s in scenarios] == [s["id"] for s in read_jsonl(lock / "scenarios.jsonl")]
+    assert all(s["summary"].strip() for s in scenarios)
+    led = manifest(out)["llm"]
+    assert led["roles"]["modulator"]["calls"] > 0 and led["total"]["cache_hits"] == 0
+    assert proxy.posts - before == served_calls(led) > 0
+
+
 def test_generate_through_the_server_then_a_rerun_from_the_cache(work, proxy, simulated):
     extra = ("generator=tiny", f"generate.simulation_dir={simulated['dir']}")
     before = proxy.posts
