@@ -39,7 +39,9 @@ CLOCK_FIELDS = (
 TRAIN_EVERY = 4
 # The soak's runs are longer than the tests', so that every kill lands on a new row count.
 SOAK_EXTRA = {
-    "simulate": [],  # 8 agents x 4 rounds: 32 events
+    # 8 agents x 24 rounds: a restart that must get past one checkpoint (min_own_work) before
+    # its kill commits a round, so 20 kills need more than 20 rounds to land in new work
+    "simulate": ["simulation.max_rounds=24"],
     "generate": [
         "generator.sets.general.target=10",
         "generator.sets.complex.target=4",
@@ -119,6 +121,10 @@ class Case:
     model_dir: Path
     extra: list[str]
     soak: bool = False
+    # LLM calls a simulate attempt makes before its kill point counts (did_work): the soak sets
+    # one checkpoint interval, so a restart gets past the round it redoes before it is killed;
+    # otherwise the redone calls alone would reach the next cumulative kill point every time
+    min_own_work: int = 1
 
     # -- commands and folders --------------------------------------------------------------
     def cmd(self, name: str) -> list[str]:
@@ -187,6 +193,8 @@ class Case:
             return now != before[: len(now)]
         if self.stage == "evaluate":
             return now[0] > before[0] or now[1] > before[1]
+        if self.stage == "simulate":
+            return now - before >= self.min_own_work
         return now > before
 
     def files(self, name: str) -> list[str]:

@@ -41,6 +41,8 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
     case.base.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     finish(start(case.cmd("whole"), whole_log), whole_log)
+    if stage == "simulate":
+        case.min_own_work = case.interval("whole")
     killed = run_with_kills(
         case.cmd("killed"),
         case.points(seed, "killed", kills, whole="whole"),
