@@ -41,7 +41,8 @@ TRAIN_EVERY = 4
 SOAK_EXTRA = {
     # 8 agents x 24 rounds: a restart that must get past one checkpoint (min_own_work) before
     # its kill commits a round, so 20 kills need more than 20 rounds to land in new work
-    "simulate": ["simulation.max_rounds=24"],
+    # (the group memory then outgrows the tiny model's 2,048-token context: cut prompts' start)
+    "simulate": ["simulation.max_rounds=24", "+llm.backends.smollm2.overflow=truncate_left"],
     "generate": [
         "generator.sets.general.target=10",
         "generator.sets.complex.target=4",
