@@ -16,13 +16,17 @@ on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss
 checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
 on_train_begin to on_train_end; matrix: the sum of its logged step times). Peak memory = the process's peak RSS while
-training. Prints the four rows and matrix's best mode over TRL's best mode.
+training. Prints the four rows and matrix's best mode over TRL's best mode. `--repeats N`
+runs the four modes N times interleaved (A B C D A B C D ...), each in a fresh process, and
+compares per-mode medians (with each mode's range and the per-round ratio's range), so a
+change in a shared machine's load weighs on every mode alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -275,55 +279,112 @@ def peer_child(args) -> None:
     print("RESULT " + json.dumps(r))
 
 
-def peer_main(args) -> None:
+def _run_child(args, mode: str, work: Path) -> dict | None:
+    """One mode in a fresh process; its result, or None (failure printed)."""
     import subprocess
+
+    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
+    cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
+    cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
+    cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
+    load = os.getloadavg()[0]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    if res.returncode or not line:
+        print(f"{mode}: failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+        return None
+    r = json.loads(line[-1][len("RESULT ") :])
+    r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
+    r["load_before"] = load
+    return r
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}" if len(values) > 1 else "-"
+
+
+def peer_main(args) -> None:
+    """Runs the four modes `--repeats` times, interleaved (A B C D A B C D ...), so a change
+    in the machine's load hits every mode alike; compares per-mode medians."""
+    import statistics
     import tempfile
 
     if args.peer != "trl":
         raise SystemExit(f"--peer {args.peer}: the only peer is trl")
     if args.device != "cpu":
         raise SystemExit("--peer trl runs on CPU (--device cpu)")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: use 1 or more")
     work = Path(tempfile.mkdtemp(prefix="matrix_bench_peer_"))
     rows = peer_rows(args.rows, args.seed, args.max_words)
     (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = {}
-    for mode in PEER_MODES:
-        cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
-        cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
-        cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
-        cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-        if res.returncode or not line:
-            print(f"{mode}: failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
-            continue
-        r = json.loads(line[-1][len("RESULT ") :])
-        r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
-        results[mode] = r
-        print(
-            f"{mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   real/total tokens "
-            f"{r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
-            f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s",
-            flush=True,
-        )
+    runs: dict[str, list[dict]] = {m: [] for m in PEER_MODES}
+    for rep in range(args.repeats):
+        for mode in PEER_MODES:
+            r = _run_child(args, mode, work)
+            if r is None:
+                continue
+            runs[mode].append(r)
+            print(
+                f"[{rep + 1}/{args.repeats}] {mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   "
+                f"real/total tokens {r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
+                f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s   "
+                f"load {r['load_before']:.1f}",
+                flush=True,
+            )
     print(
         f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
         f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
-        f"CPU threads={torch.get_num_threads()})"
+        f"CPU threads={torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+        f"repeats={args.repeats})"
     )
-    best = {
-        t: max((m for m in results if m.startswith(t)), key=lambda m: results[m]["tokens_per_s"])
-        for t in ("trl", "matrix")
-        if any(m.startswith(t) for m in results)
-    }
-    if len(best) == 2:
-        ours, theirs = results[best["matrix"]], results[best["trl"]]
+    median = {}
+    for mode, rs in runs.items():
+        if not rs:
+            continue
+        tps = [r["tokens_per_s"] for r in rs]
+        peaks = [r["peak_bytes"] / 2**30 for r in rs]
+        median[mode] = {
+            "tokens_per_s": statistics.median(tps),
+            "peak_gb": statistics.median(peaks),
+            "real_over_total": rs[0]["real_tokens"] / rs[0]["padded_tokens"],
+            "runs": len(rs),
+        }
         print(
-            f"matrix best ({best['matrix']}) / TRL best ({best['trl']}): "
-            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x real tokens/s, "
-            f"{ours['peak_bytes'] / theirs['peak_bytes']:.2f}x peak memory"
+            f"median {mode:<14} real tokens/s {median[mode]['tokens_per_s']:8.1f} "
+            f"(range {_spread(tps)})   peak {median[mode]['peak_gb']:5.2f} GB "
+            f"(range {_spread(peaks)})   {len(rs)} runs"
         )
-    print(json.dumps(results, default=float))
+    best = {
+        t: max((m for m in median if m.startswith(t)), key=lambda m: median[m]["tokens_per_s"])
+        for t in ("trl", "matrix")
+        if any(m.startswith(t) for m in median)
+    }
+    summary = {"median": median, "runs": runs}
+    if len(best) == 2:
+        ours, theirs = median[best["matrix"]], median[best["trl"]]
+        speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
+        memory = ours["peak_gb"] / theirs["peak_gb"]
+        # the same ratio within each round (runs of one round saw about the same load)
+        rounds = [
+            a["tokens_per_s"] / b["tokens_per_s"]
+            for a, b in zip(runs[best["matrix"]], runs[best["trl"]], strict=False)
+        ]
+        print(
+            f"matrix best ({best['matrix']}) / TRL best ({best['trl']}), medians: "
+            f"{speed:.2f}x real tokens/s (per round {_spread(rounds)}), "
+            f"{memory:.2f}x peak memory ({ours['peak_gb'] - theirs['peak_gb']:+.2f} GB)"
+        )
+        for t in ("padded", "packed"):
+            a, b = median.get(f"matrix:{t}"), median.get(f"trl:{t}")
+            if a and b:
+                print(
+                    f"matrix {t} / TRL {t}, medians: "
+                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x real tokens/s, "
+                    f"{a['peak_gb'] - b['peak_gb']:+.2f} GB peak"
+                )
+        summary.update(speed_ratio=speed, memory_ratio=memory, round_ratios=rounds)
+    print(json.dumps(summary, default=float))
 
 
 def main() -> None:
@@ -338,6 +399,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peer", default=None, help="trl: compare with TRL's SFTTrainer")
     ap.add_argument("--max-words", type=int, default=300, help="--peer: longest answer")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="--peer: run the four modes this many times, interleaved; report medians",
+    )
     ap.add_argument(
         "--gradient-checkpointing",
         choices=("on", "off"),
