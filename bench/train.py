@@ -15,8 +15,10 @@ in fp32 unless --model says otherwise), AdamW at lr 2e-5, rows per batch, maximu
 on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`), gradient
 checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
-on_train_begin to on_train_end; matrix: the sum of its logged step times). Peak memory = the process's peak RSS while
-training. Prints the four rows and matrix's best mode over TRL's best mode. `--repeats N`
+on_train_begin to on_train_end; matrix: the sum of its logged step times); real tokens per
+CPU-second divides by the process's CPU time over the same span instead (Lightning's
+on_train_start to on_train_end for matrix), which a loaded machine inflates far less. Peak
+memory = the process's peak RSS while training. Prints the four rows and matrix's best mode over TRL's best mode. `--repeats N`
 runs the four modes N times interleaved (A B C D A B C D ...), each in a fresh process, and
 compares per-mode medians (with each mode's range and the per-round ratio's range), so a
 change in a shared machine's load weighs on every mode alike.
@@ -154,10 +156,11 @@ def _train_clock():
         cover too (its StepLogger clock starts at Lightning's on_train_start)."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds = time.perf_counter() - self.t0
+            self.cpu_seconds = time.process_time() - self.c0
 
     return TrainClock
 
@@ -215,14 +218,30 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
     trainer.add_callback(clock)
     reset_peak()
     trainer.train()
-    seconds = clock.seconds
     return {
         "real_tokens": counts["real"],
         "padded_tokens": counts["total"],
-        "seconds": seconds,
+        "seconds": clock.seconds,
+        "cpu_seconds": clock.cpu_seconds,
         "peak_bytes": peak_bytes(),
         "steps": trainer.state.global_step,
     }
+
+
+def _fit_cpu_clock():
+    import lightning as L
+
+    class FitCPUClock(L.Callback):
+        """CPU seconds of the process from the training loop's start to its end (the span
+        TRL's clock covers), which a shared machine's load inflates far less than wall time."""
+
+        def on_train_start(self, trainer, pl_module):
+            self.c0 = time.process_time()
+
+        def on_train_end(self, trainer, pl_module):
+            self.cpu_seconds = time.process_time() - self.c0
+
+    return FitCPUClock()
 
 
 def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
@@ -250,7 +269,8 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
             ],
         )
-    run_train(cfg)
+    clock = _fit_cpu_clock()
+    run_train(cfg, callbacks=[clock])
     steps = [
         r for r in read_jsonl(work / "matrix" / "train" / "metrics.jsonl") if "train/loss" in r
     ]
@@ -262,6 +282,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
             n / r["train/padding_efficiency"] for n, r in zip(real, steps, strict=True)
         ),
         "seconds": sum(n / r["train/tokens_per_s"] for n, r in zip(real, steps, strict=True)),
+        "cpu_seconds": clock.cpu_seconds,
         "peak_bytes": max(r["train/peak_memory_gb"] for r in steps) * 2**30,
         "steps": len(steps),
     }
@@ -272,18 +293,19 @@ PEER_MODES = ("trl:padded", "trl:packed", "matrix:padded", "matrix:packed")
 
 def peer_child(args) -> None:
     trainer, mode = args.child.split(":")
-    work = Path(args.work) / args.child.replace(":", "_")
+    work = Path(args.work) / f"{args.child.replace(':', '_')}_{args.rep}"
     work.mkdir(parents=True, exist_ok=True)
     run = run_trl if trainer == "trl" else run_matrix
     r = run(args, mode == "packed", Path(args.work) / "chats.jsonl", work)
     print("RESULT " + json.dumps(r))
 
 
-def _run_child(args, mode: str, work: Path) -> dict | None:
-    """One mode in a fresh process; its result, or None (failure printed)."""
+def _run_child(args, mode: str, work: Path, rep: int) -> dict | None:
+    """One mode in a fresh process (and a fresh run folder); its result, or None (failure
+    printed)."""
     import subprocess
 
-    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
+    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--rep", str(rep)]
     cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
     cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
     cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
@@ -295,12 +317,13 @@ def _run_child(args, mode: str, work: Path) -> dict | None:
         return None
     r = json.loads(line[-1][len("RESULT ") :])
     r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
+    r["tokens_per_cpu_s"] = r["real_tokens"] / r["cpu_seconds"]
     r["load_before"] = load
     return r
 
 
-def _spread(values: list[float]) -> str:
-    return f"{min(values):.1f}-{max(values):.1f}" if len(values) > 1 else "-"
+def _spread(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
 
 
 def peer_main(args) -> None:
@@ -321,12 +344,13 @@ def peer_main(args) -> None:
     runs: dict[str, list[dict]] = {m: [] for m in PEER_MODES}
     for rep in range(args.repeats):
         for mode in PEER_MODES:
-            r = _run_child(args, mode, work)
+            r = _run_child(args, mode, work, rep)
             if r is None:
                 continue
             runs[mode].append(r)
             print(
                 f"[{rep + 1}/{args.repeats}] {mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   "
+                f"per CPU-s {r['tokens_per_cpu_s']:6.1f}   "
                 f"real/total tokens {r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
                 f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s   "
                 f"load {r['load_before']:.1f}",
@@ -343,17 +367,20 @@ def peer_main(args) -> None:
         if not rs:
             continue
         tps = [r["tokens_per_s"] for r in rs]
+        cps = [r["tokens_per_cpu_s"] for r in rs]
         peaks = [r["peak_bytes"] / 2**30 for r in rs]
         median[mode] = {
             "tokens_per_s": statistics.median(tps),
+            "tokens_per_cpu_s": statistics.median(cps),
             "peak_gb": statistics.median(peaks),
             "real_over_total": rs[0]["real_tokens"] / rs[0]["padded_tokens"],
             "runs": len(rs),
         }
         print(
             f"median {mode:<14} real tokens/s {median[mode]['tokens_per_s']:8.1f} "
-            f"(range {_spread(tps)})   peak {median[mode]['peak_gb']:5.2f} GB "
-            f"(range {_spread(peaks)})   {len(rs)} runs"
+            f"(range {_spread(tps)})   per CPU-s {median[mode]['tokens_per_cpu_s']:6.1f} "
+            f"(range {_spread(cps)})   peak {median[mode]['peak_gb']:5.2f} GB "
+            f"(range {_spread(peaks, 2)})   {len(rs)} runs"
         )
     best = {
         t: max((m for m in median if m.startswith(t)), key=lambda m: median[m]["tokens_per_s"])
@@ -364,6 +391,7 @@ def peer_main(args) -> None:
     if len(best) == 2:
         ours, theirs = median[best["matrix"]], median[best["trl"]]
         speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
+        cpu_speed = ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"]
         memory = ours["peak_gb"] / theirs["peak_gb"]
         # the same ratio within each round (runs of one round saw about the same load)
         rounds = [
@@ -372,7 +400,8 @@ def peer_main(args) -> None:
         ]
         print(
             f"matrix best ({best['matrix']}) / TRL best ({best['trl']}), medians: "
-            f"{speed:.2f}x real tokens/s (per round {_spread(rounds)}), "
+            f"{speed:.2f}x real tokens/s (per round {_spread(rounds, 2)}), "
+            f"{cpu_speed:.2f}x real tokens per CPU-second, "
             f"{memory:.2f}x peak memory ({ours['peak_gb'] - theirs['peak_gb']:+.2f} GB)"
         )
         for t in ("padded", "packed"):
@@ -381,9 +410,12 @@ def peer_main(args) -> None:
                 print(
                     f"matrix {t} / TRL {t}, medians: "
                     f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x real tokens/s, "
+                    f"{a['tokens_per_cpu_s'] / b['tokens_per_cpu_s']:.2f}x per CPU-second, "
                     f"{a['peak_gb'] - b['peak_gb']:+.2f} GB peak"
                 )
-        summary.update(speed_ratio=speed, memory_ratio=memory, round_ratios=rounds)
+        summary.update(
+            speed_ratio=speed, cpu_speed_ratio=cpu_speed, memory_ratio=memory, round_ratios=rounds
+        )
     print(json.dumps(summary, default=float))
 
 
@@ -413,6 +445,7 @@ def main() -> None:
     )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return peer_child(args)
