@@ -16,8 +16,9 @@ on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss
 checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
 on_train_begin to on_train_end; matrix: the sum of its logged step times); real tokens per
-CPU-second divides by the process's CPU time over the same span instead (Lightning's
-on_train_start to on_train_end for matrix), which a loaded machine inflates far less. Peak
+CPU-second divides by the process's CPU time over the same span instead (matrix: Lightning's
+on_train_start to the last batch's end), which a loaded machine inflates far less. Neither
+trainer saves a checkpoint. Peak
 memory = the process's peak RSS while training. Prints the four rows and matrix's best mode over TRL's best mode. `--repeats N`
 runs the four modes N times interleaved (A B C D A B C D ...), each in a fresh process, and
 compares per-mode medians (with each mode's range and the per-round ratio's range), so a
@@ -232,13 +233,14 @@ def _fit_cpu_clock():
     import lightning as L
 
     class FitCPUClock(L.Callback):
-        """CPU seconds of the process from the training loop's start to its end (the span
-        TRL's clock covers), which a shared machine's load inflates far less than wall time."""
+        """CPU seconds of the process from the training loop's start to its last batch's end
+        (the span of the step times), which a shared machine's load inflates far less than
+        wall time."""
 
         def on_train_start(self, trainer, pl_module):
             self.c0 = time.process_time()
 
-        def on_train_end(self, trainer, pl_module):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.cpu_seconds = time.process_time() - self.c0
 
     return FitCPUClock()
@@ -265,7 +267,8 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 "trainer.max_epochs=1",
                 "trainer.log_every_n_steps=1",
                 "trainer.progress_bar=false",
-                "train.checkpoint.every_n_steps=0",
+                # no checkpoint, as TRL saves none (save_strategy="no")
+                "train.checkpoint.enabled=false",
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
             ],
         )
