@@ -195,6 +195,9 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
         report_to="none",
         logging_steps=10_000,
         use_cpu=True,
+        # SFTConfig defaults bf16=True, which on CPU runs the step under bf16 autocast; the
+        # comparison is fp32 on both sides (matrix: trainer=cpu, precision 32-true)
+        bf16=False,
         dataloader_num_workers=0,
         seed=args.seed,
         optim="adamw_torch",
