@@ -11,7 +11,7 @@ the end-to-end gain from packing. Prints MFU on a GPU.
 `--peer trl` (CPU; needs the `bench` extra) trains the same chats for one epoch four ways,
 each in a fresh process: TRL's SFTTrainer padded and packed (best-fit decreasing, padding-free),
 and matrix's train stage (`run_train`, Lightning) padded and packed. Same model (SmolLM2-135M
-in fp32 unless --model says otherwise), AdamW at lr 2e-5, rows per batch, maximum length, loss
+in fp32 unless --model says otherwise; fp32 compute, or `--precision bf16`: bf16 autocast), AdamW at lr 2e-5, rows per batch, maximum length, loss
 on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`), gradient
 checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
@@ -195,9 +195,9 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
         report_to="none",
         logging_steps=10_000,
         use_cpu=True,
-        # SFTConfig defaults bf16=True, which on CPU runs the step under bf16 autocast; the
-        # comparison is fp32 on both sides (matrix: trainer=cpu, precision 32-true)
-        bf16=False,
+        # SFTConfig defaults bf16=True, which on CPU runs the step under bf16 autocast: set
+        # it from --precision, as matrix's trainer.precision (32-true or bf16-mixed)
+        bf16=args.precision == "bf16",
         dataloader_num_workers=0,
         seed=args.seed,
         optim="adamw_torch",
@@ -273,6 +273,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 # no checkpoint, as TRL saves none (save_strategy="no")
                 "train.checkpoint.enabled=false",
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
+                f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
             ],
         )
     clock = _fit_cpu_clock()
@@ -314,7 +315,7 @@ def _run_child(args, mode: str, work: Path, rep: int) -> dict | None:
     cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--rep", str(rep)]
     cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
     cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
-    cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
+    cmd += ["--gradient-checkpointing", args.gradient_checkpointing, "--precision", args.precision]
     load = os.getloadavg()[0]
     res = subprocess.run(cmd, capture_output=True, text=True)
     line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
@@ -365,6 +366,7 @@ def peer_main(args) -> None:
     print(
         f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
         f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
+        f"precision {args.precision}, "
         f"CPU threads={torch.get_num_threads()}, {os.cpu_count()} CPUs, "
         f"repeats={args.repeats})"
     )
@@ -448,6 +450,13 @@ def main() -> None:
         choices=("on", "off"),
         default="on",
         help="--peer: for all four runs (on = TRL's SFTConfig default)",
+    )
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="--peer: fp32 weights and compute, or bf16 autocast (TRL bf16=True, matrix "
+        "trainer.precision=bf16-mixed) for all four runs",
     )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
