@@ -13,7 +13,8 @@ each in a fresh process: TRL's SFTTrainer padded and packed (best-fit decreasing
 and matrix's train stage (`run_train`, Lightning) padded and packed. Same model (SmolLM2-135M
 in fp32 unless --model says otherwise; fp32 compute, or `--precision bf16`: bf16 autocast on
 both sides), AdamW at lr 2e-5, rows per batch, maximum length, loss on the answer tokens only
-(TRL: prompt-completion rows, so `completion_only_loss`), gradient checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
+(TRL: prompt-completion rows, so `completion_only_loss`), gradient checkpointing
+as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
 on_train_begin to on_train_end; matrix: the sum of its logged step times); real tokens per
 CPU-second divides by the process's CPU time over the same span instead (matrix: Lightning's
