@@ -11,18 +11,26 @@ the end-to-end gain from packing. Prints MFU on a GPU.
 `--peer trl` (CPU; needs the `bench` extra) trains the same chats for one epoch four ways,
 each in a fresh process: TRL's SFTTrainer padded and packed (best-fit decreasing, padding-free),
 and matrix's train stage (`run_train`, Lightning) padded and packed. Same model (SmolLM2-135M
-in fp32 unless --model says otherwise), AdamW at lr 2e-5, rows per batch, maximum length, loss
-on the answer tokens only (TRL: prompt-completion rows, so `completion_only_loss`), gradient
-checkpointing as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
+in fp32 unless --model says otherwise; fp32 compute, or `--precision bf16`: bf16 autocast on
+both sides), AdamW at lr 2e-5, rows per batch, maximum length, loss on the answer tokens only
+(TRL: prompt-completion rows, so `completion_only_loss`), gradient checkpointing
+as TRL's SFTConfig defaults it (on; `--gradient-checkpointing off`). Real
 tokens/s = non-padding tokens trained on / seconds of the training loop (TRL: its
-on_train_begin to on_train_end; matrix: the sum of its logged step times). Peak memory = the process's peak RSS while
-training. Prints the four rows and matrix's best mode over TRL's best mode.
+on_train_begin to on_train_end; matrix: the sum of its logged step times); real tokens per
+CPU-second divides by the process's CPU time over the same span instead (matrix: Lightning's
+on_train_start to the last batch's end), which a loaded machine inflates far less. Neither
+trainer saves a checkpoint. Peak
+memory = the process's peak RSS while training. Prints the four rows and matrix's best mode over TRL's best mode. `--repeats N`
+runs the four modes N times interleaved (A B C D A B C D ...), each in a fresh process, and
+compares per-mode medians (with each mode's range and the per-round ratio's range), so a
+change in a shared machine's load weighs on every mode alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -150,10 +158,11 @@ def _train_clock():
         cover too (its StepLogger clock starts at Lightning's on_train_start)."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds = time.perf_counter() - self.t0
+            self.cpu_seconds = time.process_time() - self.c0
 
     return TrainClock
 
@@ -187,6 +196,9 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
         report_to="none",
         logging_steps=10_000,
         use_cpu=True,
+        # SFTConfig defaults bf16=True, which on CPU runs the step under bf16 autocast: set
+        # it from --precision, as matrix's trainer.precision (32-true or bf16-mixed)
+        bf16=args.precision == "bf16",
         dataloader_num_workers=0,
         seed=args.seed,
         optim="adamw_torch",
@@ -211,14 +223,31 @@ def run_trl(args, packed: bool, data: Path, work: Path) -> dict:
     trainer.add_callback(clock)
     reset_peak()
     trainer.train()
-    seconds = clock.seconds
     return {
         "real_tokens": counts["real"],
         "padded_tokens": counts["total"],
-        "seconds": seconds,
+        "seconds": clock.seconds,
+        "cpu_seconds": clock.cpu_seconds,
         "peak_bytes": peak_bytes(),
         "steps": trainer.state.global_step,
     }
+
+
+def _fit_cpu_clock():
+    import lightning as L
+
+    class FitCPUClock(L.Callback):
+        """CPU seconds of the process from the training loop's start to its last batch's end
+        (the span of the step times), which a shared machine's load inflates far less than
+        wall time."""
+
+        def on_train_start(self, trainer, pl_module):
+            self.c0 = time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.cpu_seconds = time.process_time() - self.c0
+
+    return FitCPUClock()
 
 
 def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
@@ -242,11 +271,14 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 "trainer.max_epochs=1",
                 "trainer.log_every_n_steps=1",
                 "trainer.progress_bar=false",
-                "train.checkpoint.every_n_steps=0",
+                # no checkpoint, as TRL saves none (save_strategy="no")
+                "train.checkpoint.enabled=false",
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
+                f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
             ],
         )
-    run_train(cfg)
+    clock = _fit_cpu_clock()
+    run_train(cfg, callbacks=[clock])
     steps = [
         r for r in read_jsonl(work / "matrix" / "train" / "metrics.jsonl") if "train/loss" in r
     ]
@@ -258,6 +290,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
             n / r["train/padding_efficiency"] for n, r in zip(real, steps, strict=True)
         ),
         "seconds": sum(n / r["train/tokens_per_s"] for n, r in zip(real, steps, strict=True)),
+        "cpu_seconds": clock.cpu_seconds,
         "peak_bytes": max(r["train/peak_memory_gb"] for r in steps) * 2**30,
         "steps": len(steps),
     }
@@ -268,62 +301,131 @@ PEER_MODES = ("trl:padded", "trl:packed", "matrix:padded", "matrix:packed")
 
 def peer_child(args) -> None:
     trainer, mode = args.child.split(":")
-    work = Path(args.work) / args.child.replace(":", "_")
+    work = Path(args.work) / f"{args.child.replace(':', '_')}_{args.rep}"
     work.mkdir(parents=True, exist_ok=True)
     run = run_trl if trainer == "trl" else run_matrix
     r = run(args, mode == "packed", Path(args.work) / "chats.jsonl", work)
     print("RESULT " + json.dumps(r))
 
 
-def peer_main(args) -> None:
+def _run_child(args, mode: str, work: Path, rep: int) -> dict | None:
+    """One mode in a fresh process (and a fresh run folder); its result, or None (failure
+    printed)."""
     import subprocess
+
+    cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--rep", str(rep)]
+    cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
+    cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
+    cmd += ["--gradient-checkpointing", args.gradient_checkpointing, "--precision", args.precision]
+    load = os.getloadavg()[0]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    if res.returncode or not line:
+        print(f"{mode}: failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+        return None
+    r = json.loads(line[-1][len("RESULT ") :])
+    r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
+    r["tokens_per_cpu_s"] = r["real_tokens"] / r["cpu_seconds"]
+    r["load_before"] = load
+    return r
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
+
+
+def peer_main(args) -> None:
+    """Runs the four modes `--repeats` times, interleaved (A B C D A B C D ...), so a change
+    in the machine's load hits every mode alike; compares per-mode medians."""
+    import statistics
     import tempfile
 
     if args.peer != "trl":
         raise SystemExit(f"--peer {args.peer}: the only peer is trl")
     if args.device != "cpu":
         raise SystemExit("--peer trl runs on CPU (--device cpu)")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: use 1 or more")
     work = Path(tempfile.mkdtemp(prefix="matrix_bench_peer_"))
     rows = peer_rows(args.rows, args.seed, args.max_words)
     (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = {}
-    for mode in PEER_MODES:
-        cmd = [sys.executable, __file__, "--child", mode, "--work", str(work)]
-        cmd += ["--model", args.model, "--rows", str(args.rows), "--seed", str(args.seed)]
-        cmd += ["--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size)]
-        cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-        if res.returncode or not line:
-            print(f"{mode}: failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
-            continue
-        r = json.loads(line[-1][len("RESULT ") :])
-        r["tokens_per_s"] = r["real_tokens"] / r["seconds"]
-        results[mode] = r
-        print(
-            f"{mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   real/total tokens "
-            f"{r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
-            f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s",
-            flush=True,
-        )
+    runs: dict[str, list[dict]] = {m: [] for m in PEER_MODES}
+    for rep in range(args.repeats):
+        for mode in PEER_MODES:
+            r = _run_child(args, mode, work, rep)
+            if r is None:
+                continue
+            runs[mode].append(r)
+            print(
+                f"[{rep + 1}/{args.repeats}] {mode:<14} real tokens/s {r['tokens_per_s']:8.1f}   "
+                f"per CPU-s {r['tokens_per_cpu_s']:6.1f}   "
+                f"real/total tokens {r['real_tokens'] / r['padded_tokens']:.2f}   peak memory "
+                f"{r['peak_bytes'] / 2**30:5.2f} GB   {r['steps']} steps, {r['seconds']:.0f} s   "
+                f"load {r['load_before']:.1f}",
+                flush=True,
+            )
     print(
         f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
         f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
-        f"CPU threads={torch.get_num_threads()})"
+        f"precision {args.precision}, "
+        f"CPU threads={torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+        f"repeats={args.repeats})"
     )
-    best = {
-        t: max((m for m in results if m.startswith(t)), key=lambda m: results[m]["tokens_per_s"])
-        for t in ("trl", "matrix")
-        if any(m.startswith(t) for m in results)
-    }
-    if len(best) == 2:
-        ours, theirs = results[best["matrix"]], results[best["trl"]]
+    median = {}
+    for mode, rs in runs.items():
+        if not rs:
+            continue
+        tps = [r["tokens_per_s"] for r in rs]
+        cps = [r["tokens_per_cpu_s"] for r in rs]
+        peaks = [r["peak_bytes"] / 2**30 for r in rs]
+        median[mode] = {
+            "tokens_per_s": statistics.median(tps),
+            "tokens_per_cpu_s": statistics.median(cps),
+            "peak_gb": statistics.median(peaks),
+            "real_over_total": rs[0]["real_tokens"] / rs[0]["padded_tokens"],
+            "runs": len(rs),
+        }
         print(
-            f"matrix best ({best['matrix']}) / TRL best ({best['trl']}): "
-            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x real tokens/s, "
-            f"{ours['peak_bytes'] / theirs['peak_bytes']:.2f}x peak memory"
+            f"median {mode:<14} real tokens/s {median[mode]['tokens_per_s']:8.1f} "
+            f"(range {_spread(tps)})   per CPU-s {median[mode]['tokens_per_cpu_s']:6.1f} "
+            f"(range {_spread(cps)})   peak {median[mode]['peak_gb']:5.2f} GB "
+            f"(range {_spread(peaks, 2)})   {len(rs)} runs"
         )
-    print(json.dumps(results, default=float))
+    best = {
+        t: max((m for m in median if m.startswith(t)), key=lambda m: median[m]["tokens_per_s"])
+        for t in ("trl", "matrix")
+        if any(m.startswith(t) for m in median)
+    }
+    summary = {"median": median, "runs": runs}
+    if len(best) == 2:
+        ours, theirs = median[best["matrix"]], median[best["trl"]]
+        speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
+        cpu_speed = ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"]
+        memory = ours["peak_gb"] / theirs["peak_gb"]
+        # the same ratio within each round (runs of one round saw about the same load)
+        rounds = [
+            a["tokens_per_s"] / b["tokens_per_s"]
+            for a, b in zip(runs[best["matrix"]], runs[best["trl"]], strict=False)
+        ]
+        print(
+            f"matrix best ({best['matrix']}) / TRL best ({best['trl']}), medians: "
+            f"{speed:.2f}x real tokens/s (per round {_spread(rounds, 2)}), "
+            f"{cpu_speed:.2f}x real tokens per CPU-second, "
+            f"{memory:.2f}x peak memory ({ours['peak_gb'] - theirs['peak_gb']:+.2f} GB)"
+        )
+        for t in ("padded", "packed"):
+            a, b = median.get(f"matrix:{t}"), median.get(f"trl:{t}")
+            if a and b:
+                print(
+                    f"matrix {t} / TRL {t}, medians: "
+                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x real tokens/s, "
+                    f"{a['tokens_per_cpu_s'] / b['tokens_per_cpu_s']:.2f}x per CPU-second, "
+                    f"{a['peak_gb'] - b['peak_gb']:+.2f} GB peak"
+                )
+        summary.update(
+            speed_ratio=speed, cpu_speed_ratio=cpu_speed, memory_ratio=memory, round_ratios=rounds
+        )
+    print(json.dumps(summary, default=float))
 
 
 def main() -> None:
@@ -339,13 +441,27 @@ def main() -> None:
     ap.add_argument("--peer", default=None, help="trl: compare with TRL's SFTTrainer")
     ap.add_argument("--max-words", type=int, default=300, help="--peer: longest answer")
     ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="--peer: run the four modes this many times, interleaved; report medians",
+    )
+    ap.add_argument(
         "--gradient-checkpointing",
         choices=("on", "off"),
         default="on",
         help="--peer: for all four runs (on = TRL's SFTConfig default)",
     )
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="--peer: fp32 weights and compute, or bf16 autocast (TRL bf16=True, matrix "
+        "trainer.precision=bf16-mixed) for all four runs",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return peer_child(args)

@@ -1,10 +1,12 @@
-"""Batches: padded rows or padding-free packed rows, in a reproducible, resumable order.
+"""Batches: padded rows or one padding-free packed row, in a reproducible, resumable order.
 
-A *unit* is what fills one row of a batch: one sequence (padded mode) or several sequences
-packed end to end (packed mode, best-fit-decreasing into `capacity` tokens). A packed row has
-no attention mask; its position ids restart at 0 at every sequence start, which transformers
-turns into a block-diagonal causal mask (sdpa, eager, flex) or varlen kernels
-(flash_attention_2), so sequences never attend to each other.
+A *unit* is one sequence (padded mode) or several sequences packed end to end (packed mode,
+best-fit-decreasing into `capacity` tokens). A padded batch holds one unit per row, right-padded
+to the longest. A packed batch puts all its units' sequences end to end in ONE row (as TRL's
+`padding_free` collator does), so it holds no padding at all. It has no attention mask; its
+position ids restart at 0 at every sequence start, which transformers turns into a
+block-diagonal causal mask (sdpa, eager, flex) or varlen kernels (flash_attention_2), and
+`sdpa_varlen` into one causal SDPA call per sequence, so sequences never attend to each other.
 
 The epoch's batch order depends only on (seed, epoch), and `BatchPlan` can start mid-epoch,
 which is what makes a resumed run see exactly the batches it would have seen.
@@ -51,9 +53,8 @@ def pack_best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 class BatchPlan(Sampler[list[int]]):
     """Yields lists of unit indices, `rows_per_batch` at a time, sharded across ranks.
 
-    The order is a permutation seeded by (seed, epoch): of the units (a fresh batch
-    composition every epoch), or, with `fixed_batches`, of those batches (packed rows of
-    similar length batched together, so a batch pads its rows by a few tokens at most).
+    The order is a permutation seeded by (seed, epoch) of the units, cut into batches (a
+    fresh batch composition every epoch).
     `state_dict` records how many batches of the current epoch were consumed so
     `load_state_dict` can skip exactly those.
     """
@@ -66,10 +67,8 @@ class BatchPlan(Sampler[list[int]]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
-        fixed_batches: list[list[int]] | None = None,
     ):
         self.n_units = n_units
-        self.fixed_batches = fixed_batches
         self.rows_per_batch = rows_per_batch
         self.seed = seed
         self.shuffle = shuffle
@@ -83,26 +82,19 @@ class BatchPlan(Sampler[list[int]]):
         self._skip = 0
 
     def _batches(self) -> list[list[int]]:
-        n = len(self.fixed_batches) if self.fixed_batches is not None else self.n_units
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
+            order = torch.randperm(self.n_units, generator=g).tolist()
         else:
-            order = list(range(n))
-        if self.fixed_batches is not None:
-            batches = [self.fixed_batches[i] for i in order]
-        else:
-            b = self.rows_per_batch
-            batches = [order[i : i + b] for i in range(0, len(order), b)]
+            order = list(range(self.n_units))
+        b = self.rows_per_batch
+        batches = [order[i : i + b] for i in range(0, len(order), b)]
         # every rank needs the same number of batches or collectives hang
         per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
         return batches[self.rank :: self.world_size][:per_rank]
 
     def __len__(self) -> int:
-        if self.fixed_batches is not None:
-            n = len(self.fixed_batches)
-        else:
-            n = -(-self.n_units // self.rows_per_batch)
+        n = -(-self.n_units // self.rows_per_batch)
         return n // self.world_size if self.world_size > 1 else n
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -138,15 +130,21 @@ class ResumableLoader(DataLoader):
 
 
 def collate_rows(rows: Sequence[Sequence[Sequence1D]], packed: bool, pad_id: int) -> dict:
-    """Tensors for a batch whose row r is the concatenation of `rows[r]`.
+    """Tensors for a batch of the sequences in `rows`, in order.
+
+    Padded (`packed=False`): row r is `rows[r]`, which must hold one sequence, right-padded
+    to the longest row. Packed: every sequence of every row goes end to end into one row of
+    `sum of lengths` tokens (padding-free; `rows` only says how they were packed).
 
     Keys: input_ids, labels, position_ids, seq_ids (index of the sequence each token belongs
     to, in order of appearance; -1 on padding), attention_mask (padded mode only: packed rows
     must leave it None so the model derives the block mask from position ids), n_sequences,
-    real_tokens and padded_tokens (for padding efficiency).
+    real_tokens and padded_tokens (for padding efficiency: equal when packed).
     """
     if not packed and any(len(r) != 1 for r in rows):
         raise ValueError("padded batches hold exactly one sequence per row")
+    if packed:
+        rows = [[seq for row in rows for seq in row]]
     width = max(sum(len(s) for s in r) for r in rows)
     n_rows = len(rows)
     input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)

@@ -1,8 +1,8 @@
 """LightningDataModule for SFT and DPO: read rows, tokenize once, serve batches.
 
 Batches are padded (one sequence per row, right padding, attention mask) or packed
-(`data.packing=true`: several sequences per row, no padding inside a row, position ids
-restarting per sequence). The loss is the same either way; packing only removes the compute
+(`data.packing=true`: `data.batch_size` packed units of at most `data.pack_length` tokens,
+all put end to end in one padding-free row, position ids restarting per sequence). The loss is the same either way; packing only removes the compute
 spent on padding. DPO keeps each pair's chosen and rejected answers next to each other, so
 sequence 2k of a batch is a chosen answer and 2k+1 its rejected one.
 
@@ -226,18 +226,9 @@ class ChatDataModule(L.LightningDataModule):
             rank, world = 0, 1
             if self.trainer is not None:
                 rank, world = self.trainer.global_rank, self.trainer.world_size
-            fixed = None
-            if self.packing:
-                # bins come fullest first; batching neighbours keeps the rows of a batch
-                # about the same length, so padding them to the longest costs little
-                b = self.batch_size
-                fixed = [
-                    list(range(i, min(i + b, len(self.units))))
-                    for i in range(0, len(self.units), b)
-                ]
-            plan = BatchPlan(
-                len(self.units), self.batch_size, self.seed, self.shuffle, rank, world, fixed
-            )
+            # packed units are batched like padded ones (a fresh composition every epoch):
+            # a packed batch is one padding-free row, so its units need not match in length
+            plan = BatchPlan(len(self.units), self.batch_size, self.seed, self.shuffle, rank, world)
             self._loader = ResumableLoader(
                 list(range(len(self.units))),
                 batch_sampler=plan,

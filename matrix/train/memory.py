@@ -88,14 +88,17 @@ def release_freed_blocks() -> bool:
 class PeakMemory(L.Callback):
     """Adds `peak_memory_gb` (the micro-batch's peak, from `peak_bytes`) to the module's
     step metrics, so StepLogger logs it as `train/peak_memory_gb` (mean over the step's
-    micro-batches); `peaks` keeps every micro-batch's value in bytes. On CPU it also calls
-    `release_freed_blocks` when training starts, so the peak is what a step uses."""
+    micro-batches); `peaks` keeps every micro-batch's value in bytes. With `release`
+    (`trainer.release_freed_memory`), on CPU it calls `release_freed_blocks` when training
+    starts: a lower peak, paid for in page faults (every large block comes fresh from the OS;
+    about 25% more CPU time per step for SmolLM2-135M, see docs/train.md)."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: bool = False) -> None:
         self.peaks: list[int] = []
+        self.release = release
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if pl_module.device.type == "cpu":
+        if self.release and pl_module.device.type == "cpu":
             release_freed_blocks()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:

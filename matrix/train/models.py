@@ -49,6 +49,7 @@ def context_length(mcfg: DictConfig) -> int | None:
 
 
 def build_model(mcfg: DictConfig, tokenizer, attn_implementation: str, seed: int):
+    """The model to train (in training mode), from `model.path` or a random `model.config`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = DTYPES[str(mcfg.get("dtype", "float32"))]
@@ -77,7 +78,10 @@ def build_model(mcfg: DictConfig, tokenizer, attn_implementation: str, seed: int
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.get("enabled"):
         model = _wrap_lora(model, lora)
-    return model
+    # from_pretrained returns eval mode, and Lightning keeps each module's mode as it finds
+    # it: without this, dropout (LoRA's included) and transformers' gradient checkpointing,
+    # which only runs in training mode, would be silently off during training
+    return model.train()
 
 
 def _qlora_config(compute_dtype: torch.dtype):

@@ -13,6 +13,7 @@ come from the checkpoint, so the final weights equal an uninterrupted run's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -144,8 +145,9 @@ def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
     return dm.train_labelled_tokens() / max(dm.batches_per_epoch(1), 1)
 
 
-def run_train(cfg: DictConfig) -> dict | None:
-    """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks)."""
+def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | None:
+    """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks).
+    `callbacks`: more Lightning callbacks for the fit (measurements, e.g. bench/train.py's)."""
     check_stage(cfg, "train")
     quiet_logs()  # Lightning, imported with this module, added its own console handler
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -166,7 +168,16 @@ def run_train(cfg: DictConfig) -> dict | None:
     module = build_module(cfg, model, dm)
     logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
     logger.resume_from(kept)
-    trainer = build_trainer(cfg, model, out / "checkpoints", [PeakMemory(), logger])
+    trainer = build_trainer(
+        cfg,
+        model,
+        out / "checkpoints",
+        [
+            PeakMemory(release=bool(cfg.trainer.get("release_freed_memory", False))),
+            logger,
+            *callbacks,
+        ],
+    )
     ckpt = str(start.path) if start.path else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if dm.val_units and (

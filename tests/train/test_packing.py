@@ -49,7 +49,7 @@ def test_packed_equals_padded(tokenizer, sequences, attn):
     model = tiny_model(tokenizer, attn)
     pad = tokenizer.pad_token_id
     padded = collate_rows([[s] for s in sequences], packed=False, pad_id=pad)
-    # two packed rows of unequal length, so the packed batch has trailing padding too
+    # two packed units of unequal length: the batch puts them end to end in one row
     packed = collate_rows([sequences[:7], sequences[7:]], packed=True, pad_id=pad)
     assert "attention_mask" not in packed
     assert packed["padded_tokens"] < padded["padded_tokens"]
@@ -62,6 +62,41 @@ def test_packed_equals_padded(tokenizer, sequences, attn):
     assert n_padded == n_packed > 0
     torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(seq_packed, seq_padded, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_varlen"])
+def test_a_packed_batch_is_one_row_without_padding_and_trains_on_the_padded_loss(
+    tokenizer, sequences, attn
+):
+    """Padding-free packing: the batch's units go end to end into one row (no pad token, no
+    mask), and the training loss and its gradients equal the padded batch's."""
+    from matrix.train.sft import batch_loss
+
+    model = tiny_model(tokenizer, attn)
+    pad = tokenizer.pad_token_id
+    units = [sequences[:5], sequences[5:9], sequences[9:]]
+    packed = collate_rows(units, packed=True, pad_id=pad)
+    total = sum(len(s) for s in sequences)
+    assert packed["input_ids"].shape == (1, total)
+    assert packed["real_tokens"] == packed["padded_tokens"] == total
+    assert bool((packed["seq_ids"] >= 0).all())  # every position belongs to a sequence
+    assert torch.equal(packed["seq_ids"][0].unique_consecutive(), torch.arange(len(sequences)))
+    assert int((packed["position_ids"] == 0).sum()) == packed["n_sequences"] == len(sequences)
+    padded = collate_rows([[s] for s in sequences], packed=False, pad_id=pad)
+    assert padded["real_tokens"] == total < padded["padded_tokens"]  # the control pads
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss, n = batch_loss(model, batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.detach(), n, grads
+
+    loss_padded, n_padded, g_padded = loss_and_grads(padded)
+    loss_packed, n_packed, g_packed = loss_and_grads(packed)
+    assert n_padded == n_packed > 0
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
 
 
 def test_without_restarting_positions_sequences_would_leak(tokenizer, sequences):
@@ -89,6 +124,7 @@ def test_packed_batches_in_the_datamodule_cover_the_data(tokenizer, data_dir):
     seen = []
     for batch in dm.train_dataloader():
         seen += batch["example_index"].tolist()
+        assert batch["input_ids"].shape == (1, batch["real_tokens"])  # one row, no padding
         # a packed row's positions restart at each sequence start
         starts = (batch["position_ids"] == 0) & (batch["seq_ids"] >= 0)
         assert int(starts.sum()) == batch["n_sequences"]
