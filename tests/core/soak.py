@@ -29,6 +29,8 @@ from tests.conftest import build_tiny_llama  # noqa: E402  (also sets the offlin
 from tests.core.kill_cases import STAGES, Outcome, make_case  # noqa: E402
 from tests.core.kill_resume import SEED_ENV, finish, kill_seed, run_with_kills, start  # noqa: E402
 
+SOAK_TIMEOUT = 3600  # seconds one attempt may run
+
 HEADER = (
     "| stage | kills survived | rows | rows lost | rows duplicated | rows changed "
     "| work redone | bound (1 interval/kill) | uninterrupted run | seed | minutes |"
@@ -40,7 +42,8 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
     whole_log, log = case.base / "whole.log", case.base / "killed.log"
     case.base.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    finish(start(case.cmd("whole"), whole_log), whole_log)
+    # a busy machine slows the 24-round simulate past the tests' 10-minute limit per attempt
+    finish(start(case.cmd("whole"), whole_log), whole_log, SOAK_TIMEOUT)
     if stage == "simulate":
         case.min_own_work = case.interval("whole")
     killed = run_with_kills(
@@ -51,6 +54,7 @@ def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, j
         snapshot=lambda: case.snapshot("killed"),
         jitter=jitter,
         did_work=case.did_work,
+        timeout=SOAK_TIMEOUT,
     )
     return case.outcome("whole", "killed", killed), (time.monotonic() - t0) / 60
 
