@@ -39,10 +39,11 @@ CLOCK_FIELDS = (
 TRAIN_EVERY = 4
 # The soak's runs are longer than the tests', so that every kill lands on a new row count.
 SOAK_EXTRA = {
-    # 8 agents x 24 rounds: a restart that must get past one checkpoint (min_own_work) before
-    # its kill commits a round, so 20 kills need more than 20 rounds to land in new work
+    # 8 agents x 36 rounds: a restart that must get past one checkpoint (min_own_work) before
+    # its kill commits a round, so 20 kills need more than 20 rounds to land in new work (24
+    # rounds gave 14: a run ends before its later kill points)
     # (the group memory then outgrows the tiny model's 2,048-token context: cut prompts' start)
-    "simulate": ["simulation.max_rounds=24", "+llm.backends.smollm2.overflow=truncate_left"],
+    "simulate": ["simulation.max_rounds=36", "+llm.backends.smollm2.overflow=truncate_left"],
     "generate": [
         "generator.sets.general.target=10",
         "generator.sets.complex.target=4",
