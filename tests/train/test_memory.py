@@ -102,13 +102,18 @@ SMOLLM2_BUDGET = 16 * 2**30
 def test_packed_smollm2_batches_train_within_budget(tmp_path):
     """The issue's setting: SmolLM2-135M, packed rows of 1024 tokens, 8 per batch, fp32, on
     CPU through the train stage; every step within SMOLLM2_BUDGET and no step above the
-    first two. Takes minutes (and ~15 GB)."""
+    first two. A packed batch is one padding-free row, so its memory follows its token
+    count: every chat here has the same length (~507 tokens, two to a 1024-token unit), so
+    every batch holds the same tokens and a climb is growth, not a larger batch. With
+    `trainer.release_freed_memory=true`, the setting for a machine where memory is the
+    limit: without it glibc keeps freed activations in its heap, which settles ~0.5 GB higher
+    over the first steps (docs/train.md). Takes minutes (and ~10 GB)."""
     words = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "with"]
     rows = []
-    for i in range(64):  # answers of ~150-700 tokens: packed rows fill to ~1024
-        answer = " ".join(words[(i + k) % 10] for k in range(150 + 9 * i))
+    for i in range(64):
+        answer = " ".join(words[(i + k) % 10] for k in range(465))
         msgs = [
-            {"role": "user", "content": f"question {i}: " + " ".join(words[: 3 + i % 7])},
+            {"role": "user", "content": f"question {i:02d}: " + " ".join(words[:5])},
             {"role": "assistant", "content": answer},
         ]
         rows.append(json.dumps({"messages": msgs}))
@@ -125,6 +130,7 @@ def test_packed_smollm2_batches_train_within_budget(tmp_path):
             "data.max_seq_len=1024",
             "data.batch_size=8",
             "trainer.max_steps=3",
+            "trainer.release_freed_memory=true",
             "trainer.progress_bar=false",
             "train.checkpoint.every_n_steps=0",
         ]
