@@ -263,12 +263,7 @@ class Simulation:
             "observations": sum(len(e.observers) for e in events),
             "inter_group_deliveries": len(routing.deliveries),
             "agents_done": sum(a.done for a in state.agents),
-            # requests: rows the round asked for; calls: rows paid for (cache misses)
-            "llm_requests": after["total"]["requests"] - before["requests"],
-            "llm_calls": after["total"]["calls"] - before["calls"],
-            "prompt_tokens": after["total"]["prompt_tokens"] - before["prompt_tokens"],
-            "completion_tokens": after["total"]["completion_tokens"] - before["completion_tokens"],
-            "max_batch": max((u["max_batch"] for u in after["roles"].values()), default=0),
+            **round_spend(before, after),
         }
 
     def summarize(self, state: SimState, group_ids: list[int]) -> list[Scenario]:
@@ -333,3 +328,15 @@ class Simulation:
         while not state.stopped:
             self.step(state)
         return state
+
+
+def round_spend(before: dict, after: dict) -> dict:
+    """A round's LLM spend from the ledger totals before it and the ledger after it
+    (requests: rows the round asked for; calls: rows paid for, the cache misses)."""
+    return {
+        "llm_requests": after["total"]["requests"] - before["requests"],
+        "llm_calls": after["total"]["calls"] - before["calls"],
+        "prompt_tokens": after["total"]["prompt_tokens"] - before["prompt_tokens"],
+        "completion_tokens": after["total"]["completion_tokens"] - before["completion_tokens"],
+        "max_batch": max((u["max_batch"] for u in after["roles"].values()), default=0),
+    }

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from matrix.sim.communication import Group
-from matrix.sim.engine import SimState
+from matrix.sim.engine import SimState, round_spend
 from matrix.sim.group_steps import AGENT_FIELDS, members, queue_news
 from matrix.sim.schemas import Agent, Event, Scenario
 
@@ -156,9 +156,5 @@ def round_stats(
         "observations": sum(len(e.observers) for e in events),
         "inter_group_deliveries": sum(g.deliveries for g in done.values()),
         "agents_done": sum(a.done for a in state.agents),
-        "llm_requests": now["total"]["requests"] - before["requests"],
-        "llm_calls": now["total"]["calls"] - before["calls"],
-        "prompt_tokens": now["total"]["prompt_tokens"] - before["prompt_tokens"],
-        "completion_tokens": now["total"]["completion_tokens"] - before["completion_tokens"],
-        "max_batch": max((u["max_batch"] for u in now["roles"].values()), default=0),
+        **round_spend(before, now),
     }
