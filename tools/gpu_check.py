@@ -111,6 +111,9 @@ class Report:
     device: str
     steps: list[Step] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    # Where each finished step rewrites the report, so a check stopped at a time limit still
+    # leaves the table of the steps it finished.
+    autosave: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +122,7 @@ class Report:
     def write(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         data = {**asdict(self), "ok": self.ok}
+        data.pop("autosave")
         (out / "gpu_check.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         (out / "gpu_check.md").write_text(self.markdown(), encoding="utf-8")
 
@@ -153,6 +157,8 @@ def timed(report: Report, name: str) -> Iterator[Step]:
     finally:
         step.seconds = time.perf_counter() - t0
         report.steps.append(step)
+        if report.autosave is not None:
+            report.write(report.autosave)
         _free_gpu_memory()
         log.info("%s: %s %s %s", name, step.status, step.figures, step.note)
 
@@ -816,7 +822,7 @@ def run(out: Path, dry: bool, steps: int = 20) -> Report:
 
     cuda = torch.cuda.is_available() and not dry
     device = torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA device)"
-    report = Report("gpu" if cuda else "dry", device, versions=versions())
+    report = Report("gpu" if cuda else "dry", device, versions=versions(), autosave=out)
     runs = out / "runs"
     tok = tokenizer_dir()
     data = write_data(out / "data", sft_rows=160, words=(10, 120))

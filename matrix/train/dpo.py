@@ -70,8 +70,9 @@ class DPOModule(CausalLMModule):
         beta: float = 0.1,
         reference: str = "model",
         n_pairs: int = 0,
+        clip_norm: float | None = None,
     ):
-        super().__init__(model, optimizer, scheduler, total_steps)
+        super().__init__(model, optimizer, scheduler, total_steps, clip_norm)
         if reference not in ("model", "precomputed"):
             raise ValueError(f"train.dpo.reference={reference!r}; choose model or precomputed")
         self.beta = beta

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from matrix.train.optim import build_optimizer, build_scheduler
 from matrix.train.tokenize import IGNORE_INDEX
@@ -59,9 +62,11 @@ class CausalLMModule(L.LightningModule):
         optimizer: DictConfig,
         scheduler: DictConfig,
         total_steps: int,
+        clip_norm: float | None = None,
     ):
         super().__init__()
         self.total_steps = total_steps
+        self.clip_norm = clip_norm  # trainer.gradient_clip_val; None or 0: no clipping
         self.model = model
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
@@ -77,15 +82,30 @@ class CausalLMModule(L.LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.optimizer_cfg)
+        trainer = self._trainer
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        opt = build_optimizer(self.model, self.optimizer_cfg, precision)
         # Not trainer.estimated_stepping_batches: it iterates the train loader before a resumed
         # run restores the loader's position, which then is never restored.
         sched = build_scheduler(opt, self.scheduler_cfg, self.total_steps)
         return {"optimizer": opt, "lr_scheduler": sched}
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Before clipping: the norm that tells whether clipping is active.
-        grads = [
-            p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None
-        ]
-        self.grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip the total gradient norm to `clip_norm` and record the norm before clipping.
+
+        Done here rather than by Lightning's `gradient_clip_val`, which on a GPU refuses both
+        the fused AdamW (its mixed-precision plugin assumes a fused optimizer unscales
+        gradients itself, even in bf16 where nothing is scaled) and norm clipping under FSDP.
+        Under FSDP the root module's `clip_grad_norm_` reduces the norm over every shard, so
+        the recorded norm is the whole model's, not one rank's."""
+        max_norm = float(self.clip_norm) if self.clip_norm else math.inf
+        trainer = self._trainer
+        root = trainer.strategy.model if trainer is not None else None
+        if isinstance(root, FullyShardedDataParallel):
+            norm = root.clip_grad_norm_(max_norm)
+        else:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else 0.0
+        self.grad_norm = float(norm)

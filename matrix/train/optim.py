@@ -22,12 +22,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, ocfg: DictConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, ocfg: DictConfig, precision: str = "32-true"
+) -> torch.optim.Optimizer:
     groups = param_groups(model, float(ocfg.weight_decay))
     kw = dict(lr=float(ocfg.lr), betas=tuple(ocfg.betas), eps=float(ocfg.eps))
     if ocfg.name == "adamw":
         on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-        fused = bool(ocfg.get("fused", True)) and on_cuda
+        # Not under fp16 loss scaling: a fused AdamW unscales inside its own step, after the
+        # module has clipped, so the clipping would see scaled gradients.
+        fp16 = precision.startswith("16")
+        fused = bool(ocfg.get("fused", True)) and on_cuda and not fp16
         return torch.optim.AdamW(groups, fused=fused, **kw)
     if ocfg.name == "adamw_8bit":
         if importlib.util.find_spec("bitsandbytes") is None:

@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         max_epochs=int(t.max_epochs),
         max_steps=int(t.max_steps),
         accumulate_grad_batches=int(t.accumulate_grad_batches),
-        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_val=None,  # the module clips (CausalLMModule.configure_gradient_clipping)
         callbacks=[LoaderPosition(), RNGState(), *callbacks, *([ckpt] if save else [])],
         logger=False,  # metrics go through StageRun (metrics.jsonl + the stage's W&B run)
         enable_checkpointing=save,
@@ -216,15 +216,23 @@ def keep_metrics(stage, step: int) -> list[dict]:
 
 def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> L.LightningModule:
     total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
+    clip = cfg.trainer.get("gradient_clip_val")
+    clip = float(clip) if clip else None
     if cfg.train.objective == "sft":
         return SFTModule(
-            model, cfg.optimizer, cfg.scheduler, total, tokens_per_batch=sft_token_norm(cfg, dm)
+            model,
+            cfg.optimizer,
+            cfg.scheduler,
+            total,
+            clip_norm=clip,
+            tokens_per_batch=sft_token_norm(cfg, dm),
         )
     return DPOModule(
         model,
         cfg.optimizer,
         cfg.scheduler,
         total,
+        clip_norm=clip,
         beta=float(cfg.train.dpo.beta),
         reference=str(cfg.train.dpo.reference),
         n_pairs=len(dm),
