@@ -504,12 +504,22 @@ def mfu_layers(total_bytes: int, vocab: int) -> int:
     return max(1, min(LLAMA3_8B_LAYERS, int((0.5 * total_bytes - embed) // per_layer)))
 
 
-def mfu_overrides(runs: Path, tok: Path, data: dict, layers: int, steps: int, cuda: bool):
+def mfu_overrides(
+    runs: Path,
+    tok: Path,
+    data: dict,
+    layers: int,
+    steps: int,
+    cuda: bool,
+    attn: str = "auto",
+    checkpointing: bool = True,
+    name: str = "mfu",
+):
     return [
-        *base_overrides(runs, "mfu", tok, cuda),
+        *base_overrides(runs, name, tok, cuda),
         *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
-        "model.gradient_checkpointing=true",
-        "model.attn_implementation=auto",
+        f"model.gradient_checkpointing={str(checkpointing).lower()}",
+        f"model.attn_implementation={attn}",
         "train.objective=sft",
         f"data.path={data['sft']}",
         "data.max_seq_len=4096",
@@ -522,18 +532,37 @@ def mfu_overrides(runs: Path, tok: Path, data: dict, layers: int, steps: int, cu
     ]
 
 
-def check_mfu(report: Report, runs: Path, folder: Path, tok: Path, steps: int) -> None:
+# `--mfu-variants`: the MFU step again with one setting changed each time.
+MFU_VARIANTS = {
+    "sdpa": {"attn": "sdpa"},
+    "no activation checkpointing": {"checkpointing": False},
+}
+
+
+def check_mfu(
+    report: Report,
+    runs: Path,
+    folder: Path,
+    tok: Path,
+    steps: int,
+    variant: str = "",
+    attn: str = "auto",
+    checkpointing: bool = True,
+) -> None:
     import torch
     from transformers import AutoTokenizer
 
     from matrix.train.run import run_train
 
-    with timed(report, "MFU, Llama-3-8B architecture (seq 4096, bf16)") as s:
+    title = "MFU, Llama-3-8B architecture (seq 4096, bf16)"
+    name = "mfu" + "".join(f"_{w}" for w in variant.split())
+    with timed(report, f"{title}{f' [{variant}]' if variant else ''}") as s:
         vocab = len(AutoTokenizer.from_pretrained(tok))
         layers = mfu_layers(torch.cuda.get_device_properties(0).total_memory, vocab)
         data = write_data(folder, sft_rows=400, words=(400, 900), seed=1)
-        m = run_train(compose(mfu_overrides(runs, tok, data, layers, steps, cuda=True)))
-        rows = _metrics(runs / "mfu")
+        overrides = mfu_overrides(runs, tok, data, layers, steps, True, attn, checkpointing, name)
+        m = run_train(compose(overrides))
+        rows = _metrics(runs / name)
         s.figures = {
             "layers": f"{layers}/{LLAMA3_8B_LAYERS}",
             "vocab": vocab,
@@ -542,7 +571,9 @@ def check_mfu(report: Report, runs: Path, folder: Path, tok: Path, steps: int) -
             "tokens/s": _steady(rows, "train/tokens_per_s"),
             "MFU": _steady(rows, "train/mfu"),
             "padding efficiency": _steady(rows, "train/padding_efficiency"),
+            "peak GiB": torch.cuda.max_memory_allocated() / 2**30,
         }
+        torch.cuda.reset_peak_memory_stats()
         assert s.figures["MFU"] is not None, "no MFU: the GPU is not in Lightning's FLOPs table"
 
 
@@ -817,7 +848,7 @@ def check_versions(report: Report) -> None:
         assert not bad, "; ".join(bad)
 
 
-def run(out: Path, dry: bool, steps: int = 20) -> Report:
+def run(out: Path, dry: bool, steps: int = 20, mfu_variants: bool = False) -> Report:
     import torch
 
     cuda = torch.cuda.is_available() and not dry
@@ -827,6 +858,10 @@ def run(out: Path, dry: bool, steps: int = 20) -> Report:
     tok = tokenizer_dir()
     data = write_data(out / "data", sft_rows=160, words=(10, 120))
     check_versions(report)
+    if mfu_variants and cuda:
+        for variant, kw in MFU_VARIANTS.items():
+            check_mfu(report, runs, out / "mfu_data", tok, 20, variant, **kw)
+        return report
     compose_all(report, runs, data, tok)
     check_wheels(report, WHEELS_DIR)
     if not cuda:
@@ -858,6 +893,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "runs" / "gpu_check"))
     ap.add_argument("--dry", action="store_true", help="the dry mode even where CUDA is present")
+    ap.add_argument(
+        "--mfu-variants",
+        action="store_true",
+        help="only the MFU step, with sdpa and without activation checkpointing (GPU only)",
+    )
     ap.add_argument("--rehearse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -875,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "rehearsal.json").write_text(json.dumps(result, indent=2) + "\n")
         return 0 if result["ok"] else 1
     t0 = time.perf_counter()
-    report = run(out, args.dry)
+    report = run(out, args.dry, mfu_variants=args.mfu_variants)
     report.write(out)
     print(report.markdown())
     print(
