@@ -334,19 +334,7 @@ def _spread(values: list[float], digits: int = 1) -> str:
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
 
 
-def peer_main(args) -> None:
-    """Runs the four modes `--repeats` times, interleaved (A B C D A B C D ...), so a change
-    in the machine's load hits every mode alike; compares per-mode medians."""
-    import statistics
-    import tempfile
-
-    if args.peer != "trl":
-        raise SystemExit(f"--peer {args.peer}: the only peer is trl")
-    if args.device != "cpu":
-        raise SystemExit("--peer trl runs on CPU (--device cpu)")
-    if args.repeats < 1:
-        raise SystemExit(f"--repeats {args.repeats}: use 1 or more")
-    work = Path(tempfile.mkdtemp(prefix="matrix_bench_peer_"))
+def _run_peer_modes(args, work: Path) -> dict[str, list[dict]]:
     rows = peer_rows(args.rows, args.seed, args.max_words)
     (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     runs: dict[str, list[dict]] = {m: [] for m in PEER_MODES}
@@ -364,6 +352,24 @@ def peer_main(args) -> None:
                 f"load {r['load_before']:.1f}",
                 flush=True,
             )
+    return runs
+
+
+def peer_main(args) -> None:
+    """Runs the four modes `--repeats` times, interleaved (A B C D A B C D ...), so a change
+    in the machine's load hits every mode alike; compares per-mode medians."""
+    import statistics
+    import tempfile
+
+    if args.peer != "trl":
+        raise SystemExit(f"--peer {args.peer}: the only peer is trl")
+    if args.device != "cpu":
+        raise SystemExit("--peer trl runs on CPU (--device cpu)")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: use 1 or more")
+    # the children's runs (checkpoints of every mode and repeat: GBs) go when the bench ends
+    with tempfile.TemporaryDirectory(prefix="matrix_bench_peer_") as tmp:
+        runs = _run_peer_modes(args, Path(tmp))
     print(
         f"(model={args.model}, rows={args.rows}, max_seq_len={args.max_seq_len}, "
         f"batch_size={args.batch_size}, gradient checkpointing {args.gradient_checkpointing}, "
