@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,14 @@ class DPOModule(CausalLMModule):
         return out
 
     def on_fit_start(self) -> None:
+        if self.ref_model is not None:
+            # The frozen reference copy is in eval mode on purpose; Lightning's "Found N
+            # module(s) in eval mode" warning is silenced for exactly its N modules, so eval
+            # modules of the policy (a real bug) still warn, with another count.
+            n = sum(1 for _ in self.ref_model.modules())
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training"
+            )
         if self.reference != "precomputed" or not torch.isnan(self.ref_logps).any():
             return  # nothing to do, or restored from a checkpoint
         dm = self.trainer.datamodule

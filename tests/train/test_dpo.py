@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -41,7 +42,11 @@ def test_dpo_learns_the_preference(tmp_path, data_dir, reference, packing):
             "train.checkpoint.every_n_steps=0",
         )
     )
-    manifest = run_train(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = run_train(cfg)
+    # the frozen reference copy is in eval mode on purpose: no warning about it
+    assert not [w for w in caught if "in eval mode" in str(w.message)], caught
     rows = read_jsonl(tmp_path / "dpo" / "train" / "metrics.jsonl")
     assert manifest["counts"]["rows_kept"] == 32 and len(rows) == manifest["counts"]["steps"]
     # step 1: the policy is the reference, so the loss is exactly log 2
