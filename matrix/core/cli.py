@@ -45,6 +45,9 @@ def quiet_logs() -> None:
         "ignore", category=FutureWarning, module=r"(torch|transformers|lightning)\."
     )
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # matrix.train.resume owns the checkpoint folder (its run.json marker, the checkpoints of
+    # this config only), so a non-empty folder is expected, never a sign of a clash.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: "Tip:" not in r.getMessage() and "litlogger" not in r.getMessage()
     )

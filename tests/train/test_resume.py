@@ -104,6 +104,9 @@ def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data
         "step000002.ckpt",
         "step000004.ckpt",
     ]
+    # last.ckpt is a link to the newest step checkpoint, not a second copy of it
+    assert (ckpts / "last.ckpt").is_symlink()
+    assert (ckpts / "last.ckpt").resolve() == (ckpts / "step000004.ckpt").resolve()
 
     again = run_train(compose_train(args()))
     assert again["resumed_from"] == str(ckpts / "last.ckpt")
@@ -112,6 +115,7 @@ def test_rerun_resumes_in_place_and_a_changed_config_starts_fresh(tmp_path, data
     assert again["final_metrics"] == first["final_metrics"]
 
     # last.ckpt one interval behind a step checkpoint (killed between the two writes)
+    (ckpts / "last.ckpt").unlink()  # a link to the newest step checkpoint: not written through
     (ckpts / "last.ckpt").write_bytes((ckpts / "step000002.ckpt").read_bytes())
     assert newest_checkpoint(ckpts) == ckpts / "step000004.ckpt"
 
