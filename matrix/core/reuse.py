@@ -75,18 +75,27 @@ def stale_reason(folder: Path, chash: str, resume_hash: str) -> str | None:
     return None
 
 
+def unfinished(folder: Path, cfg: DictConfig, stage: str, chash: str) -> str:
+    """What the stage will do with an unfinished run: resume it, or (another config, which
+    the stage sets aside) start fresh."""
+    why = stale_reason(folder, chash, config_hash(cfg, stage, resumable=True))
+    if why:
+        return f"the last run did not finish and {why}; starting fresh"
+    return "the last run did not finish; resuming it"
+
+
 def reuse_decision(cfg: DictConfig, stage: str) -> ReuseDecision:
     folder = stage_dir(cfg, stage)
     path = folder / "manifest.json"
+    chash = config_hash(cfg, stage)
     # A stage removes its manifest when it starts and writes it when it finishes.
     if not path.exists() and folder.is_dir() and any(folder.iterdir()):
-        return ReuseDecision(False, "the last run did not finish; resuming it")
+        return ReuseDecision(False, unfinished(folder, cfg, stage, chash))
     if not path.exists():
         return ReuseDecision(False, "no run in this folder yet")
     m = json.loads(path.read_text(encoding="utf-8"))
     if not m.get("complete"):
-        return ReuseDecision(False, "the last run did not finish; resuming it")
-    chash = config_hash(cfg, stage)
+        return ReuseDecision(False, unfinished(folder, cfg, stage, chash))
     if m.get("config_hash") != chash:
         return ReuseDecision(False, f"config changed (hash {m.get('config_hash')} -> {chash})")
     changed = changed_inputs(m)
