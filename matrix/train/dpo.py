@@ -34,12 +34,13 @@ def dpo_loss(
     rejected_reward = beta * (policy_rejected - ref_rejected)
     margin = chosen_reward - rejected_reward
     loss = -F.logsigmoid(margin).mean()
+    chosen_r, rejected_r, m = chosen_reward.detach(), rejected_reward.detach(), margin.detach()
     metrics = {
         "loss": float(loss.detach()),
-        "rewards/chosen": float(chosen_reward.mean()),
-        "rewards/rejected": float(rejected_reward.mean()),
-        "rewards/accuracy": float((margin > 0).float().mean()),
-        "rewards/margin": float(margin.mean()),
+        "rewards/chosen": float(chosen_r.mean()),
+        "rewards/rejected": float(rejected_r.mean()),
+        "rewards/accuracy": float((m > 0).float().mean()),
+        "rewards/margin": float(m.mean()),
         "logps/chosen": float(policy_chosen.detach().mean()),
         "logps/rejected": float(policy_rejected.detach().mean()),
     }
