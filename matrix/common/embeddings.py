@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from matrix.common.io import text_sha256
+from matrix.common.sqlite_wal import connect_wal
 from matrix.llm.embedded import EMBEDDED_PREFIX, MINILM, resolve_model_path
 
 DEFAULT_ENCODER = f"{EMBEDDED_PREFIX}{MINILM}"
@@ -34,8 +35,7 @@ class Encoder:
         self._db: sqlite3.Connection | None = None
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(Path(cache_dir) / "embeddings.sqlite", timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = connect_wal(Path(cache_dir) / "embeddings.sqlite")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS emb (model TEXT, key TEXT, vec BLOB, PRIMARY KEY (model, key))"
             )

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from matrix.common.io import StorageError, storage_error
+from matrix.common.sqlite_wal import connect_wal
 from matrix.llm.protocol import Chat, Completion, Sampling
 
 SCHEMA = """
@@ -93,8 +94,7 @@ class CallCache:
         self._lock = threading.Lock()
         # check_same_thread=False: backends report results from worker threads; the lock
         # serialises use of the one connection.
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_wal(self.path, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.execute(SCHEMA)
