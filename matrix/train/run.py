@@ -194,7 +194,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
         "config_hash": stage.config_hash if stage else None,
         "steps": trainer.global_step,
     }
-    hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
+    hf_dir = None
+    if bool(cfg.train.get("export", True)):
+        hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
     manifest = None
     if stage is not None:
         extra = {"attention": attn, "hf_model": str(hf_dir) if hf_dir else None}

@@ -41,3 +41,22 @@ def test_hf_folder_reloads_and_generates(tmp_path, data_dir, lora):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 5 or int(out[0, -1]) == tok.eos_token_id
+
+
+def test_export_false_trains_and_writes_no_folder(tmp_path, data_dir):
+    """`train.export=false` (throughput runs): the run finishes, its manifest says there is no
+    model folder, and none is written."""
+    cfg = compose_train(
+        tiny_overrides(
+            tmp_path,
+            data_dir / "sft_short.jsonl",
+            "noexport",
+            "trainer.max_steps=2",
+            "train.checkpoint.enabled=false",
+            "train.export=false",
+        )
+    )
+    manifest = run_train(cfg)
+    assert manifest["counts"]["steps"] == 2
+    assert manifest["hf_model"] is None
+    assert not (tmp_path / "noexport" / "train" / "hf_model").exists()
