@@ -302,6 +302,31 @@ def replay(nodes: dict[tuple, Node], server: Server, fcfs: bool = False) -> dict
     return {"wall_s": now, "busy": busy_area / (server.concurrency * now) if now else 0.0}
 
 
+def by_critical_path(nodes: dict[tuple, Node], server: Server) -> None:
+    """Sets each node's priority to its downstream height: its longest request at the full
+    batch's step, plus the highest of what waits on it (the highest first). The lengths are
+    the answers' true ones, so this is an oracle, not an order a client can compute."""
+    full_step = server.step_base_s + server.step_per_seq_s * server.concurrency
+    waiting_on = defaultdict(list)
+    for key, n in nodes.items():
+        for d in (*n.deps, *n.after_start):
+            waiting_on[d].append(key)
+    height: dict[tuple, float] = {}
+    # a step waits only on steps earlier in lock-step order: the reverse of that order sees
+    # every waiter before what it waits on
+    for key in sorted(nodes, key=lambda k: step_priority(k[1:]), reverse=True):
+        own = max(
+            (
+                q.prompt_tokens * server.prefill_s_per_token + q.output_tokens * full_step
+                for q in nodes[key].requests
+            ),
+            default=0.0,
+        )
+        height[key] = own + max((height[c] for c in waiting_on[key]), default=0.0)
+    for key, n in nodes.items():
+        n.priority = (-height[key],)
+
+
 def lockstep_nodes(reqs: list[Request]) -> dict[tuple, Node]:
     """One node per (round, phase) with every group's requests; each waits for the last."""
     by = defaultdict(list)
@@ -359,10 +384,12 @@ def main() -> None:
     ap.add_argument("--trace", type=Path, help="requests file: written after the run, or replayed")
     ap.add_argument(
         "--queue",
-        choices=("priority", "fcfs"),
+        choices=("priority", "fcfs", "oracle"),
         default="priority",
         help="the queue: by (round, phase), as the OpenAI backend's slots order the groups "
-        "schedule's requests (matrix.llm.slots), or first come first served",
+        "schedule's requests (matrix.llm.slots); first come first served; or `oracle`: the "
+        "independent schedule by critical path from every answer's true length, which no "
+        "client knows in advance (a bound on what any request order can gain)",
     )
     args = ap.parse_args()
     if args.trace and args.trace.exists():
@@ -464,7 +491,10 @@ def compare_schedules(reqs: list[Request], group_ids: list[int], cfg, args) -> N
         sim.revise_plan_every,
         sim.goal_check_every,
     )
-    free = replay(independent_nodes(reqs, group_ids, deps), server, fcfs)
+    free_nodes = independent_nodes(reqs, group_ids, deps)
+    if args.queue == "oracle":
+        by_critical_path(free_nodes, server)
+    free = replay(free_nodes, server, fcfs)
     print(f"{'schedule':<12} {'wall_s':>8} {'server_busy':>12}")
     print(f"{'lock-step':<12} {lock['wall_s']:>8.1f} {lock['busy']:>12.1%}")
     print(f"{'independent':<12} {free['wall_s']:>8.1f} {free['busy']:>12.1%}")
