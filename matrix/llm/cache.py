@@ -96,7 +96,6 @@ class CallCache:
         # serialises use of the one connection.
         self._db = connect_wal(self.path, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=60000")
         self._db.execute(SCHEMA)
         self._db.commit()
 
