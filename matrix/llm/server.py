@@ -33,7 +33,13 @@ from pathlib import Path
 import httpx
 
 from matrix.llm.errors import LLMError
-from matrix.llm.server_record import last_error, record_path, server_record, write_record
+from matrix.llm.server_record import (
+    exit_reason,
+    last_error,
+    record_path,
+    server_record,
+    write_record,
+)
 from matrix.llm.server_spec import ServeSpec
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,7 @@ class LocalServer:
         self.port = port
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/matrix-vllm-{port}.log")
         self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
 
     @classmethod
     def from_spec(cls, spec: ServeSpec, log_path: str | Path | None = None) -> LocalServer:
@@ -138,7 +145,7 @@ class LocalServer:
         env.pop("PYTHONPATH", None)  # the server venv must not import this project's packages
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        offset = logf.tell()
+        offset = self._log_offset = logf.tell()
         # A new session: vLLM forks engine processes; stopping the group stops them all.
         self.proc = subprocess.Popen(
             cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -163,7 +170,7 @@ class LocalServer:
         while time.monotonic() - t0 < timeout:
             if self.proc is not None and self.proc.poll() is not None:
                 raise LLMError(
-                    f"vLLM exited with code {self.proc.returncode} before it was ready; "
+                    f"vLLM {exit_reason(self.proc.returncode)} before it was ready; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
@@ -173,6 +180,15 @@ class LocalServer:
                 pass
             time.sleep(1)
         raise LLMError(f"vLLM not ready after {timeout}s; log {self.log_path}:\n{self.log_tail()}")
+
+    def log_since_start(self) -> str:
+        """What this start of the server wrote to its log (the file is appended to)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -258,9 +274,18 @@ def spec_from_args(args: argparse.Namespace) -> ServeSpec:
     )
 
 
+def _stop_on_signal(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # Ctrl-C and `kill` both stop vLLM too: it runs in a session of its own, so it would
+    # outlive this process otherwise. Set explicitly, because a process started in the
+    # background by a shell (`cmd &`, nohup) inherits SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_on_signal)
     spec = spec_from_args(args)
     server = LocalServer.from_spec(spec)
     restarts = 0
@@ -275,16 +300,20 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             code = server.proc.wait()
-            err = last_error(server.log_tail(400))
-            log.error("vLLM exited with code %s%s", code, f": {err}" if err else "")
+            err = last_error(server.log_since_start())
+            log.error(
+                "vLLM %s%s", exit_reason(code), f"; its log's last error: {err}" if err else ""
+            )
             server.stop(forget=False)
             if restarts >= args.max_restarts:
                 sys.exit(f"vLLM died; restart it with: {spec.command()}")
             restarts += 1
             log.info("starting vLLM again (%d/%d)", restarts, args.max_restarts)
     except KeyboardInterrupt:
-        pass
+        log.info("stopping vLLM")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut this short
+            signal.signal(sig, signal.SIG_IGN)
         server.stop()
 
 

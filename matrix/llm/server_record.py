@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 from matrix.llm.embedded import cache_root
@@ -56,6 +57,9 @@ _RELAYS = re.compile(
     re.I,
 )
 _ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
+# vLLM's log lines below ERROR level; their text can quote an error it warns about (at every
+# start: "... can cause fd limit errors like `OSError: [Errno 24] Too many open files`").
+_NOT_AN_ERROR = re.compile(r"\b(?:DEBUG|INFO|WARNING) \d\d-\d\d \d\d:\d\d:\d\d ")
 # Known causes of an engine death and what fixes each.
 _HINTS = (
     (
@@ -78,9 +82,22 @@ def last_error(log_text: str) -> str | None:
     found = None
     for line in log_text.splitlines():
         m = _ERROR_LINE.search(line)
-        if m and not _RELAYS.search(line):
+        if m and not _RELAYS.search(line) and not _NOT_AN_ERROR.search(line):
             found = f"{m.group(1)}: {m.group(2).strip()}"
     return found
+
+
+def exit_reason(code: int | None) -> str:
+    """A process exit status in words: a negative one is the signal that ended it."""
+    if code is None or code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"was killed by {name} (the kernel's OOM killer or a `kill -9`)"
+    return f"was killed by {name}"
 
 
 def hint_for(error: str) -> str | None:

@@ -15,7 +15,7 @@ from matrix.llm.errors import EndpointUnreachable
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
 from matrix.llm.server import parser, spec_from_args
-from matrix.llm.server_record import diagnose, hint_for, last_error, server_record
+from matrix.llm.server_record import diagnose, exit_reason, hint_for, last_error, server_record
 from matrix.llm.server_spec import ServeSpec
 from tests.conftest import free_port
 from tests.doubles import chats_of
@@ -31,6 +31,23 @@ def test_root_cause_is_found_under_the_errors_that_relay_it():
     assert err == "RuntimeError: CPU Generator does not use offset"
     assert "--no-enable-chunked-prefill" in hint_for(err)
     assert last_error("INFO all good\nINFO: 127.0.0.1 - GET /v1/models 200 OK") is None
+    # vLLM warns at every start with an error's text quoted in it; that is not a cause
+    ulimit_warning = (
+        "(APIServer pid=3859) WARNING 11-26 18:13:54 [system_utils.py:255] Found ulimit of 20000 "
+        "and failed to automatically increase with error current limit exceeds maximum limit. "
+        "This can cause fd limit errors like `OSError: [Errno 24] Too many open files`. "
+        "Consider increasing with ulimit -n"
+    )
+    assert last_error(ulimit_warning) is None
+    assert (
+        last_error(f"{ulimit_warning}\n{text}") == "RuntimeError: CPU Generator does not use offset"
+    )
+
+
+def test_exit_reason_names_the_signal():
+    assert exit_reason(1) == "exited with code 1"
+    assert exit_reason(-9).startswith("was killed by SIGKILL")
+    assert exit_reason(-15) == "was killed by SIGTERM"
 
 
 def test_cpu_build_never_prefills_a_prompt_in_chunks():
