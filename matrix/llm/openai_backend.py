@@ -237,9 +237,12 @@ class OpenAIBackend:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
+            # Read every failed row's exception, not only the first raised: asyncio prints
+            # "Task exception was never retrieved" with a traceback for each one left unread.
+            errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                raise first
             return out  # type: ignore[return-value]
         finally:
             await client.close()

@@ -56,3 +56,29 @@ def test_truncate_left_uses_the_reported_sizes():
     assert cut[0] == chat[0]
     assert 400 < len(cut[1]["content"]) < 500  # ~ (2048 - 48) / 4096 of it, the end kept
     assert chat[1]["content"] == "x" * 1000  # the caller's chat is not modified
+
+
+def test_a_failed_batch_leaves_no_unread_task_exceptions(caplog, monkeypatch):
+    """Several rows of a batch fail together (a dead server answers each with an error):
+    the first error is raised, and asyncio is left no other row's exception to print as
+    "Task exception was never retrieved". Each row fails at its first step here, so all of
+    them fail before the batch looks at any."""
+    import gc
+
+    backend = OpenAIBackend(
+        "smollm2",
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        api_key_env=None,
+        check_model=False,
+        max_concurrency=8,
+    )
+
+    async def fails(client, chat, sampling, row):
+        raise LLMError(f"row {row} failed")
+
+    monkeypatch.setattr(backend, "_complete", fails)
+    chats = [[{"role": "user", "content": f"hi {i}"}] for i in range(8)]
+    with caplog.at_level("ERROR", logger="asyncio"), pytest.raises(LLMError, match="row 0"):
+        backend.generate(chats, Sampling(max_new_tokens=4))
+    gc.collect()
+    assert "never retrieved" not in caplog.text
