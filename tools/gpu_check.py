@@ -206,9 +206,15 @@ WORDS = [
 ]
 
 
-def write_data(folder: Path, sft_rows: int, words: tuple[int, int], seed: int = 0) -> dict:
+def write_data(
+    folder: Path,
+    sft_rows: int,
+    words: tuple[int, int],
+    seed: int = 0,
+    dpo_words: tuple[int, int] = (3, 12),
+) -> dict:
     """Synthetic SFT rows (some multi-turn) and DPO pairs ('yes ...' chosen, 'no ...'
-    rejected: learnable, so DPO's reward margin must grow)."""
+    rejected: learnable, so DPO's reward margin must grow), answers of `dpo_words` words."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -230,7 +236,7 @@ def write_data(folder: Path, sft_rows: int, words: tuple[int, int], seed: int = 
             f.write(json.dumps({"messages": msgs}) + "\n")
     with open(dpo, "w", encoding="utf-8") as f:
         for _ in range(64):
-            body = text(3, 12)
+            body = text(*dpo_words)
             row = {
                 "prompt": [{"role": "user", "content": text(3, 12)}],
                 "chosen": "yes " + body,
@@ -514,14 +520,15 @@ def mfu_overrides(
     attn: str = "auto",
     checkpointing: bool = True,
     name: str = "mfu",
+    objective: str = "sft",
 ):
     return [
         *base_overrides(runs, name, tok, cuda),
         *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
         f"model.gradient_checkpointing={str(checkpointing).lower()}",
         f"model.attn_implementation={attn}",
-        "train.objective=sft",
-        f"data.path={data['sft']}",
+        f"train.objective={objective}",
+        f"data.path={data[objective]}",
         "data.max_seq_len=4096",
         "data.packing=true",
         "data.batch_size=1",
@@ -537,6 +544,9 @@ def mfu_overrides(
 MFU_VARIANTS = {
     "sdpa": {"attn": "sdpa"},
     "no activation checkpointing": {"checkpointing": False},
+    # DPO as the paper trains it: a frozen reference copy beside the policy, chosen and
+    # rejected answers of 800-1,400 words (about 2 x 1,500 tokens a pair)
+    "dpo": {"objective": "dpo"},
 }
 
 
@@ -549,6 +559,7 @@ def check_mfu(
     variant: str = "",
     attn: str = "auto",
     checkpointing: bool = True,
+    objective: str = "sft",
 ) -> None:
     import torch
     from transformers import AutoTokenizer
@@ -560,8 +571,10 @@ def check_mfu(
     with timed(report, f"{title}{f' [{variant}]' if variant else ''}") as s:
         vocab = len(AutoTokenizer.from_pretrained(tok))
         layers = mfu_layers(torch.cuda.get_device_properties(0).total_memory, vocab)
-        data = write_data(folder, sft_rows=400, words=(400, 900), seed=1)
-        overrides = mfu_overrides(runs, tok, data, layers, steps, True, attn, checkpointing, name)
+        data = write_data(folder, sft_rows=400, words=(400, 900), seed=1, dpo_words=(800, 1400))
+        overrides = mfu_overrides(
+            runs, tok, data, layers, steps, True, attn, checkpointing, name, objective
+        )
         m = run_train(compose(overrides))
         rows = _metrics(runs / name)
         s.figures = {
@@ -804,6 +817,9 @@ def compose_all(report: Report, runs: Path, data: dict, tok: Path) -> None:
         cfgs.append(fsdp_overrides(runs, "fsdp", data, tok, 1, 10))
         cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True))
         starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False))
+        for kw in MFU_VARIANTS.values():  # `--mfu-variants`
+            cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True, **kw))
+            starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False, **kw))
         for o in cfgs:
             config_problems(compose(o), "train").raise_if_any("train")
         for o in starts:
@@ -849,7 +865,7 @@ def check_versions(report: Report) -> None:
         assert not bad, "; ".join(bad)
 
 
-def run(out: Path, dry: bool, steps: int = 20, mfu_variants: bool = False) -> Report:
+def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = None) -> Report:
     import torch
 
     cuda = torch.cuda.is_available() and not dry
@@ -859,8 +875,9 @@ def run(out: Path, dry: bool, steps: int = 20, mfu_variants: bool = False) -> Re
     tok = tokenizer_dir()
     data = write_data(out / "data", sft_rows=160, words=(10, 120))
     check_versions(report)
-    if mfu_variants and cuda:
-        for variant, kw in MFU_VARIANTS.items():
+    if mfu_variants is not None and cuda:
+        for variant in mfu_variants or MFU_VARIANTS:
+            kw = MFU_VARIANTS[variant]
             check_mfu(report, runs, out / "mfu_data", tok, 20, variant, **kw)
         return report
     compose_all(report, runs, data, tok)
@@ -896,8 +913,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry", action="store_true", help="the dry mode even where CUDA is present")
     ap.add_argument(
         "--mfu-variants",
-        action="store_true",
-        help="only the MFU step, with sdpa and without activation checkpointing (GPU only)",
+        nargs="*",
+        choices=list(MFU_VARIANTS),
+        default=None,
+        metavar="VARIANT",
+        help="only the MFU step, once per variant named (default: each of "
+        f"{', '.join(repr(v) for v in MFU_VARIANTS)}); GPU only",
     )
     ap.add_argument("--rehearse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
