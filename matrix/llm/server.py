@@ -36,6 +36,7 @@ from matrix.llm.errors import LLMError
 from matrix.llm.server_record import (
     exit_reason,
     last_error,
+    log_since,
     record_path,
     server_record,
     write_record,
@@ -109,7 +110,7 @@ class LocalServer:
         self.port = port
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/matrix-vllm-{port}.log")
         self.proc: subprocess.Popen | None = None
-        self._log_offset = 0
+        self.log_offset = 0  # where this start's part of the (appended) log begins
 
     @classmethod
     def from_spec(cls, spec: ServeSpec, log_path: str | Path | None = None) -> LocalServer:
@@ -145,7 +146,7 @@ class LocalServer:
         env.pop("PYTHONPATH", None)  # the server venv must not import this project's packages
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        offset = self._log_offset = logf.tell()
+        offset = self.log_offset = logf.tell()
         # A new session: vLLM forks engine processes; stopping the group stops them all.
         self.proc = subprocess.Popen(
             cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -180,15 +181,6 @@ class LocalServer:
                 pass
             time.sleep(1)
         raise LLMError(f"vLLM not ready after {timeout}s; log {self.log_path}:\n{self.log_tail()}")
-
-    def log_since_start(self) -> str:
-        """What this start of the server wrote to its log (the file is appended to)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -300,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             code = server.proc.wait()
-            err = last_error(server.log_since_start())
+            err = last_error(log_since(server.log_path, server.log_offset))
             log.error(
                 "vLLM %s%s", exit_reason(code), f"; its log's last error: {err}" if err else ""
             )

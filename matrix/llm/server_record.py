@@ -87,6 +87,17 @@ def last_error(log_text: str) -> str | None:
     return found
 
 
+def log_since(path: str | Path, offset: int) -> str:
+    """What a server wrote to its log from byte `offset` on (the log is appended to across
+    restarts; a start records where its part begins). Empty when the log cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def exit_reason(code: int | None) -> str:
     """A process exit status in words: a negative one is the signal that ended it."""
     if code is None or code >= 0:
@@ -116,13 +127,7 @@ def diagnose(base_url: str) -> str:
         return ""
     state = "is still running" if _alive(int(rec["pid"])) else "has exited"
     parts = [f"The server matrix started there (pid {rec['pid']}) {state}; log {rec['log']}."]
-    try:
-        text = Path(rec["log"]).read_text(errors="replace")
-        # Only this run of the server: the log is appended to across restarts.
-        text = text[int(rec.get("log_offset", 0)) :]
-    except OSError:
-        text = ""
-    err = last_error(text)
+    err = last_error(log_since(rec["log"], int(rec.get("log_offset", 0))))
     if err:
         parts.append(f"Its log's last error: {err}.")
         hint = hint_for(err)
