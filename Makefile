@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all llm-server bench-llm bench-server gpu-check gpu-wheels lint format config-doc clean-demo soak
+.PHONY: install lock demo test test-all llm-server bench-llm bench-server gpu-check gpu-wheels lint format config-doc clean-demo clean-stale soak
 
 install: $(STAMP)
 
@@ -96,6 +96,19 @@ config-doc: install
 
 clean-demo:
 	rm -rf runs/demo
+
+# Outputs a stage set aside when it started fresh over another config's folder
+# (runs/<run>/.stale/<stage>__<config hash>__<time>/): listed with sizes, removed once you say
+# so (YES=1: without asking). Nothing else ever deletes them.
+RUNS ?= $(or $(MATRIX_RUNS_DIR),runs)
+YES ?=
+clean-stale:
+	@found=$$(find "$(RUNS)" -type d -name .stale -prune 2>/dev/null); \
+	if [ -z "$$found" ]; then echo "nothing set aside under $(RUNS)"; exit 0; fi; \
+	du -sh $$found/* 2>/dev/null; \
+	if [ "$(YES)" != 1 ]; then read -r -p "remove these set-aside outputs? [y/N] " a; \
+	  [ "$$a" = y ] || [ "$$a" = Y ] || { echo "kept"; exit 0; }; fi; \
+	rm -rf $$found; echo "removed $$(echo $$found | wc -w) .stale folder(s)"
 
 # 20 random SIGKILLs per stage on debug=tiny (slow, not in CI): kills survived, rows lost,
 # duplicated and changed, work redone; see docs/robustness.md.

@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import secrets
-import shutil
 import string
 import subprocess
 import time
@@ -214,10 +213,12 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
 
 
 def set_aside_stale(cfg: DictConfig, stage: str) -> bool:
-    """Move the stage folder's outputs to `<run>/.stale/<folder>` (replacing an older set-aside
-    copy) when a run of another config, or a finished run whose inputs changed since, wrote
-    them (`matrix.core.reuse.stale_reason`): this run then starts fresh instead of resuming
-    them. Returns whether it did. Only the stage's own process may call it (rank zero)."""
+    """Move the stage folder's outputs to `<run>/.stale/<folder>__<old config hash>__<time>`
+    when a run of another config, or a finished run whose inputs changed since, wrote them
+    (`matrix.core.reuse.stale_reason`): this run then starts fresh instead of resuming them.
+    Every set-aside attempt is kept under its own name; nothing is deleted (`make clean-stale`
+    removes them on request). Returns whether it did. Only the stage's own process may call
+    it (rank zero)."""
     from matrix.core.reuse import stale_reason
 
     out = stage_dir(cfg, stage)
@@ -228,16 +229,31 @@ def set_aside_stale(cfg: DictConfig, stage: str) -> bool:
     )
     if why is None:
         return False
-    run_root = Path(cfg.paths.runs_dir) / str(cfg.run.name)
-    rel = out.relative_to(run_root) if out.is_relative_to(run_root) else Path(out.name)
-    dest = run_root / ".stale" / "__".join(rel.parts)
+    dest = stale_dest(cfg, out)
     with disk_writes(dest):
-        if dest.exists():
-            shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         out.rename(dest)
     log.warning("%s: starting fresh; %s (the old outputs are in %s)", stage, why, dest)
     return True
+
+
+def stale_dest(cfg: DictConfig, out: Path) -> Path:
+    """A new, unused folder under `<run>/.stale/` for the outputs in `out`: named by the stage
+    folder, the config hash of the run that wrote them and the time they were set aside."""
+    from matrix.core.reuse import ATTEMPT
+
+    run_root = Path(cfg.paths.runs_dir) / str(cfg.run.name)
+    rel = out.relative_to(run_root) if out.is_relative_to(run_root) else Path(out.name)
+    try:
+        old_hash = str(json.loads((out / ATTEMPT).read_text(encoding="utf-8"))["config_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        old_hash = "unknown"
+    base = f"{'__'.join(rel.parts)}__{old_hash}__{time.strftime('%Y%m%d-%H%M%S')}"
+    dest, n = run_root / ".stale" / base, 1
+    while dest.exists():  # two set-asides within one second
+        n += 1
+        dest = run_root / ".stale" / f"{base}-{n}"
+    return dest
 
 
 def _drop(node: Any, path: list[str]) -> None:

@@ -98,8 +98,18 @@ def test_a_rerun_with_another_config_starts_fresh_instead_of_resuming_old_answer
     run_evaluate(other, roles=_roles(other, backend))
     assert backend.calls == 16  # 8 answers + 8 judgments, none resumed
     assert set(_answers(out / "alpaca_eval2" / "answers.jsonl")) == {"Another answer."}
-    old = tmp_path / "default" / ".stale" / "evaluate" / "alpaca_eval2" / "answers.jsonl"
-    assert set(_answers(old)) == {"An answer."}
+    (stale,) = (tmp_path / "default" / ".stale").glob("evaluate__*")
+    assert set(_answers(stale / "alpaca_eval2" / "answers.jsonl")) == {"An answer."}
+
+    # a third config sets the second aside too; the first set-aside copy is still there
+    third = _cfg(tmp_path, "eval.sampling.max_new_tokens=50")
+    run_evaluate(third, roles=_roles(third, ScriptedBackend("A third answer.")))
+    kept = sorted((tmp_path / "default" / ".stale").glob("evaluate__*"))
+    assert len(kept) == 2 and stale in kept
+    assert {a for k in kept for a in _answers(k / "alpaca_eval2" / "answers.jsonl")} == {
+        "An answer.",
+        "Another answer.",
+    }
 
 
 def test_compare_marks_significance(tmp_path):

@@ -223,7 +223,8 @@ def test_a_higher_target_extends_and_changed_prompts_start_fresh(tmp_path, sim_d
     backends = scripted_backends()
     run_generate(other, backends=backends)
     rows = read_rows(_out(tmp_path) / "sft.jsonl")
-    old = read_rows(tmp_path / "runs" / "default" / ".stale" / "generate" / "sft.jsonl")
+    (stale,) = (tmp_path / "runs" / "default" / ".stale").glob("generate__*")
+    old = read_rows(stale / "sft.jsonl")
     assert len(rows) == len(old) == 3
 
     def response_templates(rs):

@@ -157,4 +157,5 @@ def test_a_rerun_on_changed_data_trains_again_instead_of_resuming(tmp_path, data
     run_dir = tmp_path / "runs" / "d" / "train"
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r] == [1, 2]
     assert again["inputs"]["data"]["sha256"] != first["inputs"]["data"]["sha256"]
-    assert (tmp_path / "runs" / "d" / ".stale" / "train" / "manifest.json").exists()
+    (stale,) = (tmp_path / "runs" / "d" / ".stale").glob(f"train__{first['config_hash']}__*")
+    assert (stale / "manifest.json").exists()
