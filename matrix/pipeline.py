@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from matrix.common.secret_guard import guard
 from matrix.core.cli import check_command_line, run_user_command
-from matrix.core.pipeline import flags_first, helper_rank, objective_value, run_pipeline
+from matrix.core.pipeline import objective_value, run_pipeline
+from matrix.core.sweep import flags_first, helper_rank
 
 
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")

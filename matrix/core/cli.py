@@ -117,8 +117,19 @@ def _fail(e: BaseException) -> None:
 
 def run_stage(stage: str, cfg: DictConfig) -> Any:
     """Run a registered stage as its script does. The stage checks its config first
-    (matrix.core.config_check.check_stage): every problem is reported before any model loads."""
-    return run_user_command(get_stage(stage).run, cfg)
+    (matrix.core.config_check.check_stage): every problem is reported before any model loads.
+    In a multirun the job runs as one arm of the sweep (matrix.core.sweep)."""
+    from matrix.core.sweep import name_sweep_job, record_arm
+
+    spec = get_stage(stage)
+
+    def arm(cfg: DictConfig) -> Any:
+        name_sweep_job(cfg, stage=stage)
+        result = spec.run(cfg)
+        record_arm(cfg)
+        return result
+
+    return run_user_command(arm, cfg)
 
 
 class WritableRunsDir(Callback):

@@ -13,98 +13,28 @@ runs again, and an unfinished one resumes from its own checkpoint.
 its own folder (experiment=paper_matrix_tuned trains SFT as `train_sft`, then DPO from that
 model as `train`). Reuse and resume work per step, as for any stage.
 
-In a multirun each finished job adds its run dir to the sweep dir's arms.txt, and
-`CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml) writes the comparison of all
-arms (matrix.analysis.compare) into the sweep dir when the last job is done.
+A multirun (`-m`) runs the whole loop per arm, into its own run dir (matrix.core.sweep, the
+same for every entry point); the comparison of all arms lands in the sweep dir.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
-from matrix.analysis.arms import ARMS_FILE
-from matrix.common.secrets import is_secret_key
 from matrix.core.config_check import check_models, config_problems
 from matrix.core.registry import STAGES
 from matrix.core.reuse import reuse_decision
 from matrix.core.stage import stage_dir
+from matrix.core.sweep import helper_rank, name_sweep_job, record_arm
 from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix.pipeline")
-
-
-# Overrides that say where or how a job runs, not what it computes: left out of arm names, so
-# `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
-# `communication=a` and `communication=b`. (pipeline.steps stays: it changes results.)
-_NOT_ARM = (
-    "experiment",
-    "experiment_name",
-    "debug",
-    "run",
-    "paths",
-    "logger",
-    "llm.backends",
-    "pipeline.stages",
-    "pipeline.reuse",
-    "pipeline.objective",
-    "hydra",
-)
-# A folder name has at most 255 bytes; arm_name shortens a longer arm (keeping a hash).
-_ARM_MAX_BYTES = 240
-
-
-def _override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0].replace("/", ".")
-
-
-def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
-    """A job's arm: its overrides that change results as `key=value,key=value`, the `swept`
-    keys (the sweeper's params) first, the rest sorted. Too long for a folder name, it keeps
-    the swept overrides only (or, with none known, its start) and ends in a hash of the whole."""
-    swept = set(swept)
-    keep = [
-        o
-        for o in overrides
-        if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
-        and not is_secret_key(_override_key(o))  # a key never names a folder
-    ]
-    keep.sort(key=lambda o: (_override_key(o) not in swept, o))
-    name = ",".join(o.replace("/", "_") for o in keep)
-    if len(name.encode()) <= _ARM_MAX_BYTES:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    head = ",".join(o.replace("/", "_") for o in keep if _override_key(o) in swept) or name
-    return head.encode()[: _ARM_MAX_BYTES - 9].decode(errors="ignore") + f"~{digest}"
-
-
-def name_sweep_job(cfg: DictConfig) -> None:
-    """In a multirun, each job gets its own run dir named by its overrides, under one sweep id."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return
-    if hc.mode == RunMode.MULTIRUN:
-        with open_dict(cfg):
-            swept = hc.sweeper.get("params") or {}
-            arm = arm_name(list(hc.overrides.task), swept) or str(hc.job.num)
-            cfg.run.sweep_id = (
-                cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
-            )
-            cfg.run.name = f"{cfg.run.name}/{arm}"
 
 
 @dataclass(frozen=True)
@@ -152,15 +82,6 @@ def pipeline_steps(cfg: DictConfig) -> list[Step]:
     return steps
 
 
-def helper_rank() -> bool:
-    """Whether this process is rank 1..n-1 of a multi-process training run. Lightning starts
-    those ranks by rerunning the command; they take part in the train steps only."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var]) != 0
-    return False
-
-
 def run_pipeline(cfg: DictConfig) -> dict:
     name_sweep_job(cfg)
     results = {}
@@ -202,43 +123,6 @@ def wait_for_step(step: Step, poll_s: float = 2.0) -> None:
         time.sleep(poll_s)
 
 
-def record_arm(cfg: DictConfig) -> None:
-    """Add this job's run dir to the sweep dir's arms file (multirun only)."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return
-    if hc.mode != RunMode.MULTIRUN:
-        return
-    sweep = Path(hc.sweep.dir)
-    sweep.mkdir(parents=True, exist_ok=True)
-    run_dir = stage_dir(cfg, "train").parent.resolve()
-    with open(sweep / ARMS_FILE, "a", encoding="utf-8") as f:
-        f.write(f"{run_dir}\n")
-
-
-class CompareOnMultirunEnd(Callback):
-    """After the last job of a pipeline multirun: the comparison report, into the sweep dir."""
-
-    def __init__(self, enabled: bool = True, lineage_answers: int = 3) -> None:
-        self.enabled = enabled
-        self.lineage_answers = lineage_answers
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        if not self.enabled or not (sweep / ARMS_FILE).exists():
-            return
-        from matrix.analysis.compare import compare
-        from matrix.common.embeddings import Encoder
-
-        encoder = Encoder(config.embedding.model, cache_dir=config.paths.cache_dir)
-        try:
-            compare([sweep], sweep, lineage_answers=self.lineage_answers, encoder=encoder)
-        except Exception:
-            # The arms' results are on disk either way; a failed report must not fail the sweep.
-            log.exception("compare failed; rerun: python -m matrix.compare %s", sweep)
-
-
 def objective_value(cfg: DictConfig) -> float:
     """`pipeline.objective` (`<benchmark>/<metric>`) from this run's evaluate/scores.json."""
     bench, _, metric = str(cfg.pipeline.objective).partition("/")
@@ -250,10 +134,3 @@ def objective_value(cfg: DictConfig) -> float:
             f"use one of {[f'{b}/{k}' for b, s in scores.items() for k in s]}"
         )
     return float(scores[bench][metric])
-
-
-def flags_first(argv: list[str]) -> list[str]:
-    """Move -m/--multirun before the overrides: Hydra's argparse rejects overrides that follow
-    it (`experiment=x -m communication=a,b`), the natural way to write a sweep."""
-    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
-    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]

@@ -388,7 +388,7 @@ def test_what_hydra_prints_before_the_job_is_masked_too(tmp_path):
 
 
 def test_a_key_override_never_names_a_sweep_arm():
-    from matrix.core.pipeline import arm_name
+    from matrix.core.sweep import arm_name
 
     overrides = [f"+generator.api_key={CLI_KEY}", "communication=none"]
     assert arm_name(overrides, ["communication"]) == "communication=none"
