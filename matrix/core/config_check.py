@@ -48,6 +48,7 @@ _OPEN = (
     "model.config",
     "trainer.fsdp",
     "logger.wandb.settings",
+    "logger.lightning",  # any Lightning logger's options (matrix.train.loggers.check_logger)
 )
 # A block whose keys are those of another block.
 _SAME_KEYS_AS = {"generator.sets.*.retrieval": "generate.retrieval"}

@@ -1,7 +1,9 @@
-"""Lightning callbacks: step metrics to the stage run, exact-resume state."""
+"""Lightning callbacks: step metrics to metrics.jsonl and Lightning's loggers, exact-resume
+state."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import defaultdict
@@ -51,16 +53,26 @@ class RNGState(L.Callback):
 
 
 class StepLogger(L.Callback):
-    """Per optimizer step: loss (and DPO rewards) averaged over the accumulated micro-batches,
-    lr, grad norm, tokens/s, padding efficiency and MFU, to StageRun (metrics.jsonl + W&B).
-    After each validation pass: the module's metrics over the whole validation set as `val/*`,
-    a row of its own at the current step. `tokens_seen` is saved in checkpoints, so it runs on
-    across a resume."""
+    """The one collector of training metrics. Per optimizer step: loss (and DPO rewards)
+    averaged over the accumulated micro-batches, lr, grad norm, tokens/s, padding efficiency
+    and MFU. After each validation pass: the module's metrics over the whole validation set as
+    `val/*`, a row of its own at the current step. Each row goes to metrics.jsonl (StageRun.log,
+    rank 0) and to Lightning's loggers and progress bar (the module's `log_row`, self.log).
+    `wandb_via_lightning`: the stage's W&B run gets the rows from Lightning's WandbLogger, so
+    StageRun.log writes metrics.jsonl only (else it logs them to that run too, as before).
+    `tokens_seen` is saved in checkpoints, so it runs on across a resume."""
 
-    def __init__(self, run: StageRun | None, every_n_steps: int = 1, precision: str = "32-true"):
+    def __init__(
+        self,
+        run: StageRun | None,
+        every_n_steps: int = 1,
+        precision: str = "32-true",
+        wandb_via_lightning: bool = False,
+    ):
         self.run = run
         self.every = max(1, every_n_steps)
         self.precision = precision
+        self.wandb_via_lightning = wandb_via_lightning
         self.history: list[dict] = []  # every logged row, also used by tests and the summary
         self.val_history: list[dict] = []  # every validation row
         self.tokens_seen = 0
@@ -115,6 +127,7 @@ class StepLogger(L.Callback):
         step = trainer.global_step
         stepped, self._last_step = step != self._last_step, step
         if not stepped or step % self.every:
+            pl_module.log_row({}, step)  # Lightning's `step` stays current (see log_row)
             return
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         tokens_per_s = self._real / elapsed
@@ -136,8 +149,7 @@ class StepLogger(L.Callback):
         )
         row = {k: v for k, v in row.items() if v is not None}
         self.history.append({"step": step, **row})
-        if self.run is not None and trainer.is_global_zero:
-            self.run.log(row, step=step)
+        self._emit(trainer, pl_module, row, step)
         self._reset()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -146,5 +158,16 @@ class StepLogger(L.Callback):
         row = {f"val/{k}": v for k, v in pl_module.validation_metrics().items()}
         step = trainer.global_step
         self.val_history.append({"step": step, **row})
+        self._emit(trainer, pl_module, row, step)
+
+    def _emit(self, trainer, pl_module, row: dict, step: int) -> None:
+        """A row to Lightning's loggers (every rank; they write on rank 0) and metrics.jsonl."""
+        pl_module.log_row(row, step)
         if self.run is not None and trainer.is_global_zero:
-            self.run.log(row, step=step)
+            # StageRun.log's row; its W&B call left out when Lightning's logger feeds that run
+            run = (
+                dataclasses.replace(self.run, wandb_run=None)
+                if self.wandb_via_lightning
+                else self.run
+            )
+            run.log(row, step=step)

@@ -53,6 +53,10 @@ def sequence_logps(
     return out.index_add(0, ids[mask], logp[mask])
 
 
+# metrics shown in Lightning's progress bar (besides being logged)
+PROGRESS_BAR = ("train/loss", "train/lr", "val/loss")
+
+
 class CausalLMModule(L.LightningModule):
     """Base module: owns the HF model, the optimizer config and the step metrics."""
 
@@ -76,6 +80,25 @@ class CausalLMModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_parts = []
+
+    def log_row(self, row: dict[str, float], step: int) -> None:
+        """A metrics row (StepLogger's, the one metrics.jsonl gets) to Lightning's loggers and
+        progress bar with `self.log`, at optimizer step `step`. `step` is logged as Lightning's
+        `step` key, which its loggers take as the step (Lightning's own default during training
+        is the steps before this one) and ModelCheckpoint as its `step`; StepLogger logs it
+        after every micro-batch, with or without a row, so it never goes stale. From a training
+        hook a row is this step's (on_step); from on_validation_epoch_end, the pass's (on_epoch).
+        Values go as float64 tensors: the loggers get the numbers of metrics.jsonl unrounded."""
+        on_step = self.trainer.training
+        for key, value in {**row, "step": step}.items():
+            self.log(
+                key,
+                torch.tensor(float(value), dtype=torch.float64),
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=key in PROGRESS_BAR,
+                batch_size=1,
+            )
 
     def validation_metrics(self) -> dict[str, float]:
         """Metrics over the whole validation set just evaluated (read by StepLogger)."""

@@ -14,6 +14,7 @@ from matrix.core.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
 from matrix.train.attention import CHOICES, flash_attn_available
 from matrix.train.datamodule import data_path
+from matrix.train.loggers import check_logger
 
 REQUIRED_KEYS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
@@ -188,4 +189,5 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     if cfg.train.objective in REQUIRED_KEYS:
         check_data(cfg, p)
     check_model(cfg, p)
+    check_logger(cfg, p)
     return p

@@ -2,7 +2,8 @@
 
 Order matters: validate everything (no model loaded), tokenize the data, pick the checkpoint
 to resume from (`train.checkpoint.resume`, matrix.train.resume), open the stage run, build model +
-Lightning trainer, fit, export the HF folder, write the manifest.
+Lightning trainer (with the `logger.lightning` logger, matrix.train.loggers), fit, export the HF
+folder, write the manifest.
 
 A resumed run continues in place: metrics.jsonl keeps the rows up to the checkpoint's step
 (later ones are logged again, once), `train/tokens_seen` counts on from the checkpoint, the
@@ -19,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 from matrix.common.bad_rows import SHOWN
@@ -31,6 +33,7 @@ from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
+from matrix.train.loggers import build_logger
 from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.resume import resume_point
@@ -93,7 +96,10 @@ def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     return by_epochs
 
 
-def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, model, ckpt_dir: Path, callbacks: list, logger: Logger | None = None
+) -> L.Trainer:
+    """`logger`: Lightning's logger (`logger.lightning`, matrix.train.loggers), None for none."""
     t = cfg.trainer
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -121,7 +127,9 @@ def build_trainer(cfg: DictConfig, model, ckpt_dir: Path, callbacks: list) -> L.
         accumulate_grad_batches=int(t.accumulate_grad_batches),
         gradient_clip_val=None,  # the module clips (CausalLMModule.configure_gradient_clipping)
         callbacks=[LoaderPosition(), RNGState(), *callbacks, *([ckpt] if save else [])],
-        logger=False,  # metrics go through StageRun (metrics.jsonl + the stage's W&B run)
+        # StepLogger's rows, through the module's self.log; metrics.jsonl is written either way
+        logger=logger or False,
+        log_every_n_steps=int(t.log_every_n_steps),  # the rows' cadence (StepLogger's too)
         enable_checkpointing=save,
         enable_progress_bar=bool(t.get("progress_bar", True)),
         enable_model_summary=False,
@@ -168,17 +176,18 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     module = build_module(cfg, model, dm)
-    logger = StepLogger(stage, int(cfg.trainer.log_every_n_steps), str(cfg.trainer.precision))
+    lightning_logger = build_logger(cfg, out, stage.wandb_run if stage else None)
+    t = cfg.trainer
+    logger = StepLogger(
+        stage,
+        int(t.log_every_n_steps),
+        str(t.precision),
+        wandb_via_lightning=isinstance(lightning_logger, WandbLogger),
+    )
     logger.resume_from(kept)
+    memory = PeakMemory(release=bool(t.get("release_freed_memory", False)))
     trainer = build_trainer(
-        cfg,
-        model,
-        out / "checkpoints",
-        [
-            PeakMemory(release=bool(cfg.trainer.get("release_freed_memory", False))),
-            logger,
-            *callbacks,
-        ],
+        cfg, model, out / "checkpoints", [memory, logger, *callbacks], lightning_logger
     )
     ckpt = str(start.path) if start.path else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
