@@ -6,7 +6,9 @@ CIs and a lineage view (nearest training rows of some answers).
     python -m matrix.compare runs/multirun/pipeline/<time>       # a sweep dir (its arms.txt)
 
 Writes comparison.md, comparison.json and PNGs into --out (default: the first path), and logs
-the same tables to a W&B run (offline unless WANDB_MODE=online; a W&B Report when online).
+the same tables to a W&B run (offline unless WANDB_MODE=online) in the arms' W&B group.
+`--wandb-report` also builds a W&B Report of the arms' stage runs (matrix.analysis.wandb_report):
+saved to W&B when online, its spec written to wandb_report.json either way.
 """
 
 from __future__ import annotations
@@ -123,14 +125,19 @@ def write_report(
 
 
 def log_to_wandb(arms: list[Arm], out: Path, result: dict[str, Any]) -> None:
-    """The same tables and plots as one W&B run, grouped with the experiment's stage runs."""
+    """The same tables and plots as one W&B run, in the group of the arms' stage runs (a
+    sweep's id), or "comparison" when the arms are in several groups."""
     import wandb
+
+    from matrix.analysis.wandb_report import report_target
 
     mode = os.environ.get("WANDB_MODE", "offline")
     experiments = sorted({a.experiment for a in arms if a.experiment})
-    group = experiments[0] if len(experiments) == 1 else "comparison"
+    target = report_target(arms)
+    group = target.groups[0] if len(target.groups) == 1 else "comparison"
     run = wandb.init(
-        project="matrix",
+        project=target.project,
+        entity=target.entity or None,
         group=group,
         job_type="compare",
         name=f"{group}/compare",
@@ -148,25 +155,7 @@ def log_to_wandb(arms: list[Arm], out: Path, result: dict[str, Any]) -> None:
     }
     payload |= {f"compare/{k}": wandb.Image(p) for k, p in result["plots"].items()}
     run.log(payload)
-    if mode == "online":
-        _online_report(run, group)
     run.finish()
-
-
-def _online_report(run: Any, group: str) -> None:
-    # The Reports API needs a server (and the wandb-workspaces package); offline runs skip it.
-    try:
-        import wandb_workspaces.reports.v2 as wr
-    except ImportError:
-        log.info("compare: pip install wandb-workspaces to also create a W&B Report")
-        return
-    report = wr.Report(project=run.project, entity=run.entity, title=f"MATRIX comparison: {group}")
-    report.blocks = [
-        wr.H1(f"{group}"),
-        wr.PanelGrid(runsets=[wr.Runset(project=run.project, entity=run.entity)]),
-    ]
-    report.save()
-    log.info("compare: W&B report %s", report.url)
 
 
 def compare(
@@ -176,7 +165,13 @@ def compare(
     lineage_k: int = 3,
     encoder: Any = None,
     wandb_log: bool = True,
+    wandb_report: bool = False,
 ) -> dict[str, Any]:
+    """`wandb_report`: also the W&B Report (its outcome, one line, in result["wandb_report"])."""
+    if wandb_report:
+        from matrix.analysis.wandb_report import reports_api
+
+        reports_api()  # a missing package stops here, before any work
     arms = load_arms(paths)
     out = out or paths[0]
     lineage: dict[str, list[AnswerLineage]] = {}
@@ -189,6 +184,10 @@ def compare(
     result = write_report(arms, out, lineage)
     if wandb_log:
         log_to_wandb(arms, out, result)
+    if wandb_report:
+        from matrix.analysis.wandb_report import publish_report
+
+        result["wandb_report"] = publish_report(arms, result, out)
     log.info("compare: %d arms -> %s", len(arms), out / "comparison.md")
     return result
 
@@ -202,10 +201,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lineage-answers", type=int, default=3, help="answers per benchmark (0: none)")
     p.add_argument("--lineage-k", type=int, default=3, help="nearest training rows per answer")
     p.add_argument("--no-wandb", action="store_true", help="skip the W&B run")
+    p.add_argument(
+        "--wandb-report",
+        action="store_true",
+        help="also a W&B Report of the arms' stage runs (needs wandb-workspaces); saved when "
+        "W&B is online, its spec written to wandb_report.json",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    compare(args.paths, args.out, args.lineage_answers, args.lineage_k, wandb_log=not args.no_wandb)
+    try:
+        result = compare(
+            args.paths,
+            args.out,
+            args.lineage_answers,
+            args.lineage_k,
+            wandb_log=not args.no_wandb,
+            wandb_report=args.wandb_report,
+        )
+    except ImportError as e:
+        if not args.wandb_report or "wandb-workspaces" not in str(e):
+            raise
+        p.exit(2, f"error: {e}\n")
     print(f"wrote {(args.out or args.paths[0]) / 'comparison.md'}")
+    if "wandb_report" in result:
+        print(result["wandb_report"])
 
 
 if __name__ == "__main__":

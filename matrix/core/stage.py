@@ -37,6 +37,7 @@ from matrix.common.io import (
 from matrix.common.secret_guard import scrubbed_argv
 from matrix.common.secrets import redact
 from matrix.core.registry import STAGES
+from matrix.core.wandb_run import flat_config, log_lineage, summary_metrics, wandb_group
 
 if TYPE_CHECKING:
     from matrix.llm.roles import Roles
@@ -184,9 +185,11 @@ class StageRun:
             **(extra or {}),
             "config": resolved_config(self.cfg),
         }
-        write_json(self.dir / "manifest.json", redact(manifest))
-        self.summary({f"counts/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
+        written = redact(manifest)
+        write_json(self.dir / "manifest.json", written)
+        self.summary(summary_metrics(counts, extra))
         if self.wandb_run is not None:
+            log_lineage(self.wandb_run, self.dir, written)
             self.wandb_run.finish()
             self.wandb_run = None
         return manifest
@@ -318,11 +321,13 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str, resume: boo
     sweep = cfg.get("run", {}).get("sweep_id")
     if sweep:
         tags.append(f"sweep:{sweep}")
+    config = resolved_config(cfg)
     with scrubbed_argv():  # W&B records the command line in the run's metadata
         return wandb.init(
             project=wcfg.get("project", "matrix"),
             entity=wcfg.get("entity"),
-            group=wcfg.get("group") or experiment,
+            # a sweep's runs share its id as group (matrix.core.wandb_run)
+            group=wandb_group(config),
             job_type=stage,
             name=f"{cfg.run.name}/{stage_folder(cfg, stage)}",
             tags=tags,
@@ -332,7 +337,8 @@ def _start_wandb(cfg: DictConfig, stage: str, out: Path, chash: str, resume: boo
             # folder that `wandb sync` adds to the same run)
             id=wandb_run_id(out, resume),
             resume="allow",
-            config={**resolved_config(cfg), "config_hash": chash, "run_dir": str(out)},
+            # dotted keys (`optimizer.lr`): W&B's run comparer and parallel coordinates
+            config={**flat_config(config), "config_hash": chash, "run_dir": str(out)},
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),
         )
