@@ -252,6 +252,16 @@ class JsonlLog:
         return read_jsonl(self.path) if self.path.exists() else []
 
 
+PACKAGE_PREFIX = "matrix:"
+
+
+def resolve_data_path(path: str) -> Path:
+    """`matrix:data/...` -> a file shipped inside the package; anything else as given."""
+    if path.startswith(PACKAGE_PREFIX):
+        return Path(__file__).resolve().parents[1] / path[len(PACKAGE_PREFIX) :]
+    return Path(path).expanduser()
+
+
 def file_sha256(path: str | Path, limit: int | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

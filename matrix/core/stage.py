@@ -36,6 +36,7 @@ from matrix.common.io import (
 )
 from matrix.common.secret_guard import scrubbed_argv
 from matrix.common.secrets import redact
+from matrix.core.environment import environment
 from matrix.core.registry import STAGES
 from matrix.core.wandb_run import flat_config, log_lineage, summary_metrics, wandb_group
 
@@ -180,6 +181,8 @@ class StageRun:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - self.started, 2),
             "host": {"python": platform.python_version(), "machine": platform.machine()},
+            # the package versions and the lock the result came from
+            "environment": environment(),
             "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()},
             "counts": counts,
             **(extra or {}),

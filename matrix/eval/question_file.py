@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix.common.bad_rows import BadRows
-from matrix.common.io import jsonl_lines
+from matrix.common.io import jsonl_lines, resolve_data_path
 from matrix.core.validation import ConfigError
-from matrix.sim.population import resolve_data_path
 
 KEY = "eval.benchmarks.custom"
 Record = dict[str, Any]  # as matrix.eval.benchmarks.base.Record (imported from there, a cycle)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from matrix.common.io import text_sha256
-from matrix.common.prompts import render_prompt
 from matrix.gen.candidates import Candidate
 from matrix.gen.inputs import Seed
+from matrix.llm.prompts import render_prompt
 from matrix.llm.protocol import Chat, Completion
 from matrix.llm.role_llm import RoleLLM
 

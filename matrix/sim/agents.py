@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from matrix.common.prompts import render_prompt
+from matrix.llm.prompts import render_prompt
 from matrix.llm.role_llm import RoleLLM
 from matrix.sim.schemas import Agent, Profile
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from matrix.common.io import JsonlLog, read_json, write_json
-from matrix.common.prompts import render_prompt
+from matrix.llm.prompts import render_prompt
 from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matrix.common.prompts import render_prompt
+from matrix.llm.prompts import render_prompt
 from matrix.llm.role_llm import RoleLLM
 from matrix.sim.communication import Communication, Decision, Delivery, Group, Routing
 from matrix.sim.routing import Route, item_label, parse_route, parse_routes

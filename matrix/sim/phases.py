@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from matrix.common.prompts import template_fields
+from matrix.llm.prompts import template_fields
 
 PHASES = ("act", "route", "share", "summary", "memory", "plan", "goal_check")
 

@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix.common.bad_rows import BadRows
-from matrix.common.io import jsonl_lines
+from matrix.common.io import jsonl_lines, resolve_data_path
 from matrix.sim.profile_fields import ProfileError, check_fields, file_columns
 from matrix.sim.schemas import Profile
 
 log = logging.getLogger(__name__)
-
-PACKAGE_PREFIX = "matrix:"
 
 
 @dataclass(frozen=True)
@@ -33,13 +31,6 @@ class LoadReport:
     loaded: int
     skipped: tuple[str, ...]
     under_age: int = 0  # profiles dropped because they state an age below population.min_age
-
-
-def resolve_data_path(path: str) -> Path:
-    """`matrix:data/...` -> a file shipped inside the package; anything else as given."""
-    if path.startswith(PACKAGE_PREFIX):
-        return Path(__file__).resolve().parents[1] / path[len(PACKAGE_PREFIX) :]
-    return Path(path).expanduser()
 
 
 def _rows(path: Path, fmt: str, max_line_bytes: int | None = None):

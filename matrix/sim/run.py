@@ -11,13 +11,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.embeddings import Encoder
-from matrix.common.io import JsonlLog, read_json, write_json, write_jsonl
+from matrix.common.io import JsonlLog, read_json, resolve_data_path, write_json, write_jsonl
 from matrix.common.progress import progress
-from matrix.common.prompts import render_prompt
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
 from matrix.core.validation import ConfigProblems
+from matrix.llm.prompts import render_prompt
 from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
@@ -32,7 +32,7 @@ from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
 from matrix.sim.grouping import check_bounds, constrained_groups
 from matrix.sim.modulator import StructuredCommunication, modulator_limits
-from matrix.sim.population import load_profiles, resolve_data_path, sample_profiles
+from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
 from matrix.sim.pseudonyms import anonymize_rules
 from matrix.sim.report import write_report

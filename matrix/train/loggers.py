@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.core.validation import ConfigError, ConfigProblems
 
 KEY = "logger.lightning"
-# Logger classes that need a package matrix does not install by default: (the packages, any
+# Logger classes that need a package outside the base install: (the packages, any
 # one of which does), the extra that brings one.
 NEEDS: dict[type, tuple[tuple[str, ...], str]] = {
-    TensorBoardLogger: (("tensorboard", "tensorboardX"), "tensorboard"),
+    TensorBoardLogger: (("tensorboard", "tensorboardX"), "report"),
 }
 
 

@@ -365,7 +365,7 @@ def test_logs_and_error_text_in_process(monkeypatch, caplog, auth_echo_server):
 
 
 def test_what_hydra_prints_before_the_job_is_masked_too(tmp_path):
-    """A misplaced -m makes Hydra's argparse print the overrides after it, and `--cfg job`
+    """An unknown flag makes Hydra's argparse print the overrides after it, and `--cfg job`
     prints the config, both before any job (or Hydra callback) runs: the entry script's own
     guard masks them."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -373,7 +373,7 @@ def test_what_hydra_prints_before_the_job_is_masked_too(tmp_path):
         sys.executable,
         str(ROOT / "simulate.py"),
         "debug=tiny",
-        "-m",  # after an override: argparse rejects the overrides that follow
+        "--not-a-flag",  # after an override: argparse rejects the overrides that follow
         f"+llm.backends.x.api_key={CLI_KEY}",
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -212,4 +212,4 @@ def test_logger_config_problems_are_named(monkeypatch):
     assert "not a Lightning logger" in msg
     monkeypatch.setattr(loggers, "installed", lambda module: False)
     [(key, msg)] = problems("logger=tensorboard")
-    assert "`tensorboard` package" in msg and "matrix[tensorboard]" in msg
+    assert "`tensorboard` package" in msg and "matrix[report]" in msg

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from matrix.common.io import jsonl_lines
+from matrix.common.io import jsonl_lines, resolve_data_path
 from matrix.core.validation import ConfigError
 from matrix.eval.benchmarks.arena_hard import ArenaHard
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
@@ -41,7 +41,6 @@ from matrix.eval.bradley_terry import verdict_to_battles
 from matrix.eval.datafiles import read_jsonl
 from matrix.eval.judging import judge_batch, parse_rating
 from matrix.eval.question_file import KEY, load_questions
-from matrix.sim.population import resolve_data_path
 
 MODES = ("pairwise", "single")
 BASELINES = ("reference", "role", "run")
