@@ -115,6 +115,15 @@ def load_arms(paths: list[Path]) -> list[Arm]:
     return [load_arm(d, n) for d, n in zip(dirs, arm_names(dirs), strict=True)]
 
 
+def sim_stats(arm: Arm) -> dict[str, Any]:
+    """The simulation's counts (agents, groups, rounds, events, scenarios, ...) and seconds."""
+    m = arm.manifests.get("simulate")
+    if not m:
+        return {}
+    counts = {k: v for k, v in (m.get("counts") or {}).items() if isinstance(v, int | float)}
+    return {**counts, "seconds": m.get("seconds")}
+
+
 def data_stats(arm: Arm) -> dict[str, Any]:
     """Counts and diversity of the arm's generated data, flattened to `kind/metric` keys."""
     m = arm.manifests.get("generate")

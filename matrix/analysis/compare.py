@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from matrix.analysis.arms import Arm, data_stats, eval_stats, load_arms, train_stats
+from matrix.analysis.arms import Arm, data_stats, eval_stats, load_arms, sim_stats, train_stats
 from matrix.analysis.lineage import AnswerLineage, answer_lineage
 from matrix.analysis.plots import plot_data_diversity, plot_eval_scores, plot_training_curves
 from matrix.common.io import write_json
@@ -81,6 +81,7 @@ def lineage_section(lineage: dict[str, list[AnswerLineage]]) -> str:
 
 def build_tables(arms: list[Arm]) -> dict[str, list[list[str]]]:
     return {
+        "simulation": side_by_side(arms, {a.name: sim_stats(a) for a in arms}),
         "data": side_by_side(arms, {a.name: data_stats(a) for a in arms}),
         "training": side_by_side(arms, {a.name: train_stats(a) for a in arms}),
         "evaluation": side_by_side(arms, {a.name: eval_stats(a) for a in arms}),
@@ -102,6 +103,7 @@ def write_report(
     md = [f"# Comparison: {', '.join(experiments) or 'runs'}\n"]
     md.append(markdown_table(["arm", "run dir"], [[a.name, str(a.dir)] for a in arms]) + "\n")
     titles = {
+        "simulation": "Simulation (simulate manifest: counts)",
         "data": "Generated data (generate manifest: counts, diversity, coverage)",
         "training": "Training (train/metrics.jsonl, train manifest)",
         "evaluation": "Evaluation (evaluate/scores.json; value [95% CI])",
@@ -151,7 +153,7 @@ def log_to_wandb(arms: list[Arm], out: Path, result: dict[str, Any]) -> None:
     header = result["tables"]["header"]
     payload: dict[str, Any] = {
         f"compare/{k}": wandb.Table(columns=header, data=result["tables"][k])
-        for k in ("data", "training", "evaluation")
+        for k in ("simulation", "data", "training", "evaluation")
     }
     payload |= {f"compare/{k}": wandb.Image(p) for k, p in result["plots"].items()}
     run.log(payload)

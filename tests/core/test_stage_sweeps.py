@@ -85,7 +85,8 @@ def test_simulate_sweep_writes_two_arms(tmp_path: Path, tiny_model_dir: Path) ->
     for arm, mode in zip(arms, ("none", "random"), strict=True):
         manifest = json.loads((arm / "simulate" / "manifest.json").read_text())
         assert manifest["config"]["communication"]["mode"] == mode
-    assert (_sweep_dir(runs, "simulate") / "comparison.md").is_file()
+    md = (_sweep_dir(runs, "simulate") / "comparison.md").read_text()
+    assert "| metric | communication=none | communication=random |" in md and "| scenarios |" in md
     assert not list(runs.rglob(".stale"))
 
 
