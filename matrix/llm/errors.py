@@ -59,14 +59,3 @@ class BudgetExhausted(LLMError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.spent, self.limit))
-
-
-class StructuredOutputError(LLMError, ValueError):
-    """A completion could not be parsed into the requested structure, even after a repair."""
-
-    def __init__(self, message: str, text: str):
-        super().__init__(message)
-        self.text = text
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.text))

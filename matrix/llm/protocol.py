@@ -22,8 +22,8 @@ class Sampling:
 
     `json_schema` asks for structured output where the backend can constrain decoding
     (vLLM guided decoding, OpenAI-compatible `response_format`): True for any JSON object,
-    a dict for a JSON schema. Backends that cannot constrain ignore it; parse the text with
-    `matrix.llm.structured` either way.
+    a dict for a JSON schema. Backends that cannot constrain ignore it (the text may then
+    hold more than the JSON).
 
     `logprobs` > 0 asks for that many most likely tokens, with their log-probabilities, at each
     generated position (OpenAI-compatible `top_logprobs`; the local HF backend computes them).

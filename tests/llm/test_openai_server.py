@@ -5,6 +5,7 @@ Faults come from killing the real server and from a real proxy in front of it.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -64,8 +65,6 @@ def test_batch_in_order_with_token_counts(llm_server):
 
 
 def test_json_mode_constrains_the_answer(llm_server):
-    from matrix.llm.structured import parse_json
-
     out = backend(llm_server.base_url).generate(
         chats_of("Describe Alice, 30, as JSON with keys name and age."),
         Sampling(
@@ -77,7 +76,7 @@ def test_json_mode_constrains_the_answer(llm_server):
             },
         ),
     )
-    value = parse_json(out[0].text, expect=dict)
+    value = json.loads(out[0].text)  # the server constrains decoding: the text is the JSON
     assert set(value) >= {"name", "age"} and isinstance(value["age"], int)
 
 

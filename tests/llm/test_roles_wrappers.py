@@ -194,13 +194,10 @@ def test_explicit_cache_object_and_bare_config_default_off(tmp_path):
 def test_errors_survive_pickling_across_processes():
     import pickle
 
-    from matrix.llm.errors import StructuredOutputError
-
     e = pickle.loads(pickle.dumps(ContextOverflow("row 3: long", row=3)))
     assert e.row == 3 and e.at_row(7).row == 7 and "row 7:" in str(e.at_row(7))
     b = pickle.loads(pickle.dumps(BudgetExhausted("over", {"tokens": 5}, {"max_tokens": 4})))
     assert b.spent == {"tokens": 5} and b.limit == {"max_tokens": 4}
-    assert pickle.loads(pickle.dumps(StructuredOutputError("bad", "txt"))).text == "txt"
 
 
 # -- each wrapper alone, over a scripted backend (matrix/llm/wrappers/)
