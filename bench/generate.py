@@ -131,7 +131,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_generate(cfg, backends={"smollm2": backend})
         wall = time.perf_counter() - t0
-    ledger = result["ledger"]["total"]
+    ledger = result["llm"]["total"]
     rows = result["counts"]["sft"] + result["counts"]["dpo"]
     llm_s = ledger["seconds"]
     tokens = ledger["prompt_tokens"] + ledger["completion_tokens"]

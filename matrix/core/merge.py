@@ -110,7 +110,7 @@ def merge(stage: str, cfg: DictConfig) -> dict:
                     "dir": str(d),
                     "config_hash": m["config_hash"],
                     "counts": m["counts"],
-                    "llm": m.get("llm") or m.get("ledger"),  # each shard's calls and tokens
+                    "llm": m.get("llm"),  # each shard's calls and tokens
                 }
                 for d, m in shards
             ],

@@ -187,7 +187,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     run.finish(
         counts={f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()},
         inputs={"model": ev.model.checkpoint} if ev.model.get("checkpoint") else None,
-        extra={"ledger": ledger, "model": model.name, "judge": judge_name},
+        extra={"llm": ledger, "model": model.name, "judge": judge_name},
     )
     return scores
 

@@ -301,4 +301,4 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
         },
     )
     log.info("generate: %s", result["counts"])
-    return {**result, "ledger": roles.ledger(), "dir": str(run.dir)}
+    return {**result, "llm": roles.ledger(), "dir": str(run.dir)}

@@ -246,7 +246,7 @@ class Case:
             # The judge is a ledger role (every attempt counted); the model under test is not:
             # its calls are known for the attempt that finished (the manifest's ledger), which
             # must answer only the items the killed attempts left unanswered.
-            answer_calls = lambda d: read_json(d / "manifest.json")["ledger"]["roles"]["model"][  # noqa: E731
+            answer_calls = lambda d: read_json(d / "manifest.json")["llm"]["roles"]["model"][  # noqa: E731
                 "calls"
             ]
             judge_before, answered_before = snaps[-2] if len(snaps) > 1 else (0, 0)

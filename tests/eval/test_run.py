@@ -65,6 +65,8 @@ def test_demo_runs_writes_report_and_resumes_without_duplicates(tmp_path):
         assert (out / f).exists(), f
     first_calls = backend.calls
     assert first_calls == 16  # 8 answers + 8 judgments
+    spend = json.loads((out / "manifest.json").read_text())["llm"]  # the key every stage uses
+    assert spend["roles"]["model"]["calls"] == 8 and spend["roles"]["judge"]["calls"] == 8
 
     backend2 = ScriptedBackend()
     again = run_evaluate(cfg, roles=_roles(cfg, backend2))

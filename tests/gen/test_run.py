@@ -72,6 +72,7 @@ def test_tiny_mix_rows_formats_lineage_and_files(tmp_path, sim_dir):
     assert hf["sft"].num_rows == 8 and hf["dpo"].num_rows == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "generate" and manifest["counts"]["sft"] == 8
+    assert manifest["llm"]["roles"]["generator"]["calls"] > 0  # the key every stage uses
     assert manifest["inputs"]["scenarios"]["sha256"]
     card = (out / "datacard.md").read_text()
     assert "near_dup" in card and "chosen_eq_rejected" in card and "instruction_distinct_2" in card

@@ -160,7 +160,7 @@ def test_generate_through_the_server_then_a_rerun_from_the_cache(work, proxy, si
     led = m["llm"]
     for role in ("generator", "responder", "rejecter"):
         assert led["roles"][role]["calls"] > 0, role
-    assert posts == served_calls(led) == served_calls(result["ledger"]) > 0
+    assert posts == served_calls(led) == served_calls(result["llm"]) > 0
 
     before = proxy.posts
     run_generate(compose("generate", overrides(work, proxy.base_url, "gen_again", *extra)))
@@ -190,7 +190,7 @@ def test_evaluate_model_and_judge_through_the_server_then_a_rerun_from_the_cache
     assert len(judgments) == 5
     m = manifest(out)
     assert m["complete"] and m["model"] == "smollm2" and m["judge"] == "smollm2"
-    led = m["ledger"]["roles"]
+    led = m["llm"]["roles"]
     assert led["model"]["calls"] == 5  # one answer per item
     assert led["judge"]["calls"] >= 5  # one judgment per item (plus any repair turns)
     assert posts == led["model"]["calls"] + led["judge"]["calls"]
@@ -200,7 +200,7 @@ def test_evaluate_model_and_judge_through_the_server_then_a_rerun_from_the_cache
     again = run_evaluate(compose("evaluate", overrides(work, proxy.base_url, "ev_again", *extra)))
     assert proxy.posts == before
     assert again == scores
-    led = manifest(work / "runs" / "ev_again" / "evaluate")["ledger"]["roles"]
+    led = manifest(work / "runs" / "ev_again" / "evaluate")["llm"]["roles"]
     assert led["model"]["calls"] == 0 and led["judge"]["calls"] == 0
     assert led["model"]["cache_hits"] == 5
 
@@ -219,7 +219,7 @@ def test_pipeline_through_the_server_then_a_rerun_from_the_cache(work, proxy):
     sim_led, gen_led = manifests["simulate"]["llm"], manifests["generate"]["llm"]
     ev = manifests["evaluate"]
     assert ev["judge"] == "smollm2" and ev["model"] != "smollm2"  # the trained checkpoint
-    judge_calls = ev["ledger"]["roles"]["judge"]["calls"]
+    judge_calls = ev["llm"]["roles"]["judge"]["calls"]
     assert sim_led["roles"]["agent"]["calls"] > 0 and gen_led["roles"]["generator"]["calls"] > 0
     assert judge_calls > 0
     # The model under test ran in process; everything else was one request per call.
@@ -232,7 +232,7 @@ def test_pipeline_through_the_server_then_a_rerun_from_the_cache(work, proxy):
     again = work / "runs" / "pipe_again"
     assert_all_from_cache(manifest(again / "simulate")["llm"])
     assert_all_from_cache(manifest(again / "generate")["llm"])
-    assert manifest(again / "evaluate")["ledger"]["roles"]["judge"]["calls"] == 0
+    assert manifest(again / "evaluate")["llm"]["roles"]["judge"]["calls"] == 0
     assert texts(read_jsonl(again / "generate/sft.jsonl"), "id", "messages") == texts(
         read_jsonl(run / "generate/sft.jsonl"), "id", "messages"
     )
