@@ -33,10 +33,10 @@ from tenacity.wait import wait_random_exponential
 
 from matrix.common.secrets import register
 from matrix.llm.errors import BadResponse, ContextOverflow, LLMError, ModelNotServed
+from matrix.llm.local_hosts import is_local
 from matrix.llm.openai_failures import (
     Garbage,
     engine_dead,
-    is_local,
     retry_after,
     retryable,
     server_says,

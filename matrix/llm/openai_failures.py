@@ -13,8 +13,8 @@ import openai
 
 from matrix.common.secrets import scrub
 from matrix.llm.errors import BadResponse, EndpointUnreachable, LLMError, ServerDied
+from matrix.llm.local_hosts import is_local
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # A 500 that says the server's engine is gone (vLLM: EngineDeadError, "EngineCore encountered
 # an issue"): every later request fails the same way, so it is not retried.
 _ENGINE_DEAD = re.compile(r"EngineCore encountered|EngineDead|engine (?:is )?dead", re.I)
@@ -22,10 +22,6 @@ _ENGINE_DEAD = re.compile(r"EngineCore encountered|EngineDead|engine (?:is )?dea
 
 class Garbage(Exception):
     """A 2xx answer that is not a chat completion; retried, then reported as BadResponse."""
-
-
-def is_local(base_url: str) -> bool:
-    return any(h in base_url for h in LOCAL_HOSTS)
 
 
 def engine_dead(e: BaseException) -> bool:

@@ -3,6 +3,7 @@
 import pytest
 
 from matrix.llm.errors import EndpointUnreachable, LLMError
+from matrix.llm.local_hosts import is_local
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.openai_failures import retry_after
 from matrix.llm.openai_payload import truncate_left
@@ -28,6 +29,22 @@ def test_hosted_endpoint_needs_its_key_env_var(monkeypatch):
         backend.generate([[{"role": "user", "content": "hi"}]], Sampling())
     monkeypatch.setenv("MATRIX_TEST_KEY", "sk-secret-value")
     assert "sk-secret-value" not in repr(vars(backend))  # the key is never kept on the object
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://0.0.0.0:8000/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://localhost.example.com/v1", False),  # a name containing "localhost"
+        ("https://proxy.example.com/127.0.0.1/v1", False),  # a path containing an address
+    ],
+)
+def test_local_hosts_are_read_from_the_url_host(url, local):
+    assert is_local(url) is local
 
 
 def test_retry_after_header_forms():
