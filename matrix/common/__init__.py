@@ -1,3 +1,3 @@
-"""Utilities every stage uses: atomic files and resumable JSONL logs (`io`), bad-row
-accounting (`bad_rows`), the sentence encoder (`embeddings`), prompt templates (`prompts`)
-and progress bars (`progress`)."""
+"""Utilities every layer uses, importing no other matrix package: atomic files and resumable
+JSONL logs (`io`), the user-fixable ConfigError (`validation`), bad-row accounting
+(`bad_rows`), secrets, and progress bars (`progress`)."""

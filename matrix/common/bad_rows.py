@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

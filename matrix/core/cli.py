@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import StorageError, storage_error
 from matrix.common.secret_guard import guard
+from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.core.registry import get_stage
-from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix")
 

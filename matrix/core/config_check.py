@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.common.validation import ConfigProblems
 from matrix.core.registry import SHARDED_STAGES, STAGES
-from matrix.core.validation import ConfigProblems
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -19,10 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import read_json
+from matrix.common.validation import ConfigError
 from matrix.core.registry import SHARDED_STAGES, STAGES
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, config_hash, stage_dir
-from matrix.core.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

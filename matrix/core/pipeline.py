@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
+from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.core.config_check import check_models, config_problems
 from matrix.core.registry import STAGES
 from matrix.core.reuse import reuse_decision
 from matrix.core.stage import stage_dir
 from matrix.core.sweep import helper_rank, name_sweep_job, record_arm
-from matrix.core.validation import ConfigError, ConfigProblems
 
 log = logging.getLogger("matrix.pipeline")
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from matrix.core.validation import ConfigProblems
+    from matrix.common.validation import ConfigProblems
 
 
 def _load(ref: str) -> Callable[..., Any]:
@@ -131,7 +131,7 @@ SHARDED_STAGES = tuple(name for name, s in STAGES.items() if s.shardable)
 
 def get_stage(name: str, key: str = "stage") -> Stage:
     """The registered stage `name`; a ConfigError naming `key` and the known stages if none."""
-    from matrix.core.validation import ConfigError
+    from matrix.common.validation import ConfigError
 
     if name not in STAGES:
         raise ConfigError(f"{key}: '{name}' is not a stage; use one of {', '.join(STAGES)}")

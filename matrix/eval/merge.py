@@ -7,8 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from matrix.common.io import JsonlLog, read_json, write_json, write_jsonl
+from matrix.common.validation import ConfigError
 from matrix.core.merge import Merged
-from matrix.core.validation import ConfigError
 
 
 def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:

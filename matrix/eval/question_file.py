@@ -16,7 +16,7 @@ from typing import Any
 
 from matrix.common.bad_rows import BadRows
 from matrix.common.io import jsonl_lines, resolve_data_path
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 
 KEY = "eval.benchmarks.custom"
 Record = dict[str, Any]  # as matrix.eval.benchmarks.base.Record (imported from there, a cycle)

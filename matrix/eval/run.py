@@ -22,10 +22,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import JsonlLog, atomic_write_text, read_json, write_json
+from matrix.common.validation import ConfigProblems
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import open_stage
-from matrix.core.validation import ConfigProblems
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report

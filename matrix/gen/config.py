@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.common.validation import ConfigProblems
 from matrix.core.shard import Shard
-from matrix.core.validation import ConfigProblems
 from matrix.gen.inputs import Seed
 from matrix.gen.synthesis import SetSpec, template_id
 from matrix.llm.prompts import PromptError, render_prompt

@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.embeddings import Encoder
 from matrix.common.io import JsonlLog, text_sha256
 from matrix.common.progress import progress
+from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
-from matrix.core.validation import ConfigError
 from matrix.gen.candidates import row_instruction
 from matrix.gen.config import (
     KINDS,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.core.validation import ConfigProblems
+from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX
 
 _OPENAI = "matrix.llm.openai_backend.OpenAIBackend"

@@ -12,7 +12,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.llm.protocol import Chat
 
 

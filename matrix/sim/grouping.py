@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 
 
 class GroupingError(ConfigError):

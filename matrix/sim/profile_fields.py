@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from matrix.common.io import jsonl_lines
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

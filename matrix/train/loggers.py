@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.core.validation import ConfigError, ConfigProblems
+from matrix.common.validation import ConfigError, ConfigProblems
 
 KEY = "logger.lightning"
 # Logger classes that need a package outside the base install: (the packages, any

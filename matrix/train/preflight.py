@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from matrix.common.bad_rows import ON_ERROR
 from matrix.common.io import jsonl_lines
-from matrix.core.validation import ConfigProblems
+from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
 from matrix.train.attention import CHOICES, flash_attn_available
 from matrix.train.datamodule import data_path

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_config
-from matrix.core.validation import ConfigError
 from matrix.eval.run import run_evaluate
 from matrix.gen.run import run_generate
 from matrix.sim.run import run_simulate

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from matrix.analysis.compare import compare
+from matrix.common.validation import ConfigError
 from matrix.core.pipeline import pipeline_steps
 from matrix.core.stage import config_hash, stage_dir
-from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.doubles import BagOfWords
 

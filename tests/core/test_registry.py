@@ -8,12 +8,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from matrix.analysis import arms
+from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.core import registry
 from matrix.core.config_check import CONF_DIR
 from matrix.core.pipeline import run_pipeline
 from matrix.core.registry import SHARDED_STAGES, STAGES, Stage, get_stage
 from matrix.core.stage import config_hash, stage_dir
-from matrix.core.validation import ConfigError, ConfigProblems
 
 CALLS: list[int] = []
 

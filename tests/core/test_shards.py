@@ -21,9 +21,9 @@ from collections import Counter
 import pytest
 
 from matrix.common.io import read_jsonl
+from matrix.common.validation import ConfigError
 from matrix.core.merge import merge
 from matrix.core.shard import Shard
-from matrix.core.validation import ConfigError
 from matrix.gen.filters import normalize
 from matrix.gen.run import run_generate
 from matrix.llm.protocol import Completion

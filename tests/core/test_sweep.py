@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from matrix.common.io import write_json
+from matrix.common.validation import ConfigError
 from matrix.core.pipeline import objective_value
 from matrix.core.sweep import arm_name, flags_first
-from matrix.core.validation import ConfigError
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, tiny_llm_overrides
 
 

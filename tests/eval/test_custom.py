@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.eval.question_file import load_questions
 from matrix.eval.run import run_evaluate, validate
 from matrix.llm.protocol import Completion

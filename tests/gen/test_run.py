@@ -5,7 +5,7 @@ import json
 import pytest
 from datasets import load_dataset, load_from_disk
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.gen.run import run_generate
 from tests.doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 

@@ -3,7 +3,7 @@
 import pytest
 from hydra.errors import MissingConfigException
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.gen.config import validate
 from matrix.gen.run import run_generate
 from tests.doubles import compose_generate

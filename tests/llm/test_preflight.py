@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from hydra import compose, initialize_config_dir
 
+from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_config
-from matrix.core.validation import ConfigError
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.roles import Roles
 from tests.conftest import CONF, ROOT

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from matrix.common.io import read_jsonl
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.llm.protocol import Completion
 from matrix.llm.roles import Roles
 from matrix.llm.slots import current_priority

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from matrix.common.io import read_jsonl
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.sim.run import run_simulate
 from tests.conftest import compose, tiny_llm_overrides
 

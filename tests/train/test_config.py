@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.train.attention import select_attention
 from matrix.train.preflight import validate
 from matrix.train.run import total_steps

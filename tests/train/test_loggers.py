@@ -15,7 +15,7 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from matrix.common.io import read_jsonl
-from matrix.core.validation import ConfigProblems
+from matrix.common.validation import ConfigProblems
 from matrix.train import loggers
 from matrix.train.loggers import StageWandbLogger, build_logger, check_logger
 from matrix.train.run import run_train

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.train.examples import load_rows
 from matrix.train.preflight import validate
 from matrix.train.run import run_train

@@ -148,7 +148,7 @@ def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
 
 
 def test_preflight_rejects_bad_validation_keys(data_dir):
-    from matrix.core.validation import ConfigError
+    from matrix.common.validation import ConfigError
     from matrix.train.preflight import validate
 
     cfg = compose_train(

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from matrix.common.io import jsonl_lines, resolve_data_path
-from matrix.core.validation import ConfigError
+from matrix.common.validation import ConfigError
 from matrix.eval.benchmarks.arena_hard import ArenaHard
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
 from matrix.eval.benchmarks.mt_bench import FAILED_RATING, bootstrap_mean_ci
