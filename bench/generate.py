@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 THRESHOLD = 0.92  # generate.filters.near_dup_threshold
 
-from matrix.common.embeddings import Encoder  # noqa: E402
 from matrix.gen.filters import Deduper  # noqa: E402
 from matrix.gen.run import run_generate  # noqa: E402
+from matrix.llm.embeddings import Encoder  # noqa: E402
 from matrix.llm.roles import Roles  # noqa: E402
 
 

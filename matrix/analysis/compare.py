@@ -179,7 +179,7 @@ def compare(
     lineage: dict[str, list[AnswerLineage]] = {}
     if lineage_answers > 0:
         if encoder is None:
-            from matrix.common.embeddings import Encoder
+            from matrix.llm.embeddings import Encoder
 
             encoder = Encoder()
         lineage = {a.name: answer_lineage(a, encoder, lineage_answers, lineage_k) for a in arms}

@@ -1,7 +1,7 @@
 """Lineage of evaluation answers: the training rows nearest to an answer, and the simulated
 scenarios and agents those rows came from.
 
-Similarity is the cosine of sentence embeddings (matrix.common.embeddings.Encoder) between an answer
+Similarity is the cosine of sentence embeddings (matrix.llm.embeddings.Encoder) between an answer
 and a training row's instruction + response; it points at data to inspect, not at a cause.
 """
 

@@ -152,7 +152,7 @@ class CompareOnMultirunEnd(Callback):
         if not self.enabled or not (sweep / ARMS_FILE).exists():
             return
         from matrix.analysis.compare import compare
-        from matrix.common.embeddings import Encoder
+        from matrix.llm.embeddings import Encoder
 
         encoder = Encoder(config.embedding.model, cache_dir=config.paths.cache_dir)
         try:

@@ -20,12 +20,12 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     that duplicates (exactly or near) an earlier row of another shard is dropped, recorded
     in filtered.jsonl with `cross_shard: true` and counted. Such drops leave the merged
     set short of its target by that many rows; the merge cannot generate replacements."""
-    from matrix.common.embeddings import Encoder
     from matrix.gen.candidates import row_instruction
     from matrix.gen.config import KINDS, build_specs
     from matrix.gen.filters import Deduper
     from matrix.gen.outputs import write_outputs
     from matrix.gen.run import simulation_input
+    from matrix.llm.embeddings import Encoder
 
     sim, inputs = simulation_input(cfg)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)

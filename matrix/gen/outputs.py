@@ -10,7 +10,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.embeddings import Encoder
 from matrix.common.io import write_json, write_jsonl
 from matrix.gen.candidates import row_instruction, row_responses
 from matrix.gen.config import KINDS
@@ -19,6 +18,7 @@ from matrix.gen.inputs import SimulationData
 from matrix.gen.state import SetState
 from matrix.gen.stats import coverage, diversity
 from matrix.gen.synthesis import SetSpec
+from matrix.llm.embeddings import Encoder
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.embeddings import Encoder
 from matrix.common.io import JsonlLog, text_sha256
 from matrix.common.progress import progress
 from matrix.common.validation import ConfigError
@@ -41,6 +40,7 @@ from matrix.gen.outputs import write_outputs
 from matrix.gen.retrieval import mmr
 from matrix.gen.state import GenState, SetState
 from matrix.gen.synthesis import SetSpec, StepRoles, synthesize
+from matrix.llm.embeddings import Encoder
 from matrix.llm.protocol import LLM
 from matrix.llm.roles import Roles
 

@@ -1,8 +1,8 @@
 """Everything that talks to a language model: the protocol (`protocol`), backends
 (`hf` in-process, `openai_backend` for any OpenAI-compatible server, `vllm_backend`),
-the embedded models (`embedded`), role wrappers with cache, budget and ledger (`roles`,
-`cache`, `ledger`), structured answers (`structured`), chat templates (`chat`) and the
-local vLLM server launcher (`server`)."""
+the embedded models (`embedded`), the sentence encoder (`embeddings`), role wrappers with
+cache, budget and ledger (`roles`, `cache`, `ledger`), chat templates (`chat`), prompt
+templates (`prompts`) and the local vLLM server launcher (`server`)."""
 
 from matrix.llm.protocol import LLM, Chat, Completion, Message, Sampling
 

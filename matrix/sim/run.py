@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.embeddings import Encoder
 from matrix.common.io import JsonlLog, read_json, resolve_data_path, write_json, write_jsonl
 from matrix.common.progress import progress
 from matrix.common.validation import ConfigProblems
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
+from matrix.llm.embeddings import Encoder
 from matrix.llm.prompts import render_prompt
 from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles

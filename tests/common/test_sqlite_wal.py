@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from matrix.common.embeddings import Encoder
 from matrix.llm.cache import CallCache
+from matrix.llm.embeddings import Encoder
 
 PROCESSES, ROUNDS = 6, 10
 

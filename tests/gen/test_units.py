@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from matrix.common.embeddings import Encoder
 from matrix.gen.candidates import Candidate
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch, normalize
 from matrix.gen.inputs import Seed
 from matrix.gen.retrieval import mmr
 from matrix.gen.stats import distinct_n, embedding_spread
 from matrix.gen.synthesis import parse_instruction, template_labels
+from matrix.llm.embeddings import Encoder
 
 
 def _unit(v):
