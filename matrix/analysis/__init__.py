@@ -1,3 +1,4 @@
 """Reading finished runs: the arms of an experiment (`arms`), their comparison report
-(`compare`) with its plots (`plots`), and the lineage from answers back to training rows
-(`lineage`). Reads files only, never models."""
+(`compare`) with its plots (`plots`), the lineage from answers back to training rows
+(`lineage`), and the report a sweep writes when its last job ends (`sweep_report`). Reads
+files only, never models."""

@@ -14,9 +14,7 @@ from typing import Any
 
 from matrix.common.io import read_json
 from matrix.core.registry import STAGES
-
-# Written into a multirun's sweep dir, one run dir per line, by each finished pipeline job.
-ARMS_FILE = "arms.txt"
+from matrix.core.sweep import ARMS_FILE
 
 
 @dataclass

@@ -4,8 +4,8 @@ evaluate.py and `python -m matrix.pipeline`.
 Each job of a sweep writes to its own run dir, `runs/<run.name>/<arm>/`, named by the job's
 overrides that change results (`arm_name`), and all jobs share one `run.sweep_id`; no arm
 ever sets another aside. A finished job adds its run dir to the sweep dir's arms.txt, and
-`CompareOnMultirunEnd` (a Hydra callback in conf/pipeline.yaml, which every entry point
-composes) writes the comparison of all arms (matrix.analysis.compare) into the sweep dir when
+matrix.analysis.sweep_report.CompareOnMultirunEnd (a Hydra callback in conf/pipeline.yaml,
+which every entry point composes) writes the comparison of all arms into the sweep dir when
 the last job is done.
 
 A sweep of one stage varies that stage over the same inputs: the inputs it reads (simulate's
@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from matrix.analysis.arms import ARMS_FILE
 from matrix.common.secrets import is_secret_key
 
 log = logging.getLogger("matrix.sweep")
+
+# Written into a multirun's sweep dir, one run dir per line, by each finished job (record_arm);
+# read by matrix.analysis (the arms of a sweep, its report).
+ARMS_FILE = "arms.txt"
 
 # Overrides that say where or how a job runs, not what it computes: left out of arm names, so
 # `experiment=x debug=tiny llm.backends...=... -m communication=a,b` gives arms
@@ -138,28 +140,6 @@ def record_arm(cfg: DictConfig) -> None:
         return  # a job run again (a resumed sweep) is listed once
     with open(arms, "a", encoding="utf-8") as f:
         f.write(f"{run_dir}\n")
-
-
-class CompareOnMultirunEnd(Callback):
-    """After the last job of a multirun: the comparison report, into the sweep dir."""
-
-    def __init__(self, enabled: bool = True, lineage_answers: int = 3) -> None:
-        self.enabled = enabled
-        self.lineage_answers = lineage_answers
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        if not self.enabled or not (sweep / ARMS_FILE).exists():
-            return
-        from matrix.analysis.compare import compare
-        from matrix.llm.embeddings import Encoder
-
-        encoder = Encoder(config.embedding.model, cache_dir=config.paths.cache_dir)
-        try:
-            compare([sweep], sweep, lineage_answers=self.lineage_answers, encoder=encoder)
-        except Exception:
-            # The arms' results are on disk either way; a failed report must not fail the sweep.
-            log.exception("compare failed; rerun: python -m matrix.compare %s", sweep)
 
 
 def flags_first(argv: list[str]) -> list[str]:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from matrix.analysis.arms import ARMS_FILE, arm_names, find_run_dirs
+from matrix.analysis.arms import arm_names, find_run_dirs
 from matrix.analysis.compare import compare
+from matrix.core.sweep import ARMS_FILE
 from tests.doubles import BagOfWords, write_fake_run
 
 ARMS = {"communication=none": 0.3, "communication=random": 0.5, "communication=structured": 1.0}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.analysis.arms import ARMS_FILE, load_arms
+from matrix.analysis.arms import load_arms
 from matrix.analysis.compare import compare, main
 from matrix.analysis.wandb_report import (
     SPEC_FILE,
@@ -20,6 +20,7 @@ from matrix.analysis.wandb_report import (
     save_report,
 )
 from matrix.common.io import read_json, write_json
+from matrix.core.sweep import ARMS_FILE
 from tests.doubles import write_fake_run
 from tests.wandb_records import run_records
 
