@@ -82,13 +82,28 @@ def _is_local(base_url: str) -> bool:
     return (urlsplit(base_url).hostname or "") in _LOCAL_HOSTS
 
 
+def local_model_dir(spec: str) -> Path | None:
+    """The folder behind a model spec (model.path, a local backend's model): a local dir, or a
+    hub id already in the Hugging Face cache (hubs may be unreachable); None if neither."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return p
+    if p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(spec, "config.json")
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
 def model_folder_problem(spec: str) -> str | None:
     """Why a model spec (embedded:NAME, folder or hub id) cannot be loaded here, or None."""
     if spec.startswith(EMBEDDED_PREFIX):
         return None
-    from matrix.train.preflight import _local_model_dir
-
-    if _local_model_dir(spec) is not None:
+    if local_model_dir(spec) is not None:
         return None
     if Path(spec).expanduser().is_absolute() or spec.startswith((".", "~")):
         return f"model folder {spec} does not exist; point it at a Hugging Face model folder"

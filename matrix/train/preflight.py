@@ -12,27 +12,12 @@ from matrix.common.bad_rows import ON_ERROR
 from matrix.common.io import jsonl_lines
 from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
+from matrix.llm.preflight import local_model_dir
 from matrix.train.attention import CHOICES, flash_attn_available
 from matrix.train.datamodule import data_path
 from matrix.train.loggers import check_logger
 
 REQUIRED_KEYS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
-
-
-def _local_model_dir(spec: str) -> Path | None:
-    """The folder behind model.path: a local dir, or a hub id already in the HF cache."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return p
-    if p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(spec, "config.json")
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        return None
-    return Path(hit).parent if isinstance(hit, str) else None
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -92,7 +77,7 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
         data = json.loads((Path(resolve_model_path(spec)) / "config.json").read_text())
         ctx = data.get("text_config", data).get("max_position_embeddings")
     if not spec.startswith(EMBEDDED_PREFIX):
-        folder = _local_model_dir(spec)
+        folder = local_model_dir(spec)
         if folder is None:
             p.add(
                 "model.path",
