@@ -7,12 +7,11 @@ scores.json), so the comparison needs the files only, never the models.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix.common.io import read_json
+from matrix.common.io import read_json, read_jsonl
 from matrix.core.registry import STAGES
 from matrix.core.sweep import ARMS_FILE
 
@@ -41,12 +40,6 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def load_arm(path: Path, name: str) -> Arm:
     arm = Arm(name=name, dir=path)
     for stage in STAGES:
@@ -54,11 +47,10 @@ def load_arm(path: Path, name: str) -> Arm:
         if m.exists():
             arm.manifests[stage] = read_json(m)
     # Only optimizer-step rows carry a step and a loss; other rows are summaries.
-    arm.train_curve = [
-        r
-        for r in _read_jsonl(path / "train" / "metrics.jsonl")
-        if "step" in r and "train/loss" in r
-    ]
+    # (a killed or running training may have left a torn last line)
+    metrics = path / "train" / "metrics.jsonl"
+    rows = read_jsonl(metrics, torn_tail=True) if metrics.exists() else []
+    arm.train_curve = [r for r in rows if "step" in r and "train/loss" in r]
     scores = path / "evaluate" / "scores.json"
     if scores.exists():
         arm.scores = read_json(scores).get("scores", {})

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.analysis.arms import Arm
+from matrix.common.io import read_jsonl
 from matrix.gen.candidates import row_instruction, row_responses
 
 
@@ -33,21 +34,17 @@ class AnswerLineage:
     neighbours: list[Neighbour]
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
 def training_rows(arm: Arm) -> list[dict]:
     """The rows the arm trained on (train's manifest input), else generate's sft + dpo files."""
     data = ((arm.manifests.get("train") or {}).get("inputs") or {}).get("data") or {}
     path = Path(data["path"]) if data.get("path") else None
     if path is not None and path.is_file():
-        return _jsonl(path)
+        return read_jsonl(path)
     rows: list[dict] = []
     for kind in ("sft", "dpo"):
         f = arm.dir / "generate" / f"{kind}.jsonl"
         if f.exists():
-            rows += _jsonl(f)
+            rows += read_jsonl(f)
     return rows
 
 
@@ -58,7 +55,7 @@ def answers(arm: Arm, limit: int) -> list[tuple[str, Any, str]]:
         f = arm.dir / "evaluate" / bench / "answers.jsonl"
         if not f.exists():
             continue
-        for a in _jsonl(f)[:limit]:
+        for a in read_jsonl(f, torn_tail=True)[:limit]:  # evaluate may still be writing
             turns = a.get("turns") or []
             text = turns[0] if turns and isinstance(turns[0], str) else json.dumps(turns)[:2000]
             out.append((bench, a.get("id"), text))

@@ -120,16 +120,39 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    return list(iter_jsonl(path))
+def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[dict]:
+    return list(iter_jsonl(path, torn_tail))
 
 
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL file (optionally .gz). A malformed line raises with its line number."""
+def iter_jsonl(path: str | Path, torn_tail: bool = False) -> Iterator[dict]:
+    """Rows of a JSONL file (optionally .gz): the one JSONL reader (with `jsonl_lines` below,
+    for callers that report bad rows themselves). A malformed line raises with its line number.
+
+    `torn_tail=True` skips a malformed last line that lacks its newline: a write killed midway,
+    or one still being written, in a file that is appended to (`JsonlLog`, metrics) and may be
+    read before its writer's `drop_torn_tail`. A malformed line anywhere else still raises."""
+    torn: ValueError | None = None
     for lineno, value, error in jsonl_lines(path):
+        if torn is not None:
+            raise torn  # not the last line after all
         if error is not None:
-            raise ValueError(f"{path}:{lineno}: {error}")
+            torn = ValueError(f"{path}:{lineno}: {error}")
+            if not torn_tail:
+                raise torn
+            continue
         yield value
+    if torn is not None:
+        if Path(path).suffix == ".gz" or _ends_with_newline(path):
+            raise torn  # a whole line that is not JSON: corrupt, not torn
+        log.warning("%s: skipped a torn last line (%s)", path, torn)
+
+
+def _ends_with_newline(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def jsonl_lines(
@@ -249,7 +272,8 @@ class JsonlLog:
         return len(lines)
 
     def read(self) -> list[dict]:
-        return read_jsonl(self.path) if self.path.exists() else []
+        """The rows written so far (a torn last line, left by a killed write, is skipped)."""
+        return read_jsonl(self.path, torn_tail=True) if self.path.exists() else []
 
 
 PACKAGE_PREFIX = "matrix:"

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from matrix.common import io
+
 DATA_DIR = Path(__file__).parent / "data"
 
 
@@ -32,12 +34,10 @@ def _open_text(path: Path):
 
 
 def iter_jsonl(relative: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a (optionally gzipped) JSONL file, relative to the data folder or absolute."""
+    """Records of a (optionally gzipped) JSONL file, relative to the data folder or absolute
+    (read by `matrix.common.io.iter_jsonl`)."""
     path = Path(relative) if Path(relative).is_absolute() else data_path(str(relative))
-    with _open_text(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    return io.iter_jsonl(path)
 
 
 def read_jsonl(relative: str | Path) -> list[dict[str, Any]]:
