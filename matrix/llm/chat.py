@@ -39,3 +39,28 @@ def render(tokenizer, messages: Chat, add_generation_prompt: bool = False) -> st
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def pre_query_prefix(tokenizer, model: str) -> str:
+    """The text the chat template puts before a user's words (Magpie's pre-query prefix).
+
+    Rendered from a one-message chat with a sentinel as the user text and cut at the sentinel,
+    so any template (including one that injects a default system prompt) works.
+    """
+    sentinel = "\x00MAGPIE\x00"
+    text = render(tokenizer, [{"role": "user", "content": sentinel}])
+    if sentinel not in text:
+        raise TemplateError(f"the chat template of {model} drops the user text")
+    return text[: text.index(sentinel)]
+
+
+def template_tokenizer(spec: str, chat_template: str | None = None):
+    """The tokenizer of a model spec (embedded:NAME, a folder or a hub id) with `chat_template`
+    installed (`set_chat_template`)."""
+    from transformers import AutoTokenizer
+
+    from matrix.llm.embedded import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(spec))
+    set_chat_template(tok, chat_template)
+    return tok

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from matrix.llm.chat import render, set_chat_template
+from matrix.llm.chat import pre_query_prefix, render, template_tokenizer
 from matrix.llm.embedded import resolve_model_path
 from matrix.llm.errors import ContextOverflow
 from matrix.llm.protocol import Chat, Completion, Sampling, truncate_at_stop
@@ -67,12 +67,11 @@ class HFBackend:
 
     def load(self):
         if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
             path = resolve_model_path(self.model_spec)
             log.info("loading %s on %s", path, self.device)
-            tok = AutoTokenizer.from_pretrained(path)
-            set_chat_template(tok, self.chat_template)
+            tok = template_tokenizer(path, self.chat_template)
             tok.padding_side = "left"
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
@@ -100,17 +99,8 @@ class HFBackend:
         return self.complete(prompts, sampling)
 
     def pre_query_prefix(self) -> str:
-        """The text the chat template puts before a user's words (Magpie's pre-query prefix).
-
-        Rendered from a one-message chat with a sentinel as the user text and cut at the
-        sentinel, so any template (including one that injects a default system prompt) works.
-        """
-        _, tok = self.load()
-        sentinel = "\x00MAGPIE\x00"
-        text = render(tok, [{"role": "user", "content": sentinel}])
-        if sentinel not in text:
-            raise ValueError(f"the chat template of {self.name} drops the user text")
-        return text[: text.index(sentinel)]
+        """The chat template up to where a user's words begin (Magpie's pre-query prefix)."""
+        return pre_query_prefix(self.tokenizer, self.name)
 
     @torch.inference_mode()
     def complete(self, prompts: Sequence[str], sampling: Sampling) -> list[Completion]:

@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible chat endpoint: vLLM serve, SGLang, llama.cpp server, hosted APIs.
+"""Any OpenAI-compatible endpoint (vLLM serve, SGLang, llama.cpp server, hosted APIs): chats
+on `/v1/chat/completions`, raw text (Magpie-style sampling) on `/v1/completions`.
 
 A batch becomes concurrent requests on one async client, at most `max_concurrency` in
 flight (an asyncio semaphore: servers batch concurrent requests themselves, and a cap keeps
@@ -14,8 +15,8 @@ The API key is read from the environment variable named by `api_key_env` at call
 never kept on the object, so it cannot reach a config dump, manifest or W&B; it is registered
 with matrix.common.secrets, so an error text that echoes it (a 401 body) is masked in logs and errors.
 
-The request body and the answer's reading are `matrix.llm.openai_payload`; which failures are
-retried and how the final error is worded, `matrix.llm.openai_failures`.
+Request bodies and answers: `matrix.llm.openai_payload`; which failures are retried and how
+the final error is worded: `matrix.llm.openai_failures`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_random_exponential
 
 from matrix.common.secrets import register
+from matrix.llm.chat import pre_query_prefix, template_tokenizer
 from matrix.llm.errors import BadResponse, ContextOverflow, LLMError, ModelNotServed
 from matrix.llm.local_hosts import is_local
 from matrix.llm.openai_failures import (
@@ -43,7 +45,15 @@ from matrix.llm.openai_failures import (
     snippet,
     unreachable_error,
 )
-from matrix.llm.openai_payload import chat_request, completion_from, is_context_error, truncate_left
+from matrix.llm.openai_payload import (
+    Request,
+    answered,
+    completion_from,
+    is_context_error,
+    request_body,
+    row_samplings,
+    truncate_left,
+)
 from matrix.llm.protocol import Chat, Completion, Sampling
 from matrix.llm.slots import PrioritySlots, current_priority
 
@@ -61,12 +71,12 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 class OpenAIBackend:
-    """Chat completions from an OpenAI-compatible server.
-
-    `model` is the name the server serves (`/v1/models`); it is also the model's name in the
+    """Chat and raw text completions from an OpenAI-compatible server. `model` is the name the server serves (`/v1/models`); it is also the model's name in the
     call cache and in row lineage, so give distinct weights distinct served names.
     `overflow`: "error" raises ContextOverflow naming the row; "truncate_left" cuts the start
-    of the longest message until the prompt fits.
+    of the longest message until the prompt fits (a raw prompt is never cut).
+    `tokenizer` (embedded:NAME, a folder or a hub id) and `chat_template` give the served
+    model's chat template, read only by `pre_query_prefix` (Magpie-style sampling).
     """
 
     concurrent_calls = True  # several threads may call generate at once (see _slots)
@@ -83,6 +93,8 @@ class OpenAIBackend:
         overflow: str = "error",
         check_model: bool = True,
         extra_body: dict | None = None,
+        tokenizer: str | None = None,
+        chat_template: str | None = None,
     ):
         if overflow not in ("error", "truncate_left"):
             raise ValueError(f"llm backend overflow={overflow!r}: use 'error' or 'truncate_left'")
@@ -96,6 +108,7 @@ class OpenAIBackend:
         self.overflow = overflow
         self.check_model = check_model
         self.extra_body = dict(extra_body or {})
+        self.tokenizer, self.chat_template = tokenizer, chat_template
         self._model_checked = False
         self._last_5xx: str | None = None  # the last HTTP 5xx this server answered
         # process-wide slots: each call runs its own event loop, so the per-call asyncio
@@ -191,11 +204,7 @@ class OpenAIBackend:
         sampling: Sampling,
         on_result: Callable[[int, Completion], None] | None = None,
     ) -> list[Completion]:
-        if not chats:
-            return []
-        # read here, in the caller's thread: `_run` may run the loop in another one
-        priority = current_priority()
-        return _run(self._generate_all(list(chats), sampling, on_result, priority))
+        return self._batch(list(chats), sampling, on_result)
 
     def generate_streaming(
         self,
@@ -206,9 +215,35 @@ class OpenAIBackend:
         """`generate`, reporting each row as it arrives (matrix.llm.protocol.StreamingLLM)."""
         return self.generate(chats, sampling, on_result)
 
+    def complete(
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """One continuation per raw prompt, from `/v1/completions` (matrix.llm.protocol
+        .RawCompleter), each reported to `on_result` as it arrives."""
+        return self._batch(list(prompts), sampling, on_result)
+
+    complete_streaming = complete  # what the raw stack's bottom calls (wrappers/raw.py)
+
+    def _batch(self, items: list[Request], sampling: Sampling, on_result) -> list[Completion]:
+        if not items:
+            return []
+        # the priority is read here, in the caller's thread: `_run` may run the loop in another
+        return _run(self._generate_all(items, sampling, on_result, current_priority()))
+
+    def pre_query_prefix(self) -> str:
+        if not self.tokenizer:
+            raise LLMError(
+                f"{self.model} at {self.base_url}: Magpie-style sampling needs the model's chat "
+                "template: set llm.backends.<name>.tokenizer (embedded:NAME, folder or hub id)"
+            )
+        return pre_query_prefix(template_tokenizer(self.tokenizer, self.chat_template), self.model)
+
     async def _generate_all(
         self,
-        chats: list[Chat],
+        chats: list[Request],
         sampling: Sampling,
         on_result: Callable[[int, Completion], None] | None,
         priority: int | None = None,
@@ -219,12 +254,13 @@ class OpenAIBackend:
                 await self._check_model(client)
             sem = asyncio.Semaphore(self.max_concurrency)
             out: list[Completion | None] = [None] * len(chats)
+            samplings = row_samplings(chats, sampling)
 
             async def one(i: int) -> None:
                 async with sem:
                     await self._slots.acquire(priority)
                     try:
-                        out[i] = await self._complete(client, chats[i], sampling, i)
+                        out[i] = await self._complete(client, chats[i], samplings[i], i)
                     finally:
                         self._slots.release()
                 if on_result is not None:
@@ -248,7 +284,7 @@ class OpenAIBackend:
             await client.close()
 
     async def _complete(
-        self, client: openai.AsyncOpenAI, chat: Chat, sampling: Sampling, row: int
+        self, client: openai.AsyncOpenAI, chat: Request, sampling: Sampling, row: int
     ) -> Completion:
         for attempt in range(6):  # truncate_left shrinks the prompt at most a few times
             try:
@@ -258,7 +294,7 @@ class OpenAIBackend:
                     raise LLMError(
                         f"{self.base_url} rejected row {row}: {snippet(e.message)}"
                     ) from e
-                if self.overflow == "error":
+                if self.overflow == "error" or isinstance(chat, str):
                     raise ContextOverflow(
                         f"row {row}: the prompt does not fit the context of {self.model} "
                         f"with max_new_tokens={sampling.max_new_tokens} (server: "
@@ -286,19 +322,21 @@ class OpenAIBackend:
         raise ContextOverflow(f"row {row}: still too long after truncation", row=row)
 
     async def _complete_once(
-        self, client: openai.AsyncOpenAI, chat: Chat, sampling: Sampling
+        self, client: openai.AsyncOpenAI, chat: Request, sampling: Sampling
     ) -> Completion:
-        req = chat_request(self.model, chat, sampling, self.extra_body)
+        req = request_body(self.model, chat, sampling, self.extra_body)
+        create = (
+            client.completions.create if isinstance(chat, str) else client.chat.completions.create
+        )
         try:
             async for attempt in self._retrying():
                 with attempt:
                     try:
-                        resp = await client.chat.completions.create(**req)
+                        resp = await create(**req)
                     except (ValueError, openai.APIResponseValidationError) as e:
                         # A 2xx body that is not JSON, or JSON that is not a completion.
                         raise Garbage(f"{type(e).__name__}: {e}") from e
-                    choices = getattr(resp, "choices", None)
-                    if not choices or getattr(choices[0], "message", None) is None:
+                    if not answered(resp, chat):
                         raise Garbage(f"no choices in the answer: {snippet(str(resp))}")
         except (openai.APIConnectionError, Garbage) as e:
             raise self._unreachable(e) from e

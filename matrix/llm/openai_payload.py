@@ -1,10 +1,13 @@
-"""What goes to an OpenAI-compatible chat endpoint and what comes back: the request body for
-a chat and a `Sampling`, the `Completion` read from the answer (token counts estimated where
-the server sends none), and the left truncation of a prompt the server said is too long."""
+"""What goes to an OpenAI-compatible endpoint and what comes back: the request body for a chat
+(`/v1/chat/completions`) or a raw text prompt (`/v1/completions`) and a `Sampling`, the
+`Completion` read from the answer (token counts estimated where the server sends none), and
+the left truncation of a chat the server said is too long."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from matrix.llm.ledger import CHARS_PER_TOKEN, estimate_prompt_tokens
@@ -17,16 +20,27 @@ _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)", re.I)
 _PROMPT_SIZE = re.compile(r"(?:contains|has|resulted in|requested)(?: at least)? (\d+)", re.I)
 
 
-def chat_request(
-    model: str, chat: Chat, sampling: Sampling, extra_body: dict | None = None
+Request = Chat | str  # a chat, or a raw text prompt to continue
+
+
+def request_body(
+    model: str, item: Request, sampling: Sampling, extra_body: dict | None = None
 ) -> dict[str, Any]:
-    """The keyword arguments of `chat.completions.create` for one chat."""
+    """The keyword arguments of `chat.completions.create` for a chat, or of
+    `completions.create` for a raw prompt (`str`)."""
     req: dict[str, Any] = {
         "model": model,
-        "messages": chat,
         "max_tokens": sampling.max_new_tokens,
         "temperature": max(0.0, sampling.temperature),
     }
+    if isinstance(item, str):
+        req["prompt"] = item
+        if sampling.logprobs > 0:
+            req["logprobs"] = sampling.logprobs
+    else:
+        req["messages"] = item
+        if sampling.logprobs > 0:
+            req.update(logprobs=True, top_logprobs=sampling.logprobs)
     if not sampling.greedy:
         req.update(top_p=sampling.top_p, seed=sampling.seed)
     if sampling.stop:
@@ -38,25 +52,47 @@ def chat_request(
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": sampling.json_schema},
         }
-    if sampling.logprobs > 0:
-        req.update(logprobs=True, top_logprobs=sampling.logprobs)
     if extra_body:
         req["extra_body"] = extra_body
     return req
 
 
-def completion_from(resp: Any, chat: Chat, model: str) -> Completion:
-    """The first choice of a chat completion `resp` (checked to have one) as a Completion."""
+def row_samplings(items: list[Request], sampling: Sampling) -> list[Sampling]:
+    """Each row's sampling: the k-th copy of a request in a batch is sampled with seed + k, so
+    copies differ as the call cache expects (it keys them apart) and as a local model's one
+    random stream gives them (Magpie sends one prompt many times); greedy rows are unchanged."""
+    if sampling.greedy:
+        return [sampling] * len(items)
+    seen: dict[str, int] = {}
+    out = []
+    for item in items:
+        key = json.dumps(item, sort_keys=True)
+        k = seen[key] = seen.get(key, -1) + 1
+        out.append(replace(sampling, seed=sampling.seed + k) if k else sampling)
+    return out
+
+
+def answered(resp: Any, item: Request) -> bool:
+    """Whether `resp` has a first choice of the kind asked for (else the server sent garbage)."""
+    choices = getattr(resp, "choices", None)
+    if not choices:
+        return False
+    field = "text" if isinstance(item, str) else "message"
+    return getattr(choices[0], field, None) is not None
+
+
+def completion_from(resp: Any, item: Request, model: str) -> Completion:
+    """The first choice of an `answered` `resp` as a Completion."""
     choice = resp.choices[0]
-    text = choice.message.content or ""
+    raw = isinstance(item, str)
+    text = (choice.text if raw else choice.message.content) or ""
+    prompt_estimate = raw_prompt_tokens(item) if raw else estimate_prompt_tokens(item)
     usage = getattr(resp, "usage", None)
     prompt_tokens = getattr(usage, "prompt_tokens", None)
     completion_tokens = getattr(usage, "completion_tokens", None)
     return Completion(
         text=text.strip(),
-        prompt_tokens=int(
-            prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(chat)
-        ),
+        prompt_tokens=int(prompt_tokens if prompt_tokens is not None else prompt_estimate),
         completion_tokens=int(
             completion_tokens if completion_tokens is not None else -(-len(text) // CHARS_PER_TOKEN)
         ),
@@ -66,10 +102,20 @@ def completion_from(resp: Any, chat: Chat, model: str) -> Completion:
     )
 
 
+def raw_prompt_tokens(prompt: str) -> int:
+    return -(-len(prompt) // CHARS_PER_TOKEN)
+
+
 def top_logprobs(choice: Any) -> tuple[dict[str, float], ...]:
-    """`choices[0].logprobs.content[*].top_logprobs` as {token: logprob} per generated token
-    (empty when the server sent none)."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    """`choices[0].logprobs.content[*].top_logprobs` (chat) or `choices[0].logprobs
+    .top_logprobs` (raw text) as {token: logprob} per generated token (empty when the server
+    sent none)."""
+    logprobs = getattr(choice, "logprobs", None)
+    if isinstance(getattr(logprobs, "top_logprobs", None), list):  # /v1/completions
+        return tuple(
+            {t: float(p) for t, p in (alts or {}).items()} for alts in logprobs.top_logprobs
+        )
+    content = getattr(logprobs, "content", None) or []
     out = []
     for position in content:
         alts = getattr(position, "top_logprobs", None) or []

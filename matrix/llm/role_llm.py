@@ -3,12 +3,12 @@ stack every role shares (see `matrix.llm.wrappers`): batch ledger, call cache, b
 ledger, streaming pass-through, one-call-at-a-time. `build_role_llm` is the one place that
 stacks them; `Roles` calls it for each configured role.
 
-Stages only ever call `role.generate(chats, **overrides)` (or `complete` for raw text).
+Stages only ever call `role.generate(chats, **overrides)`, or `complete(prompts)` for raw text
+(Magpie-style sampling), which goes through the same stack over the backend's `complete`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -19,6 +19,7 @@ from matrix.llm.protocol import LLM, Chat, Completion, RawCompleter, Sampling, S
 from matrix.llm.wrappers.budgeted import BudgetedLLM
 from matrix.llm.wrappers.cached import CachedLLM
 from matrix.llm.wrappers.ledgered import CountedLLM, PaidLLM, RoleLedger
+from matrix.llm.wrappers.raw import RawPrompts, raw_chat
 from matrix.llm.wrappers.serialized import SerializedLLM
 from matrix.llm.wrappers.streamed import StreamedLLM
 
@@ -27,7 +28,8 @@ SAMPLING_KEYS = frozenset(f.name for f in fields(Sampling))
 
 @dataclass
 class RoleLLM:
-    """The LLM of one role: `llm` is the wrapped stack over `backend`, `ledger` what the role
+    """The LLM of one role: `llm` is the wrapped stack over `backend`, `raw_llm` the same stack
+    over its raw-text completion (None when the backend has none), `ledger` what the role
     spent (with the run's totals it shares with the other roles)."""
 
     role: str
@@ -35,6 +37,7 @@ class RoleLLM:
     sampling: Sampling
     llm: StreamingLLM
     ledger: RoleLedger
+    raw_llm: StreamingLLM | None = None
 
     @property
     def name(self) -> str:
@@ -68,7 +71,8 @@ class RoleLLM:
         if not isinstance(self.backend, RawCompleter):
             raise TypeError(
                 f"llm.roles.{self.role}: backend {self.name} cannot continue raw text "
-                "(needed by Magpie-style sampling); use a local HF backend for this role"
+                "(needed by Magpie-style sampling); use an hf backend, or an openai backend "
+                "with a tokenizer, for this role"
             )
         return self.backend
 
@@ -76,17 +80,13 @@ class RoleLLM:
         return self._raw().pre_query_prefix()
 
     def complete(self, prompts: Sequence[str], **overrides: Any) -> list[Completion]:
-        """Continue raw text prompts (no chat template, not cached, not budgeted); same
-        sampling rules and ledger as `generate`."""
+        """Continue raw text prompts (no chat template): cached, budgeted and counted like
+        `generate`, with the same sampling rules."""
         if not prompts:
             return []
-        backend = self._raw()
-        sampling = self.sampling_for(**overrides)
-        t0 = time.perf_counter()
-        out = backend.complete(list(prompts), sampling)
-        self.ledger.paid(out)
-        self.ledger.batch(len(prompts), time.perf_counter() - t0)
-        return out
+        self._raw()  # names the role when its backend cannot
+        assert self.raw_llm is not None
+        return self.raw_llm.generate([raw_chat(p) for p in prompts], self.sampling_for(**overrides))
 
 
 def build_role_llm(
@@ -101,8 +101,13 @@ def build_role_llm(
     """Stack the wrappers over `backend` for `role`. Without a cache, rows go straight to the
     budget check; without a budget nothing is capped; without a ledger the role counts alone."""
     ledger = ledger or RoleLedger()
-    llm: StreamingLLM = PaidLLM(StreamedLLM(SerializedLLM(backend)), ledger)
-    llm = BudgetedLLM(llm, budget or Budget(), ledger.run_usage, ledger.prices, role)
-    if cache is not None:
-        llm = CachedLLM(llm, cache, on_hits=ledger.cache_hits)
-    return RoleLLM(role, backend, sampling, CountedLLM(llm, ledger), ledger)
+
+    def stack(bottom: LLM) -> StreamingLLM:
+        llm: StreamingLLM = PaidLLM(StreamedLLM(SerializedLLM(bottom, lock_of=backend)), ledger)
+        llm = BudgetedLLM(llm, budget or Budget(), ledger.run_usage, ledger.prices, role)
+        if cache is not None:
+            llm = CachedLLM(llm, cache, on_hits=ledger.cache_hits)
+        return CountedLLM(llm, ledger)
+
+    raw = stack(RawPrompts(backend)) if isinstance(backend, RawCompleter) else None
+    return RoleLLM(role, backend, sampling, stack(backend), ledger, raw)

@@ -76,8 +76,12 @@ class ServeSpec:
         return shlex.join(parts)
 
     def llm_override(self) -> str:
-        """The command-line overrides that point every stage's roles at this server."""
-        return (
+        """The command-line overrides that point every stage's roles at this server (with the
+        served folder as the tokenizer whose chat template Magpie-style sampling renders)."""
+        override = (
             f"llm=smollm2_server llm.backends.server.model={self.served_name} "
             f"llm.backends.server.base_url=http://127.0.0.1:{self.port}/v1"
         )
+        if self.model_dir:
+            override += " " + shlex.quote(f"llm.backends.server.tokenizer={self.model_dir}")
+        return override

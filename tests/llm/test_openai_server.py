@@ -80,6 +80,20 @@ def test_json_mode_constrains_the_answer(llm_server):
     assert set(value) >= {"name", "age"} and isinstance(value["age"], int)
 
 
+def test_raw_completion_continues_the_pre_query_prefix_and_is_cached(llm_server, tmp_path):
+    """Magpie-style sampling on the served model: /v1/completions, through the role's cache."""
+    gen = server_roles(llm_server.base_url, tmp_path).get("generator")
+    prefix = gen.pre_query_prefix()  # from the preset's tokenizer
+    assert prefix.endswith("<|im_start|>user\n")
+    out = gen.complete([prefix] * 3, max_new_tokens=24, seed=5)
+    assert all(c.text and c.prompt_tokens > 0 and 0 < c.completion_tokens <= 24 for c in out)
+    assert len({c.text for c in out}) > 1  # the k-th copy is sampled with seed + k
+    assert gen.usage.calls == 3
+    again = server_roles(llm_server.base_url, tmp_path).get("generator")
+    assert again.complete([prefix] * 3, max_new_tokens=24, seed=5) == out
+    assert (again.usage.calls, again.usage.cache_hits) == (0, 3)
+
+
 def test_second_identical_run_sends_nothing_to_the_server(llm_server, tmp_path):
     with FaultProxy(llm_server.base_url.removesuffix("/v1")) as proxy:
         first = server_roles(proxy.base_url, tmp_path)

@@ -81,6 +81,7 @@ def test_the_printed_restart_command_serves_the_same_spec():
     assert argv[1:3] == ["-m", "matrix.llm.server"]
     assert spec_from_args(parser().parse_args(argv[3:])) == spec
     assert "llm.backends.server.base_url=http://127.0.0.1:8123/v1" in spec.llm_override()
+    assert "'llm.backends.server.tokenizer=/models/Meta Llama 3'" in spec.llm_override()
     # A folder alone is served under the folder's name.
     assert spec_from_args(parser().parse_args(["--model-dir", "/m/qwen2.5-7b"])).served_name == (
         "qwen2.5-7b"

@@ -27,12 +27,13 @@ def backend_lock(backend: LLM) -> threading.Lock | None:
 
 class SerializedLLM(LLMWrapper):
     """The bottom of every role's stack: `inner` is the backend itself, a plain `LLM` or a
-    `StreamingLLM`."""
+    `StreamingLLM`, or a view of it (the raw-text `RawPrompts`) that takes the lock of the
+    backend it views, `lock_of`."""
 
-    def __init__(self, backend: LLM):
+    def __init__(self, backend: LLM, lock_of: LLM | None = None):
         super().__init__(backend)  # type: ignore[arg-type]
         self.backend = backend
-        self._lock = backend_lock(backend)
+        self._lock = backend_lock(lock_of or backend)
 
     def generate_streaming(
         self, chats: Sequence[Chat], sampling: Sampling, on_result: OnResult
