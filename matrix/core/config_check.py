@@ -223,7 +223,7 @@ def check_models(
 
     check = ModelCheck(float(pre.get("timeout") or 10))
     for step_cfg, stage in steps:
-        check.stage(step_cfg, stage, skip=set(skip))
+        check.stage(step_cfg, stage, STAGES[stage].llm_roles(step_cfg), skip=set(skip))
     check.report(p)
 
 

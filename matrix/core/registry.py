@@ -38,6 +38,10 @@ class Stage:
     # dotted keys (`*` for any child) a run may change and still resume the folder's earlier
     # run, which it then extends (e.g. a higher target); any other change starts fresh
     resume_exclude: tuple[str, ...] = ()
+    # "module:function": (cfg) -> the llm.roles the stage calls with that config, the one place
+    # that says so: its validator and the model check before it runs (matrix.llm.preflight)
+    # read it. None: the stage calls no LLM role
+    roles_ref: str | None = None
 
     @property
     def shardable(self) -> bool:
@@ -48,6 +52,9 @@ class Stage:
 
     def validate(self, cfg: DictConfig) -> ConfigProblems:
         return _load(self.validate_ref)(cfg)
+
+    def llm_roles(self, cfg: DictConfig) -> list[str]:
+        return list(_load(self.roles_ref)(cfg)) if self.roles_ref else []
 
     def merge_fn(self) -> Callable[..., Any]:
         if self.merge_ref is None:
@@ -81,6 +88,7 @@ STAGES: dict[str, Stage] = {
             ),
             hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.sim.run:validate",
+            roles_ref="matrix.sim.run:llm_roles",
             merge_ref="matrix.sim.merge:merge_shards",
         ),
         Stage(
@@ -97,6 +105,7 @@ STAGES: dict[str, Stage] = {
             hash_exclude=NO_RESULT_KEYS,
             resume_exclude=("generator.sets.*.target",),
             validate_ref="matrix.gen.config:validate",
+            roles_ref="matrix.gen.config:llm_roles",
             merge_ref="matrix.gen.merge:merge_shards",
         ),
         Stage(
@@ -121,6 +130,7 @@ STAGES: dict[str, Stage] = {
             hash_keys=("seed", "llm", "eval", "shard"),
             hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.eval.run:validate",
+            roles_ref="matrix.eval.run:llm_roles",
             merge_ref="matrix.eval.merge:merge_shards",
         ),
     )

@@ -81,6 +81,19 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     return p
 
 
+def llm_roles(cfg: DictConfig) -> list[str]:
+    """The llm.roles evaluate calls (matrix.core.registry's roles_ref): the model under test
+    when it is a role, and the judge when a chosen benchmark is judged; none to compare."""
+    ev = cfg.get("eval") or {}
+    if ev.get("compare"):
+        return []
+    roles = [str(ev.model.role)] if (ev.get("model") or {}).get("role") else []
+    names = [n for n in (ev.get("benchmarks") or {}) if n in BENCHMARKS]
+    if any(BENCHMARKS[n].uses_judge for n in names):
+        roles.append("judge")
+    return roles
+
+
 def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
     ev = cfg.eval
     sampling = Sampling(**OmegaConf.to_container(ev.get("sampling") or {}, resolve=True))

@@ -215,12 +215,20 @@ def _check_retrieval(p: ConfigProblems, key: str, r: Any) -> None:
     )
 
 
+def llm_roles(cfg: DictConfig) -> list[str]:
+    """The llm.roles generate calls (matrix.core.registry's roles_ref): the generator and the
+    responder, and for a DPO set the rejecter, unless generate.rejected_model (a model folder,
+    loaded in-process) writes the rejected answers."""
+    roles = ["generator", "responder"]
+    dpo = any(s.get("kind") == "dpo" for s in selected_sets(cfg).values())
+    if dpo and not cfg.generate.get("rejected_model"):
+        roles.append("rejecter")
+    return roles
+
+
 def _check_models(p: ConfigProblems, cfg: DictConfig, sets: dict[str, Any]) -> None:
-    """The roles the selected sets need, and the rejected-answer model folder if one is set."""
-    needed_roles = ["generator", "responder"]
-    if any(s.get("kind") == "dpo" for s in sets.values()) and not cfg.generate.rejected_model:
-        needed_roles.append("rejecter")
-    for role in needed_roles:
+    """The roles it calls (llm_roles), and the rejected-answer model folder if one is set."""
+    for role in llm_roles(cfg):
         p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
     if cfg.generate.rejected_model:
         p.check(

@@ -15,8 +15,9 @@ variable that fixes it, instead of after hours of simulation:
 - the train stage: `model.path` likewise, unless it lies under `paths.runs_dir` (a model an
   earlier step of the same pipeline writes; train's own preflight checks it when it starts).
 
-Only the roles the stage uses are checked (`stage_roles`), so a hosted judge's key is not
-asked for by the simulate stage.
+Only the roles the stage calls with its config are checked (each stage says which: the
+`roles_ref` of its record in matrix.core.registry, read by the caller), so a hosted judge's
+key is not asked for by the simulate stage. Nothing here imports a stage.
 """
 
 from __future__ import annotations
@@ -39,33 +40,6 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-
-
-def stage_roles(cfg: DictConfig, stage: str) -> list[str]:
-    """The llm.roles a stage calls with this config (mirrors what each stage's code asks for)."""
-    if stage == "simulate":
-        roles = ["agent", "summarizer"]
-        if _get(cfg, "communication.mode") == "structured":
-            roles.append("modulator")
-        return roles
-    if stage == "generate":
-        roles = ["generator", "responder"]
-        kinds = {str(s.get("kind")) for s in (_get(cfg, "generator.sets") or {}).values()}
-        if "dpo" in kinds and not _get(cfg, "generate.rejected_model"):
-            roles.append("rejecter")  # with rejected_model the rejecter is that folder
-        return roles
-    if stage == "evaluate":
-        ev = _get(cfg, "eval") or {}
-        if ev.get("compare"):
-            return []
-        roles = [str(ev.model.role)] if (ev.get("model") or {}).get("role") else []
-        from matrix.eval.benchmarks import BENCHMARKS
-
-        names = [n for n in (ev.get("benchmarks") or {}) if n in BENCHMARKS]
-        if any(BENCHMARKS[n].uses_judge for n in names):
-            roles.append("judge")
-        return roles
-    return []
 
 
 def serve_hint(model: str, base_url: str) -> str:
@@ -198,12 +172,16 @@ class ModelCheck:
         _, seen = self._found.setdefault(key, (msg, []))
         seen.extend(r for r in roles if r not in seen)
 
-    def stage(self, cfg: DictConfig, stage: str, skip: set[str] | None = None) -> ModelCheck:
-        """Check the models of `stage`; backends named in `skip` were handed over in-process."""
+    def stage(
+        self, cfg: DictConfig, stage: str, calls: list[str], skip: set[str] | None = None
+    ) -> ModelCheck:
+        """Check the models of the roles `calls` of `stage` (what its config calls, as the
+        stage says: matrix.core.registry's roles_ref); backends named in `skip` were handed
+        over in-process."""
         backends = _get(cfg, "llm.backends") or {}
         roles = _get(cfg, "llm.roles") or {}
         used: dict[str, list[str]] = {}
-        for role in stage_roles(cfg, stage):
+        for role in calls:
             rc = roles.get(role)
             b = rc.get("backend") if rc is not None else None
             if b is not None and b in backends and b not in (skip or set()):

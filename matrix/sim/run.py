@@ -48,6 +48,13 @@ def resolve_k(k, n_agents: int) -> int:
     return max(1, math.ceil(n_agents / AGENTS_PER_GROUP)) if k in (None, "auto") else int(k)
 
 
+def llm_roles(cfg: DictConfig) -> list[str]:
+    """The llm.roles simulate calls: every agent and the summarizer, and what its
+    communication mode calls (matrix.core.registry's roles_ref)."""
+    modes = {"structured": ["modulator"]}
+    return ["agent", "summarizer", *modes.get(str(cfg.communication.get("mode")), [])]
+
+
 def validate(cfg: DictConfig) -> ConfigProblems:
     """Everything that can be checked before a model loads, all problems listed at once."""
     p = ConfigProblems()
@@ -89,7 +96,7 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             check_bounds(int(pop.size), k, int(comm.size_min), int(comm.size_max))
         except ValueError as e:
             p.add("communication", str(e))
-    for role in ("agent", "summarizer") + (("modulator",) if comm.mode == "structured" else ()):
+    for role in llm_roles(cfg):
         p.check(
             role in cfg.llm.roles,
             f"llm.roles.{role}",

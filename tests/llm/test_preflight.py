@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_config
+from matrix.core.registry import STAGES
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.roles import Roles
 from tests.conftest import CONF, ROOT
@@ -84,7 +85,9 @@ def test_pipeline_without_server_or_key_fails_before_any_work(tmp_path) -> None:
         f"`make llm-server MODEL=<HF folder of the model> SERVED_NAME=llama3-8b-instruct PORT={port}`"
         in err
     )
-    assert "roles: agent, summarizer, modulator, generator, responder, rejecter" in err
+    # no step calls the rejecter: generate_sft makes SFT rows only, and generate's rejected
+    # answers come from train_sft's model folder (generate.rejected_model)
+    assert "[roles: agent, summarizer, modulator, generator, responder]" in err
     assert "OPENAI_API_KEY is not set: export it" in err and "[roles: judge]" in err
     assert "huggingface-cli download meta-llama/Meta-Llama-3-8B" in err  # train_sft's model
     # no stage started: no stage folder, no manifest
@@ -151,6 +154,24 @@ def test_each_stage_checks_only_the_models_it_calls(models_endpoint, monkeypatch
     check_config(cfg, "evaluate")
     off = _compose("experiment=paper_sft_10k", "llm.preflight.enabled=false")
     check_config(off, "simulate")  # turned off: nothing is probed
+
+
+def test_each_stage_declares_the_roles_its_config_calls() -> None:
+    """One place per stage says which roles it calls (its registry record's roles_ref): its
+    validator and the model check read it, so a role it does not call needs no server."""
+    roles = {name: s.llm_roles(_compose()) for name, s in STAGES.items()}
+    assert roles["simulate"] == ["agent", "summarizer", "modulator"]
+    assert roles["train"] == []
+    assert "judge" in roles["evaluate"]
+    assert STAGES["simulate"].llm_roles(_compose("communication=none")) == ["agent", "summarizer"]
+    assert STAGES["evaluate"].llm_roles(_compose("eval.compare=[a,b]")) == []
+    tuned = ("experiment=paper_matrix_tuned",)
+    generate = STAGES["generate"]
+    assert generate.llm_roles(_compose(*tuned)) == ["generator", "responder", "rejecter"]
+    sft_only = _compose(*tuned, "generate.run_sets=[general]")
+    assert generate.llm_roles(sft_only) == ["generator", "responder"]
+    from_folder = _compose(*tuned, "generate.rejected_model=/models/sft")
+    assert generate.llm_roles(from_folder) == ["generator", "responder"]
 
 
 def test_a_missing_local_model_folder_is_named(tmp_path) -> None:
