@@ -206,14 +206,8 @@ class OpenAIBackend:
     ) -> list[Completion]:
         return self._batch(list(chats), sampling, on_result)
 
-    def generate_streaming(
-        self,
-        chats: Sequence[Chat],
-        sampling: Sampling,
-        on_result: Callable[[int, Completion], None],
-    ) -> list[Completion]:
-        """`generate`, reporting each row as it arrives (matrix.llm.protocol.StreamingLLM)."""
-        return self.generate(chats, sampling, on_result)
+    # `generate`, reporting each row as it arrives (matrix.llm.protocol.StreamingLLM)
+    generate_streaming = generate
 
     def complete(
         self,

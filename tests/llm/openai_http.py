@@ -14,7 +14,8 @@ from typing import Any
 from matrix.llm.ledger import CHARS_PER_TOKEN
 
 
-def _answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+def answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The scripted model's answer to a POST of `body` to `path`."""
     if path.endswith("/chat/completions"):
         prompt = "".join(m["content"] for m in body["messages"])
         text = "chat: " + body["messages"][-1]["content"]
@@ -38,6 +39,15 @@ def _answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def send_json(handler: BaseHTTPRequestHandler, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class OpenAIHTTPServer:
     """`with OpenAIHTTPServer("m") as s:` serves model "m" at `s.base_url`; `s.posts` lists
     (path, body) of every POST."""
@@ -51,21 +61,14 @@ class OpenAIHTTPServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, obj: dict) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                self._send({"object": "list", "data": [{"id": outer.model, "object": "model"}]})
+                models = {"object": "list", "data": [{"id": outer.model, "object": "model"}]}
+                send_json(self, models)
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.posts.append((self.path, body))
-                self._send(_answer(self.path, body))
+                send_json(self, answer(self.path, body))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 

@@ -13,6 +13,7 @@ import pytest
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
 from matrix.llm.slots import PrioritySlots, current_priority, request_priority
+from tests.llm.openai_http import answer, send_json
 
 
 def test_waiters_get_freed_slots_lowest_priority_first_then_in_arrival_order():
@@ -102,8 +103,8 @@ def test_capacity_must_be_positive():
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    """A minimal OpenAI-compatible chat endpoint that records the order requests arrive in;
-    the request "slow" is held until `release` is set."""
+    """The scripted OpenAI-compatible chat endpoint (tests/llm/openai_http.py), recording the
+    order requests arrive in; the request "slow" is held until `release` is set."""
 
     arrived: list[str] = []
     release = threading.Event()
@@ -114,26 +115,7 @@ class _Recorder(BaseHTTPRequestHandler):
         type(self).arrived.append(text)
         if text == "slow":
             type(self).release.wait(30)
-        answer = {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "ok"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, answer(self.path, body))
 
     def log_message(self, *args) -> None:
         pass
