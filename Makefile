@@ -83,6 +83,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m tools.long_functions --check
 	$(PY) -m tools.long_modules --check
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff check --fix .
