@@ -1,7 +1,7 @@
 """A small OpenAI-compatible HTTP server, in process, for the default suite: `/v1/models`,
 `/v1/chat/completions` and `/v1/completions` over real HTTP (the openai SDK talks to it as
 to vLLM), with a scripted "model": a chat is answered "chat: <last message>", a raw prompt is
-continued with "user request <seed>" (so sampled copies differ). It records every request.
+continued with "user request <seed>: <a topic>" (so sampled copies differ). It records every request.
 The real server (vLLM) is the `llm_server` fixture, for tests marked `server`."""
 
 from __future__ import annotations
@@ -13,6 +13,18 @@ from typing import Any
 
 from matrix.llm.ledger import CHARS_PER_TOKEN
 
+# what a raw prompt's continuation asks about, by its seed (rows far apart for dedup filters)
+TOPICS = [
+    "how do volcanoes form?",
+    "write a haiku about jazz",
+    "explain sourdough fermentation",
+    "what is an orbital transfer?",
+    "list three medieval castles",
+    "how are capital gains taxed?",
+    "why do coral reefs bleach?",
+    "suggest a chess opening for beginners",
+]
+
 
 def answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
     """The scripted model's answer to a POST of `body` to `path`."""
@@ -21,7 +33,8 @@ def answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
         text = "chat: " + body["messages"][-1]["content"]
         choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
     else:
-        prompt, text = body["prompt"], f"user request {body.get('seed', 0)}"
+        seed = body.get("seed", 0)
+        prompt, text = body["prompt"], f"user request {seed}: {TOPICS[seed % len(TOPICS)]}"
         choice = {"text": text}
         if body.get("logprobs"):
             choice["logprobs"] = {"tokens": ["user"], "top_logprobs": [{"user": -0.1, "a": -2.5}]}

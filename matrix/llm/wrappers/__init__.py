@@ -11,6 +11,9 @@ wrap (Concordia's pattern: a wrapper around a language model is itself a languag
     serialized one call at a time into a backend that cannot take two        (serialized.py)
     backend
 
+Raw text completion (`RoleLLM.complete`) has the same stack over `RawPrompts` (raw.py), which
+carries each prompt as a one-message chat of role "raw" to the backend's `complete`.
+
 Along the stack `on_result(index, completion)` reports each row the backend answered, as it
 is paid for, with `index` re-addressed to the caller's batch at each layer that sends a
 subset; `ContextOverflow.row` is re-addressed the same way.
