@@ -29,7 +29,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.validation import ConfigProblems
-from matrix.core.registry import SHARDED_STAGES, STAGES
+from matrix.core.registry import STAGES
+from matrix.core.value_check import value_problems
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -52,16 +53,6 @@ _OPEN = (
 )
 # A block whose keys are those of another block.
 _SAME_KEYS_AS = {"generator.sets.*.retrieval": "generate.retrieval"}
-# Integer budgets: null means "no limit", zero means "do nothing", which is never intended.
-_BUDGETS = (
-    "simulation.max_rounds",
-    "simulation.target_scenarios",
-    "population.size",
-    "generate.limit",
-    "generate.batch_size",
-    "eval.chunk_size",
-    "data.limit",
-)
 
 
 def _normalize(path: str) -> str:
@@ -175,38 +166,6 @@ def _get(cfg: DictConfig, path: str) -> Any:
     return OmegaConf.select(cfg, path, default=None, throw_on_missing=False)
 
 
-def check_budgets(cfg: DictConfig, p: ConfigProblems) -> None:
-    for key in _BUDGETS:
-        v = _get(cfg, key)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int):
-            p.add(key, f"{v!r} is not an integer (use a number >= 1, or null where allowed)")
-        elif v < 1:
-            p.add(key, f"{v} would do no work; use a number >= 1 (or null for no limit)")
-    for name, b in (_get(cfg, "eval.benchmarks") or {}).items():
-        limit = b.get("limit") if isinstance(b, DictConfig) else None
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            p.add(f"eval.benchmarks.{name}.limit", f"{limit!r}: use a number >= 1 or null (all)")
-
-
-def check_shard(cfg: DictConfig, p: ConfigProblems, stage: str) -> None:
-    shard = _get(cfg, "shard")
-    if shard is None:
-        return
-    index, count = shard.get("index"), shard.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        p.add("shard.count", f"{count!r} must be an integer >= 1")
-        return
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
-        p.add("shard.index", f"{index!r} must be an integer in [0, shard.count={count})")
-    if count > 1 and stage not in SHARDED_STAGES:
-        p.add(
-            "shard.count",
-            f"{stage} cannot be sharded (only {', '.join(SHARDED_STAGES)}); use shard.count=1",
-        )
-
-
 def check_models(
     cfg: DictConfig,
     steps: list[tuple[DictConfig, str]],
@@ -242,9 +201,12 @@ def check_stage(cfg: DictConfig, stage: str, provided_backends: Iterable[str] = 
     reached (check_models), all listed in one ConfigError. `provided_backends` are backends
     handed to the stage in-process, by name (nothing to reach)."""
     provided = set(provided_backends)
-    p = config_problems(cfg, stage, provided)
-    if not p:  # a typo'd key can make the stage's validator fail on a missing one
-        p.extend(STAGES[stage].validate(cfg))
+    keys, values = key_problems(cfg), value_problems(cfg, stage, provided)
+    p = ConfigProblems()
+    p.extend(keys)
+    p.extend(values)
+    if not keys:  # a typo'd key can make the stage's validator fail on a missing one
+        p.extend(_validator_problems(cfg, stage, values_ok=not values))
     if not p:
         check_models(cfg, [(cfg, stage)], p, skip=provided)
     p.raise_if_any(stage)
@@ -311,22 +273,30 @@ def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
                 _check_fields(b.get(block), Sampling, f"eval.benchmarks.{name}.{block}", p)
 
 
+def _validator_problems(cfg: DictConfig, stage: str, values_ok: bool) -> ConfigProblems:
+    """The stage's own validator: what needs more than typed values (files, folders, template
+    fields). It runs even after a wrong value, so that every problem is listed at once; its
+    failure on that value (already reported, with what the key takes) adds nothing."""
+    try:
+        return STAGES[stage].validate(cfg)
+    except Exception:
+        if values_ok:
+            raise
+        return ConfigProblems()
+
+
 def config_problems(
     cfg: DictConfig, stage: str, provided_backends: Iterable[str] = ()
 ) -> ConfigProblems:
-    """Unknown keys (with a suggestion), zero budgets, shard settings and role backends."""
+    """Unknown keys (with a suggestion), then the values (value_problems)."""
+    p = key_problems(cfg)
+    p.extend(value_problems(cfg, stage, provided_backends))
+    return p
+
+
+def key_problems(cfg: DictConfig) -> ConfigProblems:
+    """Keys no file under conf/ defines, and options a component does not take."""
     p = ConfigProblems()
     check_keys(cfg, p)
     check_components(cfg, p)
-    check_budgets(cfg, p)
-    check_shard(cfg, p, stage)
-    roles = _get(cfg, "llm.roles") or {}
-    backends = _get(cfg, "llm.backends") or {}
-    provided = set(provided_backends)
-    for role, rc in roles.items():
-        b = rc.get("backend") if isinstance(rc, DictConfig) else None
-        if b is not None and b not in backends and b not in provided:
-            p.add(
-                f"llm.roles.{role}.backend", f"'{b}' is not in llm.backends ({', '.join(backends)})"
-            )
     return p

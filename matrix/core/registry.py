@@ -34,6 +34,10 @@ class Stage:
     hash_keys: tuple[str, ...]  # the root config keys its outputs depend on (config hash)
     validate_ref: str  # "module:function" returning ConfigProblems; never raises for config
     merge_ref: str | None = None  # "module:function" joining shards; None: runs whole
+    # "module:Class": the typed schema of the keys it reads, a dataclass whose fields are root
+    # keys (matrix.common.schema), checked before any model loads; subclass
+    # matrix.core.settings.Shared (run, paths, shard, seed) or LLMStage (those and llm)
+    schema_ref: str = "matrix.core.settings:Shared"
     hash_exclude: tuple[str, ...] = ()  # dotted keys inside hash_keys that never change results
     # dotted keys (`*` for any child) a run may change and still resume the folder's earlier
     # run, which it then extends (e.g. a higher target); any other change starts fresh
@@ -52,6 +56,9 @@ class Stage:
 
     def validate(self, cfg: DictConfig) -> ConfigProblems:
         return _load(self.validate_ref)(cfg)
+
+    def schema(self) -> type:
+        return _load(self.schema_ref)
 
     def llm_roles(self, cfg: DictConfig) -> list[str]:
         return list(_load(self.roles_ref)(cfg)) if self.roles_ref else []
@@ -89,6 +96,7 @@ STAGES: dict[str, Stage] = {
             hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.sim.run:validate",
             roles_ref="matrix.sim.run:llm_roles",
+            schema_ref="matrix.sim.settings:SimulateSettings",
             merge_ref="matrix.sim.merge:merge_shards",
         ),
         Stage(
@@ -106,6 +114,7 @@ STAGES: dict[str, Stage] = {
             resume_exclude=("generator.sets.*.target",),
             validate_ref="matrix.gen.config:validate",
             roles_ref="matrix.gen.config:llm_roles",
+            schema_ref="matrix.gen.settings:GenerateSettings",
             merge_ref="matrix.gen.merge:merge_shards",
         ),
         Stage(
@@ -123,6 +132,7 @@ STAGES: dict[str, Stage] = {
             # how often it checkpoints and whether it resumes never change its results
             hash_exclude=("train.checkpoint",),
             validate_ref="matrix.train.preflight:validate",
+            schema_ref="matrix.train.settings:TrainSettings",
         ),
         Stage(
             name="evaluate",
@@ -131,6 +141,7 @@ STAGES: dict[str, Stage] = {
             hash_exclude=NO_RESULT_KEYS,
             validate_ref="matrix.eval.run:validate",
             roles_ref="matrix.eval.run:llm_roles",
+            schema_ref="matrix.eval.settings:EvaluateSettings",
             merge_ref="matrix.eval.merge:merge_shards",
         ),
     )

@@ -10,17 +10,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.common.schema import check
 from matrix.common.validation import ConfigProblems
 from matrix.core.shard import Shard
 from matrix.gen.inputs import Seed
+from matrix.gen.settings import Retrieval
 from matrix.gen.synthesis import SetSpec, template_id
 from matrix.llm.prompts import PromptError, render_prompt
 
 log = logging.getLogger(__name__)
 
 
-KINDS = ("sft", "dpo")
-SOURCES = ("simulation", "persona", "magpie")
 REJECTED_BACKEND = "rejected_model"
 # Template fields each source provides (checked before any model loads).
 _SEED_FIELDS = {
@@ -92,27 +92,9 @@ def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
 
 
 def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> None:
+    """A set's need and templates (its values are typed: matrix.gen.settings)."""
     key = f"generator.sets.{name}"
-    p.check(
-        s.get("kind") in KINDS, f"{key}.kind", f"{s.get('kind')!r} is not one of {', '.join(KINDS)}"
-    )
-    src = s.get("source")
-    p.check(src in SOURCES, f"{key}.source", f"{src!r} is not one of {', '.join(SOURCES)}")
-    target = s.get("target")
-    p.check(
-        isinstance(target, int) and target >= 1,
-        f"{key}.target",
-        f"{target!r} must be an integer >= 1",
-    )
-    turns = s.get("turns", 1)
-    if p.check(
-        isinstance(turns, int) and turns >= 1, f"{key}.turns", f"{turns!r} must be an integer >= 1"
-    ):
-        p.check(
-            not (s.get("kind") == "dpo" and turns > 1),
-            f"{key}.turns",
-            "DPO sets are single-turn (prompt, chosen, rejected); use turns: 1",
-        )
+    src, turns = s.source, s.get("turns", 1)
     need = str(s.get("need") or "")
     # A need is either a name from `needs` or a sentence of its own; a lone unknown word is
     # almost always a typo of a name.
@@ -129,14 +111,8 @@ def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> 
         _check_template(p, prompts.instruction, f"{key}.prompts.instruction", fields)
     if p.check(bool(prompts.get("response")), f"{key}.prompts.response", "missing"):
         _check_template(p, prompts.response, f"{key}.prompts.response", {"instruction": "x"})
-    if (
-        isinstance(turns, int)
-        and turns > 1
-        and p.check(
-            bool(prompts.get("follow_up")),
-            f"{key}.prompts.follow_up",
-            "missing; needed when turns > 1",
-        )
+    if turns > 1 and p.check(
+        bool(prompts.get("follow_up")), f"{key}.prompts.follow_up", "missing; needed when turns > 1"
     ):
         _check_template(
             p, prompts.follow_up, f"{key}.prompts.follow_up", {**fields, "conversation": "x"}
@@ -151,7 +127,8 @@ def _check_template(p: ConfigProblems, tpl: Any, key: str, fields: dict[str, str
 
 
 def validate(cfg: DictConfig) -> ConfigProblems:
-    """Everything that can be checked before a model loads, all problems listed at once."""
+    """What needs more than the typed values (matrix.gen.settings, checked first): the sets
+    to run, needs, templates, roles, the simulation folder; all problems listed at once."""
     p = ConfigProblems()
     g = cfg.generate
     all_sets = cfg.generator.get("sets") or {}
@@ -166,53 +143,13 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     sets = selected_sets(cfg)
     for name, s in sets.items():
         _check_set(p, cfg, str(name), s)
-    p.check(
-        g.limit is None or (isinstance(g.limit, int) and g.limit >= 1),
-        "generate.limit",
-        "must be >= 1 or null",
-    )
-    p.check(int(g.batch_size) >= 1, "generate.batch_size", "must be >= 1")
-    p.check(float(g.oversample) >= 1.0, "generate.oversample", "must be >= 1.0")
-    p.check(float(g.max_attempts_factor) >= 1.0, "generate.max_attempts_factor", "must be >= 1.0")
-    f = cfg.generate.filters
-    for key, r in [("generate.retrieval", cfg.generate.retrieval)] + [
-        (f"generator.sets.{n}.retrieval", _retrieval(cfg, s))
-        for n, s in sets.items()
-        if s.get("retrieval")
-    ]:
-        _check_retrieval(p, key, r)
-    p.check(
-        0.0 < float(f.near_dup_threshold) <= 1.0,
-        "generate.filters.near_dup_threshold",
-        "must be within (0, 1]",
-    )
-    p.check(
-        int(f.max_instruction_chars) > int(f.min_instruction_chars),
-        "generate.filters.max_instruction_chars",
-        "must be above generate.filters.min_instruction_chars",
-    )
+    for n, s in sets.items():  # a set's own retrieval block, merged over generate.retrieval
+        if s.get("retrieval"):
+            check(_retrieval(cfg, s), Retrieval, f"generator.sets.{n}.retrieval", p)
     _check_models(p, cfg, sets)
     if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
         _check_simulation(p, cfg)
     return p
-
-
-def _check_retrieval(p: ConfigProblems, key: str, r: Any) -> None:
-    """One retrieval block (generate.retrieval, or a set's own) at config key `key`."""
-    p.check(
-        r["top_k"] is None or int(r["top_k"]) >= 1, f"{key}.top_k", "must be >= 1 or null (all)"
-    )
-    p.check(0.0 <= float(r["mmr_lambda"]) <= 1.0, f"{key}.mmr_lambda", "must be within [0, 1]")
-    p.check(
-        int(r["seed_streams"]) >= 1 and 0 <= int(r["seed_stream"]) < int(r["seed_streams"]),
-        f"{key}.seed_stream",
-        f"{r['seed_stream']} must be within [0, seed_streams={r['seed_streams']})",
-    )
-    p.check(
-        r["personas_per_scenario"] is None or int(r["personas_per_scenario"]) >= 1,
-        f"{key}.personas_per_scenario",
-        "must be >= 1 or null",
-    )
 
 
 def llm_roles(cfg: DictConfig) -> list[str]:

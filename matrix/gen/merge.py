@@ -21,10 +21,11 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     in filtered.jsonl with `cross_shard: true` and counted. Such drops leave the merged
     set short of its target by that many rows; the merge cannot generate replacements."""
     from matrix.gen.candidates import row_instruction
-    from matrix.gen.config import KINDS, build_specs
+    from matrix.gen.config import build_specs
     from matrix.gen.filters import Deduper
     from matrix.gen.outputs import write_outputs
     from matrix.gen.run import simulation_input
+    from matrix.gen.settings import KINDS
     from matrix.llm.embeddings import Encoder
 
     sim, inputs = simulation_input(cfg)

@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import write_json, write_jsonl
 from matrix.gen.candidates import row_instruction, row_responses
-from matrix.gen.config import KINDS
 from matrix.gen.datacard import write_datacard
 from matrix.gen.inputs import SimulationData
+from matrix.gen.settings import KINDS
 from matrix.gen.state import SetState
 from matrix.gen.stats import coverage, diversity
 from matrix.gen.synthesis import SetSpec

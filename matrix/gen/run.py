@@ -28,7 +28,6 @@ from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
 from matrix.gen.candidates import row_instruction
 from matrix.gen.config import (
-    KINDS,
     REJECTED_BACKEND,
     build_specs,
     in_stream,
@@ -38,6 +37,7 @@ from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch
 from matrix.gen.inputs import Seed, SimulationData, load_simulation, persona_seeds, simulation_seeds
 from matrix.gen.outputs import write_outputs
 from matrix.gen.retrieval import mmr
+from matrix.gen.settings import KINDS
 from matrix.gen.state import GenState, SetState
 from matrix.gen.synthesis import SetSpec, StepRoles, synthesize
 from matrix.llm.embeddings import Encoder

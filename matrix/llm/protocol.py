@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
+
+from matrix.common.schema import Count, Natural, Range
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 Chat = list[Message]
@@ -30,13 +32,14 @@ class Sampling:
     Backends that cannot return them leave `Completion.top_logprobs` empty.
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
+    # the types are also the config schema of every sampling block (matrix.common.schema)
+    max_new_tokens: Count = 256
+    temperature: Annotated[float, Range(0)] = 0.0
+    top_p: Annotated[float, Range(0, 1, open_min=True)] = 1.0
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     json_schema: dict | bool | None = None
-    logprobs: int = 0
+    logprobs: Natural = 0
 
     @property
     def greedy(self) -> bool:

@@ -56,7 +56,8 @@ def llm_roles(cfg: DictConfig) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> ConfigProblems:
-    """Everything that can be checked before a model loads, all problems listed at once."""
+    """What needs more than the typed values (matrix.sim.settings, checked first): the
+    profile file, groups that fit the population, the roles; all problems listed at once."""
     p = ConfigProblems()
     comm, sim, pop = cfg.communication, cfg.simulation, cfg.population
     p.check(
@@ -71,12 +72,6 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             "communication.k",
             f"{k!r} must be an integer >= 1 or 'auto'",
         )
-    p.check(int(sim.max_rounds) >= 1, "simulation.max_rounds", "must be >= 1")
-    p.check(
-        sim.schedule in ("lockstep", "groups"),
-        "simulation.schedule",
-        f"'{sim.schedule}' is not one of lockstep, groups",
-    )
     p.check(
         not (sim.schedule == "groups" and comm.mode == "random"),
         "simulation.schedule",
@@ -89,7 +84,6 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     )
     for key in ("inbound_max", "memory_size", "goal_chars", "profile_chars"):
         p.check(int(comm[key]) >= 1, f"communication.{key}", "must be >= 1")
-    p.check(int(cfg.scenario.interval) >= 1, "scenario.interval", "must be >= 1")
     _check_population(p, pop)
     if not p and pop.size is not None and isinstance(k, int):
         try:
@@ -106,12 +100,8 @@ def validate(cfg: DictConfig) -> ConfigProblems:
 
 
 def _check_population(p: ConfigProblems, pop: DictConfig) -> None:
-    """population.*: the options, the file, and its columns against population.fields."""
-    p.check(pop.on_error in ("skip", "fail"), "population.on_error", "use skip or fail")
-    p.check(
-        pop.anonymize in ("rules", "llm", "none"), "population.anonymize", "use rules, llm or none"
-    )
-    p.check(pop.size is None or int(pop.size) >= 1, "population.size", "must be >= 1 or null (all)")
+    """population.path and its columns against population.fields (the values are typed:
+    matrix.sim.settings)."""
     path = resolve_data_path(str(pop.path))
     p.check(
         path.is_file(),

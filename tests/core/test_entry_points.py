@@ -85,3 +85,57 @@ def test_an_added_unknown_option_exits_2_before_any_model_loads(
     assert f"{key}: " in out.stderr and suggestion in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "expected"),
+    [
+        (
+            ["simulate.py"],
+            ["simulation.max_rounds=many", "simulation.schedule=parallel"],
+            [
+                "simulation.max_rounds: 'many' is not an integer >= 1",
+                "simulation.schedule: 'parallel' is not one of 'lockstep', 'groups'",
+            ],
+        ),
+        (
+            ["generate.py"],
+            ["generate.batch_size=big", "generator.sets.general.kind=kto"],
+            [
+                "generate.batch_size: 'big' is not an integer >= 1",
+                "generator.sets.general.kind: 'kto' is not one of 'sft', 'dpo'",
+            ],
+        ),
+        (
+            ["evaluate.py", "eval=arena_hard"],
+            [
+                "eval.benchmarks.arena_hard.n_bootstrap=many",
+                "eval.benchmarks.arena_hard.unparsed_verdicts=ignore",
+            ],
+            [
+                "eval.benchmarks.arena_hard.n_bootstrap: 'many' is not an integer >= 1",
+                "eval.benchmarks.arena_hard.unparsed_verdicts: 'ignore' is not one of "
+                "'loss', 'drop'",
+            ],
+        ),
+        (
+            ["-m", "matrix.pipeline"],
+            ["llm.roles.judge.temperature=hot", "population.on_error=ignore"],
+            [
+                "llm.roles.judge.temperature: 'hot' is not a number >= 0",
+                "population.on_error: 'ignore' is not one of 'skip', 'fail'",
+            ],
+        ),
+    ],
+)
+def test_a_wrong_type_or_choice_exits_2_naming_the_key_and_what_it_takes(
+    tmp_path, command, overrides, expected
+):
+    """Typed schemas (matrix/*/settings.py) are checked right after composition: every wrong
+    value at once, before any model loads."""
+    out = _run([*command, *overrides], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    for line in expected:
+        assert line in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("manifest.json"))

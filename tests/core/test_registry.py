@@ -60,7 +60,7 @@ def test_every_consumer_reads_the_registry():
     assert SHARDED_STAGES == ("simulate", "generate", "evaluate")
     assert not STAGES["train"].shardable
     for s in STAGES.values():  # every reference resolves
-        assert registry._load(s.run_ref) and registry._load(s.validate_ref)
+        assert registry._load(s.run_ref) and registry._load(s.validate_ref) and s.schema()
         if s.shardable:
             assert callable(s.merge_fn())
     with pytest.raises(ConfigError, match="'sim' is not a stage; use one of simulate"):

@@ -1,8 +1,6 @@
 """Arena-Hard: tiktoken token counts for style control (words as the stated fallback) and the
 switch between dropping unparsed verdicts (arena-hard-auto) and counting them as losses."""
 
-import pytest
-
 from matrix.eval import bradley_terry
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.llm.protocol import Completion
@@ -84,9 +82,3 @@ def test_unparsed_verdicts_dropped_or_lost_and_reported():
     assert dropped["unparsed_verdicts"] == "dropped (arena-hard-auto)"
     assert dropped["score"] > lost["score"]  # only wins are left when failures are dropped
     assert lost["style_length_unit"] == "tiktoken cl100k_base tokens"
-
-
-def test_unknown_unparsed_policy_is_named():
-    bench = BENCHMARKS["arena_hard"]({"unparsed_verdicts": "ignore"})
-    with pytest.raises(ValueError, match="unparsed_verdicts='ignore'.*drop"):
-        bench.unparsed_policy()

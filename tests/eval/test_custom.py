@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from matrix.common.validation import ConfigError
+from matrix.core.config_check import check_stage
 from matrix.eval.question_file import load_questions
 from matrix.eval.run import run_evaluate, validate
 from matrix.llm.protocol import Completion
@@ -132,10 +133,10 @@ def test_config_errors_are_all_named_before_any_model_loads(tmp_path):
         "eval.benchmarks.custom.baseline_role=nobody",
     )
     with pytest.raises(ConfigError) as e:
-        validate(cfg).raise_if_any("evaluate")
+        check_stage(cfg, "evaluate")  # the typed values and the stage's own checks at once
     msg = str(e.value)
     assert "custom.path: no file at nowhere.jsonl" in msg
-    assert "custom.mode='triple'" in msg
+    assert "eval.benchmarks.custom.mode: 'triple' is not one of 'pairwise', 'single'" in msg
     cfg = _cfg(tmp_path, "eval.benchmarks.custom.baseline=run")
     with pytest.raises(ConfigError, match="baseline=run needs eval.benchmarks.custom.baseline_run"):
         validate(cfg).raise_if_any("evaluate")

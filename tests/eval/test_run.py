@@ -127,11 +127,13 @@ def test_compare_marks_significance(tmp_path):
 
 
 def test_every_eval_preset_composes_and_validates(tmp_path):
+    from matrix.core.config_check import check_config
     from matrix.eval.run import validate
 
     for preset in sorted(p.stem for p in (Path(CONF) / "eval").glob("*.yaml")):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("base", overrides=[f"+eval={preset}", "logger=none"])
+        check_config(cfg, "evaluate", models=False)  # keys and typed values (settings.py)
         validate(cfg).raise_if_any("evaluate")
 
 

@@ -4,6 +4,7 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from matrix.common.validation import ConfigError
+from matrix.core.config_check import check_stage
 from matrix.gen.config import validate
 from matrix.gen.run import run_generate
 from tests.doubles import compose_generate
@@ -39,7 +40,7 @@ def test_all_problems_listed_at_once(tmp_path, sim_dir):
         "generate.retrieval.mmr_lambda=2",
     )
     with pytest.raises(ConfigError) as e:
-        validate(cfg).raise_if_any("generate")
+        check_stage(cfg, "generate")  # the typed values and the stage's own checks at once
     msg = str(e.value)
     for key in (
         "generator.sets.general.target",

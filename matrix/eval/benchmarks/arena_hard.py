@@ -27,7 +27,6 @@ from matrix.eval.judging import judge_batch, parse_arena_verdict
 
 BASELINE = "gpt-4-0314"
 MODEL = "model"
-UNPARSED_POLICIES = ("loss", "drop")
 
 
 class ArenaHard(Benchmark):
@@ -98,13 +97,8 @@ class ArenaHard(Benchmark):
         return records, model_texts, base_texts, failures
 
     def unparsed_policy(self) -> str:
-        policy = str(self.opt("unparsed_verdicts", "loss"))
-        if policy not in UNPARSED_POLICIES:
-            raise ValueError(
-                f"eval.benchmarks.arena_hard.unparsed_verdicts={policy!r}: use one of "
-                f"{', '.join(UNPARSED_POLICIES)} (drop = arena-hard-auto, loss = a lost battle)"
-            )
-        return policy
+        """loss | drop (a typed option: matrix.eval.settings.ArenaHard, checked up front)."""
+        return str(self.opt("unparsed_verdicts", "loss"))
 
     def score(self, items: list[Record], answers: list[Record], judgments: list[Record]) -> dict:
         records, mt, bt, failures = self.battles(items, judgments, answers)

@@ -42,9 +42,6 @@ from matrix.eval.datafiles import read_jsonl
 from matrix.eval.judging import judge_batch, parse_rating
 from matrix.eval.question_file import KEY, load_questions
 
-MODES = ("pairwise", "single")
-BASELINES = ("reference", "role", "run")
-
 
 def baseline_answers_path(run: str | Path) -> Path:
     """`custom/answers.jsonl` of a previous evaluate stage folder (or that file itself)."""
@@ -77,12 +74,6 @@ class Custom(Benchmark):
             errors.append(f"{KEY}.path is not set; point it at a JSONL or CSV file of questions")
         elif not resolve_data_path(str(bcfg.path)).is_file():
             errors.append(f"{KEY}.path: no file at {resolve_data_path(str(bcfg.path))}")
-        if mode not in MODES:
-            errors.append(f"{KEY}.mode={mode!r}: use one of {', '.join(MODES)}")
-        if baseline not in BASELINES:
-            errors.append(f"{KEY}.baseline={baseline!r}: use one of {', '.join(BASELINES)}")
-        if not (bcfg.get("columns") or {}).get("instruction"):
-            errors.append(f"{KEY}.columns.instruction must name the column of the questions")
         if mode == "pairwise" and baseline == "role":
             role = bcfg.get("baseline_role")
             roles = (cfg.get("llm") or {}).get("roles") or {}
