@@ -182,7 +182,9 @@ def check_models(
 
     check = ModelCheck(float(pre.get("timeout") or 10))
     for step_cfg, stage in steps:
-        check.stage(step_cfg, stage, STAGES[stage].llm_roles(step_cfg), skip=set(skip))
+        # "pipeline" (check_config of the whole tree) is no stage: no roles of its own
+        roles = STAGES[stage].llm_roles(step_cfg) if stage in STAGES else []
+        check.stage(step_cfg, stage, roles, skip=set(skip))
     check.report(p)
 
 
