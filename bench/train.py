@@ -491,7 +491,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = build_model(cfg.model, tok, attn, args.seed).to(device).train()
         dm = ChatDataModule(
-            tmp, tok, "sft", args.max_seq_len, args.batch_size, packed, seed=args.seed
+            tmp, tok, "chat", args.max_seq_len, args.batch_size, packed, seed=args.seed
         )
         dm.setup()
         r = run_epoch(model, dm, device)

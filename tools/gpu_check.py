@@ -317,19 +317,19 @@ def sft_dpo_overrides(runs: Path, kernel: str, data: dict, tok: Path, cuda: bool
     sft = [
         *base_overrides(runs, f"sft_{kernel}", tok, cuda),
         *common,
-        "train.objective=sft",
+        "objective=sft",
         f"data.path={data['sft']}",
     ]
     hf = runs / f"sft_{kernel}" / "train" / "hf_model"
     dpo = [
         *base_overrides(runs, f"dpo_{kernel}", tok, cuda),
         *common,
-        "train.objective=dpo",
+        "objective=dpo",
         f"data.path={data['dpo']}",
         f"model.path={hf}",
         "model.init=pretrained",
         "model.chat_template=null",
-        "train.dpo.beta=0.1",
+        "train.objective.beta=0.1",
     ]
     return sft, dpo
 
@@ -472,7 +472,7 @@ def fsdp_overrides(runs: Path, name: str, data: dict, tok: Path, devices: int, s
         "trainer.fsdp.activation_checkpointing=true",
         *_model_config(SMALL),
         "model.attn_implementation=sdpa",
-        "train.objective=sft",
+        "objective=sft",
         f"data.path={data['sft']}",
         "data.max_seq_len=512",
         "data.batch_size=4",
@@ -527,7 +527,7 @@ def mfu_overrides(
         *_model_config({**LLAMA3_8B, "num_hidden_layers": layers}),
         f"model.gradient_checkpointing={str(checkpointing).lower()}",
         f"model.attn_implementation={attn}",
-        f"train.objective={objective}",
+        f"objective={objective}",
         f"data.path={data[objective]}",
         "data.max_seq_len=4096",
         "data.packing=true",
@@ -723,7 +723,7 @@ def rehearse(out: Path, tok: Path) -> dict:
         cfg = compose(
             [
                 *base_overrides(out / "runs", "rehearsal", tok, cuda=False),
-                "train.objective=sft",
+                "objective=sft",
                 f"data.path={data['sft']}",
                 "data.max_seq_len=256",
                 "trainer.max_steps=2",

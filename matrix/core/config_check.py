@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,11 @@ _OPEN = (
     "trainer.fsdp",
     "logger.wandb.settings",
     "logger.lightning",  # any Lightning logger's options (matrix.train.loggers.check_logger)
+    # the train stage's components: options checked against their _target_'s signature
+    # (matrix.train.components)
+    "train.objective",
+    "optimizer",
+    "scheduler",
 )
 # A block whose keys are those of another block.
 _SAME_KEYS_AS = {"generator.sets.*.retrieval": "generate.retrieval"}
@@ -102,6 +108,9 @@ def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
         data = yaml.safe_load(text) or {}
         is_global = text.lstrip().startswith("# @package _global_")
         prefix = "" if is_global or len(rel.parts) == 1 else ".".join(rel.parts[:-1])
+        package = re.match(r"\s*# @package ([\w.]+)\s*\n", text)
+        if package and package.group(1) != "_global_":
+            prefix = package.group(1)  # a group placed elsewhere (objective -> train.objective)
         if prefix:
             keys.add(prefix)
         _walk(data, prefix, keys)
@@ -116,15 +125,40 @@ def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
 # with the new one named (every shipped preset and doc uses the new one).
 MOVED = {
     "objective": "train.objective",
-    "dpo": "train.dpo",
+    "dpo": "train.objective",  # DPO's options, with objective=dpo
     "checkpoint": "train.checkpoint",
     "simulation_dir": "generate.simulation_dir",
     "rejected_model": "generate.rejected_model",
 }
 
 
+# Keys that no longer exist, with what replaced them.
+REPLACED = {
+    "communication.mode": (
+        "replaced by `communication._target_` (the mode's class, e.g. "
+        "matrix.sim.communication.RandomCommunication); pick a shipped mode with "
+        "`communication=structured|random|none` (conf/communication/<name>.yaml)"
+    ),
+    "train.dpo": (
+        "replaced by the objective's own options: `objective=dpo` (conf/objective/dpo.yaml), "
+        "then `train.objective.beta=...`, `train.objective.reference=model|precomputed`"
+    ),
+    "optimizer.name": (
+        "replaced by `optimizer._target_` (the optimizer's class, e.g. torch.optim.AdamW); "
+        "pick a shipped one with `optimizer=adamw|adamw_8bit` (conf/optimizer/<name>.yaml)"
+    ),
+    "scheduler.name": (
+        "replaced by `scheduler._target_` (a function or class that builds the schedule, e.g. "
+        "matrix.train.optim.cosine_schedule); `scheduler=cosine` (conf/scheduler/<name>.yaml)"
+    ),
+}
+
+
 def _suggest(path: str, known: frozenset[str], shown: str) -> str:
     """`path` is normalized (for lookup), `shown` the user's spelling (for the message)."""
+    for old, why in REPLACED.items():
+        if path == old or path.startswith(old + "."):
+            return why
     root, _, rest = shown.partition(".")
     if root in MOVED:
         new = MOVED[root] + ("." + rest if rest else "")

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
@@ -46,6 +47,25 @@ class Step:
     cfg: DictConfig
 
 
+def split_components(overlay: Any) -> tuple[DictConfig, dict[str, Any]]:
+    """A step's config less its component blocks (those with `_target_`), and those blocks by
+    dotted path: a component block replaces the composed one whole (a merge would keep the
+    other component's options, e.g. DPO's `beta` under an SFT objective)."""
+    rest = OmegaConf.to_container(OmegaConf.create(overlay), resolve=False)
+    found: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key in list(node):
+            value, path = node[key], f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and "_target_" in value:
+                found[path] = node.pop(key)
+            elif isinstance(value, dict):
+                walk(value, path)
+
+    walk(rest, "")
+    return OmegaConf.create(rest), found
+
+
 def pipeline_steps(cfg: DictConfig) -> list[Step]:
     """The steps of pipeline.stages with their configs, every problem reported at once before
     any step starts: unknown stages, a folder used twice, unknown keys in a step's config."""
@@ -66,7 +86,11 @@ def pipeline_steps(cfg: DictConfig) -> list[Step]:
             continue
         try:
             # struct merge: a key the composed config lacks is a typo, not a new setting
-            step_cfg = OmegaConf.merge(cfg, spec.get("config") or {})
+            overlay, components = split_components(spec.get("config") or {})
+            step_cfg = OmegaConf.merge(cfg, overlay)
+            with open_dict(step_cfg):
+                for path, block in components.items():
+                    OmegaConf.update(step_cfg, path, block, merge=False)
         except ConfigKeyError as e:
             p.add(f"pipeline.steps.{name}.config", f"unknown key {e.full_key}")
             continue

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
+    ROW_KINDS,
     PreferencePair,
     TokenStats,
     load_rows,
@@ -66,10 +67,18 @@ def split_rows(
 
 
 def data_path(cfg: DictConfig) -> str:
-    """The file this run trains on: `data.path` if set, else the objective's default file."""
+    """The file this run trains on: `data.path` if set, else the default file of the rows the
+    objective trains on (data.sft_path for chats, data.dpo_path for pairs)."""
     if cfg.data.get("path"):
         return str(cfg.data.path)
-    return str(cfg.data.sft_path if cfg.train.objective == "sft" else cfg.data.dpo_path)
+    return str(cfg.data.sft_path if objective_rows(cfg) == "chat" else cfg.data.dpo_path)
+
+
+def objective_rows(cfg: DictConfig) -> str:
+    """ "chat" or "pairs": the rows `train.objective` trains on (its class's `rows`)."""
+    from matrix.train.lm import objective_class
+
+    return objective_class(cfg).rows
 
 
 class ChatDataModule(L.LightningDataModule):
@@ -77,7 +86,7 @@ class ChatDataModule(L.LightningDataModule):
         self,
         path: str | Path,
         tokenizer,
-        objective: str,
+        rows: str,
         max_seq_len: int,
         batch_size: int,
         packing: bool,
@@ -92,11 +101,11 @@ class ChatDataModule(L.LightningDataModule):
         val_max_rows: int | None = None,
     ):
         super().__init__()
-        if objective not in ("sft", "dpo"):
-            raise ValueError(f"train.objective={objective!r}; choose sft or dpo")
+        if rows not in ROW_KINDS:
+            raise ValueError(f"rows={rows!r}; an objective trains on {' or '.join(ROW_KINDS)}")
         self.path = Path(path)
         self.tokenizer = tokenizer
-        self.objective = objective
+        self.rows = rows  # "chat": `messages` rows; "pairs": prompt/chosen/rejected
         self.max_seq_len = max_seq_len
         self.batch_size = batch_size
         self.packing = packing
@@ -124,7 +133,7 @@ class ChatDataModule(L.LightningDataModule):
         return cls(
             path=data_path(cfg),
             tokenizer=tokenizer,
-            objective=str(cfg.train.objective),
+            rows=objective_rows(cfg),
             max_seq_len=int(d.max_seq_len),
             batch_size=int(d.batch_size),
             packing=bool(d.packing),
@@ -142,10 +151,8 @@ class ChatDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.examples is not None:
             return
-        rows, bad = load_rows(
-            self.path, self.objective, self.on_error, self.max_line_bytes, self.limit
-        )
-        tokenize = tokenize_sft if self.objective == "sft" else tokenize_dpo
+        rows, bad = load_rows(self.path, self.rows, self.on_error, self.max_line_bytes, self.limit)
+        tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)
         self.stats.skipped_malformed += len(bad.skipped)
@@ -168,7 +175,7 @@ class ChatDataModule(L.LightningDataModule):
         self.val_units = self.make_units(self.val_ids)
         log.info(
             "%s data: %d of %d rows (%d held out for validation), %d tokens, %d rows per batch%s",
-            self.objective,
+            self.rows,
             self.stats.kept,
             self.stats.rows,
             len(self.val_ids),

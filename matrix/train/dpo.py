@@ -1,8 +1,8 @@
 """Direct Preference Optimization (sigmoid loss) from an SFT checkpoint.
 
 The reference policy is the starting model, either as a frozen copy kept in memory
-(`train.dpo.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
-log-probs computed once before training (`train.dpo.reference=precomputed`: no second model in
+(`train.objective.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
+log-probs computed once before training (`train.objective.reference=precomputed`: no second model in
 memory; the values live in a buffer so a resumed run keeps the original reference).
 """
 
@@ -12,12 +12,14 @@ import contextlib
 import copy
 import logging
 import warnings
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from matrix.train.lm import CausalLMModule
+from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,94 @@ def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch
     return logps[0::2], logps[1::2]  # sequences alternate chosen, rejected
 
 
+@dataclass(frozen=True)
+class PairStats:
+    """Per pair of a batch: summed label log-probs and labelled-token counts of the chosen
+    and the rejected answer (what length-normalised preference losses need)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+    @property
+    def chosen_mean(self) -> torch.Tensor:
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    @property
+    def rejected_mean(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens.clamp(min=1)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)
+
+    @staticmethod
+    def cat(parts: list[PairStats]) -> PairStats:
+        return PairStats(*(torch.cat(t) for t in zip(*(p.tensors() for p in parts), strict=True)))
+
+
+def pair_stats(model: torch.nn.Module, batch: dict) -> PairStats:
+    """`PairStats` of a padded or packed batch of pairs, from one forward pass."""
+    lp = labelled_logps(model, batch)
+    ids = batch["seq_ids"][:, 1:][lp.mask]
+    n = batch["n_sequences"]
+    sums = torch.zeros(n, dtype=lp.logps.dtype, device=lp.logps.device).index_add(0, ids, lp.logps)
+    counts = torch.zeros(n, dtype=lp.logps.dtype, device=lp.logps.device).index_add(
+        0, ids, torch.ones_like(lp.logps)
+    )
+    return PairStats(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
+
+
+def preference_metrics(
+    loss: torch.Tensor, chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, s: PairStats
+) -> dict[str, float]:
+    """The metrics every preference objective logs, under DPO's names (rewards as the
+    objective defines them), so runs of different objectives line up in a comparison."""
+    margin = (chosen_reward - rejected_reward).detach()
+    return {
+        "loss": float(loss.detach()),
+        "rewards/chosen": float(chosen_reward.detach().mean()),
+        "rewards/rejected": float(rejected_reward.detach().mean()),
+        "rewards/accuracy": float((margin > 0).float().mean()),
+        "rewards/margin": float(margin.mean()),
+        "logps/chosen": float(s.chosen.detach().mean()),
+        "logps/rejected": float(s.rejected.detach().mean()),
+    }
+
+
+class ReferenceFreePairsModule(CausalLMModule):
+    """Base of preference objectives without a reference model (ORPO, SimPO): a subclass
+    defines `pair_loss(stats) -> (loss, metrics)`; validation applies it to every pair of the
+    validation set at once, so each pair weighs the same."""
+
+    rows = "pairs"
+
+    def pair_loss(self, s: PairStats) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, self.step_metrics = self.pair_loss(pair_stats(self.model, batch))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        s = pair_stats(self.model, batch)
+        self._val_parts.append(PairStats(*(t.detach() for t in s.tensors())))
+
+    def validation_metrics(self) -> dict[str, float]:
+        s = PairStats.cat(self._val_parts)
+        return {**self.pair_loss(s)[1], "pairs": len(s.chosen)}
+
+
 class DPOModule(CausalLMModule):
+    """DPO's sigmoid loss against a reference policy (conf/objective/dpo.yaml: `beta`,
+    `reference`)."""
+
+    rows = "pairs"
+
+    @classmethod
+    def context(cls, run: RunContext) -> dict:
+        return {"n_pairs": len(run.data)}  # the precomputed reference's buffer
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -70,13 +159,15 @@ class DPOModule(CausalLMModule):
         scheduler: DictConfig,
         total_steps: int,
         beta: float = 0.1,
-        reference: str = "model",
+        reference: Literal["model", "precomputed"] = "model",
         n_pairs: int = 0,
         clip_norm: float | None = None,
     ):
         super().__init__(model, optimizer, scheduler, total_steps, clip_norm)
         if reference not in ("model", "precomputed"):
-            raise ValueError(f"train.dpo.reference={reference!r}; choose model or precomputed")
+            raise ValueError(
+                f"train.objective.reference={reference!r}; choose model or precomputed"
+            )
         self.beta = beta
         self.reference = reference
         self.uses_adapters = hasattr(model, "disable_adapter")

@@ -91,19 +91,25 @@ def _answer_problem(value: Any, key: str) -> str | None:
     return _messages_problem(value, key)
 
 
-def row_problem(row: Any, objective: str) -> str | None:
+# The rows an objective trains on (`CausalLMModule.rows`) and the fields each row needs.
+ROW_FIELDS = {"chat": ("messages",), "pairs": ("prompt", "chosen", "rejected")}
+ROW_KINDS = tuple(ROW_FIELDS)
+
+
+def row_problem(row: Any, kind: str) -> str | None:
     """Why a row on disk cannot be trained on (the field and what it should be), or None.
 
-    SFT rows need `messages` with an assistant turn; DPO rows `prompt` (a string or
-    messages), `chosen` and `rejected`. Every message has a role of ROLES and non-blank text.
+    `kind` "chat" rows need `messages` with an assistant turn; "pairs" rows `prompt` (a string
+    or messages), `chosen` and `rejected`. Every message has a role of ROLES and non-blank
+    text.
     """
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    fields = ("messages",) if objective == "sft" else ("prompt", "chosen", "rejected")
+    fields = ROW_FIELDS[kind]
     missing = [k for k in fields if k not in row]
     if missing:
         return f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-    if objective == "sft":
+    if kind == "chat":
         why = _messages_problem(row["messages"], "messages")
         if why is None and not any(m["role"] == "assistant" for m in row["messages"]):
             why = "no assistant message in `messages` (nothing to train on)"
@@ -122,7 +128,7 @@ def row_problem(row: Any, objective: str) -> str | None:
 
 def load_rows(
     path: Path,
-    objective: str,
+    kind: str,
     on_error: str = "skip",
     max_line_bytes: int | None = None,
     limit: int | None = None,
@@ -134,7 +140,7 @@ def load_rows(
     lines = 0
     for lineno, row, error in jsonl_lines(path, max_line_bytes):
         lines += 1
-        why = error or row_problem(row, objective)
+        why = error or row_problem(row, kind)
         if why:
             bad.add(lineno, why)
             continue
@@ -171,7 +177,7 @@ def tokenize_sft(
     out: list[Sequence1D] = []
     for row in rows:
         stats.rows += 1
-        if row_problem(row, "sft"):
+        if row_problem(row, "chat"):
             stats.skipped_malformed += 1
             continue
         tc = tokenize_for_training(tokenizer, row["messages"], max_length)
@@ -206,7 +212,7 @@ def tokenize_dpo(
     out: list[PreferencePair] = []
     for row in rows:
         stats.rows += 1
-        if row_problem(row, "dpo"):
+        if row_problem(row, "pairs"):
             stats.skipped_malformed += 1
             continue
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -53,12 +55,44 @@ def sequence_logps(
     return out.index_add(0, ids[mask], logp[mask])
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What an objective may read from the run when it is built (`CausalLMModule.context`)."""
+
+    cfg: DictConfig  # the composed config
+    data: Any  # the set-up ChatDataModule (matrix.train.datamodule)
+    world_size: int  # ranks of the run
+
+
+def objective_class(cfg: DictConfig) -> type[CausalLMModule]:
+    """The class `train.objective._target_` names (checked before training by the preflight,
+    matrix.train.preflight.check_objective)."""
+    from hydra.utils import get_class
+
+    return get_class(str(cfg.train.objective._target_))
+
+
 # metrics shown in Lightning's progress bar (besides being logged)
 PROGRESS_BAR = ("train/loss", "train/lr", "val/loss")
 
 
 class CausalLMModule(L.LightningModule):
-    """Base module: owns the HF model, the optimizer config and the step metrics."""
+    """Base module: owns the HF model, the optimizer config and the step metrics.
+
+    A training objective is a subclass, named by `_target_` in conf/objective/<name>.yaml
+    (`objective=<name>`, mounted at `train.objective`); the YAML's other keys are keyword
+    options of its constructor. It declares the rows it trains on (`rows`: "chat", `messages`
+    rows from data.sft_path; "pairs", `prompt`/`chosen`/`rejected` rows from data.dpo_path),
+    and `context(run)` returns what its constructor needs from the run besides its options
+    (the number of pairs, a token count). Adding an objective is one module and one YAML.
+    """
+
+    rows: ClassVar[str] = "chat"
+
+    @classmethod
+    def context(cls, run: RunContext) -> dict[str, Any]:
+        """Constructor arguments from the run besides the objective's own options."""
+        return {}
 
     def __init__(
         self,

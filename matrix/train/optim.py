@@ -1,12 +1,15 @@
-"""Optimizer and LR schedule from `cfg.optimizer` / `cfg.scheduler`."""
+"""Optimizer and LR schedule from `cfg.optimizer` / `cfg.scheduler`, each a component named by
+`_target_` (conf/optimizer/, conf/scheduler/; checked by matrix.train.components)."""
 
 from __future__ import annotations
 
-import importlib.util
+import inspect
 import math
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 
@@ -22,28 +25,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _options(block: DictConfig) -> dict[str, Any]:
+    data = OmegaConf.to_container(block, resolve=True)
+    return {k: v for k, v in data.items() if not str(k).startswith("_")}
+
+
 def build_optimizer(
     model: torch.nn.Module, ocfg: DictConfig, precision: str = "32-true"
 ) -> torch.optim.Optimizer:
-    groups = param_groups(model, float(ocfg.weight_decay))
-    kw = dict(lr=float(ocfg.lr), betas=tuple(ocfg.betas), eps=float(ocfg.eps))
-    if ocfg.name == "adamw":
+    """`ocfg._target_` (a torch.optim.Optimizer class) over the model's parameter groups, with
+    the block's other keys as its options."""
+    options = _options(ocfg)
+    groups = param_groups(model, float(options.pop("weight_decay", 0.0)))
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    if "fused" in options:
         on_cuda = any(p.is_cuda for g in groups for p in g["params"])
         # Not under fp16 loss scaling: a fused AdamW unscales inside its own step, after the
         # module has clipped, so the clipping would see scaled gradients.
         fp16 = precision.startswith("16")
-        fused = bool(ocfg.get("fused", True)) and on_cuda and not fp16
-        return torch.optim.AdamW(groups, fused=fused, **kw)
-    if ocfg.name == "adamw_8bit":
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise RuntimeError(
-                "optimizer=adamw_8bit needs bitsandbytes (`pip install bitsandbytes`, CUDA only); "
-                "use optimizer=adamw otherwise"
-            )
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, **kw)
-    raise ValueError(f"optimizer.name={ocfg.name!r}; known: adamw, adamw_8bit")
+        options["fused"] = bool(options["fused"]) and on_cuda and not fp16
+    return get_class(str(ocfg._target_))(groups, **options)
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -54,14 +56,26 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, scfg: DictConfig, total_steps: int) -> dict:
-    if scfg.name != "cosine":
-        raise ValueError(f"scheduler.name={scfg.name!r}; known: cosine")
-    warmup = scfg.get("warmup_steps")
-    if warmup is None:
-        warmup = math.ceil(float(scfg.warmup_ratio) * total_steps)
-    min_ratio = float(scfg.min_lr_ratio)
-    sched = LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, int(warmup), total_steps, min_ratio)
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_ratio: float = 0.03,
+    warmup_steps: int | None = None,
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """Linear warmup (`warmup_steps`, else `warmup_ratio` of the steps), then cosine decay."""
+    warmup = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total_steps)
+    return LambdaLR(
+        optimizer,
+        lambda s: cosine_with_warmup(s, int(warmup), total_steps, float(min_lr_ratio)),
     )
-    return {"scheduler": sched, "interval": "step", "frequency": 1}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, scfg: DictConfig, total_steps: int) -> dict:
+    """`scfg._target_` called with the optimizer (and `total_steps`, when it takes it), stepped
+    once per optimizer step."""
+    fn = get_method(str(scfg._target_))
+    options = _options(scfg)
+    if "total_steps" in inspect.signature(fn).parameters:
+        options["total_steps"] = total_steps
+    return {"scheduler": fn(optimizer, **options), "interval": "step", "frequency": 1}

@@ -14,10 +14,10 @@ from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
 from matrix.llm.preflight import local_model_dir
 from matrix.train.attention import CHOICES, flash_attn_available
-from matrix.train.datamodule import data_path
+from matrix.train.components import check_components
+from matrix.train.datamodule import data_path, objective_rows
+from matrix.train.examples import ROW_FIELDS
 from matrix.train.loggers import check_logger
-
-REQUIRED_KEYS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -29,11 +29,13 @@ def _has_chat_template(folder: Path) -> bool:
 
 def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
     path = Path(data_path(cfg))
+    rows = objective_rows(cfg)
+    default = "data.sft_path" if rows == "chat" else "data.dpo_path"
     if not path.is_file():
         fix = cfg.data.get("generate_command")
         p.add(
             "data.path",
-            f"data file {path} does not exist (data.path / data.{cfg.train.objective}_path, "
+            f"data file {path} does not exist (data.path / {default}, "
             f"data={cfg.data.name}); create it with:\n      {fix}"
             + "\n    or point data.path=... at an existing JSONL file",
         )
@@ -46,12 +48,13 @@ def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
             "data.path", f"data file {path} has no JSON object row (empty, or every line malformed)"
         )
         return
-    missing = [k for k in REQUIRED_KEYS[cfg.train.objective] if k not in row]
+    missing = [k for k in ROW_FIELDS[rows] if k not in row]
     if missing:
         p.add(
             "data.path",
-            f"data file {path} lacks {missing} needed for train.objective={cfg.train.objective} "
-            f"(SFT rows hold `messages`, DPO rows `prompt`/`chosen`/`rejected`)",
+            f"data file {path} lacks {missing} needed by {cfg.train.objective._target_}, which "
+            f"trains on {rows} rows (chat rows hold `messages`, pairs `prompt`/`chosen`/"
+            "`rejected`)",
         )
 
 
@@ -131,19 +134,11 @@ def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
     t = cfg.trainer
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         p.add("trainer", f"trainer={t.name} needs a CUDA GPU; none is visible (use trainer=cpu)")
-    if cfg.optimizer.name == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        p.add(
-            "optimizer",
-            "optimizer=adamw_8bit needs bitsandbytes (`pip install bitsandbytes`, CUDA only); "
-            "use optimizer=adamw",
-        )
     lora = cfg.model.get("lora") or {}
     if lora.get("quantize_4bit") and importlib.util.find_spec("bitsandbytes") is None:
         p.add(
             "model.lora.quantize_4bit", "model.lora.quantize_4bit=true (QLoRA) needs bitsandbytes"
         )
-    if cfg.train.objective not in ("sft", "dpo"):
-        p.add("train.objective", f"{cfg.train.objective!r}; choose sft or dpo")
     if int(cfg.data.batch_size) < 1:
         p.add("data.batch_size", "data.batch_size must be >= 1")
     if cfg.data.get("on_error", "skip") not in ON_ERROR:
@@ -171,8 +166,9 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     """Every train problem found before any model loads (the stage registry's validator)."""
     p = ConfigProblems()
     check_runtime(cfg, p)
-    if cfg.train.objective in REQUIRED_KEYS:
-        check_data(cfg, p)
+    check_components(cfg, p)
+    if not any(k.startswith("train.objective") for k, _ in p.items):
+        check_data(cfg, p)  # needs the objective's class (which rows it trains on)
     check_model(cfg, p)
     check_logger(cfg, p)
     return p

@@ -31,13 +31,12 @@ from matrix.core.stage import config_hash, open_stage, set_aside_stale, stage_di
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.datamodule import ChatDataModule, data_path
-from matrix.train.dpo import DPOModule
 from matrix.train.export import save_hf_folder
+from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
 from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.resume import resume_point
-from matrix.train.sft import SFTModule
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +144,6 @@ def build_trainer(
     )
 
 
-def sft_token_norm(cfg: DictConfig, dm: ChatDataModule) -> float | None:
-    """Labelled tokens per micro-batch (epoch mean) when one optimizer step sums several
-    micro-batches (accumulation or DDP ranks); None for one micro-batch per step, whose own
-    per-token mean already is the step's."""
-    steps_over = int(cfg.trainer.accumulate_grad_batches) * world_size(cfg)
-    if steps_over <= 1:
-        return None
-    return dm.train_labelled_tokens() / max(dm.batches_per_epoch(1), 1)
-
-
 def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | None:
     """Train SFT or DPO as configured; returns the manifest (None on non-zero ranks).
     `callbacks`: more Lightning callbacks for the fit (measurements, e.g. bench/train.py's)."""
@@ -197,7 +186,7 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
         trainer.validate(module, datamodule=dm, verbose=False)  # the final model's val metrics
 
     provenance = {
-        "objective": cfg.train.objective,
+        "objective": str(cfg.train.objective._target_),
         "base_model": str(cfg.model.path),
         "data": data_path(cfg),
         "config_hash": stage.config_hash if stage else None,
@@ -227,28 +216,21 @@ def keep_metrics(stage, step: int) -> list[dict]:
     return JsonlLog(stage.dir / "metrics.jsonl").read() if step else []
 
 
-def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> L.LightningModule:
-    total = total_steps(cfg, dm.batches_per_epoch(world_size(cfg)))
+def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> CausalLMModule:
+    """The objective's LightningModule (`train.objective._target_`, a CausalLMModule
+    subclass), with its options from the config and its context from the run."""
+    cls = objective_class(cfg)
+    options = {k: v for k, v in cfg.train.objective.items() if not str(k).startswith("_")}
     clip = cfg.trainer.get("gradient_clip_val")
-    clip = float(clip) if clip else None
-    if cfg.train.objective == "sft":
-        return SFTModule(
-            model,
-            cfg.optimizer,
-            cfg.scheduler,
-            total,
-            clip_norm=clip,
-            tokens_per_batch=sft_token_norm(cfg, dm),
-        )
-    return DPOModule(
+    world = world_size(cfg)
+    return cls(
         model,
         cfg.optimizer,
         cfg.scheduler,
-        total,
-        clip_norm=clip,
-        beta=float(cfg.train.dpo.beta),
-        reference=str(cfg.train.dpo.reference),
-        n_pairs=len(dm),
+        total_steps(cfg, dm.batches_per_epoch(world)),
+        clip_norm=float(clip) if clip else None,
+        **options,
+        **cls.context(RunContext(cfg, dm, world)),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from matrix.train.lm import CausalLMModule
+from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
 from matrix.train.tokenize import IGNORE_INDEX
 
@@ -53,9 +53,21 @@ class SFTModule(CausalLMModule):
     longer weighs as much as a full one (the same holds across DDP ranks, which average).
     The logged loss stays the micro-batch's per-token mean."""
 
+    rows = "chat"
+
     def __init__(self, *args, tokens_per_batch: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_per_batch = tokens_per_batch
+
+    @classmethod
+    def context(cls, run: RunContext) -> dict:
+        """`tokens_per_batch`: labelled tokens per micro-batch (epoch mean) when one optimizer
+        step sums several micro-batches (accumulation or DDP ranks); None for one micro-batch
+        per step, whose own per-token mean already is the step's."""
+        if int(run.cfg.trainer.accumulate_grad_batches) * run.world_size <= 1:
+            return {"tokens_per_batch": None}
+        dm = run.data
+        return {"tokens_per_batch": dm.train_labelled_tokens() / max(dm.batches_per_epoch(1), 1)}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, n = batch_loss(self.model, batch)

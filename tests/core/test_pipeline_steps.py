@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from matrix.analysis.compare import compare
 from matrix.common.validation import ConfigError
@@ -38,7 +39,12 @@ def test_matrix_tuned_is_sft_then_dpo_from_the_sft_model(preset: str, tmp_path: 
     assert gen_sft.cfg.generate.rejected_model is None
     assert stage_dir(sft.cfg, "train") == tmp_path / preset / "train_sft"
     assert stage_dir(dpo.cfg, "train") == tmp_path / preset / "train"
-    assert (sft.cfg.train.objective, dpo.cfg.train.objective) == ("sft", "dpo")
+    # each step's objective block replaces the composed one whole (no DPO option under SFT)
+    assert OmegaConf.to_container(sft.cfg.train.objective) == {
+        "_target_": "matrix.train.sft.SFTModule"
+    }
+    assert dpo.cfg.train.objective._target_ == "matrix.train.dpo.DPOModule"
+    assert dpo.cfg.train.objective.beta == 0.1
     # SFT starts from the base model, DPO from SFT's export; both train on this run's data
     assert sft.cfg.model.path == cfg.model.path
     assert dpo.cfg.model.path == str(tmp_path / preset / "train_sft" / "hf_model")
@@ -124,8 +130,10 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
         assert json.loads((run / step / "manifest.json").read_text())["complete"]
     sft = json.loads((run / "train_sft" / "manifest.json").read_text())
     dpo = json.loads((run / "train" / "manifest.json").read_text())
-    assert (sft["stage"], sft["config"]["train"]["objective"]) == ("train", "sft")
-    assert (dpo["stage"], dpo["config"]["train"]["objective"]) == ("train", "dpo")
+    objective = {m["config"]["train"]["objective"]["_target_"] for m in (sft, dpo)}
+    assert (sft["stage"], dpo["stage"]) == ("train", "train")
+    assert objective == {"matrix.train.sft.SFTModule", "matrix.train.dpo.DPOModule"}
+    assert sft["config"]["train"]["objective"]["_target_"].endswith("SFTModule")
     assert sft["inputs"]["data"]["path"].endswith("generate_sft/sft.jsonl")
     assert dpo["inputs"]["data"]["path"].endswith("/generate/dpo.jsonl")
     # every DPO pair's rejected answer came from the SFT step's model

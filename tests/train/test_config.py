@@ -24,14 +24,14 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "optimizer", "scheduler", "trainer", "data", "experiment"]
+    "group", ["model", "optimizer", "scheduler", "trainer", "data", "objective", "experiment"]
 )
 def test_every_option_composes(group):
     names = options(group)
     assert names
     for name in names:
         cfg = compose_train([f"{group}={name}"])
-        assert cfg.train.objective in ("sft", "dpo")
+        assert cfg.train.objective._target_.startswith("matrix.train.")
         assert cfg.model.attn_implementation in (
             "auto",
             "flash_attention_2",
@@ -49,9 +49,12 @@ def test_paper_presets_carry_the_paper_settings():
     assert (sft.trainer.max_epochs, sft.optimizer.lr, sft.optimizer.weight_decay) == (2, 2e-5, 0.0)
     assert (sft.data.batch_size, sft.trainer.accumulate_grad_batches) == (1, 8)
     assert sft.trainer.devices == 8 and sft.data.max_seq_len == 4096
-    assert sft.model.chat_template == "llama3" and sft.scheduler.name == "cosine"
+    assert sft.model.chat_template == "llama3"
+    assert sft.scheduler._target_ == "matrix.train.optim.cosine_schedule"
+    assert sft.train.objective._target_ == "matrix.train.sft.SFTModule"
     dpo = compose_train(["experiment=paper_dpo"])
-    assert dpo.train.objective == "dpo" and dpo.train.dpo.beta == 0.1
+    assert dpo.train.objective._target_ == "matrix.train.dpo.DPOModule"
+    assert dpo.train.objective.beta == 0.1
     assert dpo.model.path.endswith("paper_sft/train/hf_model")
     assert dpo.data.dpo_path.endswith("matrix_20k/generate/dpo.jsonl")
 
@@ -99,7 +102,7 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
 
 def test_preflight_rejects_wrong_row_kind(tmp_path, data_dir):
     cfg = compose_train(
-        ["model=tiny_debug", "train.objective=dpo", f"data.path={data_dir / 'sft.jsonl'}"]
+        ["model=tiny_debug", "objective=dpo", f"data.path={data_dir / 'sft.jsonl'}"]
     )
     with pytest.raises(ConfigError, match="lacks"):
         validate(cfg).raise_if_any("train")

@@ -124,7 +124,7 @@ def test_resumed_run_logs_the_remaining_steps(csv_run, tmp_path, data_dir):
 
 
 def test_dpo_rewards_reach_the_logger(tmp_path, data_dir):
-    stage_dir, seen = train(tmp_path, data_dir / "dpo.jsonl", "d", "csv", "train.objective=dpo")
+    stage_dir, seen = train(tmp_path, data_dir / "dpo.jsonl", "d", "csv", "objective=dpo")
     path = stage_dir / "csv" / "version_0" / "metrics.csv"
     keys = ("train/loss", "train/rewards/accuracy", "train/rewards/margin", "val/rewards/accuracy")
     for key in keys:

@@ -63,7 +63,7 @@ def _write(path, lines):
 
 def test_every_malformed_sft_row_is_named_by_line_then_skipped(tmp_path):
     path = _write(tmp_path / "sft.jsonl", [line for line, _ in SFT_LINES])
-    rows, bad = load_rows(path, "sft", "skip", max_line_bytes=MAX_LINE)
+    rows, bad = load_rows(path, "chat", "skip", max_line_bytes=MAX_LINE)
     assert rows == [GOOD_SFT, GOOD_SFT]
     expected = [(n, why) for n, (line, why) in enumerate(SFT_LINES, 1) if why]
     assert len(bad.skipped) == len(expected)
@@ -75,7 +75,7 @@ def test_every_malformed_sft_row_is_named_by_line_then_skipped(tmp_path):
 def test_fail_policy_stops_at_the_first_bad_row_naming_file_line_and_key(tmp_path):
     path = _write(tmp_path / "sft.jsonl", [line for line, _ in SFT_LINES])
     with pytest.raises(ConfigError, match=r"sft.jsonl:2: not valid JSON .*data.on_error=skip"):
-        load_rows(path, "sft", "fail", max_line_bytes=MAX_LINE)
+        load_rows(path, "chat", "fail", max_line_bytes=MAX_LINE)
 
 
 def test_malformed_dpo_rows(tmp_path):
@@ -97,7 +97,7 @@ def test_malformed_dpo_rows(tmp_path):
     path = _write(
         tmp_path / "dpo.jsonl", [_line(good), _line(as_messages)] + [_line(r) for r, _ in cases]
     )
-    rows, bad = load_rows(path, "dpo")
+    rows, bad = load_rows(path, "pairs")
     assert rows == [good, as_messages]
     for n, (msg, (_, why)) in enumerate(zip(bad.skipped, cases, strict=True), 3):
         assert msg.startswith(f"{path}:{n}: ") and why in msg, (msg, why)

@@ -37,7 +37,7 @@ def test_split_is_disjoint_deterministic_and_capped():
 
 def datamodule(tokenizer, path, packing: bool, **kwargs) -> ChatDataModule:
     dm = ChatDataModule(
-        path, tokenizer, "sft", max_seq_len=256, batch_size=3, packing=packing, **kwargs
+        path, tokenizer, "chat", max_seq_len=256, batch_size=3, packing=packing, **kwargs
     )
     dm.setup()
     return dm
@@ -127,8 +127,8 @@ def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
             tmp_path,
             data_dir / "dpo.jsonl",
             "dpo",
-            "train.objective=dpo",
-            f"train.dpo.reference={reference}",
+            "objective=dpo",
+            f"train.objective.reference={reference}",
             "data.batch_size=4",
             "data.val_fraction=0.25",
             "trainer.max_steps=3",

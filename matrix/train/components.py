@@ -1,0 +1,173 @@
+"""The train stage's components, named by `_target_`: the objective (`train.objective`, a
+CausalLMModule subclass), the optimizer (`optimizer`, a torch.optim.Optimizer class) and the
+LR schedule (`scheduler`, a callable returning a scheduler). Checked before any model loads:
+the class imports (a missing package is named with the extra that brings it), is of the
+right kind, and takes every option the block sets, with `Literal` options among their
+allowed values. What a constructor gets from the run rather than from its block (the model,
+the parameter groups, the step count) is left out of its options."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from typing import Any
+
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig, OmegaConf
+
+from matrix.common.validation import ConfigProblems
+
+# Packages some shipped targets need beyond the base install, and the extra that brings them.
+EXTRAS = {"bitsandbytes": "quant (CUDA only)"}
+# What each component gets from the run, never from its block.
+FROM_RUN = {
+    "train.objective": {"model", "optimizer", "scheduler", "total_steps", "clip_norm"},
+    "optimizer": {"params"},
+    "scheduler": {"optimizer", "total_steps"},
+}
+
+
+def load_target(block: Any, key: str, p: ConfigProblems, method: bool = False) -> Any:
+    """The class (or, with `method`, the callable) `<key>._target_` names, or None with the
+    problem added."""
+    if isinstance(block, str):  # `objective=dpo`: a name where a block belongs
+        group = key.rpartition(".")[2]
+        p.add(
+            key,
+            f"{block!r} is a name, not a block; choose it with `{group}={block}` (conf/{group}/)",
+        )
+        return None
+    target = block.get("_target_") if isinstance(block, dict | DictConfig) else None
+    if not target:
+        p.add(f"{key}._target_", "missing; name the component's class, e.g. in conf/")
+        return None
+    try:
+        return get_method(str(target)) if method else get_class(str(target))
+    except Exception as e:  # noqa: BLE001 - hydra wraps ImportError and AttributeError alike
+        cause = e.__cause__ or e
+        missing = getattr(cause, "name", None) or ""
+        extra = EXTRAS.get(missing.split(".")[0])
+        fix = f"pip install 'matrix[{extra.split()[0]}]' ({extra})" if extra else "check the name"
+        p.add(f"{key}._target_", f"cannot import {target}: {cause}; {fix}")
+        return None
+
+
+def check_options(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
+    """Every option of `block` is a keyword of `target` (a class's constructor or a function),
+    and a `Literal[...]` one holds an allowed value."""
+    options = (
+        OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else block
+    )
+    params = _parameters(target)
+    if params is None:  # takes **kwargs: any option goes
+        return
+    hints = _hints(target)
+    for name, value in options.items():
+        if str(name).startswith("_"):
+            continue
+        if name not in params or name in FROM_RUN.get(key, ()):
+            close = difflib.get_close_matches(str(name), sorted(params), n=1, cutoff=0.6)
+            hint = f"did you mean `{key}.{close[0]}`?" if close else f"accepted: {sorted(params)}"
+            p.add(f"{key}.{name}", f"unknown option of {_name(target)}; {hint}")
+            continue
+        hint = hints.get(name)
+        allowed = typing.get_args(hint) if _is_literal(hint) else ()
+        if allowed and value not in allowed:
+            p.add(f"{key}.{name}", f"{value!r} is not one of {list(allowed)}")
+        elif not allowed and not _type_ok(value, hint):
+            p.add(f"{key}.{name}", f"{value!r} is not {_type_name(hint)}")
+
+
+def check_components(cfg: DictConfig, p: ConfigProblems) -> None:
+    """The objective, optimizer and scheduler blocks (the train stage's preflight)."""
+    from torch.optim import Optimizer
+
+    from matrix.train.lm import CausalLMModule
+
+    for key, kind, method in (
+        ("train.objective", CausalLMModule, False),
+        ("optimizer", Optimizer, False),
+        ("scheduler", None, True),
+    ):
+        block = OmegaConf.select(cfg, key)
+        target = load_target(block, key, p, method=method)
+        if target is None:
+            continue
+        if kind is not None and not (isinstance(target, type) and issubclass(target, kind)):
+            p.add(f"{key}._target_", f"{_name(target)} is not a {kind.__qualname__} subclass")
+            continue
+        check_options(block, target, key, p)
+
+
+def _parameters(target: Any) -> set[str] | None:
+    """Keyword parameters of `target` and, for a class whose constructor passes **kwargs on
+    (`super().__init__(*args, **kwargs)`), of its bases; None when any keyword goes."""
+    fns = (
+        [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+        if isinstance(target, type)
+        else [target]
+    )
+    names: set[str] = set()
+    for fn in fns:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+        kinds = {q.kind for q in sig.parameters.values()}
+        names |= {
+            n for n, q in sig.parameters.items() if q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)
+        }
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            return names - {"self"}
+    return None
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    fns = (
+        [c.__init__ for c in reversed(target.__mro__) if "__init__" in vars(c)]
+        if isinstance(target, type)
+        else [target]
+    )
+    for fn in fns:
+        try:
+            hints |= typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - unresolvable annotations check nothing
+            continue
+    return hints
+
+
+_SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether `value` fits an annotation's simple types (float, int, bool, str, None, in
+    unions too); an annotation without one accepts anything. Other members of a union (a
+    Tensor) cannot come from a config file, so a value must fit one of the simple ones."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = typing.get_args(hint) if union else (hint,)
+    args = [a for a in members if a in _SIMPLE or a is type(None)]
+    if hint is None or not args:
+        return True
+    if value is None:
+        return type(None) in args
+    return any(
+        isinstance(value, _SIMPLE[a]) and (a is bool or not isinstance(value, bool))
+        for a in args
+        if a in _SIMPLE
+    )
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint) or (hint,)
+    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+
+
+def _is_literal(hint: Any) -> bool:
+    return typing.get_origin(hint) is typing.Literal
+
+
+def _name(target: Any) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}"
