@@ -2,7 +2,7 @@
 
     python scripts/fit_alpaca_difficulty.py            # write matrix/eval/data/alpaca_eval_2/length_control_v1.csv
     python scripts/fit_alpaca_difficulty.py --loo      # also print the leave-one-model-out table (docs/evaluate.md)
-    python scripts/fit_alpaca_difficulty.py --check    # fail if the shipped table differs from a fresh fit
+    python scripts/fit_alpaca_difficulty.py --check    # fail if a fresh fit gives other LCs than the shipped table
 
 Inputs, all shipped under matrix/eval/data/alpaca_eval_2/ (see data/ATTRIBUTION.md): the slim
 upstream annotation sets (annotations_slim/), the published per-model GLM coefficients
@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from matrix.eval.alpaca_lc_data import BASELINE, published_glm_weights, published_lc
 from matrix.eval.alpaca_lc_difficulty import fit_length_control_table
 from matrix.eval.alpaca_lc_loo import Deviation, leave_one_out_deviations
 from matrix.eval.alpaca_lc_table import TABLE_FILE, bundled_table, table_to_csv
@@ -58,10 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     text = table_to_csv(table)
     path = DATA_DIR / TABLE_FILE
     if args.check:
+        # Compared by what the table is for, the LC it gives: the fit's flat directions move
+        # single difficulties by ~1e-3 between CPUs and BLAS kernels, which no LC notices.
+        # The limit is tests/eval/test_alpaca_lc.py's TABLE_AGREEMENT (a tenth of the 0.3-point
+        # goal).
         shipped = bundled_table()
-        diff = float(np.abs(shipped.difficulty - table.difficulty).max())
-        print(f"max |difficulty - shipped| = {diff:.2e}")
-        if diff > 1e-4:
+        weights = published_glm_weights()
+        board = [m for m in weights if m != BASELINE and published_lc(m) is not None]
+        diff = max(
+            abs(weights[m].lc(table.difficulty) - weights[m].lc(shipped.difficulty)) for m in board
+        )
+        print(f"max |leaderboard LC, refit table - shipped table| = {diff:.2e} points")
+        if diff > 0.03:
             return 1
     else:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
