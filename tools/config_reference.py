@@ -33,7 +33,9 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from matrix.common.schema import describe
 from matrix.common.secrets import is_secret_key
+from matrix.core.value_check import key_type
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -637,7 +639,9 @@ def _defaults_table(conf_dir: Path, default: dict, sources: list[Source]) -> str
         "## Default config: every key",
         "",
         "`python -m matrix.pipeline` with no overrides (each stage reads its own keys). "
-        "A block whose comment documents all of its keys has a row of its own.",
+        "A block whose comment documents all of its keys has a row of its own. `takes`: "
+        "the key's type in its stage's schema (`matrix/<stage>/settings.py`), checked "
+        "before any model loads.",
     ]
     for top, section in sorted(rows.items(), key=lambda kv: kv[0] != "top-level keys"):
         files = sorted({origin[k] for k, _, _ in section if k in origin})
@@ -654,13 +658,21 @@ def _defaults_table(conf_dir: Path, default: dict, sources: list[Source]) -> str
         out += [
             "From " + ", ".join(_link(f"conf/{f}") for f in files) + ".",
             "",
-            "| key | default | comment |",
-            "|---|---|---|",
+            "| key | default | takes | comment |",
+            "|---|---|---|---|",
         ]
         for key, value, comment in section:
             shown = code(value) if value else "(block)"
-            out.append(row(code(key), shown, prose(comment)))
+            out.append(row(code(key), shown, takes(key) if value else "", prose(comment)))
     return "\n".join(out) + "\n"
+
+
+def takes(key: str) -> str:
+    """What a key takes, from its stage's typed schema (matrix/*/settings.py); empty where
+    no schema types it or it is a whole block."""
+    hint = key_type(key)
+    text = describe(hint) if hint is not None else ""
+    return "" if "a block with keys" in text else prose(text)
 
 
 def _all_keys(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

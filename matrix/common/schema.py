@@ -110,6 +110,21 @@ def _plural(text: str) -> str:
     return text
 
 
+def child_type(hint: Any, name: str) -> Any | None:
+    """The type of key `name` inside a value of type `hint` (a block's field, a map's
+    entry), through `X | None`; None when `hint` says nothing about it."""
+    while typing.get_origin(hint) is Annotated or _is_union(hint):
+        arms = [a for a in _args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is not Annotated and len(arms) != 1:
+            return None
+        hint = arms[0]
+    if typing.get_origin(hint) is dict:
+        return _args(hint)[1]
+    if dataclasses.is_dataclass(hint):
+        return _hints(hint).get(name)
+    return None
+
+
 def _scalar_ok(value: Any, hint: type) -> bool:
     if hint is bool:
         return isinstance(value, bool)

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from matrix.common.schema import MISSING, check
+from matrix.common.schema import MISSING, check, child_type
 from matrix.common.validation import ConfigProblems
 from matrix.core.registry import SHARDED_STAGES, STAGES
 
@@ -25,6 +25,18 @@ def schema_of(stage: str) -> dict[str, Any]:
     for s in stages:
         roots.update(typing.get_type_hints(s.schema(), include_extras=True))
     return roots
+
+
+def key_type(key: str) -> Any | None:
+    """The schema type of a dotted key of any stage (`generator.sets.general.kind`); None
+    where no schema types it (an open block, a key no schema names)."""
+    root, *rest = key.split(".")
+    hint = schema_of("pipeline").get(root)
+    for name in rest:
+        if hint is None or hint is Any:
+            return None
+        hint = child_type(hint, name)
+    return None if hint is Any else hint
 
 
 def check_schemas(cfg: DictConfig, stage: str, p: ConfigProblems) -> None:
