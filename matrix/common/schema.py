@@ -89,7 +89,7 @@ def describe(hint: Any) -> str:
         bounds = " ".join(r.text() for r in extra if isinstance(r, Range))
         return f"{describe(base)} {bounds}".strip()
     if _is_union(hint):
-        return " or ".join(describe(a) for a in _args(hint))
+        return " or ".join(describe(a) for a in _args(hint) if from_config(a))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in _args(hint))
     if origin in (list, tuple):
@@ -142,10 +142,30 @@ def _wrong(key: str, value: Any, hint: Any, p: ConfigProblems) -> None:
         p.add(key, f"{value!r} is not {describe(hint)}")
 
 
-def check(value: Any, hint: Any, key: str, p: ConfigProblems) -> None:
-    """Adds a problem for every value under `key` that is not of type `hint`."""
+_CONFIG_TYPES = (int, float, bool, str, dict, list, type(None))
+
+
+def from_config(hint: Any) -> bool:
+    """Whether a config file can hold a value of type `hint`. A component's signature may
+    name others (a Tensor): nothing to check there, and a union is checked on its config
+    types alone (`float | Tensor` takes a number)."""
     origin = typing.get_origin(hint)
-    if hint is Any:
+    if _is_union(hint):
+        return any(from_config(a) for a in _args(hint))
+    if origin is Annotated:
+        return from_config(_args(hint)[0])
+    return (
+        hint in _CONFIG_TYPES
+        or origin in (Literal, list, tuple, dict)
+        or dataclasses.is_dataclass(hint)
+    )
+
+
+def check(value: Any, hint: Any, key: str, p: ConfigProblems) -> None:
+    """Adds a problem for every value under `key` that is not of type `hint` (a type no
+    config can hold, e.g. a Tensor in a component's signature, checks nothing)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or not from_config(hint):
         return
     if origin is Annotated:
         base, *extra = _args(hint)
@@ -156,8 +176,8 @@ def check(value: Any, hint: Any, key: str, p: ConfigProblems) -> None:
             _wrong(key, value, hint, p)
         return
     if _is_union(hint):
-        if not any(_fits(value, a, key) for a in _args(hint)):
-            arms = [a for a in _args(hint) if a is not type(None)]
+        if not any(_fits(value, a, key) for a in _args(hint) if from_config(a)):
+            arms = [a for a in _args(hint) if a is not type(None) and from_config(a)]
             if len(arms) == 1 and dataclasses.is_dataclass(arms[0]) and isinstance(value, dict):
                 check(value, arms[0], key, p)  # name the wrong key inside the block
             else:

@@ -104,3 +104,16 @@ def test_describe_says_what_a_type_takes():
     assert describe(Count | None) == "an integer >= 1 or null"
     assert describe(list[Literal["x", "y"]]) == "a list of one of 'x', 'y'"
     assert describe(dict[str, int]) == "a map of names to integers"
+
+
+class Tensor:
+    """Stands for a type a config file cannot hold (a component's signature may name one)."""
+
+
+def test_types_no_config_holds_check_nothing_and_drop_out_of_unions():
+    assert problems("anything", Tensor) == {}
+    assert problems(0.1, float | Tensor) == {}
+    assert problems("big", float | Tensor) == {"top": "'big' is not a number"}
+    assert problems([0.9, "x"], tuple[float | Tensor, float | Tensor]) == {
+        "top[1]": "'x' is not a number"
+    }
