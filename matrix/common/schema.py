@@ -135,11 +135,15 @@ def _scalar_ok(value: Any, hint: type) -> bool:
     return isinstance(value, hint)
 
 
+_YAML_WORDS = ((None, "null"), (True, "true"), (False, "false"))
+
+
 def _wrong(key: str, value: Any, hint: Any, p: ConfigProblems) -> None:
     if value == MISSING:
         p.add(key, f"missing; set it to {describe(hint)}")
-    else:
-        p.add(key, f"{value!r} is not {describe(hint)}")
+    else:  # as a config file writes it: null, true, 'text'
+        shown = next((w for v, w in _YAML_WORDS if value is v), repr(value))
+        p.add(key, f"{shown} is not {describe(hint)}")
 
 
 _CONFIG_TYPES = (int, float, bool, str, dict, list, type(None))

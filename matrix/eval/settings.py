@@ -83,7 +83,7 @@ class CustomColumns:
 
 @dataclass(frozen=True)
 class Custom(ArenaHard):
-    path: str | None = None  # required; its file is checked by Custom.config_errors
+    path: str = required()  # a JSONL or CSV file of questions (Custom.config_errors: exists)
     columns: CustomColumns = required()  # the file's column of each field
     format: Literal["auto", "jsonl", "csv"] = "auto"
     on_error: Literal["fail", "skip"] = "fail"

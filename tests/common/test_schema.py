@@ -54,7 +54,8 @@ def test_a_good_block_has_no_problem():
     [
         ({"count": "3"}, "top.count", "'3' is not an integer >= 1"),
         ({"count": 0}, "top.count", "0 is not an integer >= 1"),
-        ({"count": True}, "top.count", "True is not an integer >= 1"),
+        ({"count": True}, "top.count", "true is not an integer >= 1"),
+        ({"count": None}, "top.count", "null is not an integer >= 1"),
         ({"count": 1.5}, "top.count", "1.5 is not an integer >= 1"),
         ({"limit": 0}, "top.limit", "0 is not an integer >= 1 or null"),
         ({"inner": {"mode": "c"}}, "top.inner.mode", "'c' is not one of 'a', 'b'"),

@@ -70,9 +70,7 @@ class Custom(Benchmark):
         """Errors in this benchmark's settings, found before any model is loaded."""
         errors = []
         mode, baseline = bcfg.get("mode") or "pairwise", bcfg.get("baseline") or "reference"
-        if not bcfg.get("path"):
-            errors.append(f"{KEY}.path is not set; point it at a JSONL or CSV file of questions")
-        elif not resolve_data_path(str(bcfg.path)).is_file():
+        if bcfg.get("path") and not resolve_data_path(str(bcfg.path)).is_file():
             errors.append(f"{KEY}.path: no file at {resolve_data_path(str(bcfg.path))}")
         if mode == "pairwise" and baseline == "role":
             role = bcfg.get("baseline_role")
