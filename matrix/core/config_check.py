@@ -36,7 +36,7 @@ from matrix.core.value_check import value_problems
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Maps whose child names are chosen by the user; a `*` stands for any name.
-_NAMED_MAPS = ("llm.backends", "generator.sets", "pipeline.steps")
+_NAMED_MAPS = ("llm.backends", "generator.sets", "pipeline.steps", "train.callbacks")
 # Subtrees passed whole to a constructor or template (their keys are the callee's business).
 # A pipeline step's `config` is merged over the whole config, which rejects unknown keys.
 _OPEN = (
@@ -56,6 +56,7 @@ _OPEN = (
     "train.objective",
     "optimizer",
     "scheduler",
+    "train.callbacks.*",
 )
 # A block whose keys are those of another block.
 _SAME_KEYS_AS = {"generator.sets.*.retrieval": "generate.retrieval"}
@@ -116,6 +117,7 @@ def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
         _walk(data, prefix, keys)
     # Blocks that take the keys of another block: a generator set's `retrieval:` overrides
     # generate.retrieval (matrix.gen.config._retrieval).
+    keys |= {m + ".*" for m in _NAMED_MAPS}  # a name of the user's, even where conf/ has none
     for alias, source in _SAME_KEYS_AS.items():
         keys |= {alias + k[len(source) :] for k in keys if k.startswith(source + ".")}
     return frozenset(keys)

@@ -1,6 +1,7 @@
 """The train stage's components, named by `_target_`: the objective (`train.objective`, a
-CausalLMModule subclass), the optimizer (`optimizer`, a torch.optim.Optimizer class) and the
-LR schedule (`scheduler`, a callable returning a scheduler). Checked before any model loads:
+CausalLMModule subclass), the optimizer (`optimizer`, a torch.optim.Optimizer class), the
+LR schedule (`scheduler`, a callable returning a scheduler) and more Lightning callbacks
+(`train.callbacks.<name>`, lightning.pytorch.Callback classes). Checked before any model loads:
 the class imports (a missing package is named with the extra that brings it), is of the
 right kind, and takes every option the block sets, with `Literal` options among their
 allowed values. What a constructor gets from the run rather than from its block (the model,
@@ -80,16 +81,28 @@ def check_options(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
             p.add(f"{key}.{name}", f"{value!r} is not {_type_name(hint)}")
 
 
+def build_callbacks(cfg: DictConfig) -> list:
+    """The Lightning callbacks `train.callbacks` names (each block built by instantiate)."""
+    from hydra.utils import instantiate
+
+    return [
+        instantiate(block) for block in (OmegaConf.select(cfg, "train.callbacks") or {}).values()
+    ]
+
+
 def check_components(cfg: DictConfig, p: ConfigProblems) -> None:
-    """The objective, optimizer and scheduler blocks (the train stage's preflight)."""
+    """The objective, optimizer, scheduler and callback blocks (the train stage's preflight)."""
+    from lightning.pytorch import Callback
     from torch.optim import Optimizer
 
     from matrix.train.lm import CausalLMModule
 
+    callbacks = OmegaConf.select(cfg, "train.callbacks") or {}
     for key, kind, method in (
         ("train.objective", CausalLMModule, False),
         ("optimizer", Optimizer, False),
         ("scheduler", None, True),
+        *((f"train.callbacks.{name}", Callback, False) for name in callbacks),
     ):
         block = OmegaConf.select(cfg, key)
         target = load_target(block, key, p, method=method)

@@ -30,6 +30,7 @@ from matrix.core.config_check import check_stage
 from matrix.core.stage import config_hash, open_stage, set_aside_stale, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
+from matrix.train.components import build_callbacks
 from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.export import save_hf_folder
 from matrix.train.lm import CausalLMModule, RunContext, objective_class
@@ -175,8 +176,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     )
     logger.resume_from(kept)
     memory = PeakMemory(release=bool(t.get("release_freed_memory", False)))
+    extra = [*build_callbacks(cfg), *callbacks]
     trainer = build_trainer(
-        cfg, model, out / "checkpoints", [memory, logger, *callbacks], lightning_logger
+        cfg, model, out / "checkpoints", [memory, logger, *extra], lightning_logger
     )
     ckpt = str(start.path) if start.path else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)

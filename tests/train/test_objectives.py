@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from matrix.common.io import read_jsonl
+from matrix.common.validation import ConfigError
 from matrix.train.dpo import PairStats, pair_stats
 from matrix.train.orpo import orpo_loss
 from matrix.train.run import run_train
@@ -198,3 +199,46 @@ def test_a_wrong_option_type_or_choice_exits_2_naming_the_key(tmp_path):
     assert "train.objective.reference: 'copy' is not one of ['model', 'precomputed']" in out.stderr
     assert "optimizer.lr: 'fast' is not float" in out.stderr
     assert "scheduler._target_: cannot import torch.optim.lr_scheduler.NoSuchSchedule" in out.stderr
+
+
+def test_a_callback_in_a_users_module_is_named_by_config_alone(tmp_path, data_dir, monkeypatch):
+    (tmp_path / "my_callbacks.py").write_text(
+        textwrap.dedent(
+            '''
+            from pathlib import Path
+
+            import lightning as L
+
+
+            class StepFile(L.Callback):
+                """Writes the optimizer steps it saw to `path` (a toy)."""
+
+                def __init__(self, path: str):
+                    self.path, self.steps = Path(path), []
+
+                def on_train_batch_end(self, trainer, *args):
+                    self.steps.append(trainer.global_step)
+
+                def on_train_end(self, trainer, module):
+                    self.path.write_text(",".join(map(str, self.steps)))
+            '''
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = tmp_path / "steps.txt"
+    overrides = tiny_overrides(
+        tmp_path / "runs",
+        data_dir / "sft.jsonl",
+        "cb",
+        "+train.callbacks.steps._target_=my_callbacks.StepFile",
+        f"+train.callbacks.steps.path={seen}",
+        "trainer.max_steps=2",
+        "train.checkpoint.every_n_steps=0",
+    )
+    run_train(compose_train(overrides))
+    assert seen.read_text() == "1,2"
+    # a typo in its options is caught before any model loads
+    bad = compose_train([*overrides, "+train.callbacks.steps.pth=x"])
+    with pytest.raises(ConfigError, match=r"train.callbacks.steps.pth: unknown option"):
+        run_train(bad)
+    sys.modules.pop("my_callbacks", None)
