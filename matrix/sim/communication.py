@@ -12,16 +12,27 @@
 - none: agents act alone; nobody observes anybody.
 
 All three share one interface (`Communication`, here with the two ablations), so the engine
-does not know which one runs; the structured mode is `matrix.sim.modulator`, and
-`matrix.sim.run.build_communication` picks one from `communication.mode`.
+does not know which one runs; the structured mode is `matrix.sim.modulator`. A mode is a
+component: `conf/communication/<name>.yaml` names its class by `_target_`, and the stage builds
+it with `hydra.utils.instantiate`, handing it one `CommunicationContext` (the population, the
+groups, the LLM roles and the `communication` block). What the stage must know about a mode
+(the roles it calls, whether it routes across groups, its options' checks) is on the class, so
+a new mode is one module and one YAML file.
 """
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
+from hydra.utils import instantiate
+
+from matrix.common.validation import ConfigProblems
+from matrix.llm.role_llm import RoleLLM
 from matrix.sim.schemas import Agent
 
 
@@ -75,8 +86,44 @@ def members_text(group: Group, agents: Sequence[Agent], chars: int = 120) -> str
     )
 
 
+class RoleSource(Protocol):
+    """Where a mode gets its LLMs: `matrix.llm.roles.Roles` (or a dict in a test)."""
+
+    def get(self, role: str) -> RoleLLM: ...
+
+
+@dataclass(frozen=True)
+class CommunicationContext:
+    """What the simulate stage hands every communication mode when it builds it: the one
+    argument of a mode's constructor. Built once the groups exist (a fresh run) or are
+    restored (a resumed one), so a mode sees the same context either way."""
+
+    config: Mapping[str, Any]  # the resolved `communication` block (the mode's options too)
+    roles: RoleSource  # .get(role): the LLM of each role in the mode's `llm_roles`
+    agents: Sequence[Agent]  # the population
+    groups: Sequence[Group]
+    group_vectors: np.ndarray | None  # per group, its members' mean profile embedding
+    seed: int  # the run's `seed`: draw from it so a resumed run draws the same
+
+
 class Communication:
-    mode = "base"
+    """Decides who observes each action. A subclass is named by `_target_` in
+    `conf/communication/<name>.yaml` and built as `cls(context)`; its class attributes tell
+    the stage what it needs, so no caller compares mode names."""
+
+    mode: ClassVar[str] = "base"  # the label groups.json records
+    llm_roles: ClassVar[tuple[str, ...]] = ()  # llm.roles it calls (checked to have a backend)
+    # An action may reach agents of other groups in the same step: groups cannot then run
+    # without a barrier (simulation.schedule=groups refuses it).
+    crosses_groups: ClassVar[bool] = False
+
+    def __init__(self, context: CommunicationContext) -> None:
+        self.context = context
+
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any], p: ConfigProblems) -> None:
+        """Add a problem (key `communication.<option>`) for each bad option, before any
+        model loads. The base has none to check."""
 
     def route(
         self,
@@ -100,6 +147,8 @@ class Communication:
 
 
 class NoCommunication(Communication):
+    """Agents act alone (the paper's Table 8 ablation)."""
+
     mode = "none"
 
     def route(self, round_, actions, agents, groups):
@@ -110,10 +159,12 @@ class RandomCommunication(Communication):
     """Random recipients from the whole population, as many as a group could hold."""
 
     mode = "random"
+    crosses_groups = True
 
-    def __init__(self, seed: int, max_recipients: int):
-        self.seed = seed
-        self.max_recipients = max(1, max_recipients)
+    def __init__(self, context: CommunicationContext) -> None:
+        super().__init__(context)
+        self.seed = context.seed
+        self.max_recipients = max(1, int(context.config["size_max"]) - 1)
 
     def route(self, round_, actions, agents, groups):
         rng = random.Random(f"{self.seed}:{round_}")  # per round, so a resumed run draws the same
@@ -123,3 +174,22 @@ class RandomCommunication(Communication):
             k = rng.randint(1, min(self.max_recipients, len(others))) if others else 0
             out[i] = Decision(tuple(sorted(rng.sample(others, k))), "random")
         return Routing(out)
+
+
+def communication_class(target: object) -> type[Communication]:
+    """The `Communication` subclass `communication._target_` names; ValueError saying why not."""
+    module, _, attr = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import {target!r} ({e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, Communication)):
+        raise ValueError(f"{target!r} is not a subclass of matrix.sim.communication.Communication")
+    return cls
+
+
+def build_communication(context: CommunicationContext) -> Communication:
+    """The mode `context.config["_target_"]` names, built with hydra's instantiate."""
+    communication_class(context.config["_target_"])  # a clear error before instantiate's own
+    factory = instantiate({"_target_": context.config["_target_"], "_partial_": True})
+    return factory(context)

@@ -11,9 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from matrix.common.validation import ConfigProblems
 from matrix.llm.prompts import render_prompt
-from matrix.llm.role_llm import RoleLLM
-from matrix.sim.communication import Communication, Decision, Delivery, Group, Routing
+from matrix.sim.communication import (
+    Communication,
+    CommunicationContext,
+    Decision,
+    Delivery,
+    Group,
+    Routing,
+)
 from matrix.sim.routing import Route, item_label, parse_route, parse_routes
 from matrix.sim.schemas import Agent
 
@@ -64,22 +71,32 @@ class _Item:
 
 
 class StructuredCommunication(Communication):
-    mode = "structured"
+    """The paper's mode. Options (communication.*): prompts, inter_group, goal_chars,
+    memory_size, inbound_max, inter_group_candidates, unparsed."""
 
-    def __init__(
-        self,
-        llm: RoleLLM,
-        prompts: Mapping,
-        group_vectors: np.ndarray | None,
-        inter_group: bool = True,
-        limits: ModulatorLimits = ModulatorLimits(),
-    ):
-        self.llm = llm
-        self.prompts = prompts
-        self.group_vectors = group_vectors
-        self.inter_group_enabled = inter_group
-        self.limits = limits
+    mode = "structured"
+    llm_roles = ("modulator",)
+
+    def __init__(self, context: CommunicationContext) -> None:
+        super().__init__(context)
+        cfg = context.config
+        self.llm = context.roles.get("modulator")
+        self.prompts = cfg["prompts"]
+        self.group_vectors = context.group_vectors
+        self.inter_group_enabled = bool(cfg["inter_group"])
+        self.limits = modulator_limits(cfg)
         self.fallbacks = 0
+
+    @classmethod
+    def check_config(cls, config: Mapping, p: ConfigProblems) -> None:
+        unparsed = config.get("unparsed")
+        p.check(
+            unparsed in ("broadcast", "nobody"),
+            "communication.unparsed",
+            f"'{unparsed}' is not one of broadcast, nobody",
+        )
+        for key in ("inbound_max", "memory_size", "goal_chars"):
+            p.check(int(config[key]) >= 1, f"communication.{key}", "must be >= 1")
 
     # -- intra-group: one call per group per step -----------------------------------------
     def _items(self, g: Group, actions: Mapping[int, str], agents: Sequence[Agent]) -> list[_Item]:

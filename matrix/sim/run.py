@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,19 @@ from matrix.core.shard import Shard
 from matrix.core.stage import StageRun, open_stage
 from matrix.llm.embeddings import Encoder
 from matrix.llm.prompts import render_prompt
-from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles
 from matrix.sim import agents as agent_ops
 from matrix.sim.communication import (
     Communication,
+    CommunicationContext,
     Group,
-    NoCommunication,
-    RandomCommunication,
+    build_communication,
+    communication_class,
     members_text,
 )
 from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
 from matrix.sim.grouping import check_bounds, constrained_groups
-from matrix.sim.modulator import StructuredCommunication, modulator_limits
 from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
 from matrix.sim.pseudonyms import anonymize_rules
@@ -51,8 +49,11 @@ def resolve_k(k, n_agents: int) -> int:
 def llm_roles(cfg: DictConfig) -> list[str]:
     """The llm.roles simulate calls: every agent and the summarizer, and what its
     communication mode calls (matrix.core.registry's roles_ref)."""
-    modes = {"structured": ["modulator"]}
-    return ["agent", "summarizer", *modes.get(str(cfg.communication.get("mode")), [])]
+    try:
+        mode = communication_class(cfg.communication.get("_target_"))
+    except ValueError:  # reported by validate
+        return ["agent", "summarizer"]
+    return ["agent", "summarizer", *mode.llm_roles]
 
 
 def validate(cfg: DictConfig) -> ConfigProblems:
@@ -60,11 +61,7 @@ def validate(cfg: DictConfig) -> ConfigProblems:
     profile file, groups that fit the population, the roles; all problems listed at once."""
     p = ConfigProblems()
     comm, sim, pop = cfg.communication, cfg.simulation, cfg.population
-    p.check(
-        comm.mode in ("structured", "random", "none"),
-        "communication.mode",
-        f"'{comm.mode}' is not one of structured, random, none",
-    )
+    mode = _check_communication(p, comm)
     k = comm.k
     if k not in (None, "auto"):
         p.check(
@@ -73,17 +70,12 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             f"{k!r} must be an integer >= 1 or 'auto'",
         )
     p.check(
-        not (sim.schedule == "groups" and comm.mode == "random"),
+        not (sim.schedule == "groups" and mode is not None and mode.crosses_groups),
         "simulation.schedule",
-        "groups cannot run communication.mode=random (it routes across groups); use lockstep",
+        f"groups cannot run communication._target_={comm.get('_target_')} (it routes across "
+        "groups); use lockstep",
     )
-    p.check(
-        comm.unparsed in ("broadcast", "nobody"),
-        "communication.unparsed",
-        f"'{comm.unparsed}' is not one of broadcast, nobody",
-    )
-    for key in ("inbound_max", "memory_size", "goal_chars", "profile_chars"):
-        p.check(int(comm[key]) >= 1, f"communication.{key}", "must be >= 1")
+    p.check(int(comm.profile_chars) >= 1, "communication.profile_chars", "must be >= 1")
     _check_population(p, pop)
     if not p and pop.size is not None and isinstance(k, int):
         try:
@@ -97,6 +89,26 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             "missing; every simulate role needs a backend",
         )
     return p
+
+
+def _check_communication(p: ConfigProblems, comm: DictConfig) -> type[Communication] | None:
+    """communication._target_ (the mode's class) and the mode's own options; the class, or
+    None when it cannot be imported."""
+    target = comm.get("_target_")
+    if not target:
+        p.add(
+            "communication._target_",
+            "missing; name the mode's class (matrix.sim.modulator.StructuredCommunication) "
+            "or pick a shipped mode with communication=structured|random|none",
+        )
+        return None
+    try:
+        mode = communication_class(target)
+    except ValueError as e:
+        p.add("communication._target_", str(e))
+        return None
+    mode.check_config(OmegaConf.to_container(comm, resolve=True), p)
+    return mode
 
 
 def _check_population(p: ConfigProblems, pop: DictConfig) -> None:
@@ -204,26 +216,6 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     return finish_simulation(cfg, run, sim, state, roles, per_round)
 
 
-def build_communication(
-    mode: str, cfg: Mapping, llm: RoleLLM | None, group_vectors, seed: int
-) -> Communication:
-    """The communication schema `communication.mode` names (a new schema: a `Communication`
-    subclass and its name here, plus `conf/communication/<name>.yaml`)."""
-    if mode == "structured":
-        return StructuredCommunication(
-            llm,
-            cfg["prompts"],
-            group_vectors,
-            inter_group=bool(cfg["inter_group"]),
-            limits=modulator_limits(cfg),
-        )
-    if mode == "random":
-        return RandomCommunication(seed, int(cfg["size_max"]) - 1)
-    if mode == "none":
-        return NoCommunication()
-    raise ValueError(f"communication.mode={mode!r}: use structured, random or none")
-
-
 def restore_or_set_up(cfg: DictConfig, sim: Simulation, roles: Roles, out: Path) -> SimState:
     """The state a killed run left (resume), or a new population and grouping; then the
     communication schema over the groups' vectors."""
@@ -237,11 +229,14 @@ def restore_or_set_up(cfg: DictConfig, sim: Simulation, roles: Roles, out: Path)
     else:
         group_vectors = np.asarray(read_json(out / "group_vectors.json"))
     sim.comm = build_communication(
-        cfg.communication.mode,
-        OmegaConf.to_container(cfg.communication, resolve=True),
-        roles.get("modulator") if cfg.communication.mode == "structured" else None,
-        group_vectors,
-        int(cfg.seed),
+        CommunicationContext(
+            config=OmegaConf.to_container(cfg.communication, resolve=True),
+            roles=roles,
+            agents=state.agents,
+            groups=state.groups,
+            group_vectors=group_vectors,
+            seed=int(cfg.seed),
+        )
     )
     return state
 
@@ -255,7 +250,7 @@ def finish_simulation(
         run.dir / "groups.json",
         {
             "k": len(state.groups),
-            "mode": cfg.communication.mode,
+            "mode": sim.comm.mode,
             "groups": [
                 {"id": g.id, "members": g.members, "description": g.description}
                 for g in state.groups

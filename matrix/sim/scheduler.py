@@ -77,10 +77,10 @@ class GroupScheduler:
     returns the last committed state."""
 
     def __init__(self, sim: Simulation, state: SimState):
-        if sim.comm.mode == "random":
+        if sim.comm.crosses_groups:
             raise ValueError(
-                "simulation.schedule=groups: communication.mode=random routes to agents of "
-                "every group; use schedule=lockstep with it"
+                f"simulation.schedule=groups: communication {sim.comm.mode!r} routes to agents "
+                "of every group; use schedule=lockstep with it"
             )
         self.sim = sim
         self.live = state  # the groups' working state, changed on the coordinator only

@@ -82,9 +82,9 @@ def test_simulate_sweep_writes_two_arms(tmp_path: Path, tiny_model_dir: Path) ->
     _run("simulate.py", runs, *args, "-m", "communication=none,random")
     arms = _arm_dirs(_sweep_dir(runs, "simulate"))
     assert [a.name.split(",")[0] for a in arms] == ["communication=none", "communication=random"]
-    for arm, mode in zip(arms, ("none", "random"), strict=True):
+    for arm, mode in zip(arms, ("NoCommunication", "RandomCommunication"), strict=True):
         manifest = json.loads((arm / "simulate" / "manifest.json").read_text())
-        assert manifest["config"]["communication"]["mode"] == mode
+        assert manifest["config"]["communication"]["_target_"].endswith(mode)
     md = (_sweep_dir(runs, "simulate") / "comparison.md").read_text()
     assert "| metric | communication=none | communication=random |" in md and "| scenarios |" in md
     assert not list(runs.rglob(".stale"))

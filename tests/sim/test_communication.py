@@ -3,9 +3,16 @@
 The structured mode is driven by a scripted modulator (a test double that replays fixed
 answers and keeps the chats it was sent) so the routing logic itself is what is checked."""
 
+from dataclasses import asdict
+
 from matrix.llm.protocol import Completion, Sampling
 from matrix.llm.role_llm import build_role_llm
-from matrix.sim.communication import Group, NoCommunication, RandomCommunication
+from matrix.sim.communication import (
+    CommunicationContext,
+    Group,
+    NoCommunication,
+    RandomCommunication,
+)
 from matrix.sim.modulator import ModulatorLimits, StructuredCommunication
 from matrix.sim.schemas import Agent, Profile
 
@@ -46,13 +53,23 @@ def _world():
     return agents, groups
 
 
+def _context(mod=None, vectors=None, seed=0, size_max=10, **limits) -> CommunicationContext:
+    """What the stage hands a mode: the options (communication.*) and the modulator role."""
+    agents, groups = _world()
+    lim = asdict(ModulatorLimits(**limits))
+    config = {
+        "prompts": PROMPTS,
+        "inter_group": True,
+        "size_max": size_max,
+        **{k: v for k, v in lim.items() if k != "candidates"},
+        "inter_group_candidates": lim["candidates"],
+    }
+    roles = {"modulator": build_role_llm("modulator", mod, Sampling())} if mod else {}
+    return CommunicationContext(config, roles, agents, groups, vectors, seed)
+
+
 def _comm(mod, **limits):
-    return StructuredCommunication(
-        build_role_llm("modulator", mod, Sampling()),
-        PROMPTS,
-        None,
-        limits=ModulatorLimits(**limits),
-    )
+    return StructuredCommunication(_context(mod, **limits))
 
 
 def test_one_modulator_call_per_group_routes_all_its_actions():
@@ -127,12 +144,7 @@ def test_inter_group_offers_the_named_number_of_candidates():
     vecs = np.eye(4)
     vecs[2] = vecs[0] * 0.9 + vecs[2] * 0.1
     mod = ScriptedModulator(["[3]"])
-    comm = StructuredCommunication(
-        build_role_llm("modulator", mod, Sampling()),
-        PROMPTS,
-        vecs,
-        limits=ModulatorLimits(candidates=1),
-    )
+    comm = StructuredCommunication(_context(mod, vecs, candidates=1))
     out = comm.inter_group({0: [0]}, {0: "x"}, agents, groups)
     assert "2: group two" in mod.chats[0][-1]["content"]
     assert "group three" not in mod.chats[0][-1]["content"]
@@ -141,10 +153,10 @@ def test_inter_group_offers_the_named_number_of_candidates():
 
 def test_random_reaches_agents_outside_the_group_and_is_reproducible():
     agents, groups = _world()
-    comm = RandomCommunication(seed=3, max_recipients=3)
+    comm = RandomCommunication(_context(seed=3, size_max=4))  # up to size_max - 1 recipients
     a = comm.route(1, {i: "x" for i in range(6)}, agents, groups).decisions
     b = (
-        RandomCommunication(seed=3, max_recipients=3)
+        RandomCommunication(_context(seed=3, size_max=4))
         .route(1, {i: "x" for i in range(6)}, agents, groups)
         .decisions
     )
@@ -156,6 +168,7 @@ def test_random_reaches_agents_outside_the_group_and_is_reproducible():
 
 def test_none_means_nobody_observes():
     agents, groups = _world()
-    d = NoCommunication().route(1, {i: "x" for i in range(6)}, agents, groups).decisions
+    none = NoCommunication(_context())
+    d = none.route(1, {i: "x" for i in range(6)}, agents, groups).decisions
     assert all(x.observers == () and x.how == "none" for x in d.values())
-    assert NoCommunication().inter_group({0: [0]}, {0: "x"}, agents, groups) == {}
+    assert none.inter_group({0: [0]}, {0: "x"}, agents, groups) == {}

@@ -61,7 +61,9 @@ def test_tiny_simulation_writes_every_output(tmp_path, tiny_model_dir):
     ("override", "message"),
     [
         ("communication.k=0", "communication.k"),
-        ("communication.mode=telepathy", "communication.mode"),
+        ("communication._target_=matrix.sim.telepathy.Telepathy", "communication._target_"),
+        ("communication._target_=matrix.sim.run.validate", "not a subclass of"),
+        ("communication.unparsed=shout", "communication.unparsed"),
         ("population.path=/nonexistent.jsonl", "population.path"),
         ("population.on_error=ignore", "population.on_error"),
         ("simulation.max_rounds=0", "simulation.max_rounds"),

@@ -37,7 +37,7 @@ def test_page_documents_known_keys_groups_and_presets(page: str) -> None:
     # Group options with their header comment and what they change.
     assert "### `communication=`" in page
     assert "Ablation (the paper's Table 8): no communication" in page
-    assert "Sets `mode=random`." in page
+    assert "Sets `_target_=matrix.sim.communication.RandomCommunication`." in page
     assert "Sets `roles.*.backend=api`" in page
     # Experiment presets as a table row with the header's first sentence.
     preset = rows["| [`paper_sft_10k`](../conf/experiment/paper_sft_10k.yaml)"]
