@@ -32,10 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX
+from matrix.llm.local_hosts import is_local
 
 _OPENAI = "matrix.llm.openai_backend.OpenAIBackend"
 _LOCAL = ("matrix.llm.hf.HFBackend", "matrix.llm.vllm_backend.VLLMBackend")
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -50,10 +50,6 @@ def serve_hint(model: str, base_url: str) -> str:
         f"SERVED_NAME={model} PORT={port}` (or `python -m matrix.llm.server --model-dir "
         f"<HF folder> --served-name {model} --port {port}`)"
     )
-
-
-def _is_local(base_url: str) -> bool:
-    return (urlsplit(base_url).hostname or "") in _LOCAL_HOSTS
 
 
 def local_model_dir(spec: str) -> Path | None:
@@ -125,7 +121,7 @@ class Probe:
 def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], None]) -> None:
     model, url = str(node.get("model")), str(node.get("base_url", "https://api.openai.com/v1"))
     env = node.get("api_key_env", "OPENAI_API_KEY")
-    if env and not _is_local(url):
+    if env and not is_local(url):
         if not os.environ.get(env):
             add(
                 f"{key}.api_key_env",

@@ -3,21 +3,21 @@ CausalLMModule subclass), the optimizer (`optimizer`, a torch.optim.Optimizer cl
 LR schedule (`scheduler`, a callable returning a scheduler) and more Lightning callbacks
 (`train.callbacks.<name>`, lightning.pytorch.Callback classes). Checked before any model loads:
 the class imports (a missing package is named with the extra that brings it), is of the
-right kind, and takes every option the block sets, with `Literal` options among their
-allowed values. What a constructor gets from the run rather than from its block (the model,
+right kind, and takes every option the block sets, each of the type its annotation names
+(matrix.common.schema.check: `Literal` choices, numbers, unions). What a constructor gets from the run rather than from its block (the model,
 the parameter groups, the step count) is left out of its options."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import types
 import typing
 from typing import Any
 
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
+from matrix.common.schema import check
 from matrix.common.validation import ConfigProblems
 
 # Packages some shipped targets need beyond the base install, and the extra that brings them.
@@ -57,7 +57,7 @@ def load_target(block: Any, key: str, p: ConfigProblems, method: bool = False) -
 
 def check_options(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
     """Every option of `block` is a keyword of `target` (a class's constructor or a function),
-    and a `Literal[...]` one holds an allowed value."""
+    of the type its annotation names."""
     options = (
         OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else block
     )
@@ -73,12 +73,8 @@ def check_options(block: Any, target: Any, key: str, p: ConfigProblems) -> None:
             hint = f"did you mean `{key}.{close[0]}`?" if close else f"accepted: {sorted(params)}"
             p.add(f"{key}.{name}", f"unknown option of {_name(target)}; {hint}")
             continue
-        hint = hints.get(name)
-        allowed = typing.get_args(hint) if _is_literal(hint) else ()
-        if allowed and value not in allowed:
-            p.add(f"{key}.{name}", f"{value!r} is not one of {list(allowed)}")
-        elif not allowed and not _type_ok(value, hint):
-            p.add(f"{key}.{name}", f"{value!r} is not {_type_name(hint)}")
+        if name in hints:
+            check(value, hints[name], f"{key}.{name}", p)
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -150,36 +146,6 @@ def _hints(target: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - unresolvable annotations check nothing
             continue
     return hints
-
-
-_SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether `value` fits an annotation's simple types (float, int, bool, str, None, in
-    unions too); an annotation without one accepts anything. Other members of a union (a
-    Tensor) cannot come from a config file, so a value must fit one of the simple ones."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    members = typing.get_args(hint) if union else (hint,)
-    args = [a for a in members if a in _SIMPLE or a is type(None)]
-    if hint is None or not args:
-        return True
-    if value is None:
-        return type(None) in args
-    return any(
-        isinstance(value, _SIMPLE[a]) and (a is bool or not isinstance(value, bool))
-        for a in args
-        if a in _SIMPLE
-    )
-
-
-def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint) or (hint,)
-    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
-
-
-def _is_literal(hint: Any) -> bool:
-    return typing.get_origin(hint) is typing.Literal
 
 
 def _name(target: Any) -> str:

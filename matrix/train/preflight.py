@@ -8,12 +8,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from matrix.common.bad_rows import ON_ERROR
 from matrix.common.io import jsonl_lines
 from matrix.common.validation import ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
 from matrix.llm.preflight import local_model_dir
-from matrix.train.attention import CHOICES, flash_attn_available
+from matrix.train.attention import flash_attn_available
 from matrix.train.components import check_components
 from matrix.train.datamodule import data_path, objective_rows
 from matrix.train.examples import ROW_FIELDS
@@ -62,11 +61,6 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
     m = cfg.model
     spec = str(m.path)
     ctx = None
-    if m.get("attn_implementation", "auto") not in CHOICES:
-        p.add(
-            "model.attn_implementation",
-            f"model.attn_implementation={m.attn_implementation!r}; choose one of {CHOICES}",
-        )
     if m.get("attn_implementation") == "flash_attention_2" and not flash_attn_available():
         p.add(
             "model.attn_implementation",
@@ -138,27 +132,6 @@ def check_runtime(cfg: DictConfig, p: ConfigProblems) -> None:
     if lora.get("quantize_4bit") and importlib.util.find_spec("bitsandbytes") is None:
         p.add(
             "model.lora.quantize_4bit", "model.lora.quantize_4bit=true (QLoRA) needs bitsandbytes"
-        )
-    if int(cfg.data.batch_size) < 1:
-        p.add("data.batch_size", "data.batch_size must be >= 1")
-    if cfg.data.get("on_error", "skip") not in ON_ERROR:
-        p.add("data.on_error", f"data.on_error={cfg.data.on_error!r}: use skip or fail")
-    mlb = cfg.data.get("max_line_bytes")
-    if mlb is not None and (not isinstance(mlb, int) or mlb < 1):
-        p.add(
-            "data.max_line_bytes",
-            f"data.max_line_bytes={mlb!r}: use a number of bytes >= 1, or null",
-        )
-    vf = cfg.data.get("val_fraction") or 0
-    if not isinstance(vf, int | float) or not 0 <= vf < 1:
-        p.add(
-            "data.val_fraction",
-            f"data.val_fraction={vf!r}: use a share of the rows in [0, 1) (0 = none)",
-        )
-    vmax = cfg.data.get("val_max_rows")
-    if vmax is not None and (not isinstance(vmax, int) or vmax < 1):
-        p.add(
-            "data.val_max_rows", f"data.val_max_rows={vmax!r}: use a number of rows >= 1, or null"
         )
 
 

@@ -196,8 +196,8 @@ def test_a_wrong_option_type_or_choice_exits_2_naming_the_key(tmp_path):
         text=True,
     )
     assert out.returncode == 2, out.stderr
-    assert "train.objective.reference: 'copy' is not one of ['model', 'precomputed']" in out.stderr
-    assert "optimizer.lr: 'fast' is not float" in out.stderr
+    assert "train.objective.reference: 'copy' is not one of 'model', 'precomputed'" in out.stderr
+    assert "optimizer.lr: 'fast' is not a number" in out.stderr
     assert "scheduler._target_: cannot import torch.optim.lr_scheduler.NoSuchSchedule" in out.stderr
 
 
