@@ -319,12 +319,9 @@ class Simulation:
         return None
 
     def run(self, state: SimState) -> SimState:
-        """Rounds until a stop reason; returns the last committed state (the same object
-        in lock-step; `schedule: groups` runs GroupScheduler, see matrix/sim/scheduler.py)."""
-        if self.cfg.schedule == "groups":
-            from matrix.sim.scheduler import GroupScheduler
-
-            return GroupScheduler(self, state).run()
+        """Lock-step rounds until a stop reason; returns the state (the same object).
+        `schedule: groups` runs matrix.sim.scheduler.GroupScheduler over this engine
+        instead (matrix.sim.run picks), which imports this module, never the reverse."""
         while not state.stopped:
             self.step(state)
         return state

@@ -34,6 +34,7 @@ from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
 from matrix.sim.pseudonyms import anonymize_rules
 from matrix.sim.report import write_report
+from matrix.sim.scheduler import GroupScheduler
 from matrix.sim.state import SimState
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     state = restore_or_set_up(cfg, sim, roles, run.dir)
     with progress() as bar:
         task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
-        state = sim.run(state)
+        groups = sim_cfg.schedule == "groups"  # else lock-step
+        state = GroupScheduler(sim, state).run() if groups else sim.run(state)
     return finish_simulation(cfg, run, sim, state, roles, per_round)
 
 

@@ -9,17 +9,17 @@ beside routing and the summary; the next round's actions beside the summary), ar
 flight together up to the backend's concurrency (an OpenAI-compatible server; in-process
 backends take one call at a time).
 
-How it runs: one coordinator thread owns the simulation state. It starts a step when the
-steps it depends on (`phases.dependencies`, from each phase's reads and writes) are done,
-handing the step a copy of exactly what the phase reads: whatever else the step could
-see (memories, plans, inboxes, a group's memory it does not read) is replaced by a marker,
-`NOT_GIVEN`, so a phase that read something it was not given would send the marker in its
-prompt, not a stale value. The step's LLM call runs on a worker thread; its writes land
-back in the state on the coordinator, in lock-step order for each resource.
-
-Where it lives: this module is the coordinator (which step starts when, and where its
-results land); matrix/sim/group_steps.py holds what each phase's step is given, calls and
-writes back; matrix/sim/round_commit.py keeps each group's finished rounds and commits them.
+Three parts, each one class with its own state (only the scheduler knows all three):
+- when a step starts: `GroupScheduler` (here), the coordinator thread. It starts a step when
+  the steps it depends on (`phases.dependencies`, from each phase's reads and writes) are
+  done, runs its LLM call on a worker thread and applies its writes when it returns;
+- what a step does: `GroupSteps` (matrix/sim/group_steps.py) owns the groups' working state.
+  It hands a step a copy of exactly what the phase reads: whatever else the step could see
+  (memories, plans, inboxes, a group's memory it does not read) is replaced by a marker,
+  `NOT_GIVEN`, so a phase that read something it was not given would send the marker in its
+  prompt, not a stale value; the step's writes land back in lock-step order per resource;
+- what is committed: `RoundCommits` (matrix/sim/round_commit.py) keeps each group's finished
+  rounds and commits a round once every group finished it.
 
 What stays global, and why results equal the lock-step engine's:
 - news: a group routes round r's inter-group news after every group has decided, in round
@@ -36,39 +36,36 @@ What stays global, and why results equal the lock-step engine's:
   lock-step rows; the in-process HF backend seeds by position in its batch, so there they
   differ from lock-step's but are still reproducible.
 
-Only `structured` and `none` communication run here: `random` routes to any agent of the
-population, so no group can move on alone.
+A communication mode whose actions reach other groups in the same step
+(`Communication.crosses_groups`, e.g. random) cannot run here: no group could move on alone.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from matrix.llm.slots import request_priority
-from matrix.sim.communication import Group
-from matrix.sim.engine import SimState, Simulation
-from matrix.sim.group_steps import AGENT_FIELDS, APPLY, NOT_GIVEN, PREPARE, StepOut
-from matrix.sim.phases import CROSS_GROUP, PHASES, Step, dependencies, phase_specs, step_priority
-from matrix.sim.round_commit import GroupRound, finish_round, keep_before
+from matrix.sim.engine import Simulation
+from matrix.sim.group_steps import GroupSteps, StepOut
+from matrix.sim.phases import CROSS_GROUP, PHASES, Step, dependencies, step_priority
+from matrix.sim.round_commit import RoundCommits
+from matrix.sim.state import SimState
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GroupProgress:
-    """A group's progress: started and done steps, each round's results until kept."""
+    """A group's progress: started and done steps, and its last finished round."""
 
     gid: int
     todo: list[Step]  # steps not started yet, in lock-step order
     started: set[Step] = field(default_factory=set)
     done: set[Step] = field(default_factory=set)
-    rounds: dict[int, dict] = field(default_factory=dict)  # round -> results so far
-    before: dict[int, dict] = field(default_factory=dict)  # round -> resource -> value left
     finished_through: int = 0
 
 
@@ -83,13 +80,12 @@ class GroupScheduler:
                 "of every group; use schedule=lockstep with it"
             )
         self.sim = sim
-        self.live = state  # the groups' working state, changed on the coordinator only
-        self.committed = SimState.from_json(copy.deepcopy(state.to_json()))
+        self.steps = GroupSteps(sim, state)
+        self.commits = RoundCommits(sim, state)
         self.first_round = state.round + 1
         cfg = sim.cfg
-        self.specs = phase_specs(sim.prompts)
         self.deps = dependencies(
-            self.specs,
+            self.steps.specs,
             range(self.first_round, cfg.max_rounds + 1),
             cfg.revise_plan_every,
             cfg.goal_check_every,
@@ -101,24 +97,15 @@ class GroupScheduler:
             g.id: GroupProgress(g.id, list(self.deps), finished_through=state.round)
             for g in state.groups
         }
-        # other groups as an inter-group prompt sees them: their descriptions only
-        self.stubs = [
-            Group(g.id, list(g.members), g.description, [NOT_GIVEN], []) for g in state.groups
-        ]
-        self.first_inbound = {g.id: list(g.inbound) for g in state.groups}
-        self.news: dict[int, dict[int, tuple[tuple[int, ...], list[dict]]]] = {}
-        self.finished: dict[int, dict[int, GroupRound]] = {}
-        self.stop_at: int | None = None
         self.error: BaseException | None = None
-        self.events: queue.Queue = queue.Queue()
+        self.events: queue.Queue[tuple[int, Step, Future]] = queue.Queue()
         self.in_flight = 0
         self.pool: ThreadPoolExecutor | None = None
-        self.ledger_before = sim.roles.ledger()["total"]  # at the last commit
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> SimState:
-        if self.committed.stopped:
-            return self.committed
+        if self.commits.committed.stopped:
+            return self.commits.committed
         for role in ("agent", "summarizer", "modulator"):  # roles are built before threads
             if role in self.sim.roles.cfg.roles:
                 self.sim.roles.get(role)
@@ -135,7 +122,7 @@ class GroupScheduler:
                     except BaseException as e:  # let the other calls return, then fail
                         self.error = self.error or e
                         continue
-                    if self.error is None and not self.beyond_stop(step[0]):
+                    if self.error is None and not self.commits.beyond_stop(step[0]):
                         self._apply(gid, step, out)
             except BaseException as e:
                 self.error = self.error or e
@@ -144,17 +131,14 @@ class GroupScheduler:
                     self.in_flight -= 1
         if self.error is not None:
             raise self.error
-        last = self.stop_at if self.stop_at is not None else self.sim.cfg.max_rounds
-        if self.committed.round < last:
+        committed = self.commits.committed
+        last = self.commits.stop_at if self.commits.stop_at is not None else self.sim.cfg.max_rounds
+        if committed.round < last:
             raise RuntimeError(
                 f"simulation.schedule=groups: no step could start after round "
-                f"{self.committed.round} (a dependency cycle in matrix/sim/phases.py)"
+                f"{committed.round} (a dependency cycle in matrix/sim/phases.py)"
             )
-        return self.committed
-
-    def beyond_stop(self, r: int) -> bool:
-        """Whether round r comes after the round the run stopped at (nothing of it applies)."""
-        return self.stop_at is not None and r > self.stop_at
+        return committed
 
     # -- starting steps -----------------------------------------------------------------
     def launch_all(self) -> None:
@@ -169,7 +153,7 @@ class GroupScheduler:
         while progress and self.error is None:
             progress = False
             for step in list(g.todo):
-                if self.beyond_stop(step[0]):
+                if self.commits.beyond_stop(step[0]):
                     break
                 if step[0] > g.finished_through + 2:  # two rounds ahead at most
                     break
@@ -186,13 +170,13 @@ class GroupScheduler:
             return False
         cross = CROSS_GROUP.get(step[1])
         if cross and step[0] > self.first_round:
-            return len(self.news.get(step[0] - 1, {})) == len(self.groups)
+            return self.steps.news_complete(step[0] - 1)
         return True
 
     def _start(self, g: GroupProgress, step: Step) -> bool:
         """Prepare the step; submit its call, or apply it now when it has none. Returns
         whether it is already done."""
-        call = PREPARE[step[1]](self, g, step[0])
+        call = self.steps.prepare(g.gid, step)
         if call is None:
             self._apply(g.gid, step, StepOut())
             return True
@@ -201,24 +185,26 @@ class GroupScheduler:
         fut.add_done_callback(lambda f, gid=g.gid: self.events.put((gid, step, f)))
         return False
 
-    # -- applying a step's writes ----------------------------------------------------------
+    # -- a step's results, a group's finished rounds ------------------------------------
     def _apply(self, gid: int, step: Step, out: StepOut) -> None:
         g = self.groups[gid]
-        r, phase = step
-        writes = self.specs[phase].writes
-        keep_before(self, g, r, writes)
-        for copy_ in out.agents:  # the agent fields the phase writes, nothing else
-            live = self.live.agents[copy_.index]
-            for res in writes & AGENT_FIELDS.keys():
-                for name in AGENT_FIELDS[res]:
-                    setattr(live, name, getattr(copy_, name))
-        res = g.rounds.setdefault(r, {"scenarios": [], "flushed": []})
-        if phase in APPLY:
-            APPLY[phase](self, g, r, res, out)
+        r = step[0]
+        if self.steps.apply(gid, step, out, g.finished_through):
+            self.launch_all()  # every group may route this round's news
         g.done.add(step)
         if g.done >= self.round_steps[r] and r == g.finished_through + 1:
-            finish_round(self, g, r)
+            self._finish_round(g, r)
         self._launch(gid)
+
+    def _finish_round(self, g: GroupProgress, r: int) -> None:
+        """Keep group `g`'s round r (committing every round all groups have finished), then
+        its next round too if that is already done."""
+        finished = self.steps.finish(g.gid, r)
+        g.finished_through = r
+        for q in self.commits.add(g.gid, r, finished, self.steps.news):
+            self.steps.news.pop(q - 1, None)  # read by no step any more
+        if r + 1 in self.steps.rounds[g.gid] and g.done >= self.round_steps.get(r + 1, {None}):
+            self._finish_round(g, r + 1)
 
 
 def _prioritized(priority: int, call: Callable[[], StepOut]) -> StepOut:

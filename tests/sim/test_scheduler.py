@@ -242,7 +242,7 @@ def test_groups_schedule_gives_each_phase_what_its_prompt_reads(tmp_path, monkey
     the results it reads: the rows equal lock-step's and no request carries the stand-in
     for state a phase was not given. A declaration that leaves out one read (goal checks
     reading the plan) is caught: the stand-in reaches the goal-check prompts."""
-    from matrix.sim import phases, scheduler
+    from matrix.sim import group_steps, phases
 
     lock = _run_read_all(tmp_path, "lock", PureWorld())
     world = MarkerWorld(delay_s=0.01)
@@ -258,7 +258,7 @@ def test_groups_schedule_gives_each_phase_what_its_prompt_reads(tmp_path, monkey
         specs["goal_check"] = phases.PhaseSpec(g.reads - {"plan"}, g.writes)
         return specs
 
-    monkeypatch.setattr(scheduler, "phase_specs", without_plan_read)
+    monkeypatch.setattr(group_steps, "phase_specs", without_plan_read)  # the one declaration
     world = MarkerWorld()
     _run_read_all(tmp_path, "wrong", world, "simulation.schedule=groups")
     assert world.not_given and all("Answer yes or no" in t for t in world.not_given)
