@@ -12,12 +12,12 @@ from matrix.core.merge import Merged
 
 
 def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
-    from matrix.eval.benchmarks import BENCHMARKS
+    from matrix.eval.benchmarks import benchmark
     from matrix.eval.run import capped
 
     scores: dict[str, dict] = {}
     for name, bcfg in cfg.eval.benchmarks.items():
-        bench = BENCHMARKS[name](capped(bcfg, cfg.eval.get("limit")))
+        bench = benchmark(name, capped(bcfg, cfg.eval.get("limit")))
         items = bench.load()
         rows = {}
         for kind in ("answers", "judgments"):

@@ -25,7 +25,7 @@ from matrix.common.validation import ConfigProblems
 from matrix.core.config_check import check_stage
 from matrix.core.shard import Shard
 from matrix.core.stage import open_stage
-from matrix.eval.benchmarks import BENCHMARKS
+from matrix.eval.benchmarks import benchmark, benchmark_class
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
 from matrix.llm.protocol import Sampling
@@ -49,7 +49,15 @@ def validate(cfg: DictConfig) -> ConfigProblems:
             )
         return p
     for name, bcfg in ev.benchmarks.items():  # names and values: the key check and schema
-        for err in BENCHMARKS[name].config_errors(bcfg, cfg):
+        try:
+            cls = benchmark_class(name, bcfg)
+        except Exception as e:  # noqa: BLE001 - hydra wraps ImportError and AttributeError
+            p.add(f"eval.benchmarks.{name}._target_", f"cannot import it: {e.__cause__ or e}")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
+            p.add(f"eval.benchmarks.{name}._target_", f"{cls} is not a Benchmark subclass")
+            continue
+        for err in cls.config_errors(bcfg, cfg):
             p.add(f"eval.benchmarks.{name}", err)
     model = ev.model
     if model.get("checkpoint"):
@@ -68,10 +76,17 @@ def llm_roles(cfg: DictConfig) -> list[str]:
     if ev.get("compare"):
         return []
     roles = [str(ev.model.role)] if (ev.get("model") or {}).get("role") else []
-    names = [n for n in (ev.get("benchmarks") or {}) if n in BENCHMARKS]
-    if any(BENCHMARKS[n].uses_judge for n in names):
+    benches = ev.get("benchmarks") or {}
+    if any(_uses_judge(n, b) for n, b in benches.items()):
         roles.append("judge")
     return roles
+
+
+def _uses_judge(name: str, bcfg: Any) -> bool:
+    try:
+        return bool(benchmark_class(name, bcfg).uses_judge)
+    except Exception:  # noqa: BLE001 - an unknown name or target is the validator's to report
+        return False
 
 
 def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
@@ -149,7 +164,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     chunk = int(ev.get("chunk_size") or 64)
     scores: dict[str, dict] = {}
     for name, bcfg in ev.benchmarks.items():
-        bench = BENCHMARKS[name](capped(bcfg, ev.get("limit")))
+        bench = benchmark(name, capped(bcfg, ev.get("limit")))
         bench.bind_roles(roles)
         log.info("evaluate: %s", name)
         s, items, answers, judgments = evaluate_benchmark(
@@ -164,7 +179,8 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         )
         if len(points) >= 5:
             plot_winrate_vs_length(points, run.dir / f"{name}_winrate_vs_length.png")
-    judge_name = roles.get("judge").name if any(BENCHMARKS[n].uses_judge for n in scores) else "-"
+    uses_judge = any(_uses_judge(n, ev.benchmarks[n]) for n in scores)
+    judge_name = roles.get("judge").name if uses_judge else "-"
     write_json(
         run.dir / "scores.json", {"model": model.name, "judge": judge_name, "scores": scores}
     )
