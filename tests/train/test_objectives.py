@@ -75,35 +75,24 @@ def test_simpo_is_the_papers_formula_on_a_hand_computed_batch():
     assert metrics["rewards/accuracy"] == pytest.approx(0.5)
 
 
-def test_pair_stats_are_the_sequences_log_probs_and_lengths(tokenizer, data_dir):
+def test_pair_stats_are_the_sequences_log_probs_and_lengths(tokenizer, data_dir, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
     from matrix.train.datamodule import ChatDataModule
     from matrix.train.lm import forward_logits, token_logps
 
     dm = ChatDataModule(data_dir / "dpo.jsonl", tokenizer, "pairs", 256, 2, packing=False)
     dm.setup()
     batch = dm.collate_units(dm.units[:2])
-    model = build_tiny_llama_model()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     s = pair_stats(model, batch)
     logp, mask = token_logps(forward_logits(model, batch), batch["labels"])
     per_seq = logp.sum(1)  # padded rows: one sequence per row, chosen and rejected alternate
     tokens = mask.sum(1).float()
-    torch.testing.assert_close(s.chosen, per_seq[0::2], rtol=1e-5, atol=1e-5)
+    # the same fp32 log-probs summed in another order (sliced head vs full logits): float32's
+    # eps (1.2e-7) over at most 256 terms a sequence bounds the difference by ~3e-5 relative
+    torch.testing.assert_close(s.chosen, per_seq[0::2], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s.rejected_tokens, tokens[1::2])
-
-
-def build_tiny_llama_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("objective", ["orpo", "simpo"])
