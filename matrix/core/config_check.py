@@ -58,8 +58,7 @@ _OPEN = (
     "scheduler",
     "train.callbacks.*",
 )
-# Maps that also take a block of the user's naming its class by `_target_` (a benchmark
-# defined outside matrix); the class's own check takes its options.
+# Maps that also take a user's block naming its class by `_target_` (the class checks it).
 _COMPONENT_MAPS = ("eval.benchmarks",)
 
 

@@ -6,9 +6,9 @@ their `_target_`'s own signature (matrix.train.components)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from matrix.common.schema import Count, Fraction, Natural
+from matrix.common.schema import Count, Fraction, Natural, Range
 from matrix.core.settings import Shared
 
 
@@ -105,7 +105,7 @@ class Trainer:
 class Checkpoint:
     enabled: bool = True
     every_n_steps: Natural = 200  # 0: only at the end
-    keep: Natural = 2
+    keep: Annotated[int, Range(-1)] = 2  # newest step checkpoints kept; -1: all
     resume: str | bool | None = "auto"  # auto | null/false | a .ckpt path
 
 

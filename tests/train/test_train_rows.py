@@ -6,8 +6,8 @@ import json
 import pytest
 
 from matrix.common.validation import ConfigError
+from matrix.core.config_check import check_stage
 from matrix.train.examples import load_rows
-from matrix.train.preflight import validate
 from matrix.train.run import run_train
 from tests.train.conftest import compose_train, tiny_overrides
 
@@ -110,10 +110,11 @@ def test_preflight_reads_past_a_malformed_first_line(tmp_path):
         [b"\xff\xfe", _line({"prompt": "a", "chosen": "b", "rejected": "c"})],
     )
     with pytest.raises(ConfigError, match="lacks") as e:
-        validate(
-            compose_train(["model=tiny_debug", f"data.path={path}", "data.on_error=ignore"])
-        ).raise_if_any("train")
-    assert "data.on_error='ignore'" in str(e.value)
+        check_stage(
+            compose_train(["model=tiny_debug", f"data.path={path}", "data.on_error=ignore"]),
+            "train",
+        )
+    assert "data.on_error: 'ignore' is not one of 'skip', 'fail'" in str(e.value)
 
 
 def test_training_skips_counts_and_lists_bad_rows_or_fails(tmp_path):

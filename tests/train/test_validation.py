@@ -149,7 +149,7 @@ def test_dpo_run_logs_val_rewards_accuracy(tmp_path, data_dir, reference):
 
 def test_preflight_rejects_bad_validation_keys(data_dir):
     from matrix.common.validation import ConfigError
-    from matrix.train.preflight import validate
+    from matrix.core.config_check import check_stage
 
     cfg = compose_train(
         [
@@ -160,9 +160,9 @@ def test_preflight_rejects_bad_validation_keys(data_dir):
         ]
     )
     with pytest.raises(ConfigError) as e:
-        validate(cfg).raise_if_any("train")
-    assert len(e.value.problems) == 2
-    assert "data.val_fraction=1.5" in str(e.value) and "data.val_max_rows=0" in str(e.value)
+        check_stage(cfg, "train")
+    assert "data.val_fraction: 1.5 is not a number in [0, 1]" in str(e.value)
+    assert "data.val_max_rows: 0 is not an integer >= 1" in str(e.value)
 
 
 def test_train_labelled_tokens_leave_the_validation_rows_out(tokenizer, data_dir):
