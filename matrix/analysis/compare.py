@@ -24,6 +24,7 @@ from matrix.analysis.arms import Arm, data_stats, eval_stats, load_arms, sim_sta
 from matrix.analysis.lineage import AnswerLineage, answer_lineage
 from matrix.analysis.plots import plot_data_diversity, plot_eval_scores, plot_training_curves
 from matrix.common.io import write_json
+from matrix.common.markdown import markdown_table
 
 log = logging.getLogger("matrix.compare")
 
@@ -42,12 +43,6 @@ def side_by_side(arms: list[Arm], values: dict[str, dict[str, Any]]) -> list[lis
     """Rows of [metric, arm 1, arm 2, ...]; a metric missing in an arm shows as '-'."""
     metrics = sorted({m for v in values.values() for m in v})
     return [[m] + [fmt(values[a.name].get(m)) for a in arms] for m in metrics]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = [[c.replace("|", "\\|").replace("\n", " ") for c in r] for r in [header, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
 
 
 def _short(text: str, n: int = 90) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from matrix.analysis.arms import Arm, data_stats, eval_stats
 from matrix.common.io import write_json
+from matrix.common.markdown import markdown_table
 from matrix.core.wandb_run import wandb_group
 
 log = logging.getLogger("matrix.compare")
@@ -96,8 +97,6 @@ def _data_metrics(arms: list[Arm]) -> list[str]:
 
 
 def _table(wr: Any, title: str, rows: list[list[str]], header: list[str]) -> list[Any]:
-    from matrix.analysis.compare import markdown_table
-
     return [wr.H3(title), wr.MarkdownBlock(markdown_table(header, rows) if rows else "No data.")]
 
 

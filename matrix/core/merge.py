@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import read_json
 from matrix.common.validation import ConfigError
+from matrix.core.provenance import config_hash
 from matrix.core.registry import SHARDED_STAGES, STAGES
 from matrix.core.shard import Shard
-from matrix.core.stage import StageRun, config_hash, stage_dir
+from matrix.core.stage import StageRun, stage_dir
 
 log = logging.getLogger(__name__)
 

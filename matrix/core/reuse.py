@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from matrix.common.io import file_sha256
-from matrix.core.stage import config_hash, describe_input, producer_manifest, stage_dir
+from matrix.core.provenance import changed_inputs, config_hash, stale_reason
+from matrix.core.stage import stage_dir
 
 
 @dataclass(frozen=True)
@@ -30,49 +30,6 @@ class ReuseDecision:
     reuse: bool
     why: str  # one line for the log: why it is reused, or why it runs
     manifest: dict = field(default_factory=dict)
-
-
-def changed_inputs(manifest: dict) -> list[str]:
-    """The names of the recorded inputs that differ from what is on disk now."""
-    changed = []
-    for name, recorded in (manifest.get("inputs") or {}).items():
-        path = Path(recorded["path"])
-        if recorded.get("producer_manifest_sha256"):
-            # only the producing stage's manifest is read: a model folder is not hashed again
-            producer = producer_manifest(path.resolve()) if path.exists() else None
-            now = file_sha256(producer) if producer is not None else None
-            same = now == recorded["producer_manifest_sha256"]
-        else:
-            same = describe_input(path).get("sha256") == recorded.get("sha256")
-        if not same:
-            changed.append(f"{name} ({recorded['path']})")
-    return changed
-
-
-ATTEMPT = "attempt.json"  # the config hashes of the run that last wrote the folder
-
-
-def stale_reason(folder: Path, chash: str, resume_hash: str) -> str | None:
-    """Why the outputs in `folder` cannot be resumed by a run of config hash `chash` (and
-    resumable hash `resume_hash`: the config less the keys a resumed run may change, such as a
-    target), or None when they can: no earlier run, or one of the same config whose inputs,
-    if it finished, are unchanged. An unfinished run's inputs are not recorded yet."""
-    attempt = folder / ATTEMPT
-    manifest = folder / "manifest.json"
-    m = json.loads(manifest.read_text(encoding="utf-8")) if manifest.exists() else {}
-    if attempt.exists():
-        recorded = json.loads(attempt.read_text(encoding="utf-8"))
-        if recorded.get("resume_hash") != resume_hash:
-            return (
-                f"its last run had config hash {recorded.get('config_hash')}, this run's is {chash}"
-            )
-    elif m.get("complete") and m.get("config_hash") != chash:  # a folder without attempt.json
-        return f"its finished run had config hash {m.get('config_hash')}, this run's is {chash}"
-    if m.get("complete"):
-        changed = changed_inputs(m)
-        if changed:
-            return f"the inputs of its finished run changed: {', '.join(changed)}"
-    return None
 
 
 def unfinished(folder: Path, cfg: DictConfig, stage: str, chash: str) -> str:

@@ -9,15 +9,12 @@ git sha, inputs with hashes, counts and token totals.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import os
 import platform
 import secrets
 import string
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +26,6 @@ from matrix.common.io import (
     JsonlLog,
     atomic_write_text,
     disk_writes,
-    file_sha256,
     read_jsonl,
     write_json,
     write_jsonl,
@@ -37,6 +33,14 @@ from matrix.common.io import (
 from matrix.common.secret_guard import scrubbed_argv
 from matrix.common.secrets import redact
 from matrix.core.environment import environment
+from matrix.core.provenance import (
+    ATTEMPT,
+    config_hash,
+    describe_input,
+    git_sha,
+    resolved_config,
+    stale_reason,
+)
 from matrix.core.registry import STAGES
 from matrix.core.wandb_run import flat_config, log_lineage, summary_metrics, wandb_group
 
@@ -46,77 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-# Config keys that never change what a stage computes: left out of the config hash.
-_HASH_EXCLUDED_KEYS = ("paths", "logger", "run", "hydra", "debug_name")
-
-
-def resolved_config(cfg: DictConfig) -> dict:
-    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-
-
-def config_hash(
-    cfg: DictConfig | dict,
-    stage: str | None = None,
-    exclude: tuple[str, ...] = _HASH_EXCLUDED_KEYS,
-    resumable: bool = False,
-) -> str:
-    """Hash of the config keys `stage`'s outputs depend on. `resumable`: also leave out the
-    keys a resumed run may change (the stage's `resume_exclude`): two configs with the same
-    resumable hash can continue each other's runs."""
-    data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    data = {k: v for k, v in data.items() if k not in exclude}
-    if stage in STAGES:
-        spec = STAGES[stage]
-        data = copy.deepcopy({k: v for k, v in data.items() if k in spec.hash_keys})
-        for dotted in (*spec.hash_exclude, *(spec.resume_exclude if resumable else ())):
-            _drop(data, dotted.split("."))
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def producer_manifest(path: Path) -> Path | None:
-    """The manifest of the stage folder that wrote `path`: a stage manifest.json in its
-    folder or up to two folders above it (`<stage>/hf_model/model.safetensors`), if any."""
-    folders = ([path] if path.is_dir() else []) + list(path.parents)[:3]
-    for folder in folders:
-        m = folder / "manifest.json"
-        if m.is_file() and m != path:
-            try:
-                if "stage" in json.loads(m.read_text(encoding="utf-8")):
-                    return m
-            except (ValueError, OSError):
-                continue
-    return None
-
-
-def describe_input(path: str | Path) -> dict:
-    """Path + content hash of a stage input (a file, or every file of a folder); for an
-    input another stage wrote, also the hash of that stage's manifest (matrix.core.reuse)."""
-    p = Path(path)
-    out: dict[str, Any] = {"path": str(p), "sha256": None}
-    if p.is_file():
-        out["sha256"] = file_sha256(p)
-    elif p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and "wandb" not in x.parts):
-            h.update(str(f.relative_to(p)).encode())
-            h.update(file_sha256(f).encode())
-        out["sha256"] = h.hexdigest()
-    producer = producer_manifest(p.resolve()) if p.exists() else None
-    if producer is not None:
-        out["producer_manifest_sha256"] = file_sha256(producer)
-    return out
 
 
 @dataclass
@@ -221,12 +154,10 @@ def stage_dir(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
 def set_aside_stale(cfg: DictConfig, stage: str) -> bool:
     """Move the stage folder's outputs to `<run>/.stale/<folder>__<old config hash>__<time>`
     when a run of another config, or a finished run whose inputs changed since, wrote them
-    (`matrix.core.reuse.stale_reason`): this run then starts fresh instead of resuming them.
+    (`matrix.core.provenance.stale_reason`): this run then starts fresh instead of resuming them.
     Every set-aside attempt is kept under its own name; nothing is deleted (`make clean-stale`
     removes them on request). Returns whether it did. Only the stage's own process may call
     it (rank zero)."""
-    from matrix.core.reuse import stale_reason
-
     out = stage_dir(cfg, stage)
     why = (
         stale_reason(out, config_hash(cfg, stage), config_hash(cfg, stage, resumable=True))
@@ -246,8 +177,6 @@ def set_aside_stale(cfg: DictConfig, stage: str) -> bool:
 def stale_dest(cfg: DictConfig, out: Path) -> Path:
     """A new, unused folder under `<run>/.stale/` for the outputs in `out`: named by the stage
     folder, the config hash of the run that wrote them and the time they were set aside."""
-    from matrix.core.reuse import ATTEMPT
-
     run_root = Path(cfg.paths.runs_dir) / str(cfg.run.name)
     rel = out.relative_to(run_root) if out.is_relative_to(run_root) else Path(out.name)
     try:
@@ -262,24 +191,10 @@ def stale_dest(cfg: DictConfig, out: Path) -> Path:
     return dest
 
 
-def _drop(node: Any, path: list[str]) -> None:
-    """Remove the dotted key `path` from nested dicts in place; `*` matches every child."""
-    if not isinstance(node, dict) or not path:
-        return
-    head, rest = path[0], path[1:]
-    for key in list(node) if head == "*" else [head]:
-        if not rest:
-            node.pop(key, None)
-        else:
-            _drop(node.get(key), rest)
-
-
 def open_stage(cfg: DictConfig, stage: str, resume: bool = True) -> StageRun:
     """Open the stage's run dir. `resume`: this attempt continues the folder's earlier one (the
     same W&B run id, kept in <stage dir>/wandb/run_id); False starts a new W&B run. Outputs of
     another config (or of changed inputs) are set aside first (`set_aside_stale`)."""
-    from matrix.core.reuse import ATTEMPT
-
     out = stage_dir(cfg, stage)
     chash = config_hash(cfg, stage)
     resume = not set_aside_stale(cfg, stage) and resume

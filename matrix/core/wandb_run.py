@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.common.io import read_json
+from matrix.core.provenance import producer_manifest
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,6 @@ def output_artifact(folder: Path, manifest: dict[str, Any], policy: str = "mutab
 
 def _input_folders(stage_folder: Path, inputs: dict[str, Any]) -> list[Path]:
     """The stage folders that wrote the inputs (each once, never the stage's own)."""
-    from matrix.core.stage import producer_manifest
-
     folders: list[Path] = []
     for recorded in inputs.values():
         path = Path(recorded["path"] if isinstance(recorded, dict) else recorded)

@@ -27,7 +27,8 @@ from matrix.common.bad_rows import SHOWN
 from matrix.common.io import JsonlLog
 from matrix.core.cli import quiet_logs
 from matrix.core.config_check import check_stage
-from matrix.core.stage import config_hash, open_stage, set_aside_stale, stage_dir
+from matrix.core.provenance import config_hash
+from matrix.core.stage import open_stage, set_aside_stale, stage_dir
 from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.components import build_callbacks

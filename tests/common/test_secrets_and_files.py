@@ -19,7 +19,7 @@ import yaml
 from matrix.common.io import JsonlLog, StorageError, read_json, read_jsonl, write_json
 from matrix.common.secret_guard import guard
 from matrix.common.secrets import is_secret_key, scrub, secret_values
-from matrix.core.stage import resolved_config
+from matrix.core.provenance import resolved_config
 from matrix.eval.run import run_evaluate
 from matrix.llm.errors import LLMError
 from matrix.llm.openai_backend import OpenAIBackend

@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
+from matrix.core.provenance import config_hash
 from matrix.core.registry import STAGES
-from matrix.core.stage import config_hash
 from matrix.core.sweep import name_sweep_job
 from tests.conftest import CONF, ROOT, tiny_llm_overrides
 

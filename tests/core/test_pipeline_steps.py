@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from matrix.analysis.compare import compare
 from matrix.common.validation import ConfigError
 from matrix.core.pipeline import pipeline_steps
-from matrix.core.stage import config_hash, stage_dir
+from matrix.core.provenance import config_hash
+from matrix.core.stage import stage_dir
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.doubles import BagOfWords
 

@@ -12,8 +12,9 @@ from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.core import registry
 from matrix.core.config_check import CONF_DIR
 from matrix.core.pipeline import run_pipeline
+from matrix.core.provenance import config_hash
 from matrix.core.registry import SHARDED_STAGES, STAGES, Stage, get_stage
-from matrix.core.stage import config_hash, stage_dir
+from matrix.core.stage import stage_dir
 
 CALLS: list[int] = []
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 
-from matrix.core.reuse import ATTEMPT, reuse_decision
-from matrix.core.stage import config_hash, stage_dir
+from matrix.core.provenance import ATTEMPT, config_hash
+from matrix.core.reuse import reuse_decision
+from matrix.core.stage import stage_dir
 from tests.conftest import compose
 
 

@@ -183,7 +183,8 @@ def test_a_missing_local_model_folder_is_named(tmp_path) -> None:
 
 
 def test_the_pipeline_checks_only_the_steps_it_will_run(tmp_path, monkeypatch) -> None:
-    from matrix.core.stage import config_hash, stage_dir
+    from matrix.core.provenance import config_hash
+    from matrix.core.stage import stage_dir
     from matrix.pipeline import run_pipeline
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

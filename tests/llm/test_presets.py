@@ -4,7 +4,7 @@ and lets a single role move to another backend from the command line."""
 import pytest
 from hydra import compose, initialize_config_dir
 
-from matrix.core.stage import resolved_config
+from matrix.core.provenance import resolved_config
 from matrix.llm.hf import HFBackend
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.roles import Roles
