@@ -57,6 +57,8 @@ _OPEN = (
     "optimizer",
     "scheduler",
     "train.callbacks.*",
+    # a set's seed source, when a `_target_` block (matrix.gen.sources.build_source builds it)
+    "generator.sets.*.source",
 )
 # Maps that also take a user's block naming its class by `_target_` (the class checks it).
 _COMPONENT_MAPS = ("eval.benchmarks",)

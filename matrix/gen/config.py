@@ -3,7 +3,6 @@ config problem found before any model loads (`validate`, the stage registry's va
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.schema import check
 from matrix.common.validation import ConfigProblems
 from matrix.core.shard import Shard
-from matrix.gen.inputs import Seed
 from matrix.gen.settings import Retrieval
+from matrix.gen.sources import build_source, seed_source
 from matrix.gen.synthesis import SetSpec, template_id
 from matrix.llm.prompts import PromptError, render_prompt
 
@@ -22,12 +21,6 @@ log = logging.getLogger(__name__)
 
 
 REJECTED_BACKEND = "rejected_model"
-# Template fields each source provides (checked before any model loads).
-_SEED_FIELDS = {
-    "simulation": ("need", "name", "persona", "goal", "others", "scenario", "actions"),
-    "persona": ("need", "name", "persona", "goal", "others"),
-    "magpie": ("need",),
-}
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -52,19 +45,6 @@ def selected_sets(cfg: DictConfig) -> dict[str, Any]:
     return {str(n): sets[n] for n in only if n in sets}
 
 
-def in_stream(seeds: list[Seed], stream: int, streams: int) -> list[Seed]:
-    """The seeds of one of `streams` disjoint streams, split by a stable hash of each seed's
-    key (its scenario and persona), so sets on different streams never share a seed whatever
-    their needs rank first (the 20K mix: SFT on stream 0, DPO on stream 1)."""
-    if streams <= 1:
-        return seeds
-    return [
-        s
-        for s in seeds
-        if int.from_bytes(hashlib.sha256(s.key.encode()).digest()[:8], "big") % streams == stream
-    ]
-
-
 def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
     """The sets to generate; a shard's targets are its share of each set's target, so the
     shards' rows add up to the unsharded target (before the merge drops cross-shard
@@ -72,13 +52,15 @@ def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
     specs = []
     for name, s in selected_sets(cfg).items():
         need = str(s.need)
+        source = seed_source(s.source, f"generator.sets.{name}.source")
         need_text = str(cfg.generate.needs[need]) if need in cfg.generate.needs else need
         specs.append(
             SetSpec(
                 name=str(name),
                 kind=str(s.kind),
                 domain=str(s.domain),
-                source=str(s.source),
+                source=source.name or type(source).__name__,
+                seed_source=source,
                 need_name=need if need in cfg.generate.needs else "custom",
                 need_text=need_text,
                 target=shard.share(effective_target(int(s.target), cfg.generate.limit)),
@@ -94,7 +76,12 @@ def build_specs(cfg: DictConfig, shard: Shard = Shard()) -> list[SetSpec]:
 def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> None:
     """A set's need and templates (its values are typed: matrix.gen.settings)."""
     key = f"generator.sets.{name}"
-    src, turns = s.source, s.get("turns", 1)
+    turns = s.get("turns", 1)
+    try:
+        src = build_source(s.source)
+    except ValueError as e:
+        p.add(f"{key}.source", str(e))
+        return
     need = str(s.get("need") or "")
     # A need is either a name from `needs` or a sentence of its own; a lone unknown word is
     # almost always a typo of a name.
@@ -104,8 +91,8 @@ def _check_set(p: ConfigProblems, cfg: DictConfig, name: str, s: DictConfig) -> 
         f"{need!r} is not one of {sorted(cfg.generate.needs)}; name one of generate.needs, or write the need as a sentence",
     )
     prompts = s.get("prompts") or {}
-    fields = {f: "x" for f in _SEED_FIELDS.get(src, ())}
-    if src != "magpie" and p.check(
+    fields = {f: "x" for f in src.fields}
+    if src.instruction_prompt and p.check(
         bool(prompts.get("instruction")), f"{key}.prompts.instruction", "missing"
     ):
         _check_template(p, prompts.instruction, f"{key}.prompts.instruction", fields)
@@ -147,9 +134,20 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         if s.get("retrieval"):
             check(_retrieval(cfg, s), Retrieval, f"generator.sets.{n}.retrieval", p)
     _check_models(p, cfg, sets)
-    if any(s.get("source") in ("simulation", "persona") for s in sets.values()):
+    if reads_simulation(sets):
         _check_simulation(p, cfg)
     return p
+
+
+def reads_simulation(sets: dict[str, Any]) -> bool:
+    """Whether any of `sets` draws its seeds from the simulate output."""
+    out = False
+    for s in sets.values():
+        try:
+            out |= build_source(s.source).reads_simulation
+        except ValueError:
+            continue  # reported by _check_set
+    return out
 
 
 def llm_roles(cfg: DictConfig) -> list[str]:

@@ -30,14 +30,14 @@ from matrix.gen.candidates import row_instruction
 from matrix.gen.config import (
     REJECTED_BACKEND,
     build_specs,
-    in_stream,
+    reads_simulation,
     templates_of,
 )
 from matrix.gen.filters import Deduper, RowChecks, Rules, filter_batch
-from matrix.gen.inputs import Seed, SimulationData, load_simulation, persona_seeds, simulation_seeds
+from matrix.gen.inputs import Seed, SimulationData, load_simulation
 from matrix.gen.outputs import write_outputs
-from matrix.gen.retrieval import mmr
 from matrix.gen.settings import KINDS
+from matrix.gen.sources import SeedContext
 from matrix.gen.state import GenState, SetState
 from matrix.gen.synthesis import SetSpec, StepRoles, synthesize
 from matrix.llm.embeddings import Encoder
@@ -111,22 +111,7 @@ class Generation:
         st.kind, st.templates = spec.kind, templates
 
     def seeds(self, spec: SetSpec) -> list[Seed]:
-        if spec.source == "magpie":
-            return [Seed("magpie")]
-        assert self.sim is not None
-        if spec.source == "persona":
-            return self.shard.slice(persona_seeds(self.sim))
-        r = spec.retrieval
-        summaries = [s["summary"] for s in self.sim.scenarios]
-        vecs = self.encoder.encode([spec.need_text, *summaries])
-        top_k = len(summaries) if r["top_k"] is None else int(r["top_k"])
-        # Every shard ranks all scenarios, then keeps its own: the shards together use the
-        # scenarios an unsharded run retrieves, each scenario in one shard only.
-        order = mmr(vecs[0], vecs[1:], top_k, float(r["mmr_lambda"]))
-        per = r["personas_per_scenario"]
-        owned = [i for i in order if self.shard.owns(i)]
-        seeds = simulation_seeds(self.sim, owned, None if per is None else int(per))
-        return in_stream(seeds, int(r["seed_stream"]), int(r["seed_streams"]))
+        return spec.seed_source.seeds(SeedContext(self.sim, self.encoder, self.shard), spec)
 
     def models(self, kinds: set[str]) -> dict[str, str]:
         roles = ["generator", "responder"] + (["rejecter"] if "dpo" in kinds else [])
@@ -272,7 +257,7 @@ class Generation:
 def simulation_input(cfg: DictConfig) -> tuple[SimulationData | None, dict[str, Path]]:
     """The simulate output the sets draw from (None when every set is magpie) and the files
     the manifest records as inputs."""
-    if not any(s.get("source") in ("simulation", "persona") for s in cfg.generator.sets.values()):
+    if not reads_simulation(dict(cfg.generator.sets.items())):
         return None, {}
     sim = load_simulation(str(cfg.generate.simulation_dir))
     return sim, {"scenarios": sim.dir / "scenarios.jsonl", "agents": sim.agents_file}

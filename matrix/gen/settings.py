@@ -86,7 +86,8 @@ class SetPrompts:
 class GeneratorSet:
     kind: Kind
     domain: str
-    source: Literal["simulation", "persona", "magpie"]
+    # a shipped seed source (matrix.gen.sources.SOURCES) or a `_target_` block naming one
+    source: Literal["simulation", "persona", "magpie"] | dict
     need: str  # a key of generate.needs or a sentence of its own
     target: Count
     prompts: SetPrompts

@@ -13,6 +13,7 @@ from typing import Any
 from matrix.common.io import text_sha256
 from matrix.gen.candidates import Candidate
 from matrix.gen.inputs import Seed
+from matrix.gen.sources import SeedSource
 from matrix.llm.prompts import render_prompt
 from matrix.llm.protocol import Chat, Completion
 from matrix.llm.role_llm import RoleLLM
@@ -78,7 +79,7 @@ class SetSpec:
     name: str
     kind: str
     domain: str
-    source: str
+    source: str  # the seed source's name (each row's lineage)
     need_name: str
     need_text: str
     target: int
@@ -86,6 +87,7 @@ class SetSpec:
     allow_refusals: bool
     prompts: Mapping[str, Any]
     retrieval: Mapping[str, Any]
+    seed_source: SeedSource
 
     @property
     def instruction_prompt(self) -> Mapping[str, Any] | None:
@@ -111,17 +113,14 @@ def _first_instructions(
     max_actions: int,
     max_action_chars: int,
 ) -> list[Completion]:
-    if spec.source == "magpie":
-        prefix = roles.generator.pre_query_prefix()
-        return roles.generator.complete([prefix] * len(seeds), seed=sample_seed)
     where = f"generator.sets.{spec.name}.prompts.instruction"
-    chats = [
-        render_prompt(
+
+    def chat_for(s: Seed) -> Chat:
+        return render_prompt(
             spec.instruction_prompt, where, **_fields(s, spec, max_actions, max_action_chars)
         )
-        for s in seeds
-    ]
-    return roles.generator.generate(chats, seed=sample_seed)
+
+    return spec.seed_source.first_instructions(roles.generator, seeds, chat_for, sample_seed)
 
 
 def _respond(
