@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from matrix.common.validation import ConfigError
 from matrix.core.shard import Shard
@@ -23,8 +23,13 @@ from matrix.llm.embeddings import Encoder
 from matrix.llm.protocol import Chat, Completion
 from matrix.llm.role_llm import RoleLLM
 
-if TYPE_CHECKING:
-    from matrix.gen.synthesis import SetSpec
+
+class SetSpec(Protocol):
+    """What a source reads of its set (matrix.gen.synthesis.SetSpec has these and more)."""
+
+    name: str
+    need_text: str  # the set's need, as a sentence
+    retrieval: Mapping[str, Any]  # generate.retrieval with the set's own block on top
 
 
 @dataclass(frozen=True)
