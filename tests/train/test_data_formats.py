@@ -57,9 +57,7 @@ def test_training_from_parquet_and_from_a_save_to_disk_folder(tmp_path, data_dir
     assert (tmp_path / fmt / "train" / "hf_model" / "config.json").is_file()
 
 
-def test_columns_map_other_names_and_a_missing_column_is_named_with_a_proposal(
-    tmp_path, data_dir
-):
+def test_columns_map_other_names_and_a_missing_column_is_named_with_a_proposal(tmp_path, data_dir):
     rows = read_jsonl(data_dir / "sft.jsonl")
     renamed = datasets.Dataset.from_list([{"conversations": r["messages"]} for r in rows])
     renamed.to_parquet(tmp_path / "chats.parquet")
