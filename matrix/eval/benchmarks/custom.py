@@ -47,6 +47,8 @@ from matrix.eval.judging import judge_batch, parse_rating
 from matrix.eval.question_file import KEY, load_questions
 
 log = logging.getLogger(__name__)
+# Question files this process has said it grades single-answer (mode auto, no references).
+_SINGLE_LOGGED: set[str] = set()
 
 
 def baseline_answers_path(run: str | Path) -> Path:
@@ -77,12 +79,16 @@ class Custom(Benchmark):
     def _auto_mode(self) -> str:
         if self.baseline != "reference" or any(q["reference"] for q in self._questions(False)):
             return "pairwise"
+        path = str(self.opt("path", ""))
+        if path in _SINGLE_LOGGED:  # checked before the stage, then run: said once
+            return "single"
+        _SINGLE_LOGGED.add(path)
         column = (self.opt("columns", {}) or {}).get("reference")
         log.info(
             "%s: no question has a reference answer (column %r), so each answer is graded "
             "alone (%s.mode=single, MT-Bench's 1-10 judge); for a win rate, give references or "
             "set %s.baseline=role or run",
-            self.opt("path", ""),
+            path,
             column,
             KEY,
             KEY,
