@@ -115,12 +115,21 @@ class Table:
         )
 
 
-def open_table(spec: str | Path, key: str, split: str | None = None, csv: bool = False) -> Table:
+def open_table(
+    spec: str | Path,
+    key: str,
+    split: str | None = None,
+    csv: bool = False,
+    kind: str | None = None,
+) -> Table:
     """The table `spec` names (a path, `matrix:` path or cached dataset name), checked to exist
     and to be of an accepted format; `key` is the config key that names it (in the errors).
-    `csv=True` also accepts a .csv file (for a caller with its own CSV reader)."""
+    `csv=True` also accepts a .csv file (for a caller with its own CSV reader); `kind` (jsonl,
+    csv, parquet) reads a file as that whatever its suffix (a format the user named)."""
     spec = str(spec)
     p = resolve_data_path(spec)
+    if kind is not None and p.is_file():
+        return Table(spec, kind, p, key)
     accepted = (
         ACCEPTED.replace("a parquet file", "a CSV file (.csv), a parquet file") if csv else ACCEPTED
     )

@@ -22,7 +22,6 @@ from typing import Any
 
 from matrix.common.bad_rows import BadRows
 from matrix.common.columns import column_map_problem, propose_columns
-from matrix.common.io import jsonl_lines
 from matrix.common.tables import Table, open_table
 from matrix.common.validation import ConfigError
 
@@ -48,11 +47,10 @@ SYNONYMS = {
 }
 
 
-def _rows(table: Table, is_csv: bool) -> Iterator[tuple[int, Any]]:
+def _rows(table: Table) -> Iterator[tuple[int, Any]]:
     """(row number, row dict or why it is unusable) for every record of the table."""
-    if not is_csv:
-        lines = jsonl_lines(table.path) if table.kind == "csv" else table.rows()  # format=jsonl
-        for lineno, obj, error in lines:
+    if table.kind != "csv":
+        for lineno, obj, error in table.rows():
             if error is None and not isinstance(obj, dict):
                 error = f"expected a JSON object, got {type(obj).__name__}"
             yield lineno, obj if error is None else error
@@ -87,11 +85,11 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise ConfigError(f"{path}: not UTF-8 text ({e}); save the CSV as UTF-8") from e
 
 
-def check_columns(table: Table, cols: Mapping[str, str | None], is_csv: bool) -> None:
+def check_columns(table: Table, cols: Mapping[str, str | None]) -> None:
     """Stop when the instruction's column is absent (naming the file's columns and a map that
     fits); warn for an optional column named by the user that is absent (that field stays
     empty). An optional column left at its default name may be absent."""
-    have = _csv_header(table.path) if is_csv else table.columns()
+    have = _csv_header(table.path) if table.kind == "csv" else table.columns()
     proposal = propose_columns(have, tuple(SYNONYMS), SYNONYMS)
     named = {f: c for f, c in cols.items() if f == "instruction" or c != DEFAULT_COLUMNS.get(f)}
     fatal = lambda absent: "instruction" in absent  # noqa: E731
@@ -137,15 +135,14 @@ def load_questions(
     cols = {**DEFAULT_COLUMNS, **dict(columns or {})}
     if fmt not in FORMATS:
         raise ConfigError(f"{KEY}.format={fmt!r}: use one of {', '.join(FORMATS)}")
-    table = open_table(path, f"{KEY}.path", split, csv=True)
+    table = open_table(path, f"{KEY}.path", split, csv=True, kind=None if fmt == "auto" else fmt)
     p = table.path
-    is_csv = fmt == "csv" or (fmt == "auto" and table.kind == "csv")
-    check_columns(table, cols, is_csv)
+    check_columns(table, cols)
     bad = BadRows(p, on_error, f"{KEY}.on_error")
     items: list[Record] = []
     seen: set[str] = set()
     lines = 0
-    for lineno, row in _rows(table, is_csv):
+    for lineno, row in _rows(table):
         lines += 1
         q = row if isinstance(row, str) else _question(row, lineno, cols)
         if isinstance(q, str):

@@ -347,6 +347,10 @@ def test_questions_from_parquet_and_a_datasets_folder(tmp_path):
     (tmp_path / "q.xlsx").write_bytes(b"PK")
     with pytest.raises(ConfigError, match=r"custom.path=.*q.xlsx: .*not a format.*a CSV file"):
         load_questions(tmp_path / "q.xlsx")
+    (tmp_path / "q.txt").write_text(EXAMPLE.read_text())  # a format named reads any suffix
+    assert load_questions(tmp_path / "q.txt", fmt="jsonl") == expected
+    with pytest.raises(ConfigError, match=r"q.txt: .*not a format"):
+        load_questions(tmp_path / "q.txt")
 
 
 def test_a_checkpoint_replaces_the_default_role_and_both_set_is_an_error(tmp_path):
