@@ -27,6 +27,10 @@ log = logging.getLogger("matrix")
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, StorageError)
 
 
+# Libraries that log every HTTP request (or retry) at INFO (the openai SDK uses httpx2 now).
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
+
+
 def quiet_logs() -> None:
     """One line per event in a user's console: Lightning logs through its own handler *and*
     propagates to Hydra's root handler (every INFO line twice), and libraries print tips and
@@ -51,6 +55,13 @@ def quiet_logs() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: "Tip:" not in r.getMessage() and "litlogger" not in r.getMessage()
     )
+    # A line per LLM call against a server (httpx: "HTTP Request: POST ... 200 OK") buries the
+    # run's own lines: these say warnings only, unless debug output was asked for
+    # (`hydra.verbose=true`, or `hydra.verbose=[httpx]` for one of them).
+    for name in CHATTY_LOGGERS:
+        chatty = logging.getLogger(name)
+        if not chatty.isEnabledFor(logging.DEBUG):
+            chatty.setLevel(logging.WARNING)
 
 
 # Hydra flags that take a value (the value is not an override).

@@ -28,6 +28,7 @@ from matrix.core.stage import open_stage
 from matrix.eval.benchmarks import benchmark, benchmark_class
 from matrix.eval.benchmarks.base import Benchmark, Record
 from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
+from matrix.eval.settings import model_role
 from matrix.llm.protocol import Sampling
 from matrix.llm.role_llm import RoleLLM
 from matrix.llm.roles import Roles
@@ -75,7 +76,8 @@ def llm_roles(cfg: DictConfig) -> list[str]:
     ev = cfg.get("eval") or {}
     if ev.get("compare"):
         return []
-    roles = [str(ev.model.role)] if (ev.get("model") or {}).get("role") else []
+    role = model_role(ev.get("model") or {})
+    roles = [role] if role else []
     benches = ev.get("benchmarks") or {}
     if any(_uses_judge(n, b) for n, b in benches.items()):
         roles.append("judge")
@@ -98,7 +100,7 @@ def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
         from matrix.llm.hf import HFBackend
 
         return roles.adopt("model", HFBackend(model=str(ev.model.checkpoint)), sampling)
-    role = roles.get(str(ev.model.role))
+    role = roles.get(model_role(ev.model))
     return roles.adopt("model", role.backend, sampling, role.prices)
 
 

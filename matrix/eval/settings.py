@@ -83,11 +83,12 @@ class CustomColumns:
 
 @dataclass(frozen=True)
 class Custom(ArenaHard):
-    path: str = required()  # a JSONL or CSV file of questions (Custom.config_errors: exists)
+    path: str = required()  # questions: JSONL, CSV, parquet, a datasets folder or cached name
+    split: str | None = None  # a DatasetDict's split; null: train
     columns: CustomColumns = required()  # the file's column of each field
     format: Literal["auto", "jsonl", "csv"] = "auto"
     on_error: Literal["fail", "skip"] = "fail"
-    mode: Literal["pairwise", "single"] = "pairwise"
+    mode: Literal["auto", "pairwise", "single"] = "auto"
     baseline: Literal["reference", "role", "run"] = "reference"
     baseline_role: str | None = None
     baseline_run: str | None = None
@@ -107,18 +108,37 @@ class Benchmarks:
     custom: Custom | None = None
 
 
+# The llm role evaluated when neither eval.model.checkpoint nor eval.model.role is set.
+DEFAULT_MODEL_ROLE = "responder"
+
+
 @dataclass(frozen=True)
 class Model:
-    """The model under test: a checkpoint folder or an llm role, exactly one."""
+    """The model under test: a checkpoint folder or an llm role, at most one of them; with
+    neither, the `responder` role (so `eval.model.checkpoint=...` alone replaces it)."""
 
     checkpoint: str | None = None
     role: str | None = None
 
     @staticmethod
     def rules(block: dict) -> list[tuple[str, str]]:
-        if bool(block.get("checkpoint")) != bool(block.get("role")):
+        if not (block.get("checkpoint") and block.get("role")):
             return []
-        return [("checkpoint", "set exactly one of eval.model.checkpoint (a folder) or .role")]
+        return [
+            (
+                "checkpoint",
+                "set one of eval.model.checkpoint (a model folder) or eval.model.role, not both "
+                "(set the other to null)",
+            )
+        ]
+
+
+def model_role(model) -> str | None:
+    """The llm role under test for an `eval.model` block: its role, else DEFAULT_MODEL_ROLE
+    when no checkpoint is given; None for a checkpoint."""
+    if model.get("checkpoint"):
+        return None
+    return str(model.get("role") or DEFAULT_MODEL_ROLE)
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ class StructuredCommunication(Communication):
             if self.limits.unparsed == "broadcast"
             else ()
         )
-        log.info(
+        log.debug(  # counted per round in the log (matrix.sim.run), and in report.md
             "modulator of group %d gave no usable routing for item %s: %s",
             g.id,
             it.label,

@@ -4,19 +4,19 @@ Before any row is read the file's columns are compared with the map: a required 
 and persona or bio) whose column the file lacks stops the load at once with the file's
 columns and a proposed map (known synonyms, then name similarity:
 `population.fields.persona=bio ...`); an optional field whose column is absent is reported
-the same way and stays empty.
+the same way and stays empty. The mechanism is `matrix.common.columns`, which the training data
+(`data.columns`) and the custom questions (`eval.benchmarks.custom.columns`) share.
 """
 
 from __future__ import annotations
 
 import csv
-import difflib
 import itertools
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from matrix.common.columns import column_map_problem, propose_columns
 from matrix.common.io import jsonl_lines
 from matrix.common.validation import ConfigError
 
@@ -66,36 +66,14 @@ def file_columns(path: Path, fmt: str, max_line_bytes: int | None = None) -> lis
     return list(columns)
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _match_score(field: str, column: str) -> float:
-    """How well `column` fits our `field`: 1 for a known synonym (earlier ones a little
-    higher), 0.8 when a synonym is one word of the column (`user_bio`), else the best
-    spelling similarity to a synonym (`descripton`)."""
-    col = _norm(column)
-    words = {_norm(w) for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", column) if w}
-    names = SYNONYMS.get(field, (field,))
-    if col in names:
-        return 1.0 - names.index(col) * 0.01
-    if words & set(names):
-        return 0.8
-    return max(difflib.SequenceMatcher(None, col, n).ratio() for n in names) * 0.9
+# The order fields pick their column in: the required ones first.
+_PICK_ORDER = ("id", "persona", "bio", "handle", "name", "posts", "topics")
 
 
 def propose_fields(columns: list[str]) -> dict[str, str | None]:
-    """A field map for a file with these columns: each field gets the best-fitting column not
-    already taken (a score of at least 0.7), else null; a persona with no column of its own
-    gets the bio's column."""
-    out: dict[str, str | None] = {}
-    taken: set[str] = set()
-    for field in ("id", "persona", "bio", "handle", "name", "posts", "topics"):
-        scored = [(_match_score(field, c), c) for c in columns if c not in taken]
-        score, best = max(scored, default=(0.0, None))
-        out[field] = best if score >= 0.7 else None
-        if best is not None and score >= 0.7:
-            taken.add(best)
+    """A field map for a file with these columns (`matrix.common.columns.propose_columns`);
+    a persona with no column of its own gets the bio's column."""
+    out = propose_columns(columns, _PICK_ORDER, SYNONYMS)
     if out["persona"] is None:
         out["persona"] = out["bio"]
     return {f: out[f] for f in FIELDS}
@@ -107,28 +85,20 @@ def field_map_problem(
     """What is wrong with the field map for a file with these columns, and whether it is
     fatal (a required field without a column; see the module docstring); None when every
     mapped column is there (or the file has no readable row: the loader reports each line)."""
-    absent = {f: c for f, c in fields.items() if c and c not in columns}
-    if not columns or not absent:
-        return None
-    has = {f: bool(fields.get(f)) and f not in absent for f in FIELDS}
-    fatal = not has["id"] or not (has["persona"] or has["bio"])
-    proposal = propose_fields(columns)
-    fix = " ".join(
-        f"population.fields.{f}={proposal[f] if proposal[f] is not None else 'null'}"
-        for f in FIELDS
-        if proposal[f] != fields.get(f)
+
+    def fatal(absent: set[str]) -> bool:
+        has = {f: bool(fields.get(f)) and f not in absent for f in FIELDS}
+        return not has["id"] or not (has["persona"] or has["bio"])
+
+    problem = column_map_problem(
+        path, columns, fields, "population.fields", propose_fields(columns), fatal
     )
-    gone = ", ".join(f"'{c}' (population.fields.{f})" for f, c in absent.items())
-    what = (
-        f"{path}: no column {gone}; the file's columns are: {', '.join(columns)}. "
-        f"Map them with: {fix}"
-    )
-    if fatal:
-        what += (
-            " (an id column and a persona or bio column are required; a profile with a bio "
-            "but no persona uses the bio)"
-        )
-    return what, fatal
+    if problem is None or not problem[1]:
+        return problem
+    return problem[0] + (
+        " (an id column and a persona or bio column are required; a profile with a bio "
+        "but no persona uses the bio)"
+    ), True
 
 
 def check_fields(path: Path, columns: list[str], fields: Mapping[str, str | None]) -> None:

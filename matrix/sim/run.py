@@ -198,6 +198,14 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
 
     def on_round(r: int, stats: dict) -> None:
         per_round.append(stats)
+        if stats.get("routing_fallbacks"):  # one line a round, not one per item (DEBUG)
+            log.info(
+                "round %d: the modulator gave no usable routing for %d items "
+                "(communication.unparsed=%s)",
+                r,
+                stats["routing_fallbacks"],
+                cfg.communication.get("unparsed", "broadcast"),
+            )
         run.log({f"sim/{k}": v for k, v in stats.items()}, step=r)
         bar.update(
             task,

@@ -67,7 +67,8 @@ def split_rows(
 
 
 def data_path(cfg: DictConfig) -> str:
-    """The file this run trains on: `data.path` if set, else the default file of the rows the
+    """The table this run trains on (a file, a save_to_disk folder or a cached dataset's name,
+    `matrix.common.tables`): `data.path` if set, else the default file of the rows the
     objective trains on (data.sft_path for chats, data.dpo_path for pairs)."""
     if cfg.data.get("path"):
         return str(cfg.data.path)
@@ -99,11 +100,15 @@ class ChatDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.0,
         val_max_rows: int | None = None,
+        split: str | None = None,
+        columns: dict[str, str | None] | None = None,
     ):
         super().__init__()
         if rows not in ROW_KINDS:
             raise ValueError(f"rows={rows!r}; an objective trains on {' or '.join(ROW_KINDS)}")
-        self.path = Path(path)
+        self.path = path  # a file, a save_to_disk folder or a cached dataset's name
+        self.split = split  # a DatasetDict's split (data.split; null: train)
+        self.columns = columns or {}  # data.columns: our field -> the table's column
         self.tokenizer = tokenizer
         self.rows = rows  # "chat": `messages` rows; "pairs": prompt/chosen/rejected
         self.max_seq_len = max_seq_len
@@ -146,12 +151,22 @@ class ChatDataModule(L.LightningDataModule):
             num_workers=int(d.get("num_workers", 0)),
             val_fraction=float(d.get("val_fraction") or 0.0),
             val_max_rows=d.get("val_max_rows"),
+            split=d.get("split"),
+            columns=dict(d.get("columns") or {}),
         )
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples is not None:
             return
-        rows, bad = load_rows(self.path, self.rows, self.on_error, self.max_line_bytes, self.limit)
+        rows, bad = load_rows(
+            self.path,
+            self.rows,
+            self.on_error,
+            self.max_line_bytes,
+            self.limit,
+            self.split,
+            self.columns,
+        )
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)

@@ -8,13 +8,15 @@ so training masks exactly what generate and evaluate render.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matrix.common.bad_rows import BadRows
-from matrix.common.io import jsonl_lines
+from matrix.common.columns import apply_columns, column_map_problem, propose_columns
+from matrix.common.tables import Table, open_table
+from matrix.common.validation import ConfigError
 from matrix.llm.chat import render
 from matrix.train.tokenize import IGNORE_INDEX, TokenizedChat, tokenize_for_training
 
@@ -126,20 +128,50 @@ def row_problem(row: Any, kind: str) -> str | None:
     )
 
 
+# Column names other datasets use for each field, best first (`data.columns` proposals).
+SYNONYMS = {
+    "messages": ("messages", "conversations", "conversation", "chat", "dialog", "turns"),
+    "prompt": ("prompt", "instruction", "question", "query", "input"),
+    "chosen": ("chosen", "preferred", "winner", "responsechosen", "chosenresponse"),
+    "rejected": ("rejected", "dispreferred", "loser", "responserejected", "rejectedresponse"),
+}
+
+
+def columns_problem(table: Table, kind: str, columns: Mapping[str, str | None]) -> str | None:
+    """Why `data.columns` does not fit the table's columns for `kind` rows (the file's columns
+    and a proposed map), or None (`matrix.common.columns`, the profile loader's mechanism)."""
+    fields = ROW_FIELDS[kind]
+    mapping = {f: columns.get(f) or f for f in fields}
+    have = table.columns()
+    proposal = propose_columns(have, fields, SYNONYMS)
+    problem = column_map_problem(table.spec, have, mapping, "data.columns", proposal, bool)
+    return problem[0] if problem else None
+
+
 def load_rows(
-    path: Path,
+    path: str | Path,
     kind: str,
     on_error: str = "skip",
     max_line_bytes: int | None = None,
     limit: int | None = None,
+    split: str | None = None,
+    columns: Mapping[str, str | None] | None = None,
 ) -> tuple[list[dict], BadRows]:
-    """The trainable rows of a JSONL file (the first `limit`); every malformed line is
-    named with its line number and skipped or fatal per `on_error` (data.on_error)."""
-    bad = BadRows(path, on_error, "data.on_error")
+    """The trainable rows of a table (`matrix.common.tables`: JSONL, parquet, a save_to_disk
+    folder or a cached dataset; the first `limit` rows), columns renamed by `columns`
+    (data.columns); every malformed row is named with its row number and skipped or fatal per
+    `on_error` (data.on_error)."""
+    table = open_table(path, "data.path", split)
+    mapping = {f: c for f, c in (columns or {}).items() if f in ROW_FIELDS[kind]}
+    if any(c != f for f, c in mapping.items()) and (why := columns_problem(table, kind, mapping)):
+        raise ConfigError(why)
+    bad = BadRows(table.path, on_error, "data.on_error")
     rows: list[dict] = []
     lines = 0
-    for lineno, row, error in jsonl_lines(path, max_line_bytes):
+    for lineno, row, error in table.rows(max_line_bytes):
         lines += 1
+        if error is None and isinstance(row, dict):
+            row = apply_columns(row, mapping)
         why = error or row_problem(row, kind)
         if why:
             bad.add(lineno, why)

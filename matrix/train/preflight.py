@@ -8,14 +8,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from matrix.common.io import jsonl_lines
-from matrix.common.validation import ConfigProblems
+from matrix.common.columns import apply_columns
+from matrix.common.tables import ACCEPTED, open_table
+from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX, resolve_model_path
 from matrix.llm.preflight import local_model_dir
 from matrix.train.attention import flash_attn_available
 from matrix.train.components import check_components
 from matrix.train.datamodule import data_path, objective_rows
-from matrix.train.examples import ROW_FIELDS
+from matrix.train.examples import ROW_FIELDS, columns_problem
 from matrix.train.loggers import check_logger
 
 
@@ -27,33 +28,43 @@ def _has_chat_template(folder: Path) -> bool:
 
 
 def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
-    path = Path(data_path(cfg))
+    spec = data_path(cfg)
     rows = objective_rows(cfg)
     default = "data.sft_path" if rows == "chat" else "data.dpo_path"
-    if not path.is_file():
+    if not cfg.data.get("path") and not Path(spec).exists():
         fix = cfg.data.get("generate_command")
         p.add(
             "data.path",
-            f"data file {path} does not exist (data.path / {default}, "
-            f"data={cfg.data.name}); create it with:\n      {fix}"
-            + "\n    or point data.path=... at an existing JSONL file",
+            f"data file {spec} does not exist ({default}, data={cfg.data.name}); create it "
+            f"with:\n      {fix}\n    or point data.path=... at your own data ({ACCEPTED})",
         )
         return
-    # The first well-formed row tells the file's kind; malformed ones are data.on_error's.
-    lines = jsonl_lines(path, cfg.data.get("max_line_bytes"))
-    row = next((r for _, r, err in lines if err is None and isinstance(r, dict)), None)
+    try:
+        table = open_table(spec, "data.path", cfg.data.get("split"))
+        columns = {
+            f: c for f, c in (cfg.data.get("columns") or {}).items() if f in ROW_FIELDS[rows]
+        }
+        renamed = any(c != f for f, c in columns.items())
+        if renamed and (why := columns_problem(table, rows, columns)):
+            p.add("data.columns", why)
+            return
+        # The first well-formed row tells the table's kind; malformed ones are data.on_error's.
+        lines = table.rows(cfg.data.get("max_line_bytes"))
+        row = next((r for _, r, err in lines if err is None and isinstance(r, dict)), None)
+    except ConfigError as e:
+        p.add("data.path", str(e))
+        return
     if row is None:
-        p.add(
-            "data.path", f"data file {path} has no JSON object row (empty, or every line malformed)"
-        )
+        p.add("data.path", f"data file {spec} has no row (empty, or every line malformed)")
         return
+    row = apply_columns(row, columns)
     missing = [k for k in ROW_FIELDS[rows] if k not in row]
     if missing:
         p.add(
             "data.path",
-            f"data file {path} lacks {missing} needed by {cfg.train.objective._target_}, which "
+            f"data file {spec} lacks {missing} needed by {cfg.train.objective._target_}, which "
             f"trains on {rows} rows (chat rows hold `messages`, pairs `prompt`/`chosen`/"
-            "`rejected`)",
+            "`rejected`; data.columns maps other column names)",
         )
 
 

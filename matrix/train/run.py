@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from matrix.common.bad_rows import SHOWN
 from matrix.common.io import JsonlLog
+from matrix.common.tables import open_table
 from matrix.core.cli import quiet_logs
 from matrix.core.config_check import check_stage
 from matrix.core.provenance import config_hash
@@ -258,7 +259,8 @@ def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) 
     stage.summary({k: v for k, v in final.items() if k != "step"})
     return stage.finish(
         counts,
-        inputs={"data": data_path(cfg)},
+        # what was read: for a cached dataset's name, its cache folder (hashed like any input)
+        inputs={"data": open_table(data_path(cfg), "data.path", cfg.data.get("split")).path},
         extra={
             **extra,
             "final_metrics": final,

@@ -13,13 +13,25 @@ from matrix.core.settings import Shared
 
 
 @dataclass(frozen=True)
+class DataColumns:
+    """The table's column of each field a row needs (matrix.common.columns)."""
+
+    messages: str = "messages"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+@dataclass(frozen=True)
 class Data:
     """conf/data/."""
 
     name: str
     sft_path: str | None = None
     dpo_path: str | None = None
-    path: str | None = None  # the file to train on; null: the objective's default file
+    path: str | None = None  # a file, save_to_disk folder or cached dataset; null: the default
+    split: str | None = None  # a DatasetDict's split; null: train
+    columns: DataColumns = field(default_factory=DataColumns)
     generate_run: str | None = None
     generate_command: str | None = None
     limit: Count | None = None  # first N rows only

@@ -1,6 +1,9 @@
 """Your own questions (`eval=custom`): loading, bad rows named by file and line, and the stage."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,11 +106,18 @@ def test_pairwise_against_references_needs_a_reference_per_row(tmp_path):
 
 
 def test_an_empty_or_absent_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="no file at"):
+    with pytest.raises(ConfigError, match="no file or folder at"):
         load_questions(tmp_path / "missing.jsonl")
-    p = _write_jsonl(tmp_path / "q.jsonl", [{"text": "a"}])
+    p = _write_jsonl(tmp_path / "q.jsonl", [{"instruction": " "}])
     with pytest.raises(ConfigError, match="no usable question"):
         load_questions(p, on_error="skip")
+    # a file without the instruction's column stops before any row, with a map that fits
+    p = _write_jsonl(tmp_path / "q.jsonl", [{"text": "a", "gold": "b"}])
+    with pytest.raises(ConfigError) as e:
+        load_questions(p, on_error="skip")
+    assert "no column 'instruction' (eval.benchmarks.custom.columns.instruction)" in str(e.value)
+    assert "the file's columns are: text, gold" in str(e.value)
+    assert "eval.benchmarks.custom.columns.instruction=text" in str(e.value)
 
 
 def _cfg(tmp_path, *extra):
@@ -135,8 +145,8 @@ def test_config_errors_are_all_named_before_any_model_loads(tmp_path):
     with pytest.raises(ConfigError) as e:
         check_stage(cfg, "evaluate")  # the typed values and the stage's own checks at once
     msg = str(e.value)
-    assert "custom.path: no file at nowhere.jsonl" in msg
-    assert "eval.benchmarks.custom.mode: 'triple' is not one of 'pairwise', 'single'" in msg
+    assert "custom.path=nowhere.jsonl: no file or folder at nowhere.jsonl" in msg
+    assert "eval.benchmarks.custom.mode: 'triple' is not one of 'auto', 'pairwise', 'single'" in msg
     cfg = _cfg(tmp_path, "eval.benchmarks.custom.baseline=run")
     with pytest.raises(ConfigError, match="baseline=run needs eval.benchmarks.custom.baseline_run"):
         validate(cfg).raise_if_any("evaluate")
@@ -269,3 +279,89 @@ def test_custom_on_a_tiny_random_model_end_to_end(tmp_path, tiny_model_dir):
     with pytest.raises(ConfigError, match=rf"{questions}:6: not valid JSON"):
         run_evaluate(cfg)
     assert not (tmp_path / "broken").exists()  # found before the stage started
+
+
+def test_evaluate_cli_with_only_a_checkpoint_and_questions_without_references(
+    tmp_path, tiny_model_dir
+):
+    """The command people type: `eval=custom`, their question file (no reference answers) and
+    a model folder. The checkpoint replaces the preset's default role, and the questions are
+    graded one by one (mode auto -> single), which the log says."""
+    questions = _write_jsonl(
+        tmp_path / "my_questions.jsonl", [{"instruction": f"Question {i}?"} for i in range(3)]
+    )
+    root = Path(CONF).parent
+    env = {**os.environ, "MATRIX_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(root)}
+    args = [
+        "eval=custom",
+        f"eval.benchmarks.custom.path={questions}",
+        f"eval.model.checkpoint={tiny_model_dir}",
+        *tiny_llm_overrides(tiny_model_dir),  # the judge, on the tiny model too
+        "eval.sampling.max_new_tokens=8",
+        "eval.benchmarks.custom.judge_sampling.max_new_tokens=8",
+    ]
+    out = subprocess.run(
+        [sys.executable, "evaluate.py", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mode=single" in out.stdout + out.stderr
+    (scores,) = (tmp_path / "runs").glob("*/evaluate/scores.json")
+    s = json.loads(scores.read_text())
+    assert str(tiny_model_dir) in s["model"], s["model"]
+    assert s["scores"]["custom"]["mode"] == "single" and s["scores"]["custom"]["n"] == 3
+    manifest = json.loads((scores.parent / "manifest.json").read_text())
+    assert manifest["inputs"]["model"]["path"] == str(tiny_model_dir)
+
+
+def test_questions_from_parquet_and_a_datasets_folder(tmp_path):
+    """The same questions as a parquet file (columns mapped by `columns`) or a save_to_disk
+    folder give the records of the JSONL file; the stage's checks accept them."""
+    import datasets
+
+    rows = [json.loads(line) for line in EXAMPLE.read_text().splitlines() if line.strip()]
+    expected = load_questions(str(EXAMPLE), need_reference=True)
+    renamed = [{"qid": r["id"], "question": r["instruction"], "gold": r["reference"],
+                "topic": r["category"]} for r in rows]  # fmt: skip
+    datasets.Dataset.from_list(renamed).to_parquet(tmp_path / "q.parquet")
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "qd")
+    cols = {"id": "qid", "instruction": "question", "reference": "gold", "category": "topic"}
+    strip = lambda items: [{k: v for k, v in it.items() if k != "line"} for it in items]  # noqa: E731
+    got = load_questions(tmp_path / "q.parquet", cols, need_reference=True)
+    assert strip(got) == strip(expected) and [it["line"] for it in got] == list(range(1, 11))
+    got = load_questions(tmp_path / "qd", need_reference=True, split="test")
+    assert strip(got) == strip(expected)
+
+    cfg = _cfg(
+        tmp_path,
+        f"eval.benchmarks.custom.path={tmp_path / 'q.parquet'}",
+        *(f"eval.benchmarks.custom.columns.{k}={v}" for k, v in cols.items()),
+    )
+    assert not validate(cfg)
+    with pytest.raises(ConfigError, match=r"splits are test, no 'train'.*custom.split="):
+        load_questions(tmp_path / "qd")
+    (tmp_path / "q.xlsx").write_bytes(b"PK")
+    with pytest.raises(ConfigError, match=r"custom.path=.*q.xlsx: .*not a format.*a CSV file"):
+        load_questions(tmp_path / "q.xlsx")
+    (tmp_path / "q.txt").write_text(EXAMPLE.read_text())  # a format named reads any suffix
+    assert load_questions(tmp_path / "q.txt", fmt="jsonl") == expected
+    with pytest.raises(ConfigError, match=r"q.txt: .*not a format"):
+        load_questions(tmp_path / "q.txt")
+
+
+def test_a_checkpoint_replaces_the_default_role_and_both_set_is_an_error(tmp_path):
+    from matrix.eval.run import llm_roles
+
+    assert llm_roles(_cfg(tmp_path)) == ["responder", "judge"]  # neither set: responder
+    cfg = _cfg(tmp_path, f"eval.model.checkpoint={tmp_path}")
+    assert llm_roles(cfg) == ["judge"]
+    check_stage(cfg, "evaluate", provided_backends=["smollm2"])
+    cfg = _cfg(tmp_path, f"eval.model.checkpoint={tmp_path}", "eval.model.role=judge")
+    with pytest.raises(
+        ConfigError, match="one of eval.model.checkpoint .* or eval.model.role, not"
+    ):
+        check_stage(cfg, "evaluate", provided_backends=["smollm2"])

@@ -1,4 +1,5 @@
-"""Your own questions: a JSONL or CSV file of instructions, judged pairwise or single-answer.
+"""Your own questions: a table of instructions (JSONL, CSV, parquet, a datasets folder or a
+cached dataset), judged pairwise or single-answer.
 
     python evaluate.py eval=custom eval.benchmarks.custom.path=my.jsonl
 
@@ -10,7 +11,8 @@ instruction, a duplicate id, no reference where the baseline needs one) is named
 line, and fails the run (`on_error: fail`, the default) or is skipped (`on_error: skip`)
 (the file is read by `matrix.eval.question_file`).
 
-Modes:
+Modes (`auto`, the default: `pairwise`, unless the baseline is the file's references and no
+question has one: then `single`, which needs none, and the log says so):
 - `pairwise`: the model's answer against a baseline answer to the same question, judged in both
   orders with Arena-Hard's judge prompt and scored with Bradley-Terry as a 0-100 win rate vs the
   baseline with a bootstrap 95% CI. This is the `arena_hard` benchmark's own judge and scoring
@@ -26,13 +28,15 @@ Modes:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from matrix.common.io import jsonl_lines, resolve_data_path
+from matrix.common.io import jsonl_lines
+from matrix.common.tables import open_table
 from matrix.common.validation import ConfigError
 from matrix.eval.benchmarks.arena_hard import ArenaHard
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id, single_turn
@@ -41,6 +45,10 @@ from matrix.eval.bradley_terry import verdict_to_battles
 from matrix.eval.datafiles import read_jsonl
 from matrix.eval.judging import judge_batch, parse_rating
 from matrix.eval.question_file import KEY, load_questions
+
+log = logging.getLogger(__name__)
+# Question files this process has said it grades single-answer (mode auto, no references).
+_SINGLE_LOGGED: set[str] = set()
 
 
 def baseline_answers_path(run: str | Path) -> Path:
@@ -56,10 +64,46 @@ class Custom(Benchmark):
         super().__init__(cfg)
         self.roles: Any = None
         self._pairwise = ArenaHard(self.cfg)  # the same judge prompt, verdicts and scoring
+        self._mode: str | None = None
 
     @property
     def mode(self) -> str:
-        return str(self.opt("mode", "pairwise"))
+        """pairwise | single; `mode: auto` is pairwise, unless the baseline is the file's
+        reference answers and it has none: then single (which needs none), logged."""
+        if self._mode is None:
+            self._mode = str(self.opt("mode", "auto"))
+            if self._mode == "auto":
+                self._mode = self._auto_mode()
+        return self._mode
+
+    def _auto_mode(self) -> str:
+        if self.baseline != "reference" or any(q["reference"] for q in self._questions(False)):
+            return "pairwise"
+        path = str(self.opt("path", ""))
+        if path in _SINGLE_LOGGED:  # checked before the stage, then run: said once
+            return "single"
+        _SINGLE_LOGGED.add(path)
+        column = (self.opt("columns", {}) or {}).get("reference")
+        log.info(
+            "%s: no question has a reference answer (column %r), so each answer is graded "
+            "alone (%s.mode=single, MT-Bench's 1-10 judge); for a win rate, give references or "
+            "set %s.baseline=role or run",
+            path,
+            column,
+            KEY,
+            KEY,
+        )
+        return "single"
+
+    def _questions(self, need_reference: bool) -> list[Record]:
+        return load_questions(
+            self.opt("path", ""),
+            dict(self.opt("columns", {})),
+            str(self.opt("format", "auto")),
+            str(self.opt("on_error", "fail")),
+            need_reference=need_reference,
+            split=self.opt("split", None),
+        )
 
     @property
     def baseline(self) -> str:
@@ -69,10 +113,13 @@ class Custom(Benchmark):
     def config_errors(cls, bcfg: DictConfig, cfg: DictConfig) -> list[str]:
         """Errors in this benchmark's settings, found before any model is loaded."""
         errors = []
-        mode, baseline = bcfg.get("mode") or "pairwise", bcfg.get("baseline") or "reference"
-        if bcfg.get("path") and not resolve_data_path(str(bcfg.path)).is_file():
-            errors.append(f"{KEY}.path: no file at {resolve_data_path(str(bcfg.path))}")
-        if mode == "pairwise" and baseline == "role":
+        mode, baseline = bcfg.get("mode") or "auto", bcfg.get("baseline") or "reference"
+        if bcfg.get("path"):
+            try:
+                open_table(str(bcfg.path), f"{KEY}.path", bcfg.get("split"), csv=True)
+            except ConfigError as e:
+                errors.append(str(e))
+        if mode in ("pairwise", "auto") and baseline == "role":
             role = bcfg.get("baseline_role")
             roles = (cfg.get("llm") or {}).get("roles") or {}
             if not role or role not in roles:
@@ -80,7 +127,7 @@ class Custom(Benchmark):
                     f"{KEY}.baseline=role needs {KEY}.baseline_role set to one of the llm roles "
                     f"({', '.join(sorted(roles))}); got {role!r}"
                 )
-        if mode == "pairwise" and baseline == "run":
+        if mode in ("pairwise", "auto") and baseline == "run":
             run = bcfg.get("baseline_run")
             if not run or not baseline_answers_path(run).is_file():
                 errors.append(
@@ -98,13 +145,7 @@ class Custom(Benchmark):
         self.roles = roles
 
     def load(self) -> list[Record]:
-        items = load_questions(
-            self.opt("path", ""),
-            dict(self.opt("columns", {})),
-            str(self.opt("format", "auto")),
-            str(self.opt("on_error", "fail")),
-            need_reference=self.mode == "pairwise" and self.baseline == "reference",
-        )
+        items = self._questions(self.mode == "pairwise" and self.baseline == "reference")
         items = self.limit(items)
         if self.mode == "pairwise" and self.baseline == "run":
             self._attach_run_baseline(items)
