@@ -208,12 +208,20 @@ def style_features(
 
     fm = np.array([feats(t) for t in answers_model])
     fo = np.array([feats(t) for t in answers_other])
+    return style_differences(fm, fo, use)
+
+
+def style_differences(
+    fm: np.ndarray, fo: np.ndarray, use: Sequence[str] = ("length", "markdown")
+) -> np.ndarray:
+    """Per battle, from (length, headers, lists, bold) counts of the two answers: the
+    normalised differences, standardised over battles (arena-hard-auto's show_result.py)."""
     out = np.zeros_like(fm)
     out[:, 0] = (fm[:, 0] - fo[:, 0]) / np.maximum(fm[:, 0] + fo[:, 0], 1.0)
-    dm = fm[:, 1:] / np.maximum(fm[:, :1], 1.0)
-    do = fo[:, 1:] / np.maximum(fo[:, :1], 1.0)
+    dm = fm[:, 1:] / (fm[:, :1] + 1)  # markdown elements per token, as upstream
+    do = fo[:, 1:] / (fo[:, :1] + 1)
     out[:, 1:] = (dm - do) / (dm + do + 1)
-    sd = out.std(axis=0)
+    sd = out.std(axis=0, ddof=1) if len(out) > 1 else np.zeros(out.shape[1])
     out = (out - out.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     cols = ([0] if "length" in use else []) + ([1, 2, 3] if "markdown" in use else [])
     if not cols:

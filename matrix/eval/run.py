@@ -195,10 +195,13 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     _log_table(run, scores)
     ledger = roles.ledger()
     ledger["roles"]["model"] = model.usage.as_dict()
+    # the sandbox walls the code benchmarks ran behind (matrix.eval.sandbox_walls)
+    walls = next((s["sandbox"] for s in scores.values() if "sandbox" in s), None)
     run.finish(
         counts={f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()},
         inputs={"model": ev.model.checkpoint} if ev.model.get("checkpoint") else None,
-        extra={"llm": ledger, "model": model.name, "judge": judge_name},
+        extra={"llm": ledger, "model": model.name, "judge": judge_name}
+        | ({"sandbox": walls} if walls else {}),
     )
     return scores
 

@@ -19,7 +19,9 @@ Layers, each a backstop for the others:
 - a fresh temporary working directory, an empty environment, `python -I -B` (no user site, no
   PYTHONPATH, no bytecode written).
 
-This is meant for benchmark solutions written by a model, not for code written to attack the
+Which of these walls stand on a host is probed once per process by
+`matrix.eval.sandbox_walls.detect_walls` (a missing one is logged as a warning, and the code
+benchmarks record them in their scores). This is meant for benchmark solutions written by a model, not for code written to attack the
 host; run evaluations of untrusted models inside a container as well.
 """
 
@@ -125,6 +127,12 @@ def _guard_source() -> str:
     return Path(sandbox_guard.__file__).read_text(encoding="utf-8")
 
 
+def command(work: Path, limits: Limits, python: str, isolate: bool = True) -> list[str]:
+    """The command that runs `work/solution.py`: the isolation prefix, then the guard."""
+    guard = [python, "-I", "-B", "guard.py", json.dumps(asdict(limits)), "solution.py"]
+    return [*(isolation_prefix(work) if isolate else ()), *guard]
+
+
 def run_python(
     code: str, limits: Limits = Limits(), python: str = sys.executable, isolate: bool = True
 ) -> ExecResult:
@@ -138,8 +146,7 @@ def run_python(
         work = Path(tmp).resolve()
         (work / "solution.py").write_text(code, encoding="utf-8")
         (work / "guard.py").write_text(_guard_source(), encoding="utf-8")
-        guard = [python, "-I", "-B", "guard.py", json.dumps(asdict(limits)), "solution.py"]
-        cmd = [*(isolation_prefix(work) if isolate else ()), *guard]
+        cmd = command(work, limits, python, isolate)
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",

@@ -3,7 +3,10 @@ import pytest
 
 from matrix.eval.alpaca_lc_data import (
     BASELINE,
+    BUNDLED_MODELS,
+    leaderboard,
     load_annotation_sets,
+    load_bundled_annotations,
     published_glm_weights,
     published_lc,
 )
@@ -11,6 +14,7 @@ from matrix.eval.alpaca_lc_difficulty import fit_length_control_table, gamed_row
 from matrix.eval.alpaca_lc_glm import GamedRows, Pairwise, fit_length_controlled
 from matrix.eval.alpaca_lc_loo import evaluable_models, leave_one_out_deviations
 from matrix.eval.alpaca_lc_table import bundled_difficulty, bundled_table
+from matrix.eval.benchmarks.alpaca_eval2 import MIN_ROWS_FOR_LC, AlpacaEval2
 
 # The goal for a model the difficulty fit never saw (leave-one-model-out over every shipped
 # annotation set): mean |LC - published LC| <= 0.3 points, and <= 0.5 for every model whose
@@ -106,6 +110,45 @@ def test_table_reproduces_published_lc_from_published_coefficients():
     ]
     assert len(devs) > 150
     assert np.mean(np.abs(devs)) <= GOAL_MEAN_ABS
+
+
+def _as_evaluate_rows(model: str, items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The published annotations of a bundled model as evaluate's answers and judgments: its
+    outputs as the answers, upstream's weighted_alpaca_eval_gpt4_turbo preferences as the
+    judgments (the soft preferences evaluate asks its judge for by default)."""
+    rows = load_bundled_annotations(model)
+    assert [r["instruction"] for r in rows] == [it["instruction"] for it in items]
+    pairs = list(zip(items, rows, strict=True))
+    answers = [{"id": it["id"], "turns": [r["output_2"]]} for it, r in pairs]
+    judgments = [{"id": it["id"], "preference": r["preference"], "ok": True} for it, r in pairs]
+    return answers, judgments
+
+
+def test_evaluates_lc_meets_the_goal_on_published_annotations():
+    """LC as `python evaluate.py eval=alpaca_eval2` computes it: `AlpacaEval2.score()` on the
+    805 items it loads, for each model whose 805 published annotations are bundled."""
+    bench = AlpacaEval2({})
+    items = bench.load()
+    base_len = float(leaderboard()[BASELINE]["avg_length"])
+    devs = []
+    for model in BUNDLED_MODELS:
+        s = bench.score(items, *_as_evaluate_rows(model, items))
+        board = leaderboard()[model]
+        assert s["n"] == 805 and s["win_rate"] == pytest.approx(float(board["win_rate"]), abs=1e-9)
+        dev = s["length_controlled_win_rate"] - published_lc(model)
+        if base_len / 2 <= s["avg_length"] <= 2 * base_len:  # in range: the per-model goal
+            assert abs(dev) <= GOAL_IN_RANGE_ABS, (model, dev)
+        devs.append(dev)
+    assert len(devs) == 4 and np.mean(np.abs(devs)) <= GOAL_MEAN_ABS
+
+
+def test_evaluate_reports_lc_from_min_rows_on():
+    bench = AlpacaEval2({})
+    items = bench.load()
+    answers, judgments = _as_evaluate_rows("FuseChat-Llama-3.1-8B-Instruct", items)
+    n = MIN_ROWS_FOR_LC
+    assert "length_controlled_win_rate" not in bench.score(items[: n - 1], answers, judgments)
+    assert "length_controlled_win_rate" in bench.score(items[:n], answers, judgments)
 
 
 def _simulate(theta, phi, n=805, seed=0):

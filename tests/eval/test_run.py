@@ -146,3 +146,17 @@ def test_eval_limit_caps_every_benchmark_and_keeps_smaller_limits():
     assert capped(OmegaConf.create({"limit": 3}), 5).limit == 3
     assert capped(OmegaConf.create({"limit": 100}), 5).limit == 5
     assert capped(OmegaConf.create({"limit": 100}), None).limit == 100
+
+
+def test_code_benchmark_records_the_sandbox_walls_in_scores_and_manifest(tmp_path):
+    """The walls the samples ran behind (matrix.eval.sandbox_walls) are part of the result."""
+    from matrix.eval.sandbox_walls import detect_walls
+
+    cfg = _cfg(tmp_path, "eval=humaneval", "eval.benchmarks.humaneval.limit=2")
+    run_evaluate(cfg, roles=_roles(cfg, ScriptedBackend("```python\nraise SystemExit(1)\n```")))
+    out = tmp_path / "default" / "evaluate"
+    walls = json.loads((out / "scores.json").read_text())["scores"]["humaneval"]["sandbox"]
+    assert walls == detect_walls().as_dict()
+    assert set(walls) == {"bubblewrap", "namespaces", "rlimits", "guard", "missing"}
+    assert walls["guard"] and walls["rlimits"]
+    assert json.loads((out / "manifest.json").read_text())["sandbox"] == walls

@@ -3,7 +3,8 @@
 A refusal by the guard's audit hook is a `PermissionError` whose message starts with
 `sandbox:`; the CPU limit is the guard's exit status 124 (`limit == "cpu_s"`); the memory limit
 is a `MemoryError` under the guard's RLIMIT_AS. So each test fails when the sample runs without
-the sandbox rather than merely failing for another reason (no network, a missing file).
+the sandbox rather than merely failing for another reason (no network, a missing file);
+test_sandbox_walls.py shows it by running wall checks against plain exec.
 """
 
 import os
@@ -27,6 +28,7 @@ from matrix.eval.sandbox import (
 
 FAST = Limits(timeout_s=20, cpu_s=2, memory_mb=512)
 REFUSED = "PermissionError: sandbox:"
+REQUIRE_BWRAP = os.environ.get("MATRIX_REQUIRE_BWRAP") == "1"  # set by .ci/run
 
 
 def test_correct_solution_passes():
@@ -133,6 +135,7 @@ def test_network_blocked_by_namespace_alone(listener):
     # the namespace layer on its own (a raw interpreter, no guard): the host's loopback is not
     # reachable from an empty network namespace
     if not namespace_prefix():
+        assert not REQUIRE_BWRAP, "unshare -n -p does not run here (CI requires it)"
         pytest.skip("unshare unavailable on this host; the audit hook still blocks sockets")
     port = listener.getsockname()[1]
     code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
@@ -140,9 +143,11 @@ def test_network_blocked_by_namespace_alone(listener):
     assert out.returncode != 0 and not _accepted(listener)
 
 
-@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap is not installed or cannot run here")
 def test_bwrap_alone_blocks_writes_and_network(tmp_path, listener):
     """The bubblewrap layer with no guard: the file system is read-only outside the folder."""
+    if not bwrap_works():
+        assert not REQUIRE_BWRAP, "bubblewrap is not installed or cannot run here (CI requires it)"
+        pytest.skip("bubblewrap is not installed or cannot run here")
     target = tmp_path / "outside.txt"
     target.write_text("keep")
     work = tmp_path / "work"

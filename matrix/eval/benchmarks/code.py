@@ -16,6 +16,7 @@ from typing import Any
 from matrix.eval.benchmarks.base import Benchmark, Record, by_id
 from matrix.eval.pass_at_k import mean_pass_at_k
 from matrix.eval.sandbox import Limits, run_many
+from matrix.eval.sandbox_walls import detect_walls
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -90,6 +91,7 @@ class _CodeBenchmark(Benchmark):
                 out[f"pass@{k}"] = 100 * mean_pass_at_k(flags, k)
         statuses = [r["status"] for it in items for r in jud[it["id"]]["results"]]
         out["timeouts"] = statuses.count("timeout")
+        out["sandbox"] = detect_walls().as_dict()  # the walls the samples run behind here
         return out
 
 
