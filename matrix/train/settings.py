@@ -10,6 +10,10 @@ from typing import Annotated, Any, Literal
 
 from matrix.common.schema import Count, Fraction, Natural, Range
 from matrix.core.settings import Shared
+from matrix.train.formats import FORMATS, NATIVE
+
+# data.format: the project's own rows, or a published format (matrix.train.formats)
+DataFormat = Literal[(NATIVE, *FORMATS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,9 @@ class Data:
     sft_path: str | None = None
     dpo_path: str | None = None
     path: str | None = None  # the file to train on; null: the objective's default file
+    format: DataFormat = NATIVE
+    fields: dict[str, str] | None = None  # a format's keys under the dataset's own names
+    sample: Count | None = None  # a seeded random sample of this many rows (after limit)
     generate_run: str | None = None
     generate_command: str | None = None
     limit: Count | None = None  # first N rows only
