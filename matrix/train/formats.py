@@ -145,20 +145,21 @@ def _answer(value: Any, key: str) -> tuple[list[dict], list[dict]]:
 
 
 def preference(raw: Row, fields: Mapping[str, str]) -> Row:
-    """chosen / rejected (strings or message lists) with `prompt` (a string or messages),
-    `question` (+ `system`, Orca DPO pairs), or the prompt turns the chosen list carries."""
+    """chosen / rejected (strings or message lists) with the prompt turns the chosen list
+    carries (UltraFeedback, Argilla: the whole conversation before the answer), else `prompt`
+    (a string or messages) or `question` (+ `system`, Orca DPO pairs)."""
     key_c, key_r = fields.get("chosen", "chosen"), fields.get("rejected", "rejected")
     carried, chosen = _answer(_get(raw, fields, "chosen", (str, list)), key_c)
     _, rejected = _answer(_get(raw, fields, "rejected", (str, list)), key_r)
     prompt = raw.get(fields.get("prompt", "prompt"), raw.get(fields.get("question", "question")))
-    if isinstance(prompt, list):
+    if carried:
+        prompt = carried
+    elif isinstance(prompt, list):
         prompt = _turns(prompt, fields.get("prompt", "prompt"), "role", "content", OPENAI_ROLES)
     elif isinstance(prompt, str):
         system = raw.get(fields.get("system", "system"))
         head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
         prompt = [*head, {"role": "user", "content": prompt}]
-    elif carried:
-        prompt = carried
     else:
         raise FormatMismatch("prompt", "is missing (nor `question`, nor prompt turns in `chosen`)")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
