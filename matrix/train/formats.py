@@ -112,10 +112,15 @@ def alpaca(raw: Row, fields: Mapping[str, str]) -> Row:
     extra = raw.get(fields.get("input", "input"))
     if isinstance(extra, str) and extra.strip():
         prompt = f"{prompt}\n\n{extra}"
+    answer = _get(raw, fields, "output")
+    return {"messages": [*_user_turns(raw, fields, prompt), _assistant(answer)]}
+
+
+def _user_turns(raw: Row, fields: Mapping[str, str], text: str) -> list[dict]:
+    """The user's request, after the row's `system` prompt when it has one."""
     system = raw.get(fields.get("system", "system"))
     head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-    answer = _get(raw, fields, "output")
-    return {"messages": [*head, {"role": "user", "content": prompt}, _assistant(answer)]}
+    return [*head, {"role": "user", "content": text}]
 
 
 def magpie(raw: Row, fields: Mapping[str, str]) -> Row:
@@ -157,9 +162,7 @@ def preference(raw: Row, fields: Mapping[str, str]) -> Row:
     elif isinstance(prompt, list):
         prompt = _turns(prompt, fields.get("prompt", "prompt"), "role", "content", OPENAI_ROLES)
     elif isinstance(prompt, str):
-        system = raw.get(fields.get("system", "system"))
-        head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-        prompt = [*head, {"role": "user", "content": prompt}]
+        prompt = _user_turns(raw, fields, prompt)
     else:
         raise FormatMismatch("prompt", "is missing (nor `question`, nor prompt turns in `chosen`)")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
