@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 
@@ -155,12 +157,17 @@ DATA_SOURCE_KEYS = {"name", "format", "fields", "path", "sample", "generate_comm
 DATA_SOURCE_KEYS |= {"generate_run", "sft_path", "dpo_path"}
 
 
+@functools.cache
 def _train_step(preset: str):
+    """The composed config of `preset` and of its `train` step, resolved (read-only: composed
+    once for every test that compares with it)."""
     from matrix.core.pipeline import pipeline_steps
 
     cfg = _compose("pipeline", [f"experiment={preset}"])
     OmegaConf.resolve(cfg)
     steps = {s.name: s.cfg for s in pipeline_steps(cfg)}
+    for c in (cfg, steps["train"]):
+        OmegaConf.set_readonly(c, True)
     return cfg, steps["train"]
 
 
@@ -205,7 +212,8 @@ def test_baseline_preset_reads_its_formats_sample_in_preflight(preset: str) -> N
     from matrix.common.validation import ConfigProblems
     from matrix.train.preflight import check_data
 
-    _, train = _train_step(preset)
+    train = copy.deepcopy(_train_step(preset)[1])
+    OmegaConf.set_readonly(train, False)
     # the dataset's own sample where its keys differ from its format's (data.fields), else the
     # format's
     samples = resolve_data_path("matrix:data/samples")
