@@ -32,7 +32,7 @@ from matrix.train.examples import (
     tokenize_dpo,
     tokenize_sft,
 )
-from matrix.train.source_files import Source
+from matrix.train.source_files import Source, sample_rows
 from matrix.train.tokenize import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class ChatDataModule(L.LightningDataModule):
         val_fraction: float = 0.0,
         val_max_rows: int | None = None,
         source: Source | None = None,
+        sample: int | None = None,
     ):
         super().__init__()
         if rows not in ROW_KINDS:
@@ -122,6 +123,7 @@ class ChatDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.val_max_rows = val_max_rows
         self.source = source  # a published dataset's format (data.format); None: our rows
+        self.sample = sample  # train on a seeded random sample of this many rows
         self.examples: list | None = None  # every kept row, training and validation
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -151,6 +153,7 @@ class ChatDataModule(L.LightningDataModule):
             val_fraction=float(d.get("val_fraction") or 0.0),
             val_max_rows=d.get("val_max_rows"),
             source=Source.from_data(d),
+            sample=d.get("sample"),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -162,8 +165,9 @@ class ChatDataModule(L.LightningDataModule):
             )
         else:
             rows, bad = self.source.load(
-                self.path, self.rows, self.on_error, self.max_line_bytes, self.limit, self.seed
+                self.path, self.rows, self.on_error, self.max_line_bytes, self.limit
             )
+        rows = sample_rows(rows, self.sample, self.seed)
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)

@@ -10,8 +10,9 @@ Each row goes through its format's converter (matrix.train.formats) and gets an 
 a generated row's lineage has in its place. A file whose first row does not fit the format is
 not that format: that stops the run (ConfigError naming the format, its expected shape, the row
 and the key), whatever `data.on_error`; a later row that does not fit is a malformed row, which
-`data.on_error` skips (logged with its place) or makes fatal. `data.sample` trains on a seeded
-random sample of that many rows (the paper's 10K of each baseline), drawn after `data.limit`.
+`data.on_error` skips (logged with its place) or makes fatal. `data.sample` (any format,
+`sample_rows`) trains on a seeded random sample of that many rows (the paper's 10K of each
+baseline), drawn after `data.limit`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def records(file: Path, max_line_bytes: int | None = None) -> Iterator[tuple[str
         yield f"row {i}", row, None
 
 
+def sample_rows(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """A seeded random sample of `n` rows in their file order (data.sample); all when n is
+    None or not below their number."""
+    if not n or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[k] for k in keep]
+
+
 @dataclass(frozen=True)
 class Source:
     """How to read `data.path`: its format, the dataset's name (for lineage) and options."""
@@ -99,7 +109,6 @@ class Source:
     format: Format
     dataset: str
     fields: Mapping[str, str] = field(default_factory=dict)
-    sample: int | None = None
 
     @classmethod
     def from_data(cls, data: DictConfig) -> Source | None:
@@ -110,7 +119,7 @@ class Source:
         if name not in FORMATS:
             raise ConfigError(f"data.format={name}: use {NATIVE} or one of {', '.join(FORMATS)}")
         fields = OmegaConf.to_container(data.fields, resolve=True) if data.get("fields") else {}
-        return cls(FORMATS[name], str(data.name), fields, data.get("sample"))
+        return cls(FORMATS[name], str(data.name), fields)
 
     def mismatch(self, where: str, e: FormatMismatch) -> str:
         return (
@@ -138,7 +147,6 @@ class Source:
         on_error: str = "skip",
         max_line_bytes: int | None = None,
         limit: int | None = None,
-        seed: int = 0,
     ) -> tuple[list[dict], BadRows]:
         """The training rows (kind `rows`) of every data file of `path`."""
         files = data_files(path)
@@ -176,9 +184,6 @@ class Source:
             log.info(
                 "%s: %d rows the dataset marks as not to train on", self.dataset, dataset_skips
             )
-        if self.sample and self.sample < len(out):
-            keep = sorted(random.Random(seed).sample(range(len(out)), self.sample))
-            out = [out[k] for k in keep]
         return out, bad
 
     def check(self, path: Path, rows: str, p: ConfigProblems, fix: str | None) -> None:

@@ -15,7 +15,7 @@ from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_stage
 from matrix.train.formats import FORMATS
 from matrix.train.run import run_train
-from matrix.train.source_files import Source
+from matrix.train.source_files import Source, sample_rows
 from tests.train.conftest import compose_train, tiny_overrides
 
 SAMPLES = resolve_data_path("matrix:data/samples")
@@ -112,11 +112,13 @@ def test_a_folder_and_parquet_read_as_the_same_rows(tmp_path: Path) -> None:
     assert from_folder[2]["lineage"]["file"].endswith("train-1.parquet")
 
 
-def test_sample_draws_a_seeded_subset() -> None:
-    src = source("sharegpt", sample=2)
-    a, _ = src.load(SAMPLES / "sharegpt.json", "chat", seed=1)
-    b, _ = src.load(SAMPLES / "sharegpt.json", "chat", seed=1)
+def test_sample_draws_a_seeded_subset_in_file_order() -> None:
+    rows, _ = source("sharegpt").load(SAMPLES / "sharegpt.json", "chat")
+    a, b = sample_rows(rows, 2, seed=1), sample_rows(rows, 2, seed=1)
     assert len(a) == 2 and [r["id"] for r in a] == [r["id"] for r in b]
+    assert [rows.index(r) for r in a] == sorted(rows.index(r) for r in a)
+    assert sample_rows(rows, None, 1) == rows and sample_rows(rows, 5, 1) == rows
+    assert len({tuple(r["id"] for r in sample_rows(rows, 2, s)) for s in range(20)}) > 1
 
 
 def test_a_file_in_another_format_names_the_format_expected(tmp_path: Path) -> None:
@@ -161,17 +163,22 @@ def test_preflight_names_the_format_before_any_model_loads(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("data", "sample", "objective", "rows"),
-    [("sharegpt", "sharegpt.json", "sft", 3), ("hh", "hh.jsonl", "dpo", 2)],
+    ("data", "path", "objective", "extra", "rows"),
+    [
+        ("sharegpt", "matrix:data/samples/sharegpt.json", "sft", [], 3),
+        ("hh", "matrix:data/samples/hh.jsonl", "dpo", [], 2),
+        ("sharegpt", "matrix:data/samples/sharegpt.json", "sft", ["data.sample=2"], 2),
+        ("demo", "sft.jsonl", "sft", ["data.sample=5"], 5),  # the project's own rows
+    ],
 )
 def test_train_stage_trains_on_a_published_sample(
-    tmp_path: Path, data: str, sample: str, objective: str, rows: int
+    tmp_path: Path, data_dir: Path, data: str, path: str, objective: str, extra: list, rows: int
 ) -> None:
-    overrides = tiny_overrides(
-        tmp_path, f"matrix:data/samples/{sample}", data, f"data={data}", f"objective={objective}"
-    )
-    cfg = compose_train([*overrides, "data.on_error=fail", "trainer.max_epochs=1"])
+    if not path.startswith("matrix:"):
+        path = str(data_dir / path)
+    overrides = tiny_overrides(tmp_path, path, data, f"data={data}", f"objective={objective}")
+    cfg = compose_train([*overrides, *extra, "data.on_error=fail", "trainer.max_epochs=1"])
     check_stage(cfg, "train")
     manifest = run_train(cfg)
     assert manifest["counts"]["rows_kept"] == rows
-    assert manifest["inputs"]["data"]["path"] == str(SAMPLES / sample)
+    assert manifest["inputs"]["data"]["path"] == str(resolve_data_path(path))
