@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from matrix.common.io import resolve_data_path
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     ROW_KINDS,
@@ -31,6 +32,7 @@ from matrix.train.examples import (
     tokenize_dpo,
     tokenize_sft,
 )
+from matrix.train.source_files import Source, sample_rows
 from matrix.train.tokenize import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,8 @@ def data_path(cfg: DictConfig) -> str:
     """The table this run trains on (a file, a save_to_disk folder or a cached dataset's name,
     `matrix.common.tables`): `data.path` if set, else the default file of the rows the
     objective trains on (data.sft_path for chats, data.dpo_path for pairs)."""
-    if cfg.data.get("path"):
-        return str(cfg.data.path)
+    if cfg.data.get("path"):  # `matrix:data/...`: a file shipped in the package
+        return str(resolve_data_path(str(cfg.data.path)))
     return str(cfg.data.sft_path if objective_rows(cfg) == "chat" else cfg.data.dpo_path)
 
 
@@ -102,6 +104,8 @@ class ChatDataModule(L.LightningDataModule):
         val_max_rows: int | None = None,
         split: str | None = None,
         columns: dict[str, str | None] | None = None,
+        source: Source | None = None,
+        sample: int | None = None,
     ):
         super().__init__()
         if rows not in ROW_KINDS:
@@ -123,6 +127,8 @@ class ChatDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.val_max_rows = val_max_rows
+        self.source = source  # a published dataset's format (data.format); None: our rows
+        self.sample = sample  # train on a seeded random sample of this many rows
         self.examples: list | None = None  # every kept row, training and validation
         self.train_ids: list[int] = []
         self.val_ids: list[int] = []
@@ -153,20 +159,28 @@ class ChatDataModule(L.LightningDataModule):
             val_max_rows=d.get("val_max_rows"),
             split=d.get("split"),
             columns=dict(d.get("columns") or {}),
+            source=Source.from_data(d),
+            sample=d.get("sample"),
         )
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples is not None:
             return
-        rows, bad = load_rows(
-            self.path,
-            self.rows,
-            self.on_error,
-            self.max_line_bytes,
-            self.limit,
-            self.split,
-            self.columns,
-        )
+        if self.source is None:
+            rows, bad = load_rows(
+                self.path,
+                self.rows,
+                self.on_error,
+                self.max_line_bytes,
+                self.limit,
+                self.split,
+                self.columns,
+            )
+        else:
+            rows, bad = self.source.load(
+                self.path, self.rows, self.on_error, self.max_line_bytes, self.limit
+            )
+        rows = sample_rows(rows, self.sample, self.seed)
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)

@@ -18,6 +18,7 @@ from matrix.train.components import check_components
 from matrix.train.datamodule import data_path, objective_rows
 from matrix.train.examples import ROW_FIELDS, columns_problem
 from matrix.train.loggers import check_logger
+from matrix.train.source_files import Source
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -30,6 +31,10 @@ def _has_chat_template(folder: Path) -> bool:
 def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
     spec = data_path(cfg)
     rows = objective_rows(cfg)
+    source = Source.from_data(cfg.data)
+    if source is not None:  # a published dataset (data.format): its own checks
+        source.check(Path(spec), rows, p, cfg.data.get("generate_command"))
+        return
     default = "data.sft_path" if rows == "chat" else "data.dpo_path"
     if not cfg.data.get("path") and not Path(spec).exists():
         fix = cfg.data.get("generate_command")

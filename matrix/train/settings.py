@@ -10,6 +10,10 @@ from typing import Annotated, Any, Literal
 
 from matrix.common.schema import Count, Fraction, Natural, Range
 from matrix.core.settings import Shared
+from matrix.train.formats import FORMATS, NATIVE
+
+# data.format: the project's own rows, or a published format (matrix.train.formats)
+DataFormat = Literal[(NATIVE, *FORMATS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class Data:
     path: str | None = None  # a file, save_to_disk folder or cached dataset; null: the default
     split: str | None = None  # a DatasetDict's split; null: train
     columns: DataColumns = field(default_factory=DataColumns)
+    format: DataFormat = NATIVE
+    fields: dict[str, str] | None = None  # a format's keys under the dataset's own names
+    sample: Count | None = None  # a seeded random sample of this many rows (after limit)
     generate_run: str | None = None
     generate_command: str | None = None
     limit: Count | None = None  # first N rows only

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 
@@ -137,3 +139,97 @@ def test_paper_presets_simulate_until_their_scenario_target(preset: str) -> None
     k = resolve_k(cfg.communication.k, 1000)
     assert sim.max_rounds >= sim.target_scenarios * cfg.scenario.interval / k
     assert pop.anonymize == "llm" and pop.min_age == 18 and pop.size is None
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_preset_passes_the_pipeline_config_check(preset: str) -> None:
+    """What `python -m matrix.pipeline experiment=<preset>` checks before its first step: every
+    step's keys and typed values (pipeline_steps raises one ConfigError listing them)."""
+    from matrix.core.pipeline import pipeline_steps
+
+    cfg = _compose("pipeline", [f"experiment={preset}"])
+    assert [s.name for s in pipeline_steps(cfg)] == list(cfg.pipeline.stages)
+
+
+BASELINES = sorted(p for p in ALL_PRESETS if p.startswith("paper_baseline_"))
+# what a baseline row may change from its MATRIX row: the data it reads, and where it writes
+DATA_SOURCE_KEYS = {"name", "format", "fields", "path", "sample", "generate_command"}
+DATA_SOURCE_KEYS |= {"generate_run", "sft_path", "dpo_path"}
+
+
+@functools.cache
+def _train_step(preset: str):
+    """The composed config of `preset` and of its `train` step, resolved (read-only: composed
+    once for every test that compares with it)."""
+    from matrix.core.pipeline import pipeline_steps
+
+    cfg = _compose("pipeline", [f"experiment={preset}"])
+    OmegaConf.resolve(cfg)
+    steps = {s.name: s.cfg for s in pipeline_steps(cfg)}
+    for c in (cfg, steps["train"]):
+        OmegaConf.set_readonly(c, True)
+    return cfg, steps["train"]
+
+
+def _matrix_row(preset: str) -> str:
+    """The preset a baseline is compared with: the first in its defaults list (paper_dpo's
+    baselines: the DPO step of paper_matrix_tuned)."""
+    text = (ROOT / "conf" / "experiment" / f"{preset}.yaml").read_text()
+    first = re.search(r"^defaults:\n  - (\w+)", text, re.M).group(1)
+    return "paper_matrix_tuned" if first == "paper_dpo" else first
+
+
+def test_every_baseline_dataset_has_a_preset() -> None:
+    formats = {
+        p.stem: OmegaConf.load(p).get("format") for p in (ROOT / "conf" / "data").glob("*.yaml")
+    }
+    published = sorted(name for name, fmt in formats.items() if fmt not in (None, "matrix"))
+    assert [f"paper_baseline_{name}" for name in published] == BASELINES
+    assert len(BASELINES) == 17
+
+
+@pytest.mark.parametrize("preset", BASELINES)
+def test_baseline_trains_and_evaluates_as_its_matrix_row(preset: str) -> None:
+    cfg, train = _train_step(preset)
+    row_cfg, row_train = _train_step(_matrix_row(preset))
+    assert cfg.data.format != "matrix" and list(cfg.pipeline.stages) == ["train", "evaluate"]
+    for block in ("model", "trainer", "optimizer", "scheduler", "train"):
+        assert train[block] == row_train[block], f"{preset}: {block} differs from its MATRIX row"
+    same_data = {k: v for k, v in train.data.items() if k not in DATA_SOURCE_KEYS}
+    assert same_data == {k: v for k, v in row_train.data.items() if k not in DATA_SOURCE_KEYS}
+    # as many rows as the MATRIX row's data set
+    targets = {s.target for s in row_cfg.generator.sets.values()}
+    assert train.data.sample in targets
+    for key in ("benchmarks", "sampling"):
+        assert cfg.eval[key] == row_cfg.eval[key]
+    assert cfg.llm.roles.judge == row_cfg.llm.roles.judge
+    assert cfg.eval.model.checkpoint.endswith(f"{preset}/train/hf_model")
+
+
+@pytest.mark.parametrize("preset", BASELINES)
+def test_baseline_preset_reads_its_formats_sample_in_preflight(preset: str) -> None:
+    from matrix.common.io import resolve_data_path
+    from matrix.common.validation import ConfigProblems
+    from matrix.train.preflight import check_data
+
+    train = copy.deepcopy(_train_step(preset)[1])
+    OmegaConf.set_readonly(train, False)
+    # the dataset's own sample where its keys differ from its format's (data.fields), else the
+    # format's
+    samples = resolve_data_path("matrix:data/samples")
+    sample = next(samples.glob(f"{train.data.name}.*"), None) or next(
+        samples.glob(f"{train.data.format}.*")
+    )
+    train.data.path = str(sample)
+    p = ConfigProblems()
+    check_data(train, p)
+    assert not p.items, p.items
+
+
+def test_llama3_instruct_reference_is_evaluated_untrained() -> None:
+    cfg = _compose("pipeline", ["experiment=paper_reference_llama3_instruct"])
+    assert list(cfg.pipeline.stages) == ["evaluate"]
+    assert cfg.eval.model.checkpoint is None
+    served = cfg.llm.roles[cfg.eval.model.role].backend
+    assert cfg.llm.backends[served].model == "llama3-8b-instruct"
+    assert set(cfg.eval.benchmarks) == {"alpaca_eval2", "arena_hard"}

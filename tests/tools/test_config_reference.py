@@ -41,7 +41,7 @@ def test_page_documents_known_keys_groups_and_presets(page: str) -> None:
     assert "Sets `roles.*.backend=api`" in page
     # Experiment presets as a table row with the header's first sentence.
     preset = rows["| [`paper_sft_10k`](../conf/experiment/paper_sft_10k.yaml)"]
-    assert "Table 2 (paper section 6), MATRIX-Gen-SFT 10K on Llama-3-8B base." in preset
+    assert "Table 10 (simple instructions), MATRIX-Gen-SFT 10K on Llama-3-8B base." in preset
     assert "Full scale" not in preset
     # Nothing machine-specific.
     assert str(config_reference.ROOT) not in page
