@@ -32,7 +32,7 @@ from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.components import build_callbacks
 from matrix.train.datamodule import ChatDataModule, data_path
-from matrix.train.export import save_hf_folder
+from matrix.train.export import save_hf_folder, trained_model
 from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
 from matrix.train.memory import PeakMemory
@@ -196,7 +196,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     }
     hf_dir = None
     if bool(cfg.train.get("export", True)):
-        hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
+        epochs = epochs_trained(cfg, dm, trainer)
+        card = trained_model(cfg, trainer, epochs, dm.stats.as_counts(), final_metrics(logger))
+        hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance, card)
     manifest = None
     if stage is not None:
         extra = {"attention": attn, "hf_model": str(hf_dir) if hf_dir else None}
@@ -236,17 +238,26 @@ def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> CausalLMModule:
     )
 
 
-def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) -> dict:
-    """The manifest of a finished training run: counts, final metrics, where it resumed from."""
+def epochs_trained(cfg: DictConfig, dm: ChatDataModule, trainer: L.Trainer) -> float:
+    """Epochs trained, from the step count: Lightning's epoch counter reads one less after a
+    rerun that resumes from the final checkpoint than after the first run."""
+    return round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3)
+
+
+def final_metrics(logger: StepLogger) -> dict:
+    """The last training row with the last validation row's metrics (and its step)."""
     last = logger.history[-1] if logger.history else {}
     last_val = logger.val_history[-1] if logger.val_history else {}
-    final = {**last, **{k: v for k, v in last_val.items() if k != "step"}}
+    return {**last, **{k: v for k, v in last_val.items() if k != "step"}}
+
+
+def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) -> dict:
+    """The manifest of a finished training run: counts, final metrics, where it resumed from."""
+    final = final_metrics(logger)
     counts = {
         **dm.stats.as_counts(),
         "steps": trainer.global_step,
-        # epochs trained, from the step count: Lightning's epoch counter reads one less
-        # after a rerun that resumes from the final checkpoint than after the first run
-        "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
+        "epochs": epochs_trained(cfg, dm, trainer),
         "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
         "packed_rows": len(dm.units) if dm.packing else None,
         "validation_rows": len(dm.val_ids),
