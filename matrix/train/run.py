@@ -187,18 +187,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     ):
         trainer.validate(module, datamodule=dm, verbose=False)  # the final model's val metrics
 
-    provenance = {
-        "objective": str(cfg.train.objective._target_),
-        "base_model": str(cfg.model.path),
-        "data": data_path(cfg),
-        "config_hash": stage.config_hash if stage else None,
-        "steps": trainer.global_step,
-    }
     hf_dir = None
     if bool(cfg.train.get("export", True)):
-        epochs = epochs_trained(cfg, dm, trainer)
-        card = trained_model(cfg, trainer, epochs, dm.stats.as_counts(), final_metrics(logger))
-        hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance, card)
+        hf_dir = export(cfg, trainer, module, tokenizer, dm, logger, stage)
     manifest = None
     if stage is not None:
         extra = {"attention": attn, "hf_model": str(hf_dir) if hf_dir else None}
@@ -207,6 +198,21 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     # (DPO from this model) reads them on every rank.
     trainer.strategy.barrier("train_exported")
     return manifest
+
+
+def export(cfg: DictConfig, trainer, module, tokenizer, dm, logger, stage) -> Path | None:
+    """The Hugging Face folder with its provenance and model card (None off rank 0)."""
+    provenance = {
+        "objective": str(cfg.train.objective._target_),
+        "base_model": str(cfg.model.path),
+        "data": data_path(cfg),
+        "config_hash": stage.config_hash if stage else None,
+        "steps": trainer.global_step,
+    }
+    epochs = epochs_trained(cfg, dm, trainer)
+    card = trained_model(cfg, trainer, epochs, dm.stats.as_counts(), final_metrics(logger))
+    out = stage_dir(cfg, "train") / "hf_model"
+    return save_hf_folder(trainer, module, tokenizer, out, provenance, card)
 
 
 def keep_metrics(stage, step: int) -> list[dict]:

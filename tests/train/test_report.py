@@ -115,9 +115,7 @@ def exported(tmp_path_factory, data_dir) -> Path:
     return tmp / "sft" / "train" / "hf_model"
 
 
-def test_exported_folder_has_a_card_naming_base_model_licence_data_and_settings(
-    exported, data_dir
-):
+def test_exported_folder_has_a_card_naming_base_model_licence_data_and_settings(exported, data_dir):
     card = ModelCard.load(exported / "README.md")
     base = str(exported.parents[2] / "base")
     assert card.data.base_model == base
