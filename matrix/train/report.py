@@ -57,7 +57,12 @@ PANELS = (
         ("train/rewards/accuracy", "val/rewards/accuracy"),
     ),
     Panel("throughput.png", "Throughput", "tokens/s", ("train/tokens_per_s",)),
-    Panel("memory.png", "Peak memory per step", "GiB", ("train/peak_memory_gb",)),
+    Panel(
+        "memory.png",
+        "Peak memory per step",
+        "GiB (GPU: allocated, CPU: resident)",
+        ("train/peak_memory_gb",),
+    ),
 )
 
 
