@@ -27,6 +27,7 @@ from matrix.core.stage import producer_manifest
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
+MARK = "matrix"  # the metadata key of the cards matrix writes (lineage, settings)
 EVAL_START, EVAL_END = "<!-- matrix:evaluation -->", "<!-- /matrix:evaluation -->"
 NO_SCORES = (
     "No evaluation yet: `python evaluate.py eval=<benchmark> eval.model.checkpoint=<this folder>`"
@@ -82,13 +83,15 @@ def base_card(path: str) -> ModelCardData | None:
 
 def licence(model: TrainedModel) -> tuple[str, str | None]:
     """(licence id, notice): the base folder's own card's when it names a licence (it
-    describes those weights; an exported SFT model passes its base's on), else model.license
-    and model.license_notice, else "other"."""
+    describes those weights; an exported SFT model passes its base's on), with its notice, or
+    model.license_notice when model.license names the same licence (Meta's own card names
+    `llama3` and no notice); else model.license and model.license_notice, else "other"."""
     base = base_card(model.base_model) if model.init == "pretrained" else None
-    notice = (base.to_dict().get("license_notice") if base else None) or model.license_notice
-    if base is not None and base.license:
-        return str(base.license), notice
-    return model.license or "other", notice
+    if base is None or not base.license:
+        return model.license or "other", model.license_notice
+    same = str(base.license) == model.license
+    notice = base.to_dict().get("license_notice") or (model.license_notice if same else None)
+    return str(base.license), notice
 
 
 def data_lineage(data_file: str) -> dict[str, Any]:
@@ -193,7 +196,7 @@ def render(model: TrainedModel) -> ModelCard:
         tags=["matrix", "synthetic-data", str(model.settings.get("objective", "")).lower()],
         datasets=[gen.get("run") or model.data_file],
         license_notice=notice,
-        matrix={"data": lineage, "training": model.settings, "data_counts": model.data_counts},
+        **{MARK: {"data": lineage, "training": model.settings, "data_counts": model.data_counts}},
     )
     base = (
         f"`{model.base_model}`"
@@ -234,13 +237,16 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def record_eval_results(folder: Path, scores: list[Score], judge: str, source: Path) -> bool:
-    """Add an evaluate run's scores to the card of `folder` (an exported model with a card);
-    False, and nothing written, when it has none."""
+    """Add an evaluate run's scores to the card of `folder`, a model the train stage exported;
+    False, and nothing written, for any other folder (no card, or another's card, such as a
+    downloaded model's, which is never edited)."""
     path = folder / CARD
     if not path.is_file():
         return False
     with _locked(path):
         card = ModelCard.load(path)
+        if MARK not in card.data.to_dict():
+            return False
         new = {(s.benchmark, s.metric) for s in scores}
         kept = [
             r for r in card.data.eval_results or [] if (r.dataset_type, r.metric_type) not in new
