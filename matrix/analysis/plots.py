@@ -10,30 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from matrix.analysis.arms import Arm, data_stats, eval_stats  # noqa: E402
+from matrix.common.plots import Series, line_chart  # noqa: E402
 
 
 def plot_training_curves(arms: list[Arm], out: Path) -> Path | None:
-    arms = [a for a in arms if a.train_curve]
-    if not arms:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for a in arms:
-        ax.plot(
-            [r["step"] for r in a.train_curve],
-            [r["train/loss"] for r in a.train_curve],
-            marker="o",
-            markersize=3,
-            label=a.name,
-        )
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    """Each run's training loss over its optimizer steps, on one plot."""
+    curves = [
+        Series(a.name, [r["step"] for r in a.train_curve], [r["train/loss"] for r in a.train_curve])
+        for a in arms
+    ]
+    return line_chart(curves, out, title="Training loss", ylabel="train loss")
 
 
 def _grouped_bars(ax, arms: list[Arm], metrics: list[str], values: dict[str, dict]) -> None:

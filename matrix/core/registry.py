@@ -129,8 +129,14 @@ STAGES: dict[str, Stage] = {
                 "trainer",
                 "train",
             ),
-            # how often it checkpoints and whether it resumes never change its results
-            hash_exclude=("train.checkpoint",),
+            # how often it checkpoints, whether it resumes, its report and the licence its
+            # model card names never change its results
+            hash_exclude=(
+                "train.checkpoint",
+                "train.callbacks.report",
+                "model.license",
+                "model.license_notice",
+            ),
             validate_ref="matrix.train.preflight:validate",
             schema_ref="matrix.train.settings:TrainSettings",
         ),

@@ -122,7 +122,10 @@ def output_artifact(folder: Path, manifest: dict[str, Any], policy: str = "mutab
         # Model weights are gigabytes: a file:// reference (W&B records each file's path,
         # size and MD5, which it computes here, and copies nothing) instead of a copy that
         # `wandb sync` would upload and the staging folder would duplicate.
-        artifact.add_reference(model.resolve().as_uri(), name="hf_model")
+        # The model card (README.md) is left out: evaluate runs add their scores to it, and
+        # the artifact an evaluate run uses must be the version train logged.
+        for f in sorted(p for p in model.rglob("*") if p.is_file() and p.name != "README.md"):
+            artifact.add_reference(f.resolve().as_uri(), name=f"hf_model/{f.relative_to(model)}")
     for f in files:
         if f.stat().st_size > _COPY_LIMIT:
             artifact.add_reference(f.resolve().as_uri(), name=f.name)

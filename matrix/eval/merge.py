@@ -13,7 +13,7 @@ from matrix.core.merge import Merged
 
 def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) -> Merged:
     from matrix.eval.benchmarks import benchmark
-    from matrix.eval.run import capped
+    from matrix.eval.run import capped, record_on_card
 
     scores: dict[str, dict] = {}
     for name, bcfg in cfg.eval.benchmarks.items():
@@ -35,4 +35,5 @@ def merge_shards(shards: list[tuple[Path, dict]], out: Path, cfg: DictConfig) ->
     write_json(
         out / "scores.json", {"model": first["model"], "judge": first["judge"], "scores": scores}
     )
+    record_on_card(cfg, scores, first["judge"], out)
     return Merged({f"{b}_n": int(s.get("n", s.get("n_advbench", 0))) for b, s in scores.items()})

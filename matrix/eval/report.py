@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from matrix.common.io import atomic_write_text  # noqa: E402
+from matrix.core.model_card import Score  # noqa: E402
 
 # the headline metric of each benchmark and the key of its 95% interval
 HEADLINE = {
@@ -24,6 +25,19 @@ HEADLINE = {
     "safety": ("advbench/asr_keyword", None),
     "custom": ("score", "score_ci95"),  # win rate vs the baseline, or the mean 1-10 rating
 }
+
+
+def headline_scores(scores: dict[str, dict]) -> list[Score]:
+    """Each benchmark's headline metric with its 95% interval and item count, for the model
+    card of the folder evaluated (matrix.core.model_card)."""
+    out = []
+    for b, s in scores.items():
+        metric, ci = HEADLINE.get(b, (None, None))
+        if metric in s and isinstance(s[metric], int | float):
+            interval = s.get(ci) if ci else None
+            n = s.get("n", s.get("n_advbench"))
+            out.append(Score(b, metric, float(s[metric]), interval, int(n) if n else None))
+    return out
 
 
 def _fmt(v: Any) -> str:

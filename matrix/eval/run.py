@@ -23,11 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.io import JsonlLog, atomic_write_text, read_json, write_json
 from matrix.common.validation import ConfigProblems
 from matrix.core.config_check import check_stage
+from matrix.core.model_card import record_eval_results
 from matrix.core.shard import Shard
 from matrix.core.stage import open_stage
 from matrix.eval.benchmarks import benchmark, benchmark_class
 from matrix.eval.benchmarks.base import Benchmark, Record
-from matrix.eval.report import compare, plot_scores, plot_winrate_vs_length, write_report
+from matrix.eval.report import (
+    compare,
+    headline_scores,
+    plot_scores,
+    plot_winrate_vs_length,
+    write_report,
+)
 from matrix.eval.settings import model_role
 from matrix.llm.protocol import Sampling
 from matrix.llm.role_llm import RoleLLM
@@ -188,6 +195,8 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     )
     plot_scores(scores, run.dir / "scores.png")
     write_report(run.dir, model.name, judge_name, scores)
+    if not Shard.from_cfg(cfg).active:  # a shard's scores are partial: its merge records them
+        record_on_card(cfg, scores, judge_name, run.dir)
     flat = {
         f"{b}/{k}": v for b, s in scores.items() for k, v in s.items() if isinstance(v, int | float)
     }
@@ -204,6 +213,19 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         | ({"sandbox": walls} if walls else {}),
     )
     return scores
+
+
+def record_on_card(cfg: DictConfig, scores: dict[str, dict], judge: str, out: Path) -> None:
+    """Add the headline scores to the model card of the folder evaluated, when it is an
+    exported model with a card (README.md); a folder that cannot be written is left as it is."""
+    folder = cfg.eval.model.get("checkpoint")
+    if not folder:
+        return
+    try:
+        if record_eval_results(Path(folder), headline_scores(scores), judge, out):
+            log.info("evaluate: scores added to the model card %s/README.md", folder)
+    except OSError as e:
+        log.warning("evaluate: model card of %s not updated: %s", folder, e)
 
 
 def _log_table(run, scores: dict[str, dict]) -> None:

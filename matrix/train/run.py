@@ -34,7 +34,7 @@ from matrix.train.attention import select_attention
 from matrix.train.callbacks import LoaderPosition, RNGState, StepLogger
 from matrix.train.components import build_callbacks
 from matrix.train.datamodule import ChatDataModule, data_path
-from matrix.train.export import save_hf_folder
+from matrix.train.export import save_hf_folder, trained_model
 from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
 from matrix.train.memory import PeakMemory
@@ -189,16 +189,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     ):
         trainer.validate(module, datamodule=dm, verbose=False)  # the final model's val metrics
 
-    provenance = {
-        "objective": str(cfg.train.objective._target_),
-        "base_model": str(cfg.model.path),
-        "data": data_path(cfg),
-        "config_hash": stage.config_hash if stage else None,
-        "steps": trainer.global_step,
-    }
     hf_dir = None
     if bool(cfg.train.get("export", True)):
-        hf_dir = save_hf_folder(trainer, module, tokenizer, out / "hf_model", provenance)
+        hf_dir = export(cfg, trainer, module, tokenizer, dm, logger, stage)
     manifest = None
     if stage is not None:
         extra = {"attention": attn, "hf_model": str(hf_dir) if hf_dir else None}
@@ -207,6 +200,21 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     # (DPO from this model) reads them on every rank.
     trainer.strategy.barrier("train_exported")
     return manifest
+
+
+def export(cfg: DictConfig, trainer, module, tokenizer, dm, logger, stage) -> Path | None:
+    """The Hugging Face folder with its provenance and model card (None off rank 0)."""
+    provenance = {
+        "objective": str(cfg.train.objective._target_),
+        "base_model": str(cfg.model.path),
+        "data": data_path(cfg),
+        "config_hash": stage.config_hash if stage else None,
+        "steps": trainer.global_step,
+    }
+    epochs = epochs_trained(cfg, dm, trainer)
+    card = trained_model(cfg, trainer, epochs, dm.stats.as_counts(), final_metrics(logger))
+    out = stage_dir(cfg, "train") / "hf_model"
+    return save_hf_folder(trainer, module, tokenizer, out, provenance, card)
 
 
 def keep_metrics(stage, step: int) -> list[dict]:
@@ -238,17 +246,26 @@ def build_module(cfg: DictConfig, model, dm: ChatDataModule) -> CausalLMModule:
     )
 
 
-def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) -> dict:
-    """The manifest of a finished training run: counts, final metrics, where it resumed from."""
+def epochs_trained(cfg: DictConfig, dm: ChatDataModule, trainer: L.Trainer) -> float:
+    """Epochs trained, from the step count: Lightning's epoch counter reads one less after a
+    rerun that resumes from the final checkpoint than after the first run."""
+    return round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3)
+
+
+def final_metrics(logger: StepLogger) -> dict:
+    """The last training row with the last validation row's metrics (and its step)."""
     last = logger.history[-1] if logger.history else {}
     last_val = logger.val_history[-1] if logger.val_history else {}
-    final = {**last, **{k: v for k, v in last_val.items() if k != "step"}}
+    return {**last, **{k: v for k, v in last_val.items() if k != "step"}}
+
+
+def finish_training(cfg, stage, trainer, module, dm, logger, ckpt, extra: dict) -> dict:
+    """The manifest of a finished training run: counts, final metrics, where it resumed from."""
+    final = final_metrics(logger)
     counts = {
         **dm.stats.as_counts(),
         "steps": trainer.global_step,
-        # epochs trained, from the step count: Lightning's epoch counter reads one less
-        # after a rerun that resumes from the final checkpoint than after the first run
-        "epochs": round(trainer.global_step / steps_per_epoch(cfg, dm, trainer.world_size), 3),
+        "epochs": epochs_trained(cfg, dm, trainer),
         "batches_per_epoch": dm.batches_per_epoch(trainer.world_size),
         "packed_rows": len(dm.units) if dm.packing else None,
         "validation_rows": len(dm.val_ids),

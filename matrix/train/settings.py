@@ -85,6 +85,8 @@ class Model:
     ] = "auto"
     gradient_checkpointing: bool = False
     lora: Lora = field(default_factory=Lora)
+    license: str | None = None  # the base model's licence (a Hugging Face licence id)
+    license_notice: str | None = None  # text its licence requires in derived models' cards
 
 
 @dataclass(frozen=True)

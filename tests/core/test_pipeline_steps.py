@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 
 from matrix.analysis.compare import compare
@@ -152,6 +153,7 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     training = dict((r[0], r[1]) for r in result["tables"]["training"])
     assert training["final_loss"] == "0.6931"  # DPO's ln 2: the policy is its reference (lr 0)
     assert "alpaca_eval2/win_rate" in dict((r[0], r[1]) for r in result["tables"]["evaluation"])
+    _assert_model_card(run)
 
     # A rerun reuses every finished step and reruns the one that did not finish, and the
     # steps downstream of it: evaluate read the model that train now writes again.
@@ -180,6 +182,33 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     assert "generate: starting fresh; the inputs of its finished run changed: rejected_model" in log
     assert "evaluate: starting fresh; the inputs of its finished run changed: model" in log
     assert log.count("train: starting fresh; its last run had config hash") == 2
+
+
+def _assert_model_card(run: Path) -> None:
+    """The DPO model's card: its base (the SFT model) and that model's licence, the lineage
+    of its data as the manifests record it, and the evaluate run's score; the report beside."""
+    card = ModelCard.load(run / "train" / "hf_model" / "README.md")
+    assert card.data.base_model == str(run / "train_sft" / "hf_model")
+    assert (
+        card.data.license
+        == ModelCard.load(run / "train_sft" / "hf_model" / "README.md").data.license
+    )
+    lineage = card.data.to_dict()["matrix"]["data"]
+    assert lineage["file"] == str(run / "generate" / "dpo.jsonl")
+    generated = json.loads((run / "generate" / "manifest.json").read_text())
+    assert lineage["generate"]["run"] == str(run / "generate")
+    assert {n: s["rows"] for n, s in lineage["generate"]["sets"].items()} == {
+        s["name"]: s["rows"] for s in generated["sets"]
+    }
+    simulated = json.loads((run / "simulate" / "manifest.json").read_text())
+    assert lineage["simulation"]["run"] == str(run / "simulate")
+    assert lineage["simulation"]["scenarios"] == simulated["counts"]["scenarios"] > 0
+    scores = json.loads((run / "evaluate" / "scores.json").read_text())["scores"]
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("alpaca_eval2", "win_rate")] == pytest.approx(
+        scores["alpaca_eval2"]["win_rate"]
+    )
+    assert "](loss.png)" in (run / "train" / "report.md").read_text()
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

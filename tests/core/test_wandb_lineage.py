@@ -64,10 +64,12 @@ def loop(tmp_path: Path, monkeypatch) -> Path:
     hf.mkdir()
     (hf / "config.json").write_text('{"model_type": "llama"}')
     (hf / "model.safetensors").write_bytes(b"\0" * 4096)
+    (hf / "README.md").write_text("---\nlicense: mit\n---\n# model card\n")  # evaluate edits it
     train.log({"train/loss": 2.5}, step=1)
     train.finish({"steps": 1}, inputs={"data": gen.dir / "sft.jsonl"}, extra={"hf_model": str(hf)})
 
     ev = open_stage(cfg, "evaluate")
+    (hf / "README.md").write_text("---\nlicense: mit\n---\n# model card\n\nwin rate 50\n")
     write_json(ev.dir / "scores.json", {"scores": {"alpaca_eval2": {"win_rate": 50.0}}})
     ev.finish({"alpaca_eval2_n": 6}, inputs={"model": hf})
     return tmp_path / "runs" / "loop"
