@@ -151,6 +151,47 @@ def test_a_killed_holders_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
     assert read_holder(path) is None  # released cleanly
 
 
+FORKING_HOLDER = """
+import os, sys, time
+from omegaconf import OmegaConf
+from matrix.core.folder_lock import stage_writer
+cfg = OmegaConf.create({"paths": {"runs_dir": sys.argv[1]}, "run": {"name": "r"}})
+with stage_writer(cfg, "simulate"):
+    child = os.fork()  # a worker: it shares the lock until it exits
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_worker_outliving_its_killed_parent_does_not_keep_the_lock(tmp_path, caplog):
+    """A forked child (a data-loader worker) would share its parent's flock; filelock closes
+    the inherited descriptor in the child, so a parent SIGKILLed while its worker lives on
+    leaves the folder free: the next writer takes it over at once."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOLDER, str(tmp_path)],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait(timeout=60)
+        os.kill(child, 0)  # the worker is still alive
+        with (
+            caplog.at_level(logging.WARNING, "matrix.core.folder_lock"),
+            stage_writer(_cfg(tmp_path), "simulate") as record,
+        ):
+            assert record["pid"] == os.getpid()
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert f"taking over the lock of pid {parent.pid} on host" in caplog.text
+
+
 def test_a_cleanly_released_lock_is_taken_without_a_takeover(tmp_path, caplog):
     holder = _start_holder(tmp_path)
     holder.communicate("\n", timeout=60)
