@@ -19,12 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.io import StorageError, storage_error
 from matrix.common.secret_guard import guard
 from matrix.common.validation import ConfigError, ConfigProblems
+from matrix.core.folder_lock import FolderInUse, stage_writer
 from matrix.core.registry import get_stage
 
 log = logging.getLogger("matrix")
 
-# Errors that mean "fix your config, input or disk": shown as one message, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, StorageError)
+# Errors that mean "fix your config, input or disk" (or "this folder has a live writer"):
+# shown as one message, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    FileNotFoundError,
+    StorageError,
+    FolderInUse,
+)
 
 
 # Libraries that log every HTTP request (or retry) at INFO (the openai SDK uses httpx2 now).
@@ -129,14 +136,16 @@ def _fail(e: BaseException) -> None:
 def run_stage(stage: str, cfg: DictConfig) -> Any:
     """Run a registered stage as its script does. The stage checks its config first
     (matrix.core.config_check.check_stage): every problem is reported before any model loads.
-    In a multirun the job runs as one arm of the sweep (matrix.core.sweep)."""
+    In a multirun the job runs as one arm of the sweep (matrix.core.sweep). The run holds its
+    stage folder's lock throughout (matrix.core.folder_lock): one writer per folder."""
     from matrix.core.sweep import name_sweep_job, record_arm
 
     spec = get_stage(stage)
 
     def arm(cfg: DictConfig) -> Any:
         name_sweep_job(cfg, stage=stage)
-        result = spec.run(cfg)
+        with stage_writer(cfg, stage):
+            result = spec.run(cfg)
         record_arm(cfg)
         return result
 

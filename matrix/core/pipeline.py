@@ -30,6 +30,7 @@ from omegaconf.errors import ConfigKeyError
 
 from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.core.config_check import check_models, config_problems
+from matrix.core.folder_lock import stage_writer
 from matrix.core.registry import STAGES
 from matrix.core.reuse import reuse_decision
 from matrix.core.stage import stage_dir
@@ -135,7 +136,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
             results[step.name] = decision.manifest.get("counts")
             continue
         log.info("%s: running (%s)", step.name, decision.why)
-        results[step.name] = STAGES[step.stage].run(step.cfg)
+        with stage_writer(step.cfg, step.stage):  # one writer per stage folder
+            results[step.name] = STAGES[step.stage].run(step.cfg)
     if not helper:
         record_arm(cfg)
     return results

@@ -8,7 +8,6 @@ says nothing about one step: `step_peak_supported()` tells which you get.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import resource
@@ -37,13 +36,20 @@ def step_peak_supported() -> bool:
 
 
 def reset_peak(device: torch.device | None = None) -> None:
-    """Start a new peak window (CUDA: the device's allocator peak; CPU: the process RSS)."""
+    """Start a new peak window (CUDA: the device's allocator peak; CPU: the process RSS).
+    Raises if /proc/self/clear_refs is there but refuses the reset: every later "step peak"
+    would silently be the peak of all the steps before it."""
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
     if step_peak_supported():
-        with contextlib.suppress(OSError):
+        try:
             _CLEAR_REFS.write_text("5")
+        except OSError as e:
+            raise RuntimeError(
+                f"{_CLEAR_REFS}: cannot reset the peak resident set ({e}); a step's peak "
+                "memory would be the process's peak so far, hiding whether a step grows"
+            ) from e
 
 
 def peak_bytes(device: torch.device | None = None) -> int:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from matrix.common.io import read_jsonl
-from matrix.train.memory import step_peak_supported
+from matrix.train import memory
+from matrix.train.memory import PeakMemory, step_peak_supported
 from matrix.train.run import run_train
 from matrix.train.sft import SFTModule
 
@@ -76,10 +80,55 @@ def test_packed_training_peak_memory_is_flat_across_steps(tmp_path):
     assert growth(peaks) < FLAT, [round(p / MB) for p in peaks]
 
 
+class _Steps:
+    """Eight "steps" measured by the train stage's own PeakMemory callback, as Lightning calls
+    it: each step touches a fresh 64 MB working buffer (freed at its end, as activations are)
+    and, if `leak_mb`, keeps that many MB more alive for good."""
+
+    def __init__(self, leak_mb: int) -> None:
+        self.leak_mb, self.kept = leak_mb, []
+        self.module = SimpleNamespace(device=torch.device("cpu"), step_metrics={})
+
+    def peaks(self) -> list[float]:
+        callback = PeakMemory()
+        for i in range(STEPS):
+            callback.on_train_batch_start(None, self.module, None, i)
+            work = np.ones(64 * MB, dtype=np.uint8)  # every page written: resident
+            if self.leak_mb:
+                self.kept.append(np.ones(self.leak_mb * MB, dtype=np.uint8))
+            del work
+            callback.on_train_batch_end(None, self.module, None, None, i)
+        return [float(p) for p in callback.peaks]
+
+
+def test_the_flat_check_sees_a_leak_of_the_size_it_guards_against():
+    """The cheap control of the flat-memory check (the one through the train stage,
+    test_a_step_that_keeps_its_graph_is_caught, takes minutes): with the same step peaks
+    (PeakMemory: reset_peak at each step's start, peak_bytes at its end) and the same
+    `growth` and FLAT, steps that free their work measure flat, and steps that keep 25 MB
+    each (the low end of the retained-graph leak above) climb past FLAT."""
+    flat = _Steps(leak_mb=0).peaks()
+    assert growth(flat) < FLAT, [round(p / MB) for p in flat]
+    leaky = _Steps(leak_mb=25).peaks()
+    assert growth(leaky) > FLAT, [round(p / MB) for p in leaky]
+
+
+def test_a_refused_peak_reset_fails_loudly(tmp_path, monkeypatch):
+    """A clear_refs that cannot be written would leave every later "step peak" the process's
+    peak so far, so a growing step would read flat: reset_peak raises, naming the file and
+    the cause, instead of carrying on."""
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path)  # exists, but is a folder
+    with pytest.raises(RuntimeError, match=f"{tmp_path}: cannot reset the peak") as err:
+        memory.reset_peak()
+    assert isinstance(err.value.__cause__, IsADirectoryError)
+    assert "Is a directory" in str(err.value)
+
+
 @pytest.mark.slow
 def test_a_step_that_keeps_its_graph_is_caught(tmp_path, monkeypatch):
-    """The control: a training step that keeps its loss (and so its whole graph) alive, as a
-    metric logged without .detach() would, climbs past FLAT."""
+    """The control through the train stage: a training step that keeps its loss (and so its
+    whole graph) alive, as a metric logged without .detach() would, climbs past FLAT. Slow (a
+    minute of CPU or more); the default suite runs the cheap control above."""
     kept = []
     original = SFTModule.training_step
 
