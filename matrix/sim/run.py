@@ -199,11 +199,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     def on_round(r: int, stats: dict) -> None:
         per_round.append(stats)
         run.log({f"sim/{k}": v for k, v in stats.items()}, step=r)
-        bar.update(
-            task,
-            completed=r,
-            description=f"simulate: round {r}, {stats['scenarios_total']} scenarios",
-        )
+        bar.update(task, completed=r, info=f"{stats['scenarios_total']} scenarios")
 
     sim = Simulation(
         run.dir, sim_cfg, roles, None, cfg.agent.prompts, cfg.scenario.prompt, on_round
@@ -211,10 +207,15 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     if Shard.from_cfg(cfg).active:
         sim.owns_group = Shard.from_cfg(cfg).owns
     state = restore_or_set_up(cfg, sim, roles, run.dir)
-    with progress() as bar:
-        task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
+    with progress("simulate") as bar:
+        task = bar.add_task("rounds", total=sim_cfg.max_rounds, completed=state.round)
         groups = sim_cfg.schedule == "groups"  # else lock-step
-        state = GroupScheduler(sim, state).run() if groups else sim.run(state)
+        runner = GroupScheduler(sim, state) if groups else None
+        # lock-step reports five phases a round (matrix.sim.engine Simulation.step)
+        left = runner.phase_steps if runner else 5 * (sim_cfg.max_rounds - state.round)
+        phases = bar.add_task("phases", total=left)
+        sim.on_phase = lambda r, phase: bar.update(phases, advance=1, info=f"round {r}: {phase}")
+        state = runner.run() if runner else sim.run(state)
     return finish_simulation(cfg, run, sim, state, roles, per_round)
 
 
@@ -261,7 +262,8 @@ def finish_simulation(
     )
     scenarios = sim.scenarios.read()
     events = sim.events.read()
-    write_report(run.dir, state, scenarios, events, _read_rounds(run.dir, per_round))
+    rounds = _read_rounds(run.dir, per_round)
+    write_report(run.dir, state, scenarios, events, rounds)
     counts = {
         "agents": len(state.agents),
         "groups": len(state.groups),

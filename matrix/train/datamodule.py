@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from matrix.common.progress import track
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     ROW_KINDS,
@@ -153,6 +154,7 @@ class ChatDataModule(L.LightningDataModule):
             return
         rows, bad = load_rows(self.path, self.rows, self.on_error, self.max_line_bytes, self.limit)
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
+        rows = track(rows, "tokenizing", "train")
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)
         self.stats.skipped_malformed += len(bad.skipped)

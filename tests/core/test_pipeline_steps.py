@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from matrix.analysis.compare import compare
 from matrix.common.validation import ConfigError
 from matrix.core.pipeline import pipeline_steps
 from matrix.core.stage import config_hash, stage_dir
+from tests.common.test_progress import stage_lines
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.doubles import BagOfWords
 
@@ -128,6 +130,7 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     for step in TUNED_STEPS:
         assert f"{step}: running" in log
         assert json.loads((run / step / "manifest.json").read_text())["complete"]
+    _assert_progress_lines(log)
     sft = json.loads((run / "train_sft" / "manifest.json").read_text())
     dpo = json.loads((run / "train" / "manifest.json").read_text())
     objective = {m["config"]["train"]["objective"]["_target_"] for m in (sft, dpo)}
@@ -179,6 +182,23 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     assert "generate: starting fresh; the inputs of its finished run changed: rejected_model" in log
     assert "evaluate: starting fresh; the inputs of its finished run changed: model" in log
     assert log.count("train: starting fresh; its last run had config hash") == 2
+
+
+def _assert_progress_lines(log: str) -> None:
+    """Each stage's progress in the log (not a terminal): plain lines with counts and an ETA,
+    up to the whole of each task."""
+    lines = {
+        stage: stage_lines(log, stage) for stage in ("simulate", "generate", "train", "evaluate")
+    }
+    done = {s: {m["what"] for m in ms if m["done"] == m["total"]} for s, ms in lines.items()}
+    assert {"rounds", "phases"} <= done["simulate"], lines["simulate"]
+    assert {"set general", "set complex"} <= done["generate"], lines["generate"]
+    assert {"tokenizing", "epoch 1"} <= done["train"], lines["train"]
+    assert {"answering alpaca_eval2", "judging alpaca_eval2"} <= done["evaluate"]
+    # the epoch's lines carry the loss and the learning rate, and an ETA before its end
+    epoch = [m for m in lines["train"] if m["what"] == "epoch 1"]
+    assert all(re.search(r" loss=[\d.]+ lr=[\d.e+-]+$", m.string) for m in epoch[1:])
+    assert any(m["done"] != m["total"] and m["rate"] != "0.00" for m in epoch)
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
