@@ -29,6 +29,7 @@ from matrix.sim.communication import (
 )
 from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
+from matrix.sim.explorer import write_sim_explorer
 from matrix.sim.grouping import check_bounds, constrained_groups
 from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
@@ -264,6 +265,7 @@ def finish_simulation(
     events = sim.events.read()
     rounds = _read_rounds(run.dir, per_round)
     write_report(run.dir, state, scenarios, events, rounds)
+    write_sim_explorer(run.dir, state, sim.comm.mode, scenarios, events, rounds)
     counts = {
         "agents": len(state.agents),
         "groups": len(state.groups),

@@ -131,6 +131,7 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
         assert f"{step}: running" in log
         assert json.loads((run / step / "manifest.json").read_text())["complete"]
     _assert_progress_lines(log)
+    _assert_explorers(run)
     sft = json.loads((run / "train_sft" / "manifest.json").read_text())
     dpo = json.loads((run / "train" / "manifest.json").read_text())
     objective = {m["config"]["train"]["objective"]["_target_"] for m in (sft, dpo)}
@@ -199,6 +200,22 @@ def _assert_progress_lines(log: str) -> None:
     epoch = [m for m in lines["train"] if m["what"] == "epoch 1"]
     assert all(re.search(r" loss=[\d.]+ lr=[\d.e+-]+$", m.string) for m in epoch[1:])
     assert any(m["done"] != m["total"] and m["rate"] != "0.00" for m in epoch)
+
+
+def _assert_explorers(run: Path) -> None:
+    """simulate/ and generate/ each wrote their explorer page; a generated row's scenario is
+    in the simulate page, which the generate page links to by relative path."""
+    data = {}
+    for step in ("simulate", "generate_sft"):
+        html = (run / step / "explorer.html").read_text()
+        data[step] = json.loads(html.split('id="explorer-data">')[1].split("</script>")[0])
+    sim = {s["name"]: s["rows"] for s in data["simulate"]["sections"]}
+    gen = data["generate_sft"]
+    assert gen["external"]["scenarios"] == "../simulate/explorer.html"
+    rows = next(s["rows"] for s in gen["sections"] if s["name"] == "rows")
+    scenario_ids = {s["id"] for s in sim["scenarios"]}
+    assert rows and all(set(r["scenario_ids"]) <= scenario_ids for r in rows)
+    assert sim["events"] and sim["agents"] and sim["groups"] and sim["rounds"]
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
