@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
 
 from matrix.common.io import JsonlLog, atomic_write_text, read_json, write_json
+from matrix.common.progress import progress
 from matrix.common.validation import ConfigProblems
 from matrix.core.config_check import check_stage
 from matrix.core.model_card import record_eval_results
@@ -111,28 +113,45 @@ def model_under_test(cfg: DictConfig, roles: Roles) -> RoleLLM:
     return roles.adopt("model", role.backend, sampling, role.prices)
 
 
-def _cached(path: Path, todo: list[Record], compute, chunk: int) -> list[Record]:
-    """Rows for `todo` from the JSONL cache, computing (and appending) the missing ones."""
+def _cached(
+    path: Path, todo: list[Record], compute, chunk: int, bar: Progress, what: str
+) -> list[Record]:
+    """Rows for `todo` from the JSONL cache, computing (and appending) the missing ones;
+    `what` names the work on the progress display `bar`."""
     jl = JsonlLog(path)
     jl.drop_torn_tail()  # the file is its own commit record: a half-written row is not one
     have = {r["id"]: r for r in jl.read()}  # a later duplicate would win, but none are written
     missing = [it for it in todo if it["id"] not in have]
+    task = bar.add_task(what, total=len(todo), completed=len(todo) - len(missing))
     for start in range(0, len(missing), chunk):
         part = missing[start : start + chunk]
         rows = compute(part)
         jl.append(rows)
         have.update({r["id"]: r for r in rows})
-        log.info("%s: %d/%d", path.name, len(todo) - len(missing) + start + len(part), len(todo))
+        bar.update(task, completed=len(todo) - len(missing) + start + len(part))
     return [have[it["id"]] for it in todo]
 
 
 def evaluate_benchmark(
-    bench: Benchmark, model: Any, judge_fn, out_dir: Path, chunk: int, shard: Shard = Shard()
+    bench: Benchmark,
+    model: Any,
+    judge_fn,
+    out_dir: Path,
+    chunk: int,
+    shard: Shard = Shard(),
+    bar: Progress | None = None,
 ) -> tuple[dict, list[Record], list[Record], list[Record]]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    bar = bar or Progress(disable=True)
+    name = out_dir.name
     items = shard.slice(bench.load())
     answers = _cached(
-        out_dir / "answers.jsonl", items, lambda part: bench.answer(model, part), chunk
+        out_dir / "answers.jsonl",
+        items,
+        lambda part: bench.answer(model, part),
+        chunk,
+        bar,
+        f"answering {name}",
     )
     ans_by_id = {a["id"]: a for a in answers}
     judge = judge_fn() if bench.uses_judge else None
@@ -141,6 +160,8 @@ def evaluate_benchmark(
         items,
         lambda part: bench.judge(judge, part, [ans_by_id[it["id"]] for it in part]),
         chunk,
+        bar,
+        f"judging {name}" if bench.uses_judge else f"checking {name}",
     )
     return bench.score(items, answers, judgments), items, answers, judgments
 
@@ -171,23 +192,7 @@ def run_evaluate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     run.track_llm_spend(roles)
     model = model_under_test(cfg, roles)
     chunk = int(ev.get("chunk_size") or 64)
-    scores: dict[str, dict] = {}
-    for name, bcfg in ev.benchmarks.items():
-        bench = benchmark(name, capped(bcfg, ev.get("limit")))
-        bench.bind_roles(roles)
-        log.info("evaluate: %s", name)
-        s, items, answers, judgments = evaluate_benchmark(
-            bench, model, lambda: roles.get("judge"), run.dir / name, chunk, Shard.from_cfg(cfg)
-        )
-        scores[name] = s
-        run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})
-        points = (
-            bench.per_item_lengths(items, answers, judgments)
-            if hasattr(bench, "per_item_lengths")
-            else []
-        )
-        if len(points) >= 5:
-            plot_winrate_vs_length(points, run.dir / f"{name}_winrate_vs_length.png")
+    scores = _run_benchmarks(cfg, run, roles, model, chunk)
     uses_judge = any(_uses_judge(n, ev.benchmarks[n]) for n in scores)
     judge_name = roles.get("judge").name if uses_judge else "-"
     write_json(
@@ -226,6 +231,36 @@ def record_on_card(cfg: DictConfig, scores: dict[str, dict], judge: str, out: Pa
             log.info("evaluate: scores added to the model card %s/README.md", folder)
     except OSError as e:
         log.warning("evaluate: model card of %s not updated: %s", folder, e)
+
+
+def _run_benchmarks(cfg: DictConfig, run, roles: Roles, model: RoleLLM, chunk: int) -> dict:
+    """Each benchmark answered, judged and scored in turn; its scores logged and plotted."""
+    ev = cfg.eval
+    scores: dict[str, dict] = {}
+    with progress("evaluate") as bar:
+        for name, bcfg in ev.benchmarks.items():
+            bench = benchmark(name, capped(bcfg, ev.get("limit")))
+            bench.bind_roles(roles)
+            log.info("evaluate: %s", name)
+            s, items, answers, judgments = evaluate_benchmark(
+                bench,
+                model,
+                lambda: roles.get("judge"),
+                run.dir / name,
+                chunk,
+                Shard.from_cfg(cfg),
+                bar,
+            )
+            scores[name] = s
+            run.log({f"{name}/{k}": v for k, v in s.items() if isinstance(v, int | float)})
+            points = (
+                bench.per_item_lengths(items, answers, judgments)
+                if hasattr(bench, "per_item_lengths")
+                else []
+            )
+            if len(points) >= 5:
+                plot_winrate_vs_length(points, run.dir / f"{name}_winrate_vs_length.png")
+    return scores
 
 
 def _log_table(run, scores: dict[str, dict]) -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.io import write_json, write_jsonl
 from matrix.gen.candidates import row_instruction, row_responses
 from matrix.gen.datacard import write_datacard
+from matrix.gen.explorer import write_gen_explorer
 from matrix.gen.inputs import SimulationData
 from matrix.gen.settings import KINDS
 from matrix.gen.state import SetState
@@ -39,6 +40,7 @@ def write_outputs(
     kinds, files = _write_data_files(out, cfg, specs, by_set)
     stats = _stats(specs, by_set, kinds, encoder, sim)
     write_json(out / "stats.json", stats)
+    write_gen_explorer(out, by_set, sim)
     set_rows = [
         {
             "name": s.name,

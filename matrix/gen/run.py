@@ -146,7 +146,7 @@ class Generation:
             if st.seeds_used >= cap:
                 self._give_up(spec, st, len(seeds))
             self.step(spec, seeds, roles, cap)
-            bar.update(task, completed=st.rows)
+            bar.update(task, completed=min(st.rows, spec.target))
 
     def _seeds_or_fail(self, spec: SetSpec) -> list[Seed]:
         seeds = self.seeds(spec)
@@ -230,11 +230,11 @@ class Generation:
         )
 
     def generate(self) -> None:
-        with progress() as bar:
+        with progress("generate") as bar:
             for spec in self.specs:
                 st = self.state.sets[spec.name]
                 task = bar.add_task(
-                    f"generate: {spec.name}", total=spec.target, completed=min(st.rows, spec.target)
+                    f"set {spec.name}", total=spec.target, completed=min(st.rows, spec.target)
                 )
                 self.run_set(spec, bar, task)
 

@@ -56,6 +56,7 @@ class Simulation:
         self.scenarios = JsonlLog(self.dir / "scenarios.jsonl")
         self.state_path = self.dir / "state.json"
         self.owns_group: Callable[[int], bool] | None = None
+        self.on_phase: Callable[[int, str], None] | None = None
 
     @property
     def agent_llm(self) -> RoleLLM:
@@ -87,21 +88,31 @@ class Simulation:
         before = self.roles.ledger()["total"]
         active = [a for a in state.agents if not a.done]
         actions = self.act(active, r)
+        self.phase_done(r, "act")
         routing = self.comm.route(r, actions, state.agents, state.groups)
+        self.phase_done(r, "route")
         for g in state.groups:  # the modulators have routed every queued inbound event
             g.inbound = []
         events = self.record_events(r, actions, routing.decisions, state)
         self.deliver_news(routing.deliveries, state)
         forwarded = self.share_between_groups(actions, events, state)
+        self.phase_done(r, "share")
         for a in state.agents:
             a.inbox = a.inbox[-self.cfg.inbox_max :]
         self.buffer_steps(r, events, routing.deliveries, forwarded, state)
         ready = [g for g, buf in state.buffers.items() if len(buf) >= self.cfg.interval]
         scenarios = self.summarize(state, ready)
+        self.phase_done(r, "summary")
         self.update_agents(r, state.agents)
+        self.phase_done(r, "update")
         self.commit(r, events, scenarios, state)
         if self.on_round:
             self.on_round(r, self.round_stats(r, before, active, events, routing, state))
+
+    def phase_done(self, r: int, phase: str) -> None:
+        """Tells `on_phase` (the progress display) that a phase of round r ended."""
+        if self.on_phase:
+            self.on_phase(r, phase)
 
     def act(self, active: list[Agent], r: int) -> dict[int, str]:
         """Agent index -> its action this round (one batched call)."""

@@ -29,6 +29,7 @@ from matrix.sim.communication import (
 )
 from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
+from matrix.sim.explorer import write_sim_explorer
 from matrix.sim.grouping import check_bounds, constrained_groups
 from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
@@ -207,11 +208,7 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
                 cfg.communication.get("unparsed", "broadcast"),
             )
         run.log({f"sim/{k}": v for k, v in stats.items()}, step=r)
-        bar.update(
-            task,
-            completed=r,
-            description=f"simulate: round {r}, {stats['scenarios_total']} scenarios",
-        )
+        bar.update(task, completed=r, info=f"{stats['scenarios_total']} scenarios")
 
     sim = Simulation(
         run.dir, sim_cfg, roles, None, cfg.agent.prompts, cfg.scenario.prompt, on_round
@@ -219,10 +216,15 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
     if Shard.from_cfg(cfg).active:
         sim.owns_group = Shard.from_cfg(cfg).owns
     state = restore_or_set_up(cfg, sim, roles, run.dir)
-    with progress() as bar:
-        task = bar.add_task("simulate", total=sim_cfg.max_rounds, completed=state.round)
+    with progress("simulate") as bar:
+        task = bar.add_task("rounds", total=sim_cfg.max_rounds, completed=state.round)
         groups = sim_cfg.schedule == "groups"  # else lock-step
-        state = GroupScheduler(sim, state).run() if groups else sim.run(state)
+        runner = GroupScheduler(sim, state) if groups else None
+        # lock-step reports five phases a round (matrix.sim.engine Simulation.step)
+        left = runner.phase_steps if runner else 5 * (sim_cfg.max_rounds - state.round)
+        phases = bar.add_task("phases", total=left)
+        sim.on_phase = lambda r, phase: bar.update(phases, advance=1, info=f"round {r}: {phase}")
+        state = runner.run() if runner else sim.run(state)
     return finish_simulation(cfg, run, sim, state, roles, per_round)
 
 
@@ -269,7 +271,9 @@ def finish_simulation(
     )
     scenarios = sim.scenarios.read()
     events = sim.events.read()
-    write_report(run.dir, state, scenarios, events, _read_rounds(run.dir, per_round))
+    rounds = _read_rounds(run.dir, per_round)
+    write_report(run.dir, state, scenarios, events, rounds)
+    write_sim_explorer(run.dir, state, sim.comm.mode, scenarios, events, rounds)
     counts = {
         "agents": len(state.agents),
         "groups": len(state.groups),

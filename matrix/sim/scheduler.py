@@ -102,6 +102,11 @@ class GroupScheduler:
         self.in_flight = 0
         self.pool: ThreadPoolExecutor | None = None
 
+    @property
+    def phase_steps(self) -> int:
+        """Every group's steps left to run (the progress display's total)."""
+        return len(self.deps) * len(self.groups)
+
     # -- the run ------------------------------------------------------------------------
     def run(self) -> SimState:
         if self.commits.committed.stopped:
@@ -192,6 +197,7 @@ class GroupScheduler:
         if self.steps.apply(gid, step, out, g.finished_through):
             self.launch_all()  # every group may route this round's news
         g.done.add(step)
+        self.sim.phase_done(r, f"group {gid} {step[1]}")
         if g.done >= self.round_steps[r] and r == g.finished_through + 1:
             self._finish_round(g, r)
         self._launch(gid)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from matrix.common.io import resolve_data_path
+from matrix.common.progress import track
 from matrix.train.batching import BatchPlan, ResumableLoader, collate_rows, pack_best_fit
 from matrix.train.examples import (
     ROW_KINDS,
@@ -182,6 +183,7 @@ class ChatDataModule(L.LightningDataModule):
             )
         rows = sample_rows(rows, self.sample, self.seed)
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo
+        rows = track(rows, "tokenizing", "train")
         self.examples, self.stats = tokenize(self.tokenizer, rows, self.max_seq_len)
         self.stats.rows += len(bad.skipped)
         self.stats.skipped_malformed += len(bad.skipped)

@@ -39,6 +39,7 @@ from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
 from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
+from matrix.train.progress_bar import StageProgressBar
 from matrix.train.resume import resume_point
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def build_trainer(
         enable_version_counter=False,
     )
     save = bool(cfg.train.checkpoint.get("enabled", True))
+    bar = bool(t.get("progress_bar", True))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -128,12 +130,18 @@ def build_trainer(
         max_steps=int(t.max_steps),
         accumulate_grad_batches=int(t.accumulate_grad_batches),
         gradient_clip_val=None,  # the module clips (CausalLMModule.configure_gradient_clipping)
-        callbacks=[LoaderPosition(), RNGState(), *callbacks, *([ckpt] if save else [])],
+        callbacks=[
+            LoaderPosition(),
+            RNGState(),
+            *callbacks,
+            *([ckpt] if save else []),
+            *([StageProgressBar()] if bar else []),
+        ],
         # StepLogger's rows, through the module's self.log; metrics.jsonl is written either way
         logger=logger or False,
         log_every_n_steps=int(t.log_every_n_steps),  # the rows' cadence (StepLogger's too)
         enable_checkpointing=save,
-        enable_progress_bar=bool(t.get("progress_bar", True)),
+        enable_progress_bar=bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # BatchPlan shards by rank itself
         deterministic=bool(t.get("deterministic", False)),

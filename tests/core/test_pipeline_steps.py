@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from matrix.common.validation import ConfigError
 from matrix.core.pipeline import pipeline_steps
 from matrix.core.provenance import config_hash
 from matrix.core.stage import stage_dir
+from tests.common.test_progress import stage_lines
 from tests.conftest import RANDOM_MODEL_OVERRIDES, ROOT, compose, tiny_llm_overrides
 from tests.doubles import BagOfWords
 
@@ -130,6 +132,8 @@ def test_paper_matrix_tuned_tiny_runs_sft_then_dpo_in_one_command(
     for step in TUNED_STEPS:
         assert f"{step}: running" in log
         assert json.loads((run / step / "manifest.json").read_text())["complete"]
+    _assert_progress_lines(log)
+    _assert_explorers(run)
     sft = json.loads((run / "train_sft" / "manifest.json").read_text())
     dpo = json.loads((run / "train" / "manifest.json").read_text())
     objective = {m["config"]["train"]["objective"]["_target_"] for m in (sft, dpo)}
@@ -209,6 +213,39 @@ def _assert_model_card(run: Path) -> None:
         scores["alpaca_eval2"]["win_rate"]
     )
     assert "](loss.png)" in (run / "train" / "report.md").read_text()
+
+
+def _assert_progress_lines(log: str) -> None:
+    """Each stage's progress in the log (not a terminal): plain lines with counts and an ETA,
+    up to the whole of each task (tests/train/test_loggers.py checks an epoch step by step)."""
+    lines = {
+        stage: stage_lines(log, stage) for stage in ("simulate", "generate", "train", "evaluate")
+    }
+    done = {s: {m["what"] for m in ms if m["done"] == m["total"]} for s, ms in lines.items()}
+    assert {"rounds", "phases"} <= done["simulate"], lines["simulate"]
+    assert {"set general", "set complex"} <= done["generate"], lines["generate"]
+    assert {"tokenizing", "epoch 1", "epoch 2"} <= done["train"], lines["train"]
+    assert {"answering alpaca_eval2", "judging alpaca_eval2"} <= done["evaluate"]
+    # a round's phases, before its end, with the time left; the epochs with loss and lr
+    assert any(m["what"] == "phases" and m["eta"] != "0s" for m in lines["simulate"])
+    epochs = [m for m in lines["train"] if m["what"].startswith("epoch")]
+    assert all(re.search(r" loss=[\d.]+ lr=[\d.e+-]+$", m.string) for m in epochs)
+
+
+def _assert_explorers(run: Path) -> None:
+    """simulate/ and generate/ each wrote their explorer page; a generated row's scenario is
+    in the simulate page, which the generate page links to by relative path."""
+    data = {}
+    for step in ("simulate", "generate_sft"):
+        html = (run / step / "explorer.html").read_text()
+        data[step] = json.loads(html.split('id="explorer-data">')[1].split("</script>")[0])
+    sim = {s["name"]: s["rows"] for s in data["simulate"]["sections"]}
+    gen = data["generate_sft"]
+    assert gen["external"]["scenarios"] == "../simulate/explorer.html"
+    rows = next(s["rows"] for s in gen["sections"] if s["name"] == "rows")
+    scenario_ids = {s["id"] for s in sim["scenarios"]}
+    assert rows and all(set(r["scenario_ids"]) <= scenario_ids for r in rows)
+    assert sim["events"] and sim["agents"] and sim["groups"] and sim["rounds"]
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

@@ -6,6 +6,7 @@ W&B run, and the progress bar shows the loss and lr."""
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from matrix.common.validation import ConfigProblems
 from matrix.train import loggers
 from matrix.train.loggers import StageWandbLogger, build_logger, check_logger
 from matrix.train.run import run_train
+from tests.common.test_progress import stage_lines
 
 from .conftest import compose_train, tiny_overrides
 
@@ -45,7 +47,10 @@ class Seen(L.Callback):
 
 
 def train(runs: Path, data: Path, name: str, logger: str, *extra: str) -> tuple[Path, Seen]:
-    args = [o for o in tiny_overrides(runs, data, name, *SETTINGS, *extra) if o != "logger=none"]
+    drop = {"logger=none"} | (
+        {"trainer.progress_bar=false"} if "trainer.progress_bar=true" in extra else set()
+    )
+    args = [o for o in tiny_overrides(runs, data, name, *SETTINGS, *extra) if o not in drop]
     seen = Seen()
     run_train(compose_train([*args, f"logger={logger}"]), callbacks=[seen])
     return runs / name / "train", seen
@@ -95,11 +100,25 @@ def test_progress_bar_shows_loss_and_lr(csv_run):
     assert_progress_bar(seen, stage_dir)
 
 
-def test_none_has_no_logger_and_still_a_progress_bar(tmp_path, data_dir):
-    stage_dir, seen = train(tmp_path, data_dir / "sft_short.jsonl", "n", "none")
+def test_none_has_no_logger_and_still_a_progress_bar(tmp_path, data_dir, caplog, monkeypatch):
+    monkeypatch.setenv("MATRIX_PROGRESS", "lines")  # what a log that is not a terminal gets
+    caplog.set_level(logging.INFO, logger="matrix.progress")
+    data = data_dir / "sft_short.jsonl"
+    stage_dir, seen = train(tmp_path, data, "n", "none", "trainer.progress_bar=true")
     assert seen.loggers == []
     assert not {"csv", "tensorboard", "wandb"} & {p.name for p in stage_dir.iterdir()}
     assert_progress_bar(seen, stage_dir)
+    # the progress lines: tokenizing every row, then the epoch's 4 optimizer steps (max_steps),
+    # one line a step (each a quarter), with the loss and lr metrics.jsonl has at that step
+    lines = stage_lines("\n".join(caplog.messages), "train")
+    assert [(m["done"], m["total"]) for m in lines if m["what"] == "tokenizing"][-1] == ("24", "24")
+    epoch = [m for m in lines if m["what"] == "epoch 1"]
+    assert [(m["done"], m["total"]) for m in epoch] == [(str(k), "4") for k in range(1, 5)]
+    logged = {r["step"]: r for r in read_jsonl(stage_dir / "metrics.jsonl") if "train/loss" in r}
+    for m in epoch:
+        row = logged[int(m["done"])]
+        assert m.string.endswith(f"loss={row['train/loss']:.4g} lr={row['train/lr']:.4g}")
+    assert all(m["eta"] != "0s" for m in epoch[:-1]) and epoch[-1]["eta"] == "0s"
 
 
 def test_resumed_run_logs_the_remaining_steps(csv_run, tmp_path, data_dir):
