@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from matrix.common.io import atomic_write_text, read_json
-from matrix.core.stage import producer_manifest
+from matrix.core.provenance import producer_manifest
 
 log = logging.getLogger(__name__)
 
