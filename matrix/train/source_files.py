@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def renamed_columns(columns: Mapping[str, str | None], keys: tuple[str, ...]) -> list[str]:
-    """The `data.columns` entries that rename a key the format (`keys`) does not have: the
-    shipped defaults (`messages: messages`, ...) rename nothing and are passed over."""
+    """The `data.columns` entries that name a column for a key the format (`keys`) does not
+    have; the shipped defaults (`messages: messages`, ...) rename nothing and pass."""
     return sorted(f for f, c in columns.items() if f not in keys and c not in (None, f))
 
 
