@@ -33,8 +33,9 @@ class BadRows:
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"{self.key}={self.on_error!r}: use 'skip' or 'fail'")
 
-    def add(self, lineno: int, why: str) -> None:
-        msg = f"{self.path}:{lineno}: {why}"
+    def add(self, where: int | str, why: str) -> None:
+        """A malformed row at `where` (a line number, or `Table.where`'s place of a row)."""
+        msg = f"{self.path}:{where}: {why}"
         if self.on_error == "fail":
             raise self.error(f"{msg} (set {self.key}=skip to skip such lines)")
         if len(self.skipped) < SHOWN:

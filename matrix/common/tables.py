@@ -3,7 +3,10 @@
 A table is named by one string (`data.path`, `eval.benchmarks.custom.path`) and is one of:
 
 - a JSONL file (`.jsonl`, `.json`, `.jsonl.gz`): read line by line (`matrix.common.io`),
+- a JSON array of rows (a `.json` file whose first character is `[`),
 - a parquet file (`.parquet`): read a batch of rows at a time,
+- a folder of such files (what `huggingface-cli download --local-dir` leaves): every data file
+  under it in name order, hidden folders (its `.cache/`) passed over,
 - a folder written by `datasets.Dataset.save_to_disk` (or a `DatasetDict`'s: the split named
   by the caller, "train" by default),
 - the name of a dataset in the local Hugging Face datasets cache (`owner/name`), loaded with
@@ -12,12 +15,16 @@ A table is named by one string (`data.path`, `eval.benchmarks.custom.path`) and 
 
 Every reader yields (row number, value, None) or (row number, None, why), the shape of
 `matrix.common.io.jsonl_lines`, so a loader reports bad rows the same way whatever the format
-(`matrix.common.bad_rows`); row numbers are 1-based (a JSONL file's line numbers). Anything else
-stops with `TableError`, naming the file and the accepted formats.
+(`matrix.common.bad_rows`); row numbers are 1-based (a JSONL file's line numbers), and
+`Table.position` writes one as an error message shows it (the line, or `row <index>` counted
+from 0 as datasets and pandas show rows). A folder's rows come file by file (`Table.files`).
+Anything else stops with `TableError`, naming the file and the accepted formats.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 import re
@@ -33,9 +40,10 @@ log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+DATA_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 ACCEPTED = (
-    "a JSONL file (.jsonl, .jsonl.gz), a parquet file (.parquet), a folder written by "
-    "datasets' save_to_disk, or the name of a dataset in the local Hugging Face datasets cache "
+    "a JSONL file (.jsonl, .jsonl.gz), a parquet file (.parquet), a JSON array (.json), a "
+    "folder of such files, a folder written by datasets' save_to_disk, or the name of a dataset in the local Hugging Face datasets cache "
     "(owner/name)"
 )
 # Files `save_to_disk` writes: a Dataset's state, a DatasetDict's split list.
@@ -51,8 +59,9 @@ class TableError(ConfigError):
 
 @dataclass(frozen=True)
 class Table:
-    """Where a table is and how it is read: `kind` is jsonl | csv | parquet | disk | hub;
-    `path` is the file or folder read (for a cached dataset, its cache folder)."""
+    """Where a table is and how it is read: `kind` is jsonl | json (an array) | csv | parquet |
+    files (a folder of data files) | disk | hub; `path` is the file or folder read (for a
+    cached dataset, its cache folder)."""
 
     spec: str
     kind: str
@@ -65,6 +74,16 @@ class Table:
         if self.kind == "jsonl":
             yield from jsonl_lines(self.path, max_line_bytes)
             return
+        if self.kind == "json":
+            yield from _array_rows(self.path)
+            return
+        if self.kind == "files":
+            n = 0
+            for part in self.files():
+                for _, row, error in part.rows(max_line_bytes):
+                    n += 1
+                    yield n, row, error
+            return
         if self.kind == "parquet":
             yield from _parquet_rows(self.path)
             return
@@ -72,6 +91,23 @@ class Table:
             raise TableError(f"{self.path}: a CSV file is read by its own loader, not here")
         for i, row in enumerate(self.dataset(), 1):
             yield i, row, None
+
+    def files(self) -> list[Table]:
+        """The tables that hold the rows, in order: each data file of a folder, else itself."""
+        if self.kind != "files":
+            return [self]
+        return [_file_table(self.spec, f, self.key) for f in _data_files(self.path)]
+
+    def position(self, n: int) -> str:
+        """Row number `n` as an error message names it: a JSONL file's line number, else
+        `row <index>` (from 0)."""
+        return str(n) if self.kind == "jsonl" else f"row {n - 1}"
+
+    def where(self, part: Table, n: int) -> str:
+        """Row `n` of `part` (one of `files()`) as an error names it after the table's path:
+        its position, after the file's place in a folder (`data/train-0.parquet:row 3`)."""
+        pos = part.position(n)
+        return pos if part is self else f"{part.path.relative_to(self.path)}:{pos}"
 
     def columns(self, sample: int = 200) -> list[str]:
         """The table's columns: a parquet file's or a dataset's schema, or the keys of a JSONL
@@ -136,16 +172,17 @@ def open_table(
     if p.is_dir():
         if any((p / m).is_file() for m in _DISK_MARKERS):
             return Table(spec, "disk", p, key, split)
+        if _data_files(p):
+            return Table(spec, "files", p, key)
         raise TableError(
             f"{key}={spec}: {p} is a folder but not one written by datasets' save_to_disk (no "
-            f"{' or '.join(_DISK_MARKERS)}); {key} takes {accepted}"
+            f"{' or '.join(_DISK_MARKERS)}) and holds no data file "
+            f"({', '.join(DATA_SUFFIXES)}; hidden folders are passed over); {key} takes {accepted}"
         )
     if p.is_file():
         name = p.name.lower()
-        if name.endswith(JSONL_SUFFIXES):
-            return Table(spec, "jsonl", p, key)
-        if name.endswith(PARQUET_SUFFIXES):
-            return Table(spec, "parquet", p, key)
+        if name.endswith(DATA_SUFFIXES):
+            return _file_table(spec, p, key)
         if csv and name.endswith(".csv"):
             return Table(spec, "csv", p, key)
         raise TableError(
@@ -163,6 +200,45 @@ def open_table(
             f"`python -c \"import datasets; datasets.load_dataset('{spec}')\"`."
         )
     raise TableError(f"{key}={spec}: no file or folder at {p}.{hint} {key} takes {accepted}")
+
+
+def _file_table(spec: str, path: Path, key: str) -> Table:
+    """A data file's table (its suffix one of DATA_SUFFIXES): a `.json` file whose first
+    character is `[` holds an array of rows; other JSON files are JSON Lines."""
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return Table(spec, "parquet", path, key)
+    if name.endswith((".json", ".json.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if head.startswith(b"["):
+            return Table(spec, "json", path, key)
+    return Table(spec, "jsonl", path, key)
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """Every data file under `folder` in name order, hidden folders and files passed over."""
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and f.name.lower().endswith(DATA_SUFFIXES)
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+
+
+def _array_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise TableError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise TableError(f"{path}: invalid UTF-8 at byte {e.start}") from e
+    for i, row in enumerate(value, 1):
+        yield i, row, None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:

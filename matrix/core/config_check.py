@@ -50,6 +50,7 @@ _OPEN = (
     "model.config",
     "trainer.fsdp",
     "logger.wandb.settings",
+    "data.columns",  # a field of the rows or a key of data.format (matrix.train.preflight)
     "logger.lightning",  # any Lightning logger's options (matrix.train.loggers.check_logger)
     # the train stage's components: options checked against their _target_'s signature
     # (matrix.train.components)
@@ -85,15 +86,8 @@ def _is_open(path: str) -> bool:
     if path in _OPEN:
         return True
     parts = path.split(".")
-    return (
-        len(parts) == 4
-        and parts[:2] == ["eval", "benchmarks"]
-        and parts[3]
-        in (
-            "sampling",
-            "judge_sampling",
-        )
-    )
+    in_benchmark = len(parts) == 4 and parts[:2] == ["eval", "benchmarks"]
+    return in_benchmark and parts[3] in ("sampling", "judge_sampling")
 
 
 def _walk(node: Any, prefix: str, out: set[str]) -> None:
@@ -158,6 +152,10 @@ REPLACED = {
     "optimizer.name": (
         "replaced by `optimizer._target_` (the optimizer's class, e.g. torch.optim.AdamW); "
         "pick a shipped one with `optimizer=adamw|adamw_8bit` (conf/optimizer/<name>.yaml)"
+    ),
+    "data.fields": (
+        "replaced by `data.columns.<key of data.format>=<the dataset's key>`, e.g. "
+        "`+data.columns.instruction=question` (one map for a table's columns and a format's keys)"
     ),
     "scheduler.name": (
         "replaced by `scheduler._target_` (a function or class that builds the schedule, e.g. "

@@ -179,7 +179,7 @@ class ChatDataModule(L.LightningDataModule):
             )
         else:
             rows, bad = self.source.load(
-                Path(self.path), self.rows, self.on_error, self.max_line_bytes, self.limit
+                self.path, self.rows, self.on_error, self.max_line_bytes, self.limit, self.split
             )
         rows = sample_rows(rows, self.sample, self.seed)
         tokenize = tokenize_sft if self.rows == "chat" else tokenize_dpo

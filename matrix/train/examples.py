@@ -157,10 +157,10 @@ def load_rows(
     split: str | None = None,
     columns: Mapping[str, str | None] | None = None,
 ) -> tuple[list[dict], BadRows]:
-    """The trainable rows of a table (`matrix.common.tables`: JSONL, parquet, a save_to_disk
-    folder or a cached dataset; the first `limit` rows), columns renamed by `columns`
-    (data.columns); every malformed row is named with its row number and skipped or fatal per
-    `on_error` (data.on_error)."""
+    """The trainable rows of a table (`matrix.common.tables`: JSONL, parquet, a folder of data
+    files, a save_to_disk folder or a cached dataset; the first `limit` rows), columns renamed
+    by `columns` (data.columns); every malformed row is named with its place and skipped or
+    fatal per `on_error` (data.on_error)."""
     table = open_table(path, "data.path", split)
     mapping = {f: c for f, c in (columns or {}).items() if f in ROW_FIELDS[kind]}
     if any(c != f for f, c in mapping.items()) and (why := columns_problem(table, kind, mapping)):
@@ -168,15 +168,18 @@ def load_rows(
     bad = BadRows(table.path, on_error, "data.on_error")
     rows: list[dict] = []
     lines = 0
-    for lineno, row, error in table.rows(max_line_bytes):
-        lines += 1
-        if error is None and isinstance(row, dict):
-            row = apply_columns(row, mapping)
-        why = error or row_problem(row, kind)
-        if why:
-            bad.add(lineno, why)
-            continue
-        rows.append(row)
+    for part in table.files():
+        for n, row, error in part.rows(max_line_bytes):
+            lines += 1
+            if error is None and isinstance(row, dict):
+                row = apply_columns(row, mapping)
+            why = error or row_problem(row, kind)
+            if why:
+                bad.add(table.where(part, n), why)
+                continue
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
         if limit and len(rows) >= limit:
             break
     bad.summary(lines)

@@ -8,7 +8,8 @@ rows) or `prompt` / `chosen` / `rejected` (preference pairs). It raises `FormatM
 naming the key that does not fit, so a file in another format is reported with the format
 expected and the first offending row (matrix.train.source_files).
 
-`fields` renames a format's keys for a dataset that publishes the same shape under other names
+`columns` (`data.columns`, the map the project's own rows and the custom questions use too)
+names a format's keys as a dataset publishes them when it has the same shape under other names
 (Glaive's Code-Assistant: `question` / `answer` in the instruction format).
 """
 
@@ -42,11 +43,11 @@ class Format:
     rows: str  # what it converts to natively: "chat" or "pairs"
     convert: Callable[[Row, Mapping[str, str]], Row]
     id_keys: tuple[str, ...]  # the dataset's own row id, the first present
-    keys: tuple[str, ...]  # the keys `fields` may rename
+    keys: tuple[str, ...]  # the keys `data.columns` may rename
 
 
-def _get(raw: Row, fields: Mapping[str, str], key: str, kind: type | tuple = str) -> Any:
-    name = fields.get(key, key)
+def _get(raw: Row, columns: Mapping[str, str], key: str, kind: type | tuple = str) -> Any:
+    name = columns.get(key, key)
     if name not in raw:
         raise FormatMismatch(name, "is missing")
     value = raw[name]
@@ -85,46 +86,46 @@ SHAREGPT_ROLES = {
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 
-def sharegpt(raw: Row, fields: Mapping[str, str]) -> Row:
-    key = fields.get("conversations", "conversations")
-    conv = _get(raw, fields, "conversations", list)
+def sharegpt(raw: Row, columns: Mapping[str, str]) -> Row:
+    key = columns.get("conversations", "conversations")
+    conv = _get(raw, columns, "conversations", list)
     return {"messages": _turns(conv, key, "from", "value", SHAREGPT_ROLES)}
 
 
-def messages(raw: Row, fields: Mapping[str, str]) -> Row:
-    key = fields.get("messages", "messages")
+def messages(raw: Row, columns: Mapping[str, str]) -> Row:
+    key = columns.get("messages", "messages")
     return {
         "messages": _turns(
-            _get(raw, fields, "messages", list), key, "role", "content", OPENAI_ROLES
+            _get(raw, columns, "messages", list), key, "role", "content", OPENAI_ROLES
         )
     }
 
 
-def wildchat(raw: Row, fields: Mapping[str, str]) -> Row:
-    key = fields.get("conversation", "conversation")
-    conv = _get(raw, fields, "conversation", list)
+def wildchat(raw: Row, columns: Mapping[str, str]) -> Row:
+    key = columns.get("conversation", "conversation")
+    conv = _get(raw, columns, "conversation", list)
     return {"messages": _turns(conv, key, "role", "content", OPENAI_ROLES)}
 
 
-def alpaca(raw: Row, fields: Mapping[str, str]) -> Row:
+def alpaca(raw: Row, columns: Mapping[str, str]) -> Row:
     """instruction (+ input, appended after a blank line, as Alpaca's template does) -> output."""
-    prompt = _get(raw, fields, "instruction")
-    extra = raw.get(fields.get("input", "input"))
+    prompt = _get(raw, columns, "instruction")
+    extra = raw.get(columns.get("input", "input"))
     if isinstance(extra, str) and extra.strip():
         prompt = f"{prompt}\n\n{extra}"
-    answer = _get(raw, fields, "output")
-    return {"messages": [*_user_turns(raw, fields, prompt), _assistant(answer)]}
+    answer = _get(raw, columns, "output")
+    return {"messages": [*_user_turns(raw, columns, prompt), _assistant(answer)]}
 
 
-def _user_turns(raw: Row, fields: Mapping[str, str], text: str) -> list[dict]:
+def _user_turns(raw: Row, columns: Mapping[str, str], text: str) -> list[dict]:
     """The user's request, after the row's `system` prompt when it has one."""
-    system = raw.get(fields.get("system", "system"))
+    system = raw.get(columns.get("system", "system"))
     head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
     return [*head, {"role": "user", "content": text}]
 
 
-def magpie(raw: Row, fields: Mapping[str, str]) -> Row:
-    prompt, answer = _get(raw, fields, "instruction"), _get(raw, fields, "response")
+def magpie(raw: Row, columns: Mapping[str, str]) -> Row:
+    prompt, answer = _get(raw, columns, "instruction"), _get(raw, columns, "response")
     return {"messages": [{"role": "user", "content": prompt}, _assistant(answer)]}
 
 
@@ -149,20 +150,20 @@ def _answer(value: Any, key: str) -> tuple[list[dict], list[dict]]:
     return turns[:cut], turns[cut:]
 
 
-def preference(raw: Row, fields: Mapping[str, str]) -> Row:
+def preference(raw: Row, columns: Mapping[str, str]) -> Row:
     """chosen / rejected (strings or message lists) with the prompt turns the chosen list
     carries (UltraFeedback, Argilla: the whole conversation before the answer), else `prompt`
     (a string or messages) or `question` (+ `system`, Orca DPO pairs)."""
-    key_c, key_r = fields.get("chosen", "chosen"), fields.get("rejected", "rejected")
-    carried, chosen = _answer(_get(raw, fields, "chosen", (str, list)), key_c)
-    _, rejected = _answer(_get(raw, fields, "rejected", (str, list)), key_r)
-    prompt = raw.get(fields.get("prompt", "prompt"), raw.get(fields.get("question", "question")))
+    key_c, key_r = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+    carried, chosen = _answer(_get(raw, columns, "chosen", (str, list)), key_c)
+    _, rejected = _answer(_get(raw, columns, "rejected", (str, list)), key_r)
+    prompt = raw.get(columns.get("prompt", "prompt"), raw.get(columns.get("question", "question")))
     if carried:
         prompt = carried
     elif isinstance(prompt, list):
-        prompt = _turns(prompt, fields.get("prompt", "prompt"), "role", "content", OPENAI_ROLES)
+        prompt = _turns(prompt, columns.get("prompt", "prompt"), "role", "content", OPENAI_ROLES)
     elif isinstance(prompt, str):
-        prompt = _user_turns(raw, fields, prompt)
+        prompt = _user_turns(raw, columns, prompt)
     else:
         raise FormatMismatch("prompt", "is missing (nor `question`, nor prompt turns in `chosen`)")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -182,24 +183,24 @@ def _hh_turns(text: str, key: str) -> list[dict]:
     ]
 
 
-def hh(raw: Row, fields: Mapping[str, str]) -> Row:
+def hh(raw: Row, columns: Mapping[str, str]) -> Row:
     """Anthropic HH-RLHF: two transcripts sharing every turn but the last assistant one."""
-    key_c, key_r = fields.get("chosen", "chosen"), fields.get("rejected", "rejected")
-    chosen = _hh_turns(_get(raw, fields, "chosen"), key_c)
-    rejected = _hh_turns(_get(raw, fields, "rejected"), key_r)
+    key_c, key_r = columns.get("chosen", "chosen"), columns.get("rejected", "rejected")
+    chosen = _hh_turns(_get(raw, columns, "chosen"), key_c)
+    rejected = _hh_turns(_get(raw, columns, "rejected"), key_r)
     for key, turns in ((key_c, chosen), (key_r, rejected)):
         if turns[-1]["role"] != "assistant":
             raise FormatMismatch(key, "does not end with an Assistant turn")
     return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
 
 
-def safe_rlhf(raw: Row, fields: Mapping[str, str]) -> Row:
+def safe_rlhf(raw: Row, columns: Mapping[str, str]) -> Row:
     """PKU-SafeRLHF: prompt, response_0 / response_1 and the id of the safer one."""
-    prompt = _get(raw, fields, "prompt")
-    answers = [_get(raw, fields, "response_0"), _get(raw, fields, "response_1")]
-    better = _get(raw, fields, "safer_response_id", int)
+    prompt = _get(raw, columns, "prompt")
+    answers = [_get(raw, columns, "response_0"), _get(raw, columns, "response_1")]
+    better = _get(raw, columns, "safer_response_id", int)
     if better not in (0, 1):
-        raise FormatMismatch(fields.get("safer_response_id", "safer_response_id"), "is not 0 or 1")
+        raise FormatMismatch(columns.get("safer_response_id", "safer_response_id"), "is not 0 or 1")
     return {
         "prompt": [{"role": "user", "content": prompt}],
         "chosen": [_assistant(answers[better])],
@@ -207,10 +208,10 @@ def safe_rlhf(raw: Row, fields: Mapping[str, str]) -> Row:
     }
 
 
-def beavertails(raw: Row, fields: Mapping[str, str]) -> Row:
+def beavertails(raw: Row, columns: Mapping[str, str]) -> Row:
     """BeaverTails: prompt, response, is_safe; only the safe answers are trained on."""
-    prompt, answer = _get(raw, fields, "prompt"), _get(raw, fields, "response")
-    if not _get(raw, fields, "is_safe", bool):
+    prompt, answer = _get(raw, columns, "prompt"), _get(raw, columns, "response")
+    if not _get(raw, columns, "is_safe", bool):
         raise SkipRow("is_safe is false")
     return {"messages": [{"role": "user", "content": prompt}, _assistant(answer)]}
 
@@ -233,13 +234,13 @@ FORMATS: dict[str, Format] = {
 NATIVE = "matrix"
 
 
-def as_training_row(fmt: Format, raw: Row, fields: Mapping[str, str], rows: str) -> Row:
+def as_training_row(fmt: Format, raw: Row, columns: Mapping[str, str], rows: str) -> Row:
     """The row of kind `rows` ("chat" or "pairs") from one published row. A pair converts to a
     chat as its prompt followed by the chosen answer (SFT on the preferred answers); a chat
     does not convert to a pair."""
     if not isinstance(raw, dict):
         raise FormatMismatch("(row)", f"should be a JSON object, got {type(raw).__name__}")
-    row = fmt.convert(raw, fields)
+    row = fmt.convert(raw, columns)
     if rows == "chat" and "messages" not in row:
         return {"messages": [*row["prompt"], *row["chosen"]]}
     return row

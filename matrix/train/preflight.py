@@ -17,8 +17,9 @@ from matrix.train.attention import flash_attn_available
 from matrix.train.components import check_components
 from matrix.train.datamodule import data_path, objective_rows
 from matrix.train.examples import ROW_FIELDS, columns_problem
+from matrix.train.formats import FORMATS, NATIVE
 from matrix.train.loggers import check_logger
-from matrix.train.source_files import Source
+from matrix.train.source_files import Source, renamed_columns
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -28,12 +29,28 @@ def _has_chat_template(folder: Path) -> bool:
     return tc.is_file() and bool(json.loads(tc.read_text()).get("chat_template"))
 
 
+def _unread_columns(columns) -> str | None:
+    """Why `data.columns` names a field the project's own rows do not have (data.format=matrix),
+    or None: a published format's keys are named with that format set."""
+    unknown = renamed_columns(columns, tuple(f for kind in ROW_FIELDS.values() for f in kind))
+    if not unknown:
+        return None
+    return (
+        f"{', '.join(f'data.columns.{f}' for f in unknown)}: not a field of data.format={NATIVE} "
+        "rows (messages for chats; prompt, chosen, rejected for pairs); a published dataset's "
+        f"keys are named with its data.format set ({', '.join(FORMATS)})"
+    )
+
+
 def check_data(cfg: DictConfig, p: ConfigProblems) -> None:
     spec = data_path(cfg)
     rows = objective_rows(cfg)
     source = Source.from_data(cfg.data)
     if source is not None:  # a published dataset (data.format): its own checks
-        source.check(Path(spec), rows, p, cfg.data.get("generate_command"))
+        source.check(spec, rows, p, cfg.data.get("generate_command"), cfg.data.get("split"))
+        return
+    if why := _unread_columns(cfg.data.get("columns") or {}):
+        p.add("data.columns", why)
         return
     default = "data.sft_path" if rows == "chat" else "data.dpo_path"
     if not cfg.data.get("path") and not Path(spec).exists():

@@ -18,7 +18,8 @@ DataFormat = Literal[(NATIVE, *FORMATS)]  # type: ignore[valid-type]
 
 @dataclass(frozen=True)
 class DataColumns:
-    """The table's column of each field a row needs (matrix.common.columns)."""
+    """The table's column of each field a row needs (matrix.common.columns); with a published
+    data.format, of each key of that format (matrix.train.formats: `instruction`, ...)."""
 
     messages: str = "messages"
     prompt: str = "prompt"
@@ -37,7 +38,6 @@ class Data:
     split: str | None = None  # a DatasetDict's split; null: train
     columns: DataColumns = field(default_factory=DataColumns)
     format: DataFormat = NATIVE
-    fields: dict[str, str] | None = None  # a format's keys under the dataset's own names
     sample: Count | None = None  # a seeded random sample of this many rows (after limit)
     generate_run: str | None = None
     generate_command: str | None = None

@@ -1,11 +1,12 @@
-"""A published dataset on local disk -> training rows (`data.format` other than `matrix`).
+"""A published dataset -> training rows (`data.format` other than `matrix`).
 
-`data.path` is a file or a folder; a folder is read as every data file under it in name order
-(`.jsonl`, `.jsonl.gz`, `.json`, `.parquet`; hidden folders such as the `.cache/` that
-`huggingface-cli download --local-dir` leaves are passed over). A `.json` file holds one
-array of rows (or JSON Lines); parquet is read with pyarrow, which comes with `datasets`.
+`data.path` is any table `matrix.common.tables` reads: a data file (`.jsonl`, `.jsonl.gz`, a
+`.json` array or JSON Lines, `.parquet`), a folder of them (what `huggingface-cli download
+--local-dir` leaves; its hidden `.cache/` is passed over), a `datasets` save_to_disk folder
+(`data.split`) or a dataset name in the local Hugging Face datasets cache.
 
-Each row goes through its format's converter (matrix.train.formats) and gets an `id`
+Each row goes through its format's converter (matrix.train.formats), its keys looked up under
+the dataset's own names (`data.columns.<format key>=<column>`), and gets an `id`
 ("<dataset>-<the dataset's row id>") and `lineage` (dataset, format, file, row id), the fields
 a generated row's lineage has in its place. A file whose first row does not fit the format is
 not that format: that stops the run (ConfigError naming the format, its expected shape, the row
@@ -17,10 +18,9 @@ baseline), drawn after `data.limit`.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.bad_rows import BadRows
-from matrix.common.io import jsonl_lines
+from matrix.common.tables import TableError, open_table
 from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.train.examples import row_problem
 from matrix.train.formats import (
@@ -43,54 +43,11 @@ from matrix.train.formats import (
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
-
-def data_files(path: Path) -> list[Path]:
-    """The data files of `path`: itself, or every data file under the folder, in name order."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        return []
-    return sorted(
-        f
-        for f in path.rglob("*")
-        if f.is_file()
-        and f.name.endswith(SUFFIXES)
-        and not any(part.startswith(".") for part in f.relative_to(path).parts)
-    )
-
-
-def records(file: Path, max_line_bytes: int | None = None) -> Iterator[tuple[str, Any, str | None]]:
-    """(where, published row, None) for each row of one file, or (where, None, why) for a line
-    that is not JSON; `where` is "<line>" (JSON Lines) or "row <index>" (array, parquet)."""
-    if file.name.endswith((".jsonl", ".jsonl.gz")):
-        for lineno, value, error in jsonl_lines(file, max_line_bytes):
-            yield str(lineno), value, error
-        return
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        i = 0
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
-            for value in batch.to_pylist():
-                yield f"row {i}", value, None
-                i += 1
-        return
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        if e.msg != "Extra data":  # several values one after the other: JSON Lines in a .json
-            raise ConfigError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from e
-        for lineno, value, error in jsonl_lines(file, max_line_bytes):
-            yield str(lineno), value, error
-        return
-    if not isinstance(value, list):
-        raise ConfigError(
-            f"{file}: a .json data file holds an array of rows, got {type(value).__name__}"
-        )
-    for i, row in enumerate(value):
-        yield f"row {i}", row, None
+def renamed_columns(columns: Mapping[str, str | None], keys: tuple[str, ...]) -> list[str]:
+    """The `data.columns` entries that name a column for a key the format (`keys`) does not
+    have; the shipped defaults (`messages: messages`, ...) rename nothing and pass."""
+    return sorted(f for f, c in columns.items() if f not in keys and c not in (None, f))
 
 
 def sample_rows(rows: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -108,7 +65,7 @@ class Source:
 
     format: Format
     dataset: str
-    fields: Mapping[str, str] = field(default_factory=dict)
+    columns: Mapping[str, str] = field(default_factory=dict)  # format key -> dataset's key
 
     @classmethod
     def from_data(cls, data: DictConfig) -> Source | None:
@@ -118,8 +75,8 @@ class Source:
             return None
         if name not in FORMATS:
             raise ConfigError(f"data.format={name}: use {NATIVE} or one of {', '.join(FORMATS)}")
-        fields = OmegaConf.to_container(data.fields, resolve=True) if data.get("fields") else {}
-        return cls(FORMATS[name], str(data.name), fields)
+        columns = OmegaConf.to_container(data.columns, resolve=True) if data.get("columns") else {}
+        return cls(FORMATS[name], str(data.name), {f: c for f, c in columns.items() if c})
 
     def mismatch(self, where: str, e: FormatMismatch) -> str:
         return (
@@ -131,7 +88,7 @@ class Source:
         """The training row of one published row; `position` ("<file in the folder>:<n>")
         is its id where the dataset gives none."""
         rid = row_id(self.format, raw, position)
-        out = as_training_row(self.format, raw, self.fields, rows)
+        out = as_training_row(self.format, raw, self.columns, rows)
         lineage = {
             "dataset": self.dataset,
             "format": self.format.name,
@@ -142,37 +99,37 @@ class Source:
 
     def load(
         self,
-        path: Path,
+        path: str | Path,
         rows: str,
         on_error: str = "skip",
         max_line_bytes: int | None = None,
         limit: int | None = None,
+        split: str | None = None,
     ) -> tuple[list[dict], BadRows]:
-        """The training rows (kind `rows`) of every data file of `path`."""
-        files = data_files(path)
-        if not files:
-            raise ConfigError(f"data.path={path}: no {'/'.join(SUFFIXES)} file there")
-        bad = BadRows(path, on_error, "data.on_error")
+        """The training rows (kind `rows`) of the table `path` names, file by file."""
+        table = open_table(path, "data.path", split)
+        bad = BadRows(table.path, on_error, "data.on_error")
         out: list[dict] = []
         seen = dataset_skips = 0
-        for file in files:
-            tag = "" if file == path else f"{file.relative_to(path)}:"
-            for i, (where, raw, error) in enumerate(records(file, max_line_bytes)):
+        for part in table.files():
+            tag = "" if part is table else f"{part.path.relative_to(table.path)}:"
+            for i, (n, raw, error) in enumerate(part.rows(max_line_bytes)):
                 seen += 1
                 why = error
                 if why is None:
                     try:
-                        row = self.row(raw, rows, file, f"{tag}{i}")
+                        row = self.row(raw, rows, part.path, f"{tag}{i}")
                         why = row_problem(row, rows)
                     except SkipRow:
                         dataset_skips += 1
                         continue
                     except FormatMismatch as e:
                         if i == 0:
-                            raise ConfigError(self.mismatch(f"{file}:{where}", e)) from e
+                            where = f"{part.path}:{part.position(n)}"
+                            raise ConfigError(self.mismatch(where, e)) from e
                         why = str(e)
                 if why:
-                    bad.add(f"{tag}{where}", why)
+                    bad.add(table.where(part, n), why)
                     continue
                 out.append(row)
                 if limit and len(out) >= limit:
@@ -186,16 +143,22 @@ class Source:
             )
         return out, bad
 
-    def check(self, path: Path, rows: str, p: ConfigProblems, fix: str | None) -> None:
-        """Before any model loads: the files exist, the format gives the objective's rows,
-        `data.fields` names keys of the format, and the first row of each file fits it."""
-        files = data_files(path)
-        if not files:
-            p.add(
-                "data.path",
-                f"data.path={path} (data={self.dataset}) has no {'/'.join(SUFFIXES)} file; "
-                f"get it with:\n      {fix}\n    or point data.path=... at a local copy",
-            )
+    def check(
+        self, spec: str, rows: str, p: ConfigProblems, fix: str | None, split: str | None = None
+    ) -> None:
+        """Before any model loads: the table is there, the format gives the objective's rows,
+        `data.columns` renames keys of the format, and the first row of each file fits it."""
+        try:
+            table = open_table(spec, "data.path", split)
+        except TableError as e:
+            why = str(e)
+            if fix and not Path(spec).is_file():  # nothing there, or a folder without data
+                what = "holds no data file" if Path(spec).exists() else "is not there"
+                why = (
+                    f"data.path={spec} (data={self.dataset}) {what}; get it with:\n"
+                    f"      {fix}\n    or point data.path=... at a local copy"
+                )
+            p.add("data.path", why)
             return
         if rows == "pairs" and self.format.rows == "chat":
             p.add(
@@ -203,23 +166,28 @@ class Source:
                 f"data.format={self.format.name} holds conversations, not preference pairs; "
                 "train it with objective=sft",
             )
-        unknown = sorted(set(self.fields) - set(self.format.keys))
+        unknown = renamed_columns(self.columns, self.format.keys)
         if unknown:
             p.add(
-                "data.fields",
-                f"{unknown}: not keys of the {self.format.name} format ({', '.join(self.format.keys)})",
+                "data.columns",
+                f"{', '.join(f'data.columns.{f}' for f in unknown)}: not a key of the "
+                f"{self.format.name} format ({', '.join(self.format.keys)})",
             )
             return
-        for file in files:
-            first = next(records(file), None)
+        for part in table.files():
+            try:
+                first = next(part.rows(), None)
+            except TableError as e:
+                p.add("data.path", str(e))
+                continue
             if first is None or first[2] is not None:
                 p.add(
-                    "data.path", f"{file}: no JSON row to read ({first[2] if first else 'empty'})"
+                    "data.path", f"{part.path}: no row to read ({first[2] if first else 'empty'})"
                 )
                 continue
             try:
-                self.row(first[1], rows, file, "0")
+                self.row(first[1], rows, part.path, "0")
             except FormatMismatch as e:
-                p.add("data.format", self.mismatch(f"{file}:{first[0]}", e))
+                p.add("data.format", self.mismatch(f"{part.path}:{part.position(first[0])}", e))
             except SkipRow:
                 pass

@@ -153,7 +153,7 @@ def test_preset_passes_the_pipeline_config_check(preset: str) -> None:
 
 BASELINES = sorted(p for p in ALL_PRESETS if p.startswith("paper_baseline_"))
 # what a baseline row may change from its MATRIX row: the data it reads, and where it writes
-DATA_SOURCE_KEYS = {"name", "format", "fields", "path", "sample", "generate_command"}
+DATA_SOURCE_KEYS = {"name", "format", "columns", "path", "sample", "generate_command"}
 DATA_SOURCE_KEYS |= {"generate_run", "sft_path", "dpo_path"}
 
 
@@ -214,7 +214,7 @@ def test_baseline_preset_reads_its_formats_sample_in_preflight(preset: str) -> N
 
     train = copy.deepcopy(_train_step(preset)[1])
     OmegaConf.set_readonly(train, False)
-    # the dataset's own sample where its keys differ from its format's (data.fields), else the
+    # the dataset's own sample where its keys differ from its format's (data.columns), else the
     # format's
     samples = resolve_data_path("matrix:data/samples")
     sample = next(samples.glob(f"{train.data.name}.*"), None) or next(

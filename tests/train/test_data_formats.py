@@ -1,10 +1,12 @@
-"""Training reads the tables people have (matrix.common.tables): JSONL, parquet, a folder from
-`datasets`' save_to_disk (a DatasetDict's split), a dataset in the local Hugging Face datasets
-cache; `data.columns` maps other column names; anything else stops naming the file and the
-formats accepted."""
+"""Training reads the tables people have (matrix.common.tables): JSONL, JSON arrays, parquet, a
+folder of such files, a folder from `datasets`' save_to_disk (a DatasetDict's split), a dataset
+in the local Hugging Face datasets cache; `data.columns` maps other column names; anything else
+stops naming the file and the formats accepted."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +40,34 @@ def test_parquet_and_save_to_disk_give_the_rows_of_the_jsonl_file(tmp_path, data
     assert load_rows(tmp_path / "dd", "chat")[0] == expected[:4]  # no split named: train
     with pytest.raises(ConfigError, match=r"splits are train, test, no 'dev'.*data.split="):
         load_rows(tmp_path / "dd", "chat", split="dev")
+
+
+def test_a_folder_of_data_files_and_a_json_array_give_the_rows_of_the_jsonl_file(
+    tmp_path, data_dir
+):
+    """A folder as `huggingface-cli download --local-dir` leaves it: its data files in name
+    order (a .jsonl.gz, a JSON array, a parquet file), its hidden `.cache/` passed over; a bad
+    row is named by its file in the folder and its place (a line, or a row index from 0)."""
+    jsonl = data_dir / "sft.jsonl"
+    expected, _ = load_rows(jsonl, "chat")
+    rows = read_jsonl(jsonl)
+    folder = tmp_path / "download"
+    (folder / "data").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "partial.jsonl").write_text('{"messages": "not a list"}\n')
+    with gzip.open(folder / "data" / "a.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[:3])
+    (folder / "data" / "b.json").write_text(json.dumps(rows[3:6], indent=1))
+    datasets.Dataset.from_list(rows[6:]).to_parquet(folder / "data" / "c.parquet")
+    assert load_rows(folder, "chat", on_error="fail")[0] == expected
+    assert load_rows(folder / "data" / "b.json", "chat")[0] == expected[3:6]
+
+    (folder / "data" / "b.json").write_text(json.dumps([rows[3], {"messages": []}]))
+    _, bad = load_rows(folder, "chat")
+    assert bad.skipped == [f"{folder}:data/b.json:row 1: `messages` is empty"]
+    (folder / "data" / "b.json").write_text("[" + json.dumps(rows[3]))
+    with pytest.raises(ConfigError, match=r"b.json: not valid JSON"):
+        load_rows(folder, "chat")
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "save_to_disk"])

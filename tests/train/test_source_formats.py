@@ -5,6 +5,7 @@ been; the train stage trains on a sample."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,15 +82,51 @@ def test_conversions_keep_the_published_meaning() -> None:
     assert sft_on_pairs[1]["messages"] == [*hh[1]["prompt"], *hh[1]["chosen"]]
 
 
-def test_fields_rename_a_formats_keys(tmp_path: Path) -> None:
+def test_columns_name_a_formats_keys(tmp_path: Path) -> None:
     rows = [{"question": "What does `git stash` do?", "answer": "It shelves your changes."}]
     path = tmp_path / "glaive.json"
     path.write_text(json.dumps(rows))
-    src = source("alpaca", fields={"instruction": "question", "output": "answer"})
+    src = source("alpaca", columns={"instruction": "question", "output": "answer"})
     out, _ = src.load(path, "chat")
     assert out[0]["messages"][1]["content"] == "It shelves your changes."
     with pytest.raises(ConfigError, match=r"`instruction` is missing"):
         source("alpaca").load(path, "chat")
+    # the key data.columns replaced is refused, naming its replacement
+    old = tiny_overrides(tmp_path, path, "old", "data=code_assistant", "+data.fields.output=answer")
+    with pytest.raises(ConfigError, match=r"data.fields: unknown key; replaced by `data.columns"):
+        check_stage(compose_train(old), "train")
+    # a column of a key the format does not have is named before any model loads
+    typo = tiny_overrides(tmp_path, path, "typo", "data=code_assistant", "+data.columns.ouput=a")
+    with pytest.raises(ConfigError, match=r"data.columns.ouput: not a key of the alpaca format"):
+        check_stage(compose_train(typo), "train")
+    native = tiny_overrides(tmp_path, path, "native", "+data.columns.instruction=question")
+    with pytest.raises(ConfigError, match=r"data.columns.instruction: not a field of data.format"):
+        check_stage(compose_train(native), "train")
+
+
+def test_a_format_read_from_a_save_to_disk_folder_and_a_cached_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A published format reads any table matrix.common.tables reads: the rows of a datasets
+    folder (its split) and of a dataset in the local cache, by name, are the rows of the file
+    they were made from."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    from_file, _ = source("hh").load(SAMPLES / "hh.jsonl", "pairs", on_error="fail")
+    want = [(r["prompt"], r["chosen"], r["rejected"]) for r in from_file]
+    built = datasets.load_dataset("json", data_files=str(SAMPLES / "hh.jsonl"))
+    built.save_to_disk(str(tmp_path / "hh_disk"))
+    from_disk, _ = source("hh").load(tmp_path / "hh_disk", "pairs", on_error="fail")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in from_disk] == want
+    with pytest.raises(ConfigError, match=r"no 'test'; name one with data.split=<split>"):
+        source("hh").load(tmp_path / "hh_disk", "pairs", split="test")
+    arrow = next((tmp_path / "cache" / "json").glob("*/0.0.0/*[0-9a-f]"))
+    cached = tmp_path / "cache" / "anthropic___hh" / "default" / "0.0.0" / arrow.name
+    shutil.copytree(arrow, cached)
+    (cached / "json-train.arrow").rename(cached / "hh-train.arrow")
+    from_cache, _ = source("hh").load("anthropic/hh", "pairs", on_error="fail")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in from_cache] == want
 
 
 def test_a_folder_and_parquet_read_as_the_same_rows(tmp_path: Path) -> None:
