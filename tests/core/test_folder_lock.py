@@ -156,11 +156,16 @@ import os, sys, time
 from omegaconf import OmegaConf
 from matrix.core.folder_lock import stage_writer
 cfg = OmegaConf.create({"paths": {"runs_dir": sys.argv[1]}, "run": {"name": "r"}})
+ready = os.path.join(sys.argv[1], "worker-ready")
 with stage_writer(cfg, "simulate"):
     child = os.fork()  # a worker: it shares the lock until it exits
     if child == 0:
+        # fork has returned here, so its at-fork hooks have run in this process
+        open(ready, "w").close()
         time.sleep(600)
         os._exit(0)
+    while not os.path.exists(ready):  # the worker is running (under load it may start late)
+        time.sleep(0.01)
     print(child, flush=True)
     sys.stdin.readline()
 """
