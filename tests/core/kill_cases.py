@@ -113,14 +113,19 @@ class Case:
         return (1, hi) if self.soak else (lo, hi)
 
     def points(self, seed: int, name: str, kills: int, whole: str | None = None) -> list[Point]:
-        """Kill points: row counts of the watched outputs. The soak kills simulate at LLM call
-        counts instead, from the ledger (`whole`: the uninterrupted run that gives the total):
-        its rows come in four bursts, one per round, which would put every kill at a round's
-        end, while the calls of a round come in several batches."""
+        """Kill points: row counts of the watched outputs. Simulate is killed at LLM call
+        counts instead, from the ledger (`whole`: the finished uninterrupted run that gives
+        the counts): its rows come in one burst per round, which would put every kill at a
+        round's end, while the calls of a round come in several batches. They fall before
+        the last round's calls (the ledger adds up every attempt's, so the attempt after any
+        kill still has a round to be killed in), and in the tests after the set-up's."""
         rng = random.Random(seed)
-        if self.soak and self.stage == "simulate" and whole is not None:
-            d = self.out(name)
-            at = thresholds(rng, 1, ledger_calls(self.out(whole)), kills)
+        if self.stage == "simulate" and whole is not None:
+            d, ref = self.out(name), self.out(whole)
+            rounds = [int(r["sim/llm_calls"]) for r in jsonl_rows(ref / "metrics.jsonl")]
+            total = ledger_calls(ref)
+            lo = 1 if self.soak else total - sum(rounds) + 1
+            at = thresholds(rng, lo, total - rounds[-1], kills)
             points = [Point(f"{n} LLM calls", lambda n=n: ledger_calls(d) >= n) for n in at]
         else:
             lo, hi = self.row_range()
@@ -277,6 +282,9 @@ def run_case(case: Case, name: str, kills: int, seed: int, timeout: float = 600)
     case.base.mkdir(parents=True, exist_ok=True)
     whole_log = case.base / f"{WHOLE}.log"
     done = (case.out(WHOLE) / "manifest.json").exists()
+    if not done and case.stage == "simulate":  # its kill points come from the whole run's ledger
+        finish(start(case.cmd(WHOLE), whole_log), whole_log, timeout)
+        done = True
     whole = None if done else start(case.cmd(WHOLE), whole_log)
     try:
         killed = run_with_kills(
