@@ -16,9 +16,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.common.io import read_json
 from tests.conftest import RANDOM_MODEL_OVERRIDES
-from tests.core.kill_checks import Outcome, compare_rows, counters, restart_problems
+from tests.core.kill_checks import (
+    Outcome,
+    compare_rows,
+    counters,
+    eval_calls_per_item,
+    restart_problems,
+)
 from tests.core.kill_resume import (
     Killed,
     Point,
@@ -108,7 +113,9 @@ class Case:
             "simulate": (9, 32),  # 8 agents x 4 rounds; round 1 is committed once round 2 writes
             "generate": (2, 22 if self.soak else 10),  # tests: general 4, complex 2, ...
             "train": (TRAIN_EVERY + 1, self.train_steps),  # a metrics row per step
-            "evaluate": (2, 24 if self.soak else 10),  # the answers, then the judgments
+            # the answers, then the judgments; before the last judgment, after which the
+            # process ends too soon for a kill to land
+            "evaluate": (2, 23 if self.soak else 9),
         }[self.stage]
         return (1, hi) if self.soak else (lo, hi)
 
@@ -188,8 +195,7 @@ class Case:
             return max(b - a for a, b in zip(calls, calls[1:], strict=False))
         if self.stage == "train":
             return TRAIN_EVERY
-        judgments = len(jsonl_rows(d / EVAL_BENCH / "judgments.jsonl"))
-        return math.ceil(ledger_calls(d) / judgments)  # judge calls of one item (chunk 1)
+        return max(math.ceil(c) for c in eval_calls_per_item(d, EVAL_BENCH))  # one item (chunk 1)
 
     def outcome(self, whole: str, name: str, killed: Killed) -> Outcome:
         ref, got = self.out(whole), self.out(name)
@@ -209,23 +215,11 @@ class Case:
                 a, b = ref / "hf_model" / part, got / "hf_model" / part
                 if not b.exists() or a.read_bytes() != b.read_bytes():
                     o.files_differing.append(f"hf_model/{part}")
-        elif self.stage == "evaluate":
-            # The judge is a ledger role (every attempt counted); the model under test is not:
-            # its calls are known for the attempt that finished (the manifest's ledger), which
-            # must answer only the items the killed attempts left unanswered.
-            answer_calls = lambda d: read_json(d / "manifest.json")["llm"]["roles"]["model"][  # noqa: E731
-                "calls"
-            ]
-            judge_before, answered_before = snaps[-2] if len(snaps) > 1 else (0, 0)
-            judge_end = snaps[-1][0]
-            n = len(jsonl_rows(ref / EVAL_BENCH / "answers.jsonl"))
-            o.work = ledger_calls(ref) + answer_calls(ref)
-            o.redone = (judge_end - ledger_calls(ref)) + (answer_calls(got) - (n - answered_before))
-            o.last_attempt_work = judge_end - judge_before + answer_calls(got)
-        else:
+        else:  # the ledger: every role's calls (evaluate's model under test too), all attempts
+            calls = [s[0] if self.stage == "evaluate" else s for s in snaps]
             o.work = ledger_calls(ref)
-            o.redone = snaps[-1] - o.work
-            o.last_attempt_work = snaps[-1] - (snaps[-2] if len(snaps) > 1 else 0)
+            o.redone = calls[-1] - o.work
+            o.last_attempt_work = calls[-1] - (calls[-2] if len(calls) > 1 else 0)
         return o
 
 

@@ -3,7 +3,7 @@ killed run (tests/core/kill_resume.py runs them).
 
 - Counters that only grow while a stage resumes: its LLM ledger (calls and tokens, every
   attempt added up) and its commit record (simulate's state.json: the committed round and
-  rows; generate's state.json: the committed steps and rows; evaluate's answers and
+  rows; generate's state.json: the committed steps and rows; evaluate's answers, then
   judgments, each file its own commit record; train's newest step checkpoint). A restart
   drops them to zero, or, when it sets its folder aside, makes `<run>/.stale/`.
 - The work each kill cost: what an attempt spent beyond what its committed progress took the
@@ -14,7 +14,6 @@ killed run (tests/core/kill_resume.py runs them).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +27,7 @@ CKPT = re.compile(r"step(\d+)\.ckpt$")
 UNIT = {
     "simulate": "committed round",  # 0: the set-up
     "generate": "committed steps",
-    "evaluate": "committed judgments",
+    "evaluate": "committed answers and judgments",  # answers first, then judgments
     "train": "checkpointed step",
 }
 # Fields of a training metrics row that measure the clock or the process, not the computation.
@@ -61,7 +60,7 @@ def commit_point(stage: str, d: Path, bench: str) -> int:
         state = _json(d / "state.json")
         return sum(int(s["steps"]) for s in state["sets"].values()) if state else -1
     if stage == "evaluate":
-        return complete_rows([d / bench / "judgments.jsonl"])
+        return complete_rows([d / bench / "answers.jsonl", d / bench / "judgments.jsonl"])
     steps = [
         int(m.group(1)) for p in (d / "checkpoints").glob("*.ckpt") if (m := CKPT.search(p.name))
     ]
@@ -104,8 +103,17 @@ def work_at_commit(stage: str, whole: Path, bench: str) -> Callable[[int], int]:
     if stage == "generate":
         calls = [0, *(int(r["gen/llm_calls"]) for r in metrics)]
         return lambda s: calls[max(s, 0)]
-    per_item = math.ceil(total / max(commit_point(stage, whole, bench), 1))
-    return lambda j: max(j, 0) * per_item
+    n = complete_rows([whole / bench / "answers.jsonl"])
+    model, judge = eval_calls_per_item(whole, bench)
+    return lambda c: round(model * min(max(c, 0), n) + judge * max(c - n, 0))
+
+
+def eval_calls_per_item(whole: Path, bench: str) -> tuple[float, float]:
+    """The uninterrupted evaluate run's calls per item: of the model under test, of the judge."""
+    roles = (_json(whole / "llm_spend.json") or {}).get("roles", {})
+    n = max(complete_rows([whole / bench / "answers.jsonl"]), 1)
+    calls = lambda role: int(roles.get(role, {}).get("calls", 0)) / n  # noqa: E731
+    return calls("model"), calls("judge")
 
 
 def redone_per_kill(stage: str, killed: Killed, whole: Path, bench: str) -> list[int]:

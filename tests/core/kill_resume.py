@@ -12,14 +12,13 @@ printed, and set with MATRIX_KILL_SEED, so a failure reproduces:
 Resumption, not restart, is measured from what the process did, not from what its state
 file claims:
 - LLM stages: the calls sent to the backend, from the stage's ledger (llm_spend.json, which
-  adds up every attempt; the call cache is off, so nothing is free). Calls past an
+  adds up every attempt and every role, evaluate's model under test included; the call cache
+  is off, so nothing is free). Calls past an
   uninterrupted run's total were redone; a restart would redo everything before each kill.
   (A batch in flight at a kill was never recorded, so it does not count.)
 - train: the metrics.jsonl rows of a killed attempt that a later attempt wrote again (each
   row carries its wall-clock time and throughput, so a recomputed row never equals the
   first one); each is an optimizer step done twice.
-- evaluate's answers (the model under test is not a ledger role): the calls of the attempt
-  that finished (its manifest), against the items the killed attempts left unanswered.
 
 A ledger only counts what it holds, and a stage that starts fresh moves its folder, ledger
 included, to `<run>/.stale/` (matrix.core.stage.set_aside_stale): a restart's last ledger would
@@ -196,14 +195,16 @@ def run_with_kills(
     did_work: Callable[[Any, Any], bool] | None = None,
     watch: Watch | None = None,
 ) -> Killed:
-    """Start `cmd` once per point and SIGKILL it when the point is reached (and its delay
-    has passed); then run it once more to the end. With `did_work(snapshot at the start,
+    """Start `cmd` once per point and SIGKILL it when the point is reached and its delay has
+    passed, or the next point is reached first (so the run never gets past its later points
+    while the kill waits); then run it once more to the end. With `did_work(snapshot at the start,
     snapshot now)`, a point counts only once the attempt has done work of its own (so the
     kill lands inside the work, not while the process starts). `watch` is sampled all along.
     A run that ends before its point was reached is not a kill, and no later points are
     tried."""
     out = Killed(seed, watch=watch)
     for i, point in enumerate(points):
+        later = points[i + 1].reached if i + 1 < len(points) else lambda: False
         t0 = time.monotonic()
         at_start = snapshot() if did_work else None
         proc = start(cmd, log)
@@ -214,7 +215,7 @@ def run_with_kills(
                 watch.sample(i + 1)
             if kill_at is None and point.reached() and _own_work(did_work, at_start, snapshot):
                 kill_at = time.monotonic() + point.delay
-            if kill_at is not None and time.monotonic() >= kill_at:
+            if kill_at is not None and (time.monotonic() >= kill_at or later()):
                 proc.send_signal(signal.SIGKILL)
                 killed = True
                 break
