@@ -128,7 +128,7 @@ class Watch:
                 self.problems.setdefault(
                     name, f"{name} fell from {top} (attempt {at}) to {value} (attempt {attempt})"
                 )
-            else:
+            elif value > top or name not in self.high:  # the attempt that first reached it
                 self.high[name] = (value, attempt)
         if self.stale.exists():
             self.problems.setdefault(
