@@ -2,40 +2,47 @@
 (`make soak`, 20 and more): its command on `debug=tiny` and the tiny random model, where
 kills land, which rows must come out as an uninterrupted run's, and how much work a kill may
 cost (one checkpoint interval: a simulation round, a generate step, an evaluate chunk, the
-training steps between two checkpoints)."""
+training steps between two checkpoints).
+
+Kill points are drawn from the seed: a row count of an output (simulate in the soak: a count
+of LLM calls), then a delay of 0 (the kill lands right after that write: between a row's
+append and the commit record that follows it, or right after a commit) or of up to
+`max_delay` seconds (inside the LLM batch, the write or the training step that follows)."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from matrix.common.io import read_json
 from tests.conftest import RANDOM_MODEL_OVERRIDES
+from tests.core.kill_checks import (
+    Outcome,
+    compare_rows,
+    counters,
+    eval_calls_per_item,
+    restart_problems,
+)
 from tests.core.kill_resume import (
     Killed,
     Point,
+    Watch,
     cli,
+    finish,
     jsonl_rows,
     ledger_calls,
     rows_at_least,
     rows_rewritten,
+    run_with_kills,
+    start,
     steps_redone,
     thresholds,
 )
 
 STAGES = ("simulate", "generate", "train", "evaluate")
+WHOLE = "whole"  # the uninterrupted run's name
 EVAL_BENCH = "alpaca_eval2"  # eval=demo: 5 items under debug=tiny
-# Fields of a training metrics row that measure the clock or the process, not the computation.
-CLOCK_FIELDS = (
-    "time",
-    "train/tokens_per_s",
-    "train/tokens_per_s_per_device",
-    "train/mfu",
-    "train/peak_memory_gb",
-)
 TRAIN_EVERY = 4
 # The soak's runs are longer than the tests', so that every kill lands on a new row count.
 SOAK_EXTRA = {
@@ -56,65 +63,6 @@ SOAK_EXTRA = {
 
 
 @dataclass
-class Outcome:
-    """What one killed-and-resumed run came to, against the uninterrupted one."""
-
-    stage: str
-    seed: int
-    kills: int
-    rows: int  # rows of the uninterrupted run's compared files
-    lost: int = 0  # rows (by id) of the uninterrupted run missing after the resumes
-    duplicated: int = 0  # extra copies of a row id
-    differing: int = 0  # rows (by id) present in both with different content
-    redone: int = 0  # work done twice: LLM calls (train: optimizer steps)
-    redone_bound: int = 0  # one checkpoint interval per kill
-    work: int = 0  # the uninterrupted run's work, in the same unit
-    last_attempt_work: int = 0  # work of the attempt that finished
-    unit: str = "calls"
-    files_differing: list[str] = field(default_factory=list)
-
-    def problems(self) -> list[str]:
-        """Why this run does not count as resumed-without-loss ([] if it does)."""
-        out = []
-        if self.lost or self.duplicated or self.differing or self.files_differing:
-            out.append(
-                f"rows lost {self.lost}, duplicated {self.duplicated}, differing "
-                f"{self.differing}, files differing {self.files_differing}"
-            )
-        if self.redone > self.redone_bound:
-            out.append(
-                f"{self.redone} {self.unit} redone over {self.kills} kills; at most one "
-                f"checkpoint interval per kill ({self.redone_bound})"
-            )
-        if self.kills and not self.last_attempt_work < self.work:
-            out.append(
-                f"the last attempt did {self.last_attempt_work} {self.unit}, an uninterrupted "
-                f"run {self.work}: it started over"
-            )
-        return [f"{self.stage} (kill seed {self.seed}): {p}" for p in out]
-
-
-def row_key(row: dict, file: str):
-    if file == "metrics.jsonl":
-        return (row.get("step"), tuple(sorted(k for k in row if k.startswith("val/"))))
-    return row["id"]
-
-
-def compare_rows(out: Outcome, ref: list[dict], got: list[dict], file: str) -> None:
-    clock = CLOCK_FIELDS if file == "metrics.jsonl" else ()
-    strip = lambda r: {k: v for k, v in r.items() if k not in clock}  # noqa: E731
-    want = {row_key(r, file): strip(r) for r in ref}
-    counts = Counter(row_key(r, file) for r in got)
-    have = {row_key(r, file): strip(r) for r in got}
-    out.rows += len(want)
-    out.lost += sum(k not in have for k in want)
-    out.duplicated += sum(n - 1 for n in counts.values())
-    out.differing += sum(k in have and have[k] != v for k, v in want.items())
-    if [row_key(r, file) for r in got] != [row_key(r, file) for r in ref]:
-        out.files_differing.append(f"{file} (order)")
-
-
-@dataclass
 class Case:
     """One stage run twice under `base`: `whole` (never killed) and `killed`."""
 
@@ -127,11 +75,18 @@ class Case:
     # one checkpoint interval, so a restart gets past the round it redoes before it is killed;
     # otherwise the redone calls alone would reach the next cumulative kill point every time
     min_own_work: int = 1
+    max_delay: float = 0.5  # seconds a kill may wait after its point (the soak's --jitter)
+    # the negative control: the killed run's stage restarts on every start instead of
+    # resuming (tests.core.restart_stage: "set-aside" or "forget")
+    restart: str | None = None
 
     # -- commands and folders --------------------------------------------------------------
     def cmd(self, name: str) -> list[str]:
         script = f"{self.stage}.py"
-        return cli(script, self.base, self.model_dir, name, *self.extra)
+        cmd = cli(script, self.base, self.model_dir, name, *self.extra)
+        if self.restart and name != WHOLE:
+            cmd[1:1] = ["-m", "tests.core.restart_stage", self.restart, str(self.out(name))]
+        return cmd
 
     def out(self, name: str) -> Path:
         return self.base / name / self.stage
@@ -158,23 +113,41 @@ class Case:
             "simulate": (9, 32),  # 8 agents x 4 rounds; round 1 is committed once round 2 writes
             "generate": (2, 22 if self.soak else 10),  # tests: general 4, complex 2, ...
             "train": (TRAIN_EVERY + 1, self.train_steps),  # a metrics row per step
-            "evaluate": (2, 24 if self.soak else 10),  # the answers, then the judgments
+            # the answers, then the judgments; before the last judgment, after which the
+            # process ends too soon for a kill to land
+            "evaluate": (2, 23 if self.soak else 9),
         }[self.stage]
         return (1, hi) if self.soak else (lo, hi)
 
     def points(self, seed: int, name: str, kills: int, whole: str | None = None) -> list[Point]:
-        """Kill points: row counts of the watched outputs. The soak kills simulate at LLM call
-        counts instead, from the ledger (`whole`: the uninterrupted run that gives the total):
-        its rows come in four bursts, one per round, which would put every kill at a round's
-        end, while the calls of a round come in several batches."""
+        """Kill points: row counts of the watched outputs. Simulate is killed at LLM call
+        counts instead, from the ledger (`whole`: the finished uninterrupted run that gives
+        the counts): its rows come in one burst per round, which would put every kill at a
+        round's end, while the calls of a round come in several batches. They fall before
+        the last round's calls (the ledger adds up every attempt's, so the attempt after any
+        kill still has a round to be killed in), and in the tests after the set-up's."""
         rng = random.Random(seed)
-        if self.soak and self.stage == "simulate" and whole is not None:
-            d = self.out(name)
-            at = thresholds(rng, 1, ledger_calls(self.out(whole)), kills)
-            return [Point(f"{n} LLM calls", lambda n=n: ledger_calls(d) >= n) for n in at]
-        lo, hi = self.row_range()
-        at = thresholds(rng, lo, hi, kills)
-        return [rows_at_least(self.stage, lambda: self.watched(name), n) for n in at]
+        if self.stage == "simulate" and whole is not None:
+            d, ref = self.out(name), self.out(whole)
+            rounds = [int(r["sim/llm_calls"]) for r in jsonl_rows(ref / "metrics.jsonl")]
+            total = ledger_calls(ref)
+            lo = 1 if self.soak else total - sum(rounds) + 1
+            at = thresholds(rng, lo, total - rounds[-1], kills)
+            points = [Point(f"{n} LLM calls", lambda n=n: ledger_calls(d) >= n) for n in at]
+        else:
+            lo, hi = self.row_range()
+            at = thresholds(rng, lo, hi, kills)
+            points = [rows_at_least(self.stage, lambda: self.watched(name), n) for n in at]
+        # a third right after the write, the rest inside what follows; never after the last
+        # point (the run could end first)
+        delays = [0.0 if rng.random() < 1 / 3 else rng.uniform(0, self.max_delay) for _ in at]
+        delays[-1] = 0.0
+        return [Point(p.name, p.reached, d) for p, d in zip(points, delays, strict=True)]
+
+    def watch(self, name: str) -> Watch:
+        """What must only grow across the attempts of run `name`, and its `.stale/` folder."""
+        d = self.out(name)
+        return Watch(lambda: counters(self.stage, d, EVAL_BENCH), self.base / name / ".stale")
 
     # -- work --------------------------------------------------------------------------------
     def snapshot(self, name: str):
@@ -222,8 +195,7 @@ class Case:
             return max(b - a for a, b in zip(calls, calls[1:], strict=False))
         if self.stage == "train":
             return TRAIN_EVERY
-        judgments = len(jsonl_rows(d / EVAL_BENCH / "judgments.jsonl"))
-        return math.ceil(ledger_calls(d) / judgments)  # judge calls of one item (chunk 1)
+        return max(math.ceil(c) for c in eval_calls_per_item(d, EVAL_BENCH))  # one item (chunk 1)
 
     def outcome(self, whole: str, name: str, killed: Killed) -> Outcome:
         ref, got = self.out(whole), self.out(name)
@@ -232,6 +204,7 @@ class Case:
             compare_rows(o, jsonl_rows(ref / f), jsonl_rows(got / f), f)
         snaps = [a.snapshot for a in killed.attempts]
         o.redone_bound = killed.kills * self.interval(whole)
+        o.restarted = restart_problems(self.stage, killed, ref, EVAL_BENCH, self.interval(whole))
         if self.stage == "train":
             o.unit = "steps"
             o.work = len(jsonl_rows(ref / "metrics.jsonl"))
@@ -242,23 +215,11 @@ class Case:
                 a, b = ref / "hf_model" / part, got / "hf_model" / part
                 if not b.exists() or a.read_bytes() != b.read_bytes():
                     o.files_differing.append(f"hf_model/{part}")
-        elif self.stage == "evaluate":
-            # The judge is a ledger role (every attempt counted); the model under test is not:
-            # its calls are known for the attempt that finished (the manifest's ledger), which
-            # must answer only the items the killed attempts left unanswered.
-            answer_calls = lambda d: read_json(d / "manifest.json")["llm"]["roles"]["model"][  # noqa: E731
-                "calls"
-            ]
-            judge_before, answered_before = snaps[-2] if len(snaps) > 1 else (0, 0)
-            judge_end = snaps[-1][0]
-            n = len(jsonl_rows(ref / EVAL_BENCH / "answers.jsonl"))
-            o.work = ledger_calls(ref) + answer_calls(ref)
-            o.redone = (judge_end - ledger_calls(ref)) + (answer_calls(got) - (n - answered_before))
-            o.last_attempt_work = judge_end - judge_before + answer_calls(got)
-        else:
+        else:  # the ledger: every role's calls (evaluate's model under test too), all attempts
+            calls = [s[0] if self.stage == "evaluate" else s for s in snaps]
             o.work = ledger_calls(ref)
-            o.redone = snaps[-1] - o.work
-            o.last_attempt_work = snaps[-1] - (snaps[-2] if len(snaps) > 1 else 0)
+            o.redone = calls[-1] - o.work
+            o.last_attempt_work = calls[-1] - (calls[-2] if len(calls) > 1 else 0)
         return o
 
 
@@ -305,3 +266,38 @@ def make_case(stage: str, base: Path, model_dir: Path, soak: bool = False) -> Ca
     else:
         raise ValueError(stage)
     return Case(stage, base, model_dir, extra + (SOAK_EXTRA[stage] if soak else []), soak)
+
+
+def run_case(case: Case, name: str, kills: int, seed: int, timeout: float = 600) -> Outcome:
+    """Kill `case`'s run `name` at `kills` points drawn from `seed`, restart it until it
+    finishes, and measure it against the uninterrupted run (started beside it unless it
+    finished before: one serves every killed run of the same case). The outcome's `kills`:
+    the kills that landed (a run that ends before a point is not killed there)."""
+    case.base.mkdir(parents=True, exist_ok=True)
+    whole_log = case.base / f"{WHOLE}.log"
+    done = (case.out(WHOLE) / "manifest.json").exists()
+    if not done and case.stage == "simulate":  # its kill points come from the whole run's ledger
+        finish(start(case.cmd(WHOLE), whole_log), whole_log, timeout)
+        done = True
+    whole = None if done else start(case.cmd(WHOLE), whole_log)
+    try:
+        killed = run_with_kills(
+            case.cmd(name),
+            case.points(seed, name, kills, whole=WHOLE if done else None),
+            case.base / f"{name}.log",
+            seed,
+            snapshot=lambda: case.snapshot(name),
+            timeout=timeout,
+            did_work=case.did_work,
+            watch=case.watch(name),
+        )
+    except BaseException:
+        if whole is not None:  # the next test of the case starts it again
+            whole.kill()
+            whole.wait()
+        raise
+    if whole is not None:
+        finish(whole, whole_log, timeout)
+    attempts = [(a.point, round(a.seconds, 1)) for a in killed.attempts]
+    print(f"{case.stage} {name} (kill seed {seed}): attempts {attempts}", flush=True)
+    return case.outcome(WHOLE, name, killed)

@@ -12,14 +12,19 @@ printed, and set with MATRIX_KILL_SEED, so a failure reproduces:
 Resumption, not restart, is measured from what the process did, not from what its state
 file claims:
 - LLM stages: the calls sent to the backend, from the stage's ledger (llm_spend.json, which
-  adds up every attempt; the call cache is off, so nothing is free). Calls past an
+  adds up every attempt and every role, evaluate's model under test included; the call cache
+  is off, so nothing is free). Calls past an
   uninterrupted run's total were redone; a restart would redo everything before each kill.
   (A batch in flight at a kill was never recorded, so it does not count.)
 - train: the metrics.jsonl rows of a killed attempt that a later attempt wrote again (each
   row carries its wall-clock time and throughput, so a recomputed row never equals the
   first one); each is an optimizer step done twice.
-- evaluate's answers (the model under test is not a ledger role): the calls of the attempt
-  that finished (its manifest), against the items the killed attempts left unanswered.
+
+A ledger only counts what it holds, and a stage that starts fresh moves its folder, ledger
+included, to `<run>/.stale/` (matrix.core.stage.set_aside_stale): a restart's last ledger would
+look like a resume's. So a `Watch` samples, while every attempt runs and once it is gone,
+counters a resume never lowers (the ledger's calls and tokens, the committed rows and rounds
+of the stage's commit record) and the run's `.stale/` folder, which only a fresh start makes.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def stage_env() -> dict[str, str]:
     # killed stage's run would stay registered in it and its rerun be refused ("run ID is in
     # use"); each stage process starts its own service, as it does for a user.
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    # One thread unless the caller says otherwise: the tiny model gains nothing from more, and
+    # on a busy machine torch's spinning threads make each call ten times slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
     return {**env, "PYTHONPATH": str(ROOT), "MATRIX_NO_PROGRESS": "1"}
 
 
@@ -87,10 +95,48 @@ def thresholds(rng: random.Random, lo: int, hi: int, kills: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Point:
-    """A kill point: `reached()` turns true once the run is past it."""
+    """A kill point: `reached()` turns true once the run is past it; the kill lands `delay`
+    seconds later (0: at once, right after the write that reached it)."""
 
     name: str
     reached: Callable[[], bool]
+    delay: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.name} + {self.delay:.2f}s" if self.delay else self.name
+
+
+@dataclass
+class Watch:
+    """Counters a resumed stage never lowers, and the run's `.stale/` folder, which only a
+    stage that starts fresh makes; `sample` records any counter that fell below its highest
+    value so far (in any attempt) and the folder once it exists."""
+
+    counters: Callable[[], dict[str, int]]
+    stale: Path
+    high: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (value, attempt)
+    problems: dict[str, str] = field(default_factory=dict)  # the first of each kind
+
+    def sample(self, attempt: int) -> dict[str, int]:
+        try:
+            now = self.counters()
+        except (OSError, ValueError):  # a file replaced or written while read: the next sample
+            return {}
+        for name, value in now.items():
+            top, at = self.high.get(name, (value, attempt))
+            if value < top:
+                self.problems.setdefault(
+                    name, f"{name} fell from {top} (attempt {at}) to {value} (attempt {attempt})"
+                )
+            elif value > top or name not in self.high:  # the attempt that first reached it
+                self.high[name] = (value, attempt)
+        if self.stale.exists():
+            self.problems.setdefault(
+                ".stale",
+                f"{self.stale}/ appeared (attempt {attempt}): the stage set its outputs aside "
+                "and started fresh",
+            )
+        return now
 
 
 def rows_at_least(name: str, paths: Callable[[], Iterable[Path]], n: int) -> Point:
@@ -109,6 +155,7 @@ class Attempt:
     point: str | None
     snapshot: Any = None
     seconds: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)  # the watch's, once it was gone
 
 
 @dataclass
@@ -117,6 +164,7 @@ class Killed:
 
     seed: int
     attempts: list[Attempt] = field(default_factory=list)
+    watch: Watch | None = None
 
     @property
     def kills(self) -> int:
@@ -133,54 +181,71 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     assert rc == 0, f"exit code {rc}; log tail:\n{log.read_text(errors='replace')[-4000:]}"
 
 
+def _own_work(did_work, at_start, snapshot) -> bool:
+    return did_work is None or did_work(at_start, snapshot())
+
+
 def run_with_kills(
     cmd: Sequence[str],
     points: Sequence[Point],
     log: Path,
     seed: int,
     snapshot: Callable[[], Any] = lambda: None,
-    jitter: float = 0.0,
     timeout: float = 600,
     did_work: Callable[[Any, Any], bool] | None = None,
+    watch: Watch | None = None,
 ) -> Killed:
-    """Start `cmd` once per point and SIGKILL it when the point is reached (after a random
-    delay of up to `jitter` seconds, drawn from `seed`, so a kill may land anywhere after
-    the point); then run it once more to the end. With `did_work(snapshot at the start,
+    """Start `cmd` once per point and SIGKILL it when the point is reached and its delay has
+    passed, or the next point is reached first (so the run never gets past its later points
+    while the kill waits); then run it once more to the end. With `did_work(snapshot at the start,
     snapshot now)`, a point counts only once the attempt has done work of its own (so the
-    kill lands inside the work, not while the process starts). A run that ends before its
-    point was reached is not a kill, and no later points are tried."""
-    rng = random.Random(seed ^ 0x5EED)
-    out = Killed(seed)
-    for point in points:
+    kill lands inside the work, not while the process starts). `watch` is sampled all along.
+    A run that ends before its point was reached is not a kill, and no later points are
+    tried."""
+    out = Killed(seed, watch=watch)
+    for i, point in enumerate(points):
+        later = points[i + 1].reached if i + 1 < len(points) else lambda: False
         t0 = time.monotonic()
         at_start = snapshot() if did_work else None
         proc = start(cmd, log)
-        killed = False
+        killed, kill_at, polls = False, None, 0
         while proc.poll() is None:
-            if point.reached() and (did_work is None or did_work(at_start, snapshot())):
-                if jitter:
-                    time.sleep(rng.uniform(0, jitter))
+            polls += 1
+            if watch is not None and polls % 5 == 1:  # every 50 ms
+                watch.sample(i + 1)
+            if kill_at is None and point.reached() and _own_work(did_work, at_start, snapshot):
+                kill_at = time.monotonic() + point.delay
+            if kill_at is not None and (time.monotonic() >= kill_at or later()):
                 proc.send_signal(signal.SIGKILL)
                 killed = True
                 break
             if time.monotonic() - t0 > timeout:
                 proc.kill()
                 proc.wait()
-                raise AssertionError(f"{point.name} not reached after {timeout}s (seed {seed})")
+                raise AssertionError(f"{point} not reached after {timeout}s (seed {seed})")
             time.sleep(0.01)
         rc = proc.wait()
         if rc not in (0, -signal.SIGKILL):
             finish(proc, log)  # a crash: fail with the log
         killed = killed and rc == -signal.SIGKILL
         out.attempts.append(
-            Attempt(point.name if killed else None, snapshot(), time.monotonic() - t0)
+            Attempt(
+                str(point) if killed else None,
+                snapshot(),
+                time.monotonic() - t0,
+                watch.sample(i + 1) if watch else {},
+            )
         )
         if not killed:
             return out
     t0 = time.monotonic()
     proc = start(cmd, log)
+    while watch is not None and proc.poll() is None and time.monotonic() - t0 < timeout:
+        watch.sample(len(points) + 1)
+        time.sleep(0.05)
     finish(proc, log, timeout)
-    out.attempts.append(Attempt(None, snapshot(), time.monotonic() - t0))
+    last = watch.sample(len(points) + 1) if watch else {}
+    out.attempts.append(Attempt(None, snapshot(), time.monotonic() - t0, last))
     return out
 
 

@@ -6,12 +6,15 @@ time with the same command, then compared with a run that was never killed.
     python -m tests.core.soak --kills 5 --stages simulate,train --seed 7
 
 Kill points: a row count of the stage's output (simulate: a count of LLM calls) drawn per
-kill from the seed (one from each of `kills` equal parts of the run), reached once the attempt has done work of its own (an LLM
-call, a training step), plus a random delay of up to --jitter seconds, so a kill lands
-mid-batch, mid-write or mid-commit, never only while the process starts. Prints per stage: kills survived, rows lost,
-duplicated and changed against the uninterrupted run, and the work the restarts redid (LLM
-calls from the stage's ledger; training: optimizer steps) beside its bound (one checkpoint
-interval per kill). Exits 1 if any stage lost, duplicated or changed a row or redid more.
+kill from the seed (one from each of `kills` equal parts of the run), reached once the
+attempt has done work of its own (an LLM call, a training step), plus a delay drawn from the
+seed of 0 or up to --jitter seconds, so a kill lands mid-batch, mid-write or between a write
+and its commit, never only while the process starts. The checks are the kill tests'
+(tests/core/kill_checks.py): no `.stale/` folder, no ledger or commit-record counter that
+falls, at most one commit interval of work per kill. Prints per stage: kills survived, rows
+lost, duplicated and changed against the uninterrupted run, and the work the restarts redid
+(LLM calls from the stage's ledger; training: optimizer steps) beside its bound (one
+checkpoint interval per kill). Exits 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests.conftest import build_tiny_llama  # noqa: E402  (also sets the offline env vars)
-from tests.core.kill_cases import STAGES, Outcome, make_case  # noqa: E402
-from tests.core.kill_resume import SEED_ENV, finish, kill_seed, run_with_kills, start  # noqa: E402
+from tests.core.kill_cases import STAGES, WHOLE, Outcome, make_case, run_case  # noqa: E402
+from tests.core.kill_resume import SEED_ENV, finish, kill_seed, start  # noqa: E402
 
 SOAK_TIMEOUT = 3600  # seconds one attempt may run
 
@@ -39,24 +42,16 @@ HEADER = (
 
 def soak_stage(stage: str, base: Path, model_dir: Path, kills: int, seed: int, jitter: float):
     case = make_case(stage, base / stage, model_dir, soak=True)
-    whole_log, log = case.base / "whole.log", case.base / "killed.log"
+    case.max_delay = jitter
+    whole_log = case.base / f"{WHOLE}.log"
     case.base.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     # a busy machine slows the 24-round simulate past the tests' 10-minute limit per attempt
-    finish(start(case.cmd("whole"), whole_log), whole_log, SOAK_TIMEOUT)
+    finish(start(case.cmd(WHOLE), whole_log), whole_log, SOAK_TIMEOUT)
     if stage == "simulate":
-        case.min_own_work = case.interval("whole")
-    killed = run_with_kills(
-        case.cmd("killed"),
-        case.points(seed, "killed", kills, whole="whole"),
-        log,
-        seed,
-        snapshot=lambda: case.snapshot("killed"),
-        jitter=jitter,
-        did_work=case.did_work,
-        timeout=SOAK_TIMEOUT,
-    )
-    return case.outcome("whole", "killed", killed), (time.monotonic() - t0) / 60
+        case.min_own_work = case.interval(WHOLE)
+    outcome = run_case(case, "killed", kills, seed, SOAK_TIMEOUT)
+    return outcome, (time.monotonic() - t0) / 60
 
 
 def row(o: Outcome, minutes: float) -> str:

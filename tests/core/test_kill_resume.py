@@ -1,13 +1,20 @@
 """SIGKILL each stage's real process at random points (seed printed; MATRIX_KILL_SEED sets
 it), restart it with the same command until it finishes, and check that it RESUMED: the
-rows and files equal an uninterrupted run's (no row lost, duplicated or changed), the
-restarts redid at most one checkpoint interval of work per kill (LLM calls from the stage's
-ledger, optimizer steps from metrics.jsonl), and the attempt that finished did less work
-than a whole run. A restart from scratch gives the same rows but fails the work checks.
+rows and files equal an uninterrupted run's (no row lost, duplicated or changed); no
+`.stale/` folder appeared beside it; its LLM ledger (calls, tokens) and its committed rows
+and progress never fell, from one sample to the next, across the attempts; each kill cost at
+most one commit interval of work and the restarts together at most one per kill; the attempt
+that finished did less work than a whole run.
 
-The uninterrupted run goes in parallel with the killed ones; the LLM call cache is off, so
-the resume rests on the stage's own checkpoint alone. `make soak` runs the same cases with
-20 kills each (tests/core/soak.py).
+Five kills per stage (the soak, in the default suite; `make soak` runs 20 on longer runs,
+tests/core/soak.py); kills land right after a write, inside the LLM batch, write or training
+step that follows, or between a row's append and its commit. The uninterrupted run of a
+stage goes beside the first killed run and serves every test of the stage; the LLM call
+cache is off, so the resume rests on the stage's own checkpoint alone.
+
+The negative controls run the same harness over a stage that restarts at every start
+(tests/core/restart_stage.py) and expect its checks to fail: its rows come out right, so
+only the resume checks can tell.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from tests.core.kill_cases import (
     Outcome,
     compare_rows,
     make_case,
+    run_case,
 )
 from tests.core.kill_resume import (
     cli,
@@ -40,26 +48,26 @@ from tests.core.kill_resume import (
     start,
 )
 
-KILLS = 2
+KILLS = 5
+CONTROL_KILLS = 1
 
 
-def _killed_and_whole(case, tmp_path, kills=KILLS):
-    seed = kill_seed(case.stage)
-    whole_log, log = tmp_path / "whole.log", tmp_path / "killed.log"
-    whole = start(case.cmd("whole"), whole_log)  # meanwhile, in parallel
-    killed = run_with_kills(
-        case.cmd("killed"),
-        case.points(seed, "killed", kills),
-        log,
-        seed,
-        snapshot=lambda: case.snapshot("killed"),
-    )
-    finish(whole, whole_log)
-    assert killed.kills == kills, f"seed {seed}: {killed.attempts}"
-    outcome = case.outcome("whole", "killed", killed)
+@pytest.fixture(scope="module")
+def case_base(tmp_path_factory):
+    """A folder per stage, shared by the stage's tests: its inputs and uninterrupted run."""
+    bases: dict = {}
+    return lambda stage: bases.setdefault(stage, tmp_path_factory.mktemp(f"kill-{stage}"))
+
+
+def assert_resumed(outcome: Outcome) -> None:
+    assert outcome.problems() == [], "\n".join(outcome.problems())
+
+
+def _killed(case: Case, kills: int = KILLS, name: str = "killed") -> Outcome:
+    outcome = run_case(case, name, kills, kill_seed(f"{case.stage} {name}"))
     print(outcome)
-    assert outcome.problems() == [], outcome
-    return case.out("whole"), case.out("killed"), outcome
+    assert outcome.kills == kills, f"kill seed {outcome.seed}: {outcome.kills} of {kills} landed"
+    return outcome
 
 
 def _same_manifest(ref, out):
@@ -70,10 +78,12 @@ def _same_manifest(ref, out):
 
 
 @pytest.mark.parametrize("stage", [s for s in STAGES if s != "train"])
-def test_killed_llm_stage_resumes_without_redoing_work(stage, tmp_path, tiny_model_dir):
-    case = make_case(stage, tmp_path, tiny_model_dir)
-    ref, out, outcome = _killed_and_whole(case, tmp_path)
+def test_killed_llm_stage_resumes_without_redoing_work(stage, case_base, tiny_model_dir):
+    case = make_case(stage, case_base(stage), tiny_model_dir)
+    outcome = _killed(case)
+    assert_resumed(outcome)
     assert outcome.rows > 0 and outcome.work > 0
+    ref, out = case.out("whole"), case.out("killed")
     m = _same_manifest(ref, out)
     if stage == "generate":
         assert read_json(out / "state.json") == read_json(ref / "state.json")
@@ -86,13 +96,15 @@ def test_killed_llm_stage_resumes_without_redoing_work(stage, tmp_path, tiny_mod
         assert m["counts"][f"{EVAL_BENCH}_n"] == 5
 
 
-def test_killed_training_resumes_in_place(tmp_path, tiny_model_dir):
+def test_killed_training_resumes_in_place(case_base, tiny_model_dir):
     """Killed between and at checkpoints, training resumes from the run folder's newest
     checkpoint (train.checkpoint.resume=auto, the default): the same metrics rows once each, the
     same tokens_seen, the same final weights (bit for bit on CPU), the same W&B run."""
-    case = make_case("train", tmp_path, tiny_model_dir)
-    case.extra.append("logger=wandb")  # offline (WANDB_MODE)
-    ref, out, outcome = _killed_and_whole(case, tmp_path)
+    case = make_case("train", case_base("train"), tiny_model_dir)
+    case.extra.append("logger=wandb")  # offline (WANDB_MODE); the rows do not depend on it
+    outcome = _killed(case)
+    assert_resumed(outcome)
+    ref, out = case.out("whole"), case.out("killed")
     m = _same_manifest(ref, out)
     assert m["counts"]["steps"] == outcome.work == 16
     assert m["resumed_from"], "the last attempt did not resume"
@@ -106,6 +118,32 @@ def test_killed_training_resumes_in_place(tmp_path, tiny_model_dir):
     folders = sorted((out / "wandb").glob("offline-run-*"))
     assert len(folders) == outcome.kills + 1
     assert {f.name.rsplit("-", 1)[1] for f in folders} == {run_id}
+
+
+# tests.core.restart_stage's modes: set-aside for every stage; forget (no .stale/ folder, the
+# ledger kept) for one, as each stage's commit record is read the same way in both
+CONTROLS = [(s, "set-aside") for s in STAGES] + [("generate", "forget")]
+
+
+@pytest.mark.parametrize(("stage", "mode"), CONTROLS)
+def test_kill_checks_fail_when_the_stage_restarts(stage, mode, case_base, tiny_model_dir):
+    """The negative control: the same harness over a stage that starts fresh at every start
+    (tests.core.restart_stage) fails, on the resume checks alone (its rows come out right).
+    Set aside, the stage leaves `.stale/`; restarted over its own ledger (forget), it leaves
+    none and its ledger keeps growing, and the commit record that falls still tells."""
+    case = make_case(stage, case_base(stage), tiny_model_dir)
+    case.restart = mode
+    outcome = _killed(case, CONTROL_KILLS, f"restart-{mode}")
+    assert (outcome.lost, outcome.duplicated, outcome.differing) == (0, 0, 0), outcome
+    with pytest.raises(AssertionError) as failed:
+        assert_resumed(outcome)
+    why = str(failed.value)
+    print(why)
+    commit = "checkpointed step" if stage == "train" else "committed rows"
+    assert f"{commit} fell from" in why, why
+    assert (".stale/ appeared" in why) == (mode == "set-aside"), why
+    if mode == "forget":
+        assert "LLM calls fell" not in why, why  # the ledger was kept: it did not tell
 
 
 # -- the whole loop ----------------------------------------------------------------------------
