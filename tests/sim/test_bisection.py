@@ -114,3 +114,39 @@ def test_threshold_picks_the_method_and_logs_it(caplog):
     assert "constrained K-means" in caplog.text and "balanced bisection" in caplog.text
     with pytest.raises(GroupingError, match="holds only"):
         group_population(vecs, 5, 1, 10, seed=0, exact_max=0)
+
+
+def test_blocked_candidates_are_the_per_group_ones():
+    """Above BLOCKED_ABOVE groups the modulator's inter-group candidates come a block at a
+    time; they are the same groups, in the same order, as one group at a time."""
+    from types import SimpleNamespace
+
+    from matrix.sim.communication import Group
+    from matrix.sim.modulator import StructuredCommunication
+
+    vecs = _unit(np.random.default_rng(5).normal(size=(300, 16)))
+    groups = [Group(id=g, members=[]) for g in range(300)]
+    mod = StructuredCommunication.__new__(StructuredCommunication)
+    mod.group_vectors, mod.limits, mod._nearest = vecs, SimpleNamespace(candidates=8), {}
+    per_group = [mod._candidates(g, groups) for g in range(300)]
+    mod._nearest = {}
+    blocked: dict = {}
+    while len(blocked) < 300:
+        g = next(g for g in range(300) if g not in blocked)
+        blocked.update(mod._nearest_block(g, groups))
+        mod._nearest = blocked
+    assert [blocked[g] for g in range(300)] == per_group
+
+
+def test_random_recipients_drawn_without_a_list_per_action():
+    import random
+
+    from matrix.sim.communication import _Others
+
+    for n, i in [(5, 0), (50, 49), (1000, 500)]:
+        want = [j for j in range(n) if j != i]
+        assert list(_Others(n, i)) == want
+        a, b = random.Random(7), random.Random(7)
+        assert [a.sample(want, 3) for _ in range(9)] == [
+            b.sample(_Others(n, i), 3) for _ in range(9)
+        ]
