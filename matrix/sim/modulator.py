@@ -72,7 +72,7 @@ class _Item:
 
 # Above this many groups, candidates are computed a block of groups at a time (the same
 # neighbours; at the shipped sizes, 200 groups, the per-group path runs, as it always did).
-BLOCKED_ABOVE = 2000
+BLOCKED_ABOVE = 500
 BLOCK = 256
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -46,7 +46,12 @@ class Agent:
         return self.profile.name
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        """asdict's keys and values, built shallow: state.json holds every agent each round,
+        and asdict's deep copy was most of that round's cost. A row is for serializing now;
+        its lists are the agent's own."""
+        row = {f: getattr(self, f) for f in _AGENT_FIELDS}
+        row["profile"] = {f: getattr(self.profile, f) for f in _PROFILE_FIELDS}
+        return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Agent:
@@ -54,6 +59,10 @@ class Agent:
         p["topics"] = tuple(p.get("topics") or ())
         p["posts"] = tuple(p.get("posts") or ())
         return cls(**{**row, "profile": Profile(**p)})
+
+
+_AGENT_FIELDS = tuple(f.name for f in fields(Agent))
+_PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,15 @@ def test_random_recipients_drawn_without_a_list_per_action():
         assert [a.sample(want, 3) for _ in range(9)] == [
             b.sample(_Others(n, i), 3) for _ in range(9)
         ]
+
+
+def test_agent_row_is_what_asdict_gives():
+    """Agent.to_row is built shallow for speed (state.json each round); same row as asdict."""
+    from dataclasses import asdict
+
+    from matrix.sim.schemas import Agent
+
+    profiles, _ = load_profiles("matrix:data/profiles/oasis_x_synthetic_1000.jsonl", FIELDS)
+    a = Agent(3, profiles[5], goal="g", memory=["m1", "m2"], inbox=["i"], done_round=2)
+    assert a.to_row() == asdict(a)
+    assert Agent.from_row(a.to_row()) == a
