@@ -162,3 +162,15 @@ def test_agent_row_is_what_asdict_gives():
     a = Agent(3, profiles[5], goal="g", memory=["m1", "m2"], inbox=["i"], done_round=2)
     assert a.to_row() == asdict(a)
     assert Agent.from_row(a.to_row()) == a
+
+
+def test_shipped_presets_keep_constrained_kmeans():
+    """The default threshold is above the shipped population (1,000 profiles), so every
+    shipped preset groups with the paper's method and keeps its groups."""
+    from omegaconf import OmegaConf
+
+    from matrix.common.io import resolve_data_path
+
+    comm = OmegaConf.load("conf/communication/structured.yaml")
+    shipped = resolve_data_path("matrix:data/profiles/oasis_x_synthetic_1000.jsonl")
+    assert comm.exact_grouping_max >= len(shipped.read_text().splitlines())
