@@ -46,10 +46,14 @@ class Agent:
         return self.profile.name
 
     def to_row(self) -> dict[str, Any]:
-        """asdict's keys and values, built shallow: state.json holds every agent each round,
-        and asdict's deep copy was most of that round's cost. A row is for serializing now;
-        its lists are the agent's own."""
+        """What dataclasses.asdict gives, a copy, built without its generic deep copy:
+        state.json holds every agent each round, and asdict was most of that round's cost.
+        The fields are scalars, strings, tuples of strings and lists of strings, so copying
+        the lists copies everything mutable."""
         row = {f: getattr(self, f) for f in _AGENT_FIELDS}
+        for f, v in row.items():
+            if isinstance(v, list):
+                row[f] = list(v)
         row["profile"] = {f: getattr(self.profile, f) for f in _PROFILE_FIELDS}
         return row
 

@@ -174,3 +174,14 @@ def test_shipped_presets_keep_constrained_kmeans():
     comm = OmegaConf.load("conf/communication/structured.yaml")
     shipped = resolve_data_path("matrix:data/profiles/oasis_x_synthetic_1000.jsonl")
     assert comm.exact_grouping_max >= len(shipped.read_text().splitlines())
+
+
+def test_agent_row_is_a_copy():
+    from matrix.sim.schemas import Agent
+
+    profiles, _ = load_profiles("matrix:data/profiles/oasis_x_synthetic_1000.jsonl", FIELDS)
+    a = Agent(0, profiles[0], memory=["m1"], inbox=["i"])
+    row = a.to_row()
+    a.memory.append("m2")
+    a.inbox.clear()
+    assert row["memory"] == ["m1"] and row["inbox"] == ["i"]
