@@ -93,6 +93,8 @@ class Timer:
 
     def report(self, agents: int) -> str:
         rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if not self.rounds:  # simulation.schedule=groups runs no lock-step Simulation.step
+            return f"scale: agents={agents} setup_s={self.setup_s:.1f} peak_rss_gib={rss_gib:.2f}"
         per = sum(self.rounds) / len(self.rounds)
         eng = per - sum(self.double_rounds) / len(self.rounds)
         return (
