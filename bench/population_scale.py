@@ -95,11 +95,11 @@ class Timer:
         rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         if not self.rounds:  # simulation.schedule=groups runs no lock-step Simulation.step
             return f"scale: agents={agents} setup_s={self.setup_s:.1f} peak_rss_gib={rss_gib:.2f}"
-        per = sum(self.rounds) / len(self.rounds)
-        eng = per - sum(self.double_rounds) / len(self.rounds)
+        engine = [r - d for r, d in zip(self.rounds, self.double_rounds, strict=True)]
         return (
             f"scale: agents={agents} setup_s={self.setup_s:.1f} "
-            f"round_s={' '.join(f'{x:.1f}' for x in self.rounds)} mean_round_s={per:.2f} "
-            f"(double {per - eng:.2f}, engine {eng:.2f}; engine per 1K agents "
-            f"{eng / agents * 1000:.3f}) peak_rss_gib={rss_gib:.2f}"
+            f"round_s={' '.join(f'{x:.2f}' for x in self.rounds)} "
+            f"double_s={' '.join(f'{x:.2f}' for x in self.double_rounds)} "
+            f"engine_s_per_1k_agents={' '.join(f'{x / agents * 1000:.3f}' for x in engine)} "
+            f"peak_rss_gib={rss_gib:.2f}"
         )
