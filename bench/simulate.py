@@ -34,6 +34,14 @@ H100: 10 ms/step alone, 25 ms/step at 256 sequences (~10K output tokens/s).
     python bench/simulate.py [--rounds 3] [--agents 1000] [--concurrency 256] [--seed 0]
     python bench/simulate.py --rounds 4 --trace trace.json   # keep the requests; a second
                                                             # run replays them without the stage
+    python bench/simulate.py --agents 100000 --rounds 2 --tokens chars --no-latency-model
+
+Population scale: above the shipped 1,000 profiles the bench synthesizes the population by
+cycling them (bench/population_scale.py; copies reuse the shipped profiles' embeddings with
+seeded noise, said in the output), and it prints setup seconds, seconds per round (the
+double's share and the engine's apart) and peak RSS. `--tokens chars` counts a prompt's
+tokens as characters / 4 instead of rendering and tokenizing it (the tokenizer costs ~ms a
+request, more than the simulator's own work per agent).
 """
 
 from __future__ import annotations
@@ -104,21 +112,31 @@ class CountingDouble:
 
     name = "deterministic-double"
 
-    def __init__(self):
+    def __init__(self, tokens: str = "tokenizer"):
         from transformers import AutoTokenizer
 
         from matrix.llm.embedded import smollm2_hf_dir
 
-        self.tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+        self.tok = AutoTokenizer.from_pretrained(smollm2_hf_dir()) if tokens != "chars" else None
         self.records: list[Record] = []
+        self.seconds = 0.0  # time spent in generate: the double's, not the simulator's
+
+    def count(self, text: str) -> int:
+        if self.tok is None:
+            return max(1, len(text) // 4)
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, chats, sampling):
         from matrix.llm.chat import render
         from matrix.llm.protocol import Completion
 
+        t0 = time.perf_counter()
         out = []
         for chat in chats:
-            prompt = render(self.tok, chat, add_generation_prompt=True)
+            if self.tok is None:
+                prompt = "".join(m["content"] for m in chat)
+            else:
+                prompt = render(self.tok, chat, add_generation_prompt=True)
             kind = prompt_kind(chat)
             user = next(m["content"] for m in chat if m["role"] == "user")
             items = _ITEM.findall(user) if kind == "route" else []
@@ -133,13 +151,11 @@ class CountingDouble:
                 reply = f"People who know {m.group(1) if m else 'each other'}."
             else:
                 reply = "I post an update about my project and ask my friends for advice on the next step."
-            n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
-            n_out = min(
-                sampling.max_new_tokens,
-                len(self.tok(reply, add_special_tokens=False)["input_ids"]) + 1,
-            )
+            n_prompt = self.count(prompt)
+            n_out = min(sampling.max_new_tokens, self.count(reply) + 1)
             self.records.append(Record(kind, user, n_prompt, len(items)))
             out.append(Completion(reply, n_prompt, n_out, "stop", self.name))
+        self.seconds += time.perf_counter() - t0
         return out
 
 
@@ -168,7 +184,7 @@ def attribute(
 ) -> list[Request]:
     """Each recorded request of the rounds -> (round, group, phase), with its output length."""
     name_to_group = {a["profile"]["name"]: a["group"] for a in agents}
-    names = sorted(name_to_group, key=len, reverse=True)
+    lengths = sorted({len(n) for n in name_to_group}, reverse=True)  # longest name first
     desc_to_group = {g["description"]: g["id"] for g in groups}
     rng = random.Random(seed)
     out, r, prev = [], 0, "setup"
@@ -184,7 +200,11 @@ def attribute(
         else:  # the agent's name where the prompt states whose it is
             at = {"act": len("You are "), "memory": rec.user.find("Memories of ") + 12}
             i = at.get(rec.kind, 0)
-            gid = next(name_to_group[n] for n in names if rec.user.startswith(n, i))
+            gid = next(
+                name_to_group[rec.user[i : i + n]]
+                for n in lengths
+                if rec.user[i : i + n] in name_to_group
+            )
         phase = PHASE_OF_KIND.get(rec.kind, rec.kind)
         median = ROUTE_TOKENS_PER_ITEM * rec.items if phase == "route" else MEDIAN_OUT[phase]
         n_out = max(1, min(CAP_OUT[phase], round(median * math.exp(rng.gauss(0, 0.5)))))
@@ -381,6 +401,15 @@ def main() -> None:
     ap.add_argument("--step-per-seq-s", type=float, default=0.00006)
     ap.add_argument("--prefill-s-per-token", type=float, default=0.00005)
     ap.add_argument("--seed", type=int, default=0, help="seed of the output-length draws")
+    ap.add_argument(
+        "--tokens",
+        choices=("tokenizer", "chars"),
+        default="tokenizer",
+        help="the double's token counts: the SmolLM2 tokenizer, or characters / 4 (fast)",
+    )
+    ap.add_argument(
+        "--no-latency-model", action="store_true", help="skip part 2 (the schedule replay)"
+    )
     ap.add_argument("--trace", type=Path, help="requests file: written after the run, or replayed")
     ap.add_argument(
         "--queue",
@@ -404,22 +433,36 @@ def main() -> None:
         compare_schedules(reqs, saved["groups"], bench_config(args, "unused"), args)
         return
 
+    from bench.population_scale import Timer, copy_encoder, synthesize
     from matrix.llm.roles import Roles
     from matrix.sim.run import run_simulate
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = bench_config(args, tmp)
+        profiles = None
+        if args.agents > 1000:  # more than the shipped profiles: cycle them (see the module)
+            profiles, base_n = synthesize(args.agents, Path(tmp) / "profiles.jsonl")
+            import matrix.sim.run as run_mod
+
+            run_mod.Encoder = copy_encoder(base_n)
+            print(
+                f"population: {args.agents} profiles cycling the shipped {base_n}; embeddings: "
+                f"the {base_n} shipped profiles encoded, copies reuse them with seeded noise"
+            )
+        cfg = bench_config(args, tmp, profiles)
         # No call cache: every request reaches the double, so tokens are per round.
-        double = CountingDouble()
+        double = CountingDouble(args.tokens)
         roles = Roles(cfg.llm, backends={"smollm2": double}, cache=False)
-        t0 = time.perf_counter()
+        timer = Timer(double)
+        timer.install()
+        t0 = timer.t0 = time.perf_counter()
         counts = run_simulate(cfg, roles=roles)
         wall = time.perf_counter() - t0
         out = Path(tmp) / "bench/simulate"
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         agents = [json.loads(x) for x in (out / "agents.jsonl").read_text().splitlines()]
         groups = json.loads((out / "groups.json").read_text())["groups"]
-    print("simulate bench (LLM = deterministic double; token counts from the SmolLM2 tokenizer)")
+    how = "SmolLM2 tokenizer" if args.tokens == "tokenizer" else "characters / 4"
+    print(f"simulate bench (LLM = deterministic double; token counts from the {how})")
     print(
         f"agents={counts['agents']} groups={counts['groups']} rounds={counts['rounds']} "
         f"events={counts['events']} scenarios={counts['scenarios']} wall={wall:.1f}s (incl. setup)"
@@ -435,6 +478,9 @@ def main() -> None:
             f"{r['sim/completion_tokens']:>10} {r['sim/max_batch']:>10} {r['sim/observations']:>13}"
         )
 
+    print(timer.report(counts["agents"]))
+    if args.no_latency_model:
+        return
     reqs = attribute(double.records, agents, groups, args.seed)
     if args.trace:
         args.trace.write_text(
@@ -449,7 +495,7 @@ def main() -> None:
     compare_schedules(reqs, [g["id"] for g in groups], cfg, args)
 
 
-def bench_config(args, runs_dir: str):
+def bench_config(args, runs_dir: str, profiles: Path | None = None):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -459,6 +505,7 @@ def bench_config(args, runs_dir: str):
                 f"paths.runs_dir={runs_dir}",
                 "logger=none",
                 f"population.size={args.agents}",
+                *([f"population.path={profiles}"] if profiles else []),
                 "population.min_age=null",  # the paper's 1,000 profiles, all of them
                 f"simulation.max_rounds={args.rounds}",
                 "run.name=bench",

@@ -170,10 +170,28 @@ class RandomCommunication(Communication):
         rng = random.Random(f"{self.seed}:{round_}")  # per round, so a resumed run draws the same
         out = {}
         for i in sorted(actions):
-            others = [j for j in range(len(agents)) if j != i]
+            others = _Others(len(agents), i)
             k = rng.randint(1, min(self.max_recipients, len(others))) if others else 0
             out[i] = Decision(tuple(sorted(rng.sample(others, k))), "random")
         return Routing(out)
+
+
+class _Others(Sequence):
+    """Agents 0..n-1 but `skip`, as a sequence computed on access: `random.sample` draws the
+    same indices from it as from the list, without building n items per action."""
+
+    def __init__(self, n: int, skip: int) -> None:
+        self.n, self.skip = n, skip
+
+    def __len__(self) -> int:
+        return self.n - 1
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[x] for x in range(*j.indices(len(self)))]
+        if not 0 <= j < self.n - 1:
+            raise IndexError(j)
+        return j if j < self.skip else j + 1
 
 
 def communication_class(target: object) -> type[Communication]:

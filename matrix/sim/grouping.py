@@ -1,16 +1,22 @@
 """Structured communication, part 1: who shares a modulator.
 
 Profiles are embedded and clustered with size-constrained K-means (the paper: K=200 groups of
-1-10 agents for 1,000 agents), using the maintained `k-means-constrained` package.
+1-10 agents for 1,000 agents), using the maintained `k-means-constrained` package. Its cost
+grows with agents x groups, so populations above `communication.exact_grouping_max` agents
+are grouped by balanced recursive bisection (matrix.sim.bisection) under the same bounds.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from matrix.common.validation import ConfigError
+from matrix.sim.bisection import bisection_groups
+
+log = logging.getLogger(__name__)
 
 
 class GroupingError(ConfigError):
@@ -58,3 +64,23 @@ def constrained_groups(
     )
     labels = km.fit_predict(np.asarray(vectors, dtype=np.float64))
     return [int(x) for x in labels]
+
+
+def group_population(
+    vectors: np.ndarray, k: int, size_min: int, size_max: int, seed: int, exact_max: int
+) -> list[int]:
+    """Constrained K-means up to `exact_max` agents (the paper's method), balanced bisection
+    above; logs which ran."""
+    n = len(vectors)
+    if n <= exact_max:
+        log.info("grouping: %d agents into %d groups by constrained K-means", n, k)
+        return constrained_groups(vectors, k, size_min, size_max, seed)
+    check_bounds(n, k, size_min, size_max)
+    log.info(
+        "grouping: %d agents into %d groups by balanced bisection "
+        "(more than communication.exact_grouping_max=%d)",
+        n,
+        k,
+        exact_max,
+    )
+    return bisection_groups(vectors, k, size_min, size_max, seed)

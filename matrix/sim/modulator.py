@@ -70,6 +70,12 @@ class _Item:
     inbound: dict | None = None
 
 
+# Above this many groups, candidates are computed a block of groups at a time (the same
+# neighbours; at the shipped sizes, 200 groups, the per-group path runs, as it always did).
+BLOCKED_ABOVE = 500
+BLOCK = 256
+
+
 class StructuredCommunication(Communication):
     """The paper's mode. Options (communication.*): prompts, inter_group, goal_chars,
     memory_size, inbound_max, inter_group_candidates, unparsed."""
@@ -83,6 +89,7 @@ class StructuredCommunication(Communication):
         self.llm = context.roles.get("modulator")
         self.prompts = cfg["prompts"]
         self.group_vectors = context.group_vectors
+        self._nearest: dict[int, list[int]] = {}  # group -> its candidates (vectors are fixed)
         self.inter_group_enabled = bool(cfg["inter_group"])
         self.limits = modulator_limits(cfg)
         self.fallbacks = 0
@@ -213,11 +220,37 @@ class StructuredCommunication(Communication):
 
     # -- inter-group: which other groups hear of this group's events ----------------------
     def _candidates(self, gid: int, groups: Sequence[Group]) -> list[int]:
-        others = [g.id for g in groups if g.id != gid]
-        if self.group_vectors is None or len(others) <= self.limits.candidates:
-            return others
-        sims = self.group_vectors[others] @ self.group_vectors[gid]
-        return [others[j] for j in np.argsort(-sims)[: self.limits.candidates]]
+        """The most similar other groups, computed once per group: O(groups) each, so every
+        round after the first costs nothing here."""
+        if gid not in self._nearest:
+            if self.group_vectors is not None and len(groups) > BLOCKED_ABOVE:
+                self._nearest.update(self._nearest_block(gid, groups))
+            else:
+                others = [g.id for g in groups if g.id != gid]
+                if self.group_vectors is None or len(others) <= self.limits.candidates:
+                    return others
+                sims = self.group_vectors[others] @ self.group_vectors[gid]
+                self._nearest[gid] = [
+                    others[j] for j in np.argsort(-sims)[: self.limits.candidates]
+                ]
+        return self._nearest[gid]
+
+    def _nearest_block(self, gid: int, groups: Sequence[Group]) -> dict[int, list[int]]:
+        """Candidates of `gid` and of the next uncached groups, BLOCK at a time: one matrix
+        product per block instead of a vector product per group."""
+        todo = [gid] + [g.id for g in groups if g.id != gid and g.id not in self._nearest]
+        block = np.asarray(todo[:BLOCK])
+        vecs = self.group_vectors
+        ids = np.asarray([g.id for g in groups])
+        sims = vecs[block] @ vecs[ids].T
+        sims[ids[None, :] == block[:, None]] = -np.inf  # never a group itself
+        c = self.limits.candidates
+        top = np.argpartition(-sims, c, axis=1)[:, :c]
+        out = {}
+        for row, g in enumerate(block.tolist()):
+            best = top[row][np.argsort(-sims[row, top[row]], kind="stable")]
+            out[g] = ids[best].tolist()
+        return out
 
     def inter_group(self, round_events, actions, agents, groups):
         if not self.inter_group_enabled or len(groups) < 2:

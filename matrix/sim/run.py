@@ -30,7 +30,7 @@ from matrix.sim.communication import (
 from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
 from matrix.sim.explorer import write_sim_explorer
-from matrix.sim.grouping import check_bounds, constrained_groups
+from matrix.sim.grouping import check_bounds, group_population
 from matrix.sim.population import load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
 from matrix.sim.pseudonyms import anonymize_rules
@@ -148,8 +148,17 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     comm = cfg.communication
     k = resolve_k(comm.k, len(profiles))
     vectors = encoder.encode([p.describe() for p in profiles])
-    labels = constrained_groups(vectors, k, int(comm.size_min), int(comm.size_max), int(cfg.seed))
-    groups = [Group(id=g, members=[i for i, x in enumerate(labels) if x == g]) for g in range(k)]
+    labels = group_population(
+        vectors,
+        k,
+        int(comm.size_min),
+        int(comm.size_max),
+        int(cfg.seed),
+        int(comm.get("exact_grouping_max", 2000)),
+    )
+    groups = [Group(id=g, members=[]) for g in range(k)]
+    for i, g in enumerate(labels):  # members in index order, as before
+        groups[g].members.append(i)
     agents = agent_ops.create_agents(roles.get("agent"), cfg.agent.prompts, profiles, labels)
     shard = Shard.from_cfg(cfg)
     for a in agents:  # another shard simulates these; done with no done_round marks them

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -46,7 +46,16 @@ class Agent:
         return self.profile.name
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        """What dataclasses.asdict gives, a copy, built without its generic deep copy:
+        state.json holds every agent each round, and asdict was most of that round's cost.
+        The fields are scalars, strings, tuples of strings and lists of strings, so copying
+        the lists copies everything mutable."""
+        row = {f: getattr(self, f) for f in _AGENT_FIELDS}
+        for f, v in row.items():
+            if isinstance(v, list):
+                row[f] = list(v)
+        row["profile"] = {f: getattr(self.profile, f) for f in _PROFILE_FIELDS}
+        return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Agent:
@@ -54,6 +63,10 @@ class Agent:
         p["topics"] = tuple(p.get("topics") or ())
         p["posts"] = tuple(p.get("posts") or ())
         return cls(**{**row, "profile": Profile(**p)})
+
+
+_AGENT_FIELDS = tuple(f.name for f in fields(Agent))
+_PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
 
 
 @dataclass(frozen=True)

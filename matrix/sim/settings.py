@@ -1,12 +1,13 @@
 """The simulate stage's typed config schema: `simulation`, `scenario`, `population`, `agent`
 (conf/simulate_settings.yaml, conf/population/, conf/agent/). Checked against the composed
 config before any model loads (matrix.core.value_check.check_schemas); a new option is one
-YAML line and one field here. `communication` is left open: its modes are components."""
+YAML line and one field here. Of `communication`, only the grouping keys every mode's setup
+reads are typed (`Grouping`); the rest is left open: its modes are components."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from matrix.common.schema import Count, Natural
 from matrix.core.settings import LLMStage, Prompt
@@ -70,9 +71,20 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """The `communication` keys the stage's grouping reads (matrix.sim.grouping); `k` is
+    an integer or 'auto', checked in matrix.sim.run.validate."""
+
+    size_min: Count
+    size_max: Count
+    # populations up to this size: constrained K-means; above: balanced bisection
+    exact_grouping_max: Natural = 2000
+
+
+@dataclass(frozen=True)
 class SimulateSettings(LLMStage):
     simulation: Simulation
     scenario: Scenario
     population: Population
     agent: Agent
-    communication: Any  # its modes are being made components; their checks stay in run.validate
+    communication: Grouping  # other keys: the mode's own, checked by its class (run.validate)
