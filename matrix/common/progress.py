@@ -169,7 +169,9 @@ class LineProgress(Progress):
             parts.append(f"{rate:.2f} it/s ETA 0s, took {duration(elapsed)}")
         elif rate > 0:
             eta = (task.total - done) / rate if task.total else None
-            parts.append(f"{rate:.2f} it/s" + (f" ETA {duration(eta)}" if eta is not None else ""))
+            # work is left: never "0s", which reads as done
+            left = None if eta is None else duration(eta) if round(eta) > 0 else "<1s"
+            parts.append(f"{rate:.2f} it/s" + (f" ETA {left}" if left else ""))
         else:
             parts.append("ETA ?")
         info = str(task.fields.get("info", ""))

@@ -13,7 +13,7 @@ from matrix.common.progress import LineProgress, duration, progress, track
 
 LINE = re.compile(
     r"^\[(?P<stage>\w+)\] (?P<what>[^:]+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\) "
-    r"(?P<rate>[\d.]+) it/s ETA (?P<eta>\d+h\d\dm|\d+m\d\ds|\d+s)"
+    r"(?P<rate>[\d.]+) it/s ETA (?P<eta>\d+h\d\dm|\d+m\d\ds|\d+s|<1s)"
 )
 
 
@@ -61,6 +61,18 @@ def test_a_log_gets_a_line_a_tenth_with_counts_rate_and_eta(monkeypatch, lines):
     assert (first["done"], first["total"], first["rate"]) == ("81", "805", "4.00")
     assert first["eta"] == duration((805 - 81) / 4) == "3m01s"
     assert lines[-1].startswith("[evaluate] judging alpaca_eval2: 805/805 (100%) 4.00 it/s ETA 0s")
+
+
+def test_a_fast_task_with_work_left_never_says_eta_0s(monkeypatch, lines):
+    clock = [100.0]
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
+    with LineProgress("train", interval_s=1e9) as bar:
+        task = bar.add_task("epoch 1", total=4)
+        for _ in range(4):
+            clock[0] += 0.05  # 20 steps a second: the time left rounds to 0 s
+            bar.advance(task)
+    etas = [LINE.match(x)["eta"] for x in lines[1:]]
+    assert etas == ["<1s", "<1s", "<1s", "0s"]
 
 
 def test_a_slow_task_gets_a_line_each_interval_and_resumed_work_is_not_in_the_rate(
