@@ -4,7 +4,7 @@ control of the kill tests (tests/core/test_kill_resume.py), which must fail unde
     python -m tests.core.restart_stage set-aside <stage dir> simulate.py debug=tiny ...
     python -m tests.core.restart_stage forget <stage dir> simulate.py debug=tiny ...
 
-- set-aside: every start finds the folder's last run stale (matrix.core.reuse.stale_reason),
+- set-aside: every start finds the folder's last run stale (matrix.core.provenance.stale_reason),
   so the stage moves its outputs, LLM ledger included, to `<run>/.stale/` and starts fresh:
   the stage's own way of starting over.
 - forget: every start deletes the stage folder's outputs and commit record but keeps its LLM
@@ -23,18 +23,19 @@ KEEP = "llm_spend.json"
 
 
 def set_aside_every_start() -> None:
-    from matrix.core import reuse
+    from matrix.core import provenance, stage
 
-    real = reuse.stale_reason
+    real = provenance.stale_reason
     started = time.time()
 
     def stale_before_this_start(folder: Path, chash: str, resume_hash: str) -> str | None:
-        attempt = folder / reuse.ATTEMPT
+        attempt = folder / provenance.ATTEMPT
         if attempt.exists() and attempt.stat().st_mtime < started:  # not this process's
             return "the kill tests' restart control starts every attempt fresh"
         return real(folder, chash, resume_hash)
 
-    reuse.stale_reason = stale_before_this_start
+    # the name set_aside_stale calls (it imports stale_reason from matrix.core.provenance)
+    stage.stale_reason = stale_before_this_start
 
 
 def forget(stage_dir: Path) -> None:
