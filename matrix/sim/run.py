@@ -31,11 +31,12 @@ from matrix.sim.config import SimConfig
 from matrix.sim.engine import Simulation
 from matrix.sim.explorer import write_sim_explorer
 from matrix.sim.grouping import check_bounds, group_population
-from matrix.sim.population import load_profiles, sample_profiles
+from matrix.sim.population import LoadReport, load_profiles, sample_profiles
 from matrix.sim.profile_fields import field_map_problem, file_columns
 from matrix.sim.pseudonyms import anonymize_rules
 from matrix.sim.report import write_report
 from matrix.sim.scheduler import GroupScheduler
+from matrix.sim.schemas import Profile
 from matrix.sim.state import SimState
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def _check_population(p: ConfigProblems, pop: DictConfig) -> None:
             p.add("population.fields", problem[0])
 
 
-def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
+def _population(cfg: DictConfig, roles: Roles) -> tuple[list[Profile], LoadReport]:
+    """The profiles the agents are made from (loaded, sampled, anonymized) and the load report."""
     pop = cfg.population
     profiles, report = load_profiles(
         str(pop.path),
@@ -145,6 +147,29 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
         profiles = anonymize_rules(profiles, int(cfg.seed))
     if pop.anonymize == "llm":
         profiles = agent_ops.anonymize_llm(roles.get("summarizer"), cfg.agent.prompts, profiles)
+    return profiles, report
+
+
+def _describe_groups(cfg: DictConfig, roles: Roles, groups: list[Group], agents: list) -> None:
+    """Each modulator holds a description of its group, used for inter-group routing."""
+    comm = cfg.communication
+    chats = [
+        render_prompt(
+            comm.prompts.group_description,
+            "communication.prompts.group_description",
+            members=members_text(g, agents, int(comm.profile_chars)),
+        )
+        for g in groups
+    ]
+    for g, c in zip(groups, roles.get("summarizer").generate(chats), strict=True):
+        g.description = " ".join(c.text.split())[:300] or ", ".join(
+            agents[i].name for i in g.members
+        )
+
+
+def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np.ndarray, dict]:
+    pop = cfg.population
+    profiles, report = _population(cfg, roles)
     comm = cfg.communication
     k = resolve_k(comm.k, len(profiles))
     vectors = encoder.encode([p.describe() for p in profiles])
@@ -163,19 +188,7 @@ def setup(cfg: DictConfig, roles: Roles, encoder: Encoder) -> tuple[SimState, np
     shard = Shard.from_cfg(cfg)
     for a in agents:  # another shard simulates these; done with no done_round marks them
         a.done = a.done or not shard.owns(a.group)
-    # Each modulator holds a description of its group, used for inter-group routing.
-    chats = [
-        render_prompt(
-            comm.prompts.group_description,
-            "communication.prompts.group_description",
-            members=members_text(g, agents, int(comm.profile_chars)),
-        )
-        for g in groups
-    ]
-    for g, c in zip(groups, roles.get("summarizer").generate(chats), strict=True):
-        g.description = " ".join(c.text.split())[:300] or ", ".join(
-            agents[i].name for i in g.members
-        )
+    _describe_groups(cfg, roles, groups, agents)
     group_vectors = np.stack([vectors[g.members].mean(0) for g in groups])
     group_vectors /= np.linalg.norm(group_vectors, axis=1, keepdims=True) + 1e-9
     log.info(
