@@ -98,6 +98,15 @@ class Table:
             return [self]
         return [_file_table(self.spec, f, self.key) for f in _data_files(self.path)]
 
+    def file_rows(
+        self, max_line_bytes: int | None = None
+    ) -> Iterator[tuple[Table, int, int, Any, str | None]]:
+        """(file, index in that file, row number, row, error) for every row of every file of
+        `files()`, in order: what a loader needs to name a bad row and a file's first row."""
+        for part in self.files():
+            for i, (n, row, error) in enumerate(part.rows(max_line_bytes)):
+                yield part, i, n, row, error
+
     def position(self, n: int) -> str:
         """Row number `n` as an error message names it: a JSONL file's line number, else
         `row <index>` (from 0)."""

@@ -168,18 +168,15 @@ def load_rows(
     bad = BadRows(table.path, on_error, "data.on_error")
     rows: list[dict] = []
     lines = 0
-    for part in table.files():
-        for n, row, error in part.rows(max_line_bytes):
-            lines += 1
-            if error is None and isinstance(row, dict):
-                row = apply_columns(row, mapping)
-            why = error or row_problem(row, kind)
-            if why:
-                bad.add(table.where(part, n), why)
-                continue
-            rows.append(row)
-            if limit and len(rows) >= limit:
-                break
+    for part, _, n, row, error in table.file_rows(max_line_bytes):
+        lines += 1
+        if error is None and isinstance(row, dict):
+            row = apply_columns(row, mapping)
+        why = error or row_problem(row, kind)
+        if why:
+            bad.add(table.where(part, n), why)
+            continue
+        rows.append(row)
         if limit and len(rows) >= limit:
             break
     bad.summary(lines)

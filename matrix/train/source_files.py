@@ -111,29 +111,26 @@ class Source:
         bad = BadRows(table.path, on_error, "data.on_error")
         out: list[dict] = []
         seen = dataset_skips = 0
-        for part in table.files():
-            tag = "" if part is table else f"{part.path.relative_to(table.path)}:"
-            for i, (n, raw, error) in enumerate(part.rows(max_line_bytes)):
-                seen += 1
-                why = error
-                if why is None:
-                    try:
-                        row = self.row(raw, rows, part.path, f"{tag}{i}")
-                        why = row_problem(row, rows)
-                    except SkipRow:
-                        dataset_skips += 1
-                        continue
-                    except FormatMismatch as e:
-                        if i == 0:
-                            where = f"{part.path}:{part.position(n)}"
-                            raise ConfigError(self.mismatch(where, e)) from e
-                        why = str(e)
-                if why:
-                    bad.add(table.where(part, n), why)
+        for part, i, n, raw, error in table.file_rows(max_line_bytes):
+            seen += 1
+            why = error
+            if why is None:
+                tag = "" if part is table else f"{part.path.relative_to(table.path)}:"
+                try:
+                    row = self.row(raw, rows, part.path, f"{tag}{i}")
+                    why = row_problem(row, rows)
+                except SkipRow:
+                    dataset_skips += 1
                     continue
-                out.append(row)
-                if limit and len(out) >= limit:
-                    break
+                except FormatMismatch as e:
+                    if i == 0:
+                        where = f"{part.path}:{part.position(n)}"
+                        raise ConfigError(self.mismatch(where, e)) from e
+                    why = str(e)
+            if why:
+                bad.add(table.where(part, n), why)
+                continue
+            out.append(row)
             if limit and len(out) >= limit:
                 break
         bad.summary(seen)
