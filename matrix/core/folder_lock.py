@@ -12,7 +12,8 @@ The lock file sits outside the stage folder, so setting stale outputs aside (a r
 folder) cannot move it, and it is not one of the folder's files (input hashes, merges).
 The OS releases a `flock` when its process dies however it dies (SIGKILL, a node lost); the
 next run takes over the file its record is left in and logs whose lock it was. A clean exit
-empties the record. Ranks 1..n-1 of a multi-process training run never lock: rank 0 writes.
+empties the record. A merge of shards (`python -m matrix.merge`) holds the lock of the folder
+it writes, the same one an unsharded run of the stage holds. Ranks 1..n-1 of a multi-process training run never lock: rank 0 writes.
 """
 
 from __future__ import annotations
@@ -43,21 +44,23 @@ class FolderInUse(RuntimeError):
     """Another live process holds the folder's lock: a user error (exit code 2)."""
 
 
-def lock_file(cfg: DictConfig, stage: str) -> Path:
+def lock_file(cfg: DictConfig, stage: str, shard: bool = True) -> Path:
     """`runs/<run.name>/.locks/<stage folder>.lock`; a shard's folder gets its own
-    (`simulate__shards__0-of-2.lock`), so shards run side by side."""
+    (`simulate__shards__0-of-2.lock`), so shards run side by side. `shard=False`: the lock
+    of the stage's whole folder, which a merge of its shards writes."""
     run_root = Path(cfg.paths.runs_dir) / str(cfg.run.name)
-    out = stage_dir(cfg, stage)
+    out = stage_dir(cfg, stage, shard=shard)
     rel = out.relative_to(run_root) if out.is_relative_to(run_root) else Path(out.name)
     return run_root / LOCKS_DIR / f"{'__'.join(rel.parts)}.lock"
 
 
-def stage_writer(cfg: DictConfig, stage: str) -> Any:
+def stage_writer(cfg: DictConfig, stage: str, shard: bool = True) -> Any:
     """The lock a run of `stage` holds on its folder while it runs (a context manager);
-    the entry points take it around the stage's run function."""
+    the entry points take it around the stage's run function, and `python -m matrix.merge`
+    around its merge (`shard=False`: the unsharded folder it writes)."""
     if helper_rank():
         return nullcontext()
-    return hold_folder(stage_dir(cfg, stage), lock_file(cfg, stage))
+    return hold_folder(stage_dir(cfg, stage, shard=shard), lock_file(cfg, stage, shard=shard))
 
 
 @contextmanager

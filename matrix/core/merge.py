@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from matrix.common.io import read_json
 from matrix.common.validation import ConfigError
+from matrix.core.folder_lock import stage_writer
 from matrix.core.provenance import config_hash
 from matrix.core.registry import SHARDED_STAGES, STAGES
 from matrix.core.shard import Shard
@@ -135,9 +136,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(stage if stage in SHARDED_STAGES else "pipeline", overrides=overrides)
 
     def run_merge(c: DictConfig) -> dict:
-        if stage in SHARDED_STAGES:  # an unknown stage is merge()'s error to report
-            check_config(c, stage, models=False)  # a merge calls no model
-        return merge(stage, c)
+        if stage not in SHARDED_STAGES:  # an unknown stage is merge()'s error to report
+            return merge(stage, c)
+        check_config(c, stage, models=False)  # a merge calls no model
+        with stage_writer(c, stage, shard=False):  # one writer of the merged folder
+            return merge(stage, c)
 
     m = run_user_command(run_merge, cfg)
     print(json.dumps(m["counts"]))

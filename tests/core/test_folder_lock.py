@@ -248,3 +248,29 @@ def test_helper_ranks_of_a_training_run_take_no_lock(tmp_path, monkeypatch):
         monkeypatch.setenv("LOCAL_RANK", "1")
         with stage_writer(_cfg(tmp_path), "train"):
             pass
+
+
+def test_a_merge_holds_the_folder_it_writes(tmp_path):
+    """`python -m matrix.merge` writes the stage's whole folder: it takes that folder's lock,
+    the one an unsharded run of the stage holds, and exits 2 naming a live holder before it
+    reads a shard; the shards' own locks stay apart from it."""
+    shards = _cfg(tmp_path, shard={"index": 0, "count": 2})
+    assert lock_file(shards, "simulate", shard=False) == lock_file(_cfg(tmp_path), "simulate")
+    assert lock_file(shards, "simulate") != lock_file(_cfg(tmp_path), "simulate")
+    holder = _start_holder(tmp_path)  # holds runs/r/.locks/simulate.lock
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "matrix.merge", "simulate", "debug=tiny"]
+            + [f"paths.runs_dir={tmp_path}", "run.name=r", "logger=none", "shard.count=2"],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"pid {holder.pid} on host {socket.gethostname()}" in done.stderr, done.stderr[-3000:]
+    assert "no shard folders" not in done.stderr  # refused at the lock, before any shard check
+    assert "Traceback" not in done.stderr
