@@ -58,8 +58,8 @@ Instruction:
 {instruction}
 \"\"\"
 
-Answer with one JSON object and nothing else, in this form:
-{{"quality": 3, "difficulty": 2, "category": "Advice seeking", "verb": "write", "noun": "email"}}
+Answer with one JSON object and nothing else, with these five keys:
+{{"quality": <1-5>, "difficulty": <1-5>, "category": "<category>", "verb": "<verb>", "noun": "<noun>"}}
 
 quality: how clear, specific and well-formed the request is, 1 to 5 (1 very poor, 2 poor, \
 3 average, 4 good, 5 excellent).
@@ -70,6 +70,18 @@ verb: the main verb of the request, lowercase base form (write, explain, help); 
 noun: the direct object of that verb, one lowercase singular noun (email, plan, code); "" if none."""
 
 PROMPT_VERSION = text_sha256(PROMPT)[:8]
+# asked of backends that constrain decoding (vLLM, OpenAI-compatible); others get the prompt only
+TAGS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "quality": {"type": "integer", "minimum": 1, "maximum": 5},
+        "difficulty": {"type": "integer", "minimum": 1, "maximum": 5},
+        "category": {"type": "string", "enum": list(CATEGORIES)},
+        "verb": {"type": "string"},
+        "noun": {"type": "string"},
+    },
+    "required": ["quality", "difficulty", "category", "verb", "noun"],
+}
 MAX_INSTRUCTION_CHARS = 2000
 
 
@@ -165,6 +177,7 @@ def judge_rows(
     **sampling: Any,
 ) -> JudgeResult:
     """Tag every row; `judge` is a role LLM (`name`, `generate(chats, **overrides)`)."""
+    sampling.setdefault("json_schema", TAGS_SCHEMA)
     store = JsonlLog(tags_file)
     name = str(getattr(judge, "name", "judge"))
     done = {r["key"]: r for r in store.read()}
