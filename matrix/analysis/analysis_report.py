@@ -61,23 +61,8 @@ def _share_table(result: dict[str, Any], key: str, names: list[str]) -> str:
     return markdown_table([key.replace("_", " "), *labels], rows)
 
 
-def write_report(path: Path, result: dict[str, Any]) -> None:
-    labels = list(result["runs"])
-    stats = result["stats"]
-    md = [f"# Data analysis: {', '.join(labels)}\n"]
-    md.append(
-        markdown_table(
-            ["run", "generate run", "simulate run"],
-            [[lb, result["runs"][lb], result["simulate_runs"][lb] or "-"] for lb in labels],
-        )
-        + "\n"
-    )
-    summary = [
-        [title, *(_fmt(stats[lb].get(k)) for lb in labels)]
-        for k, title in SUMMARY
-        if any(k in stats[lb] for lb in labels)
-    ]
-    md += ["## Summary\n", markdown_table(["metric", *labels], summary) + "\n"]
+def _figures(result: dict[str, Any]) -> list[str]:
+    md: list[str] = []
     md += _figure(
         result,
         "fig5_quality_difficulty",
@@ -111,6 +96,27 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         "Instruction length",
         "Words per instruction (whitespace-separated), one histogram per run.",
     )
+    return md
+
+
+def write_report(path: Path, result: dict[str, Any]) -> None:
+    labels = list(result["runs"])
+    stats = result["stats"]
+    md = [f"# Data analysis: {', '.join(labels)}\n"]
+    md.append(
+        markdown_table(
+            ["run", "generate run", "simulate run"],
+            [[lb, result["runs"][lb], result["simulate_runs"][lb] or "-"] for lb in labels],
+        )
+        + "\n"
+    )
+    summary = [
+        [title, *(_fmt(stats[lb].get(k)) for lb in labels)]
+        for k, title in SUMMARY
+        if any(k in stats[lb] for lb in labels)
+    ]
+    md += ["## Summary\n", markdown_table(["metric", *labels], summary) + "\n"]
+    md += _figures(result)
     md.append("## How these were made\n")
     md.append(
         f"- judge: `{result['judge'] or 'none'}` (llm.roles.judge), prompt version "
