@@ -30,14 +30,14 @@ def _scale_bars(ax, runs: dict[str, list[int]], labels: Sequence[str], title: st
         counts = Counter(values)
         n = max(len(values), 1)
         xs = np.arange(1, 6) + (j - (len(runs) - 1) / 2) * width
-        ax.bar(xs, [100 * counts.get(k, 0) / n for k in range(1, 6)], width, label=name)
+        label = f"{name} ({len(values)} tagged)"
+        ax.bar(xs, [100 * counts.get(k, 0) / n for k in range(1, 6)], width, label=label)
     ax.set_xticks(range(1, 6))
     ax.set_xticklabels([f"{i}\n{w}" for i, w in enumerate(labels, 1)], fontsize=8)
     ax.set_ylabel("% of judged instructions")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    if len(runs) > 1:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
 
 
 def quality_difficulty(

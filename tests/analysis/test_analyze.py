@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from matrix.analysis.data_analysis import analyze
-from matrix.analysis.instruction_judge import Tags, parse_tags
+from matrix.analysis.instruction_judge import TAGS_SCHEMA, Tags, parse_tags
 from matrix.common.io import write_json
 from matrix.common.validation import ConfigError
 from matrix.llm.protocol import Sampling
@@ -201,3 +201,24 @@ def test_cli_exits_2_naming_the_folder(tmp_path: Path, capsys) -> None:
 )
 def test_parse_tags(text: str, expected: Tags | None) -> None:
     assert parse_tags(text) == expected
+
+
+def test_judge_is_asked_for_the_tags_schema(gen_run: Path) -> None:
+    seen = []
+
+    def answer(chat, sampling):
+        seen.append(sampling)
+        return _answer(chat, sampling)
+
+    judge = scripted_judge(ScriptedBackend(answer, name="judge"))
+    analyze([gen_run], judge=judge, encoder=BagOfWords(), max_new_tokens=77)
+    assert seen and all(s.json_schema == TAGS_SCHEMA and s.max_new_tokens == 77 for s in seen)
+
+
+def test_cli_unknown_override_exits_2_with_a_suggestion(gen_run: Path, capsys) -> None:
+    from matrix.analysis.analyze_cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(gen_run), "llm.roles.judge.max_new_tokenz=5"])
+    assert e.value.code == 2
+    assert "max_new_tokens" in capsys.readouterr().err
