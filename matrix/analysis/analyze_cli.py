@@ -68,6 +68,23 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose("pipeline", overrides=overrides)
 
 
+def check_judge(cfg: DictConfig) -> None:
+    """The judge role exists and its model can be reached (server, key, model folder), before
+    any work: the same preflight the stages run (matrix.llm.preflight)."""
+    from matrix.common.validation import ConfigError, ConfigProblems
+    from matrix.llm.preflight import ModelCheck
+
+    if "judge" not in (cfg.llm.get("roles") or {}):
+        raise ConfigError(
+            "llm.roles.judge: not defined; add llm.roles.judge={backend: ..., max_new_tokens: ...}"
+            " or pass --no-judge"
+        )
+    p = ConfigProblems()
+    timeout = float((cfg.llm.get("preflight") or {}).get("timeout", 10))
+    ModelCheck(timeout).stage(cfg, "analyze", ["judge"]).report(p)
+    p.raise_if_any("analyze")
+
+
 def run(cfg: DictConfig, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
     from matrix.llm.embeddings import DEFAULT_ENCODER, Encoder
     from matrix.llm.roles import Roles
@@ -81,7 +98,10 @@ def run(cfg: DictConfig, paths: list[Path], args: argparse.Namespace) -> dict[st
             encoders[model] = Encoder(model, cache_dir=cache_dir)
         return encoders[model]
 
-    roles = None if args.no_judge else Roles(cfg.llm)
+    roles = None
+    if not args.no_judge:
+        check_judge(cfg)
+        roles = Roles(cfg.llm)
     result = analyze(
         paths,
         args.out,

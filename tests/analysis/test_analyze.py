@@ -222,3 +222,13 @@ def test_cli_unknown_override_exits_2_with_a_suggestion(gen_run: Path, capsys) -
         main([str(gen_run), "llm.roles.judge.max_new_tokenz=5"])
     assert e.value.code == 2
     assert "max_new_tokens" in capsys.readouterr().err
+
+
+def test_cli_unreachable_judge_exits_2_before_any_work(gen_run: Path, capsys) -> None:
+    from matrix.analysis.analyze_cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(gen_run), "llm.backends.smollm2.model=/nowhere/model"])
+    assert e.value.code == 2
+    assert "llm.backends.smollm2.model" in capsys.readouterr().err
+    assert not (gen_run / "analysis").exists()
