@@ -6,7 +6,7 @@
         llm.backends.api.model=gpt-4-1106-preview
 
 Writes report.md, analysis.json, the figures (PNG) and their per-row values (CSV) into --out
-(default: `analysis/` inside the first run's generate folder). The judge is the `judge` role
+(default: `analysis/` in the first run's folder, beside its generate folder). The judge is the `judge` role
 of the `llm` config, which `key=value` overrides change as for any stage; its answers go
 through the shared LLM call cache and are kept in `judge/<run>.jsonl`, so an interrupted
 analysis resumes without asking twice.
@@ -26,6 +26,12 @@ from matrix.analysis.data_analysis import analyze
 log = logging.getLogger("matrix.analyze")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m matrix.analyze",
@@ -40,16 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         help="generate run folders (or run folders holding generate/), then config overrides",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="report folder (default: <first run>/analysis)"
+        "--out", type=Path, default=None, help="report folder (default: runs/<first run>/analysis)"
     )
     p.add_argument(
-        "--limit", type=int, default=None, help="judge only the first N rows of each run"
+        "--limit", type=_positive, default=None, help="judge only the first N rows of each run"
     )
     p.add_argument("--no-judge", action="store_true", help="skip the judged figures (5 and 7)")
-    p.add_argument("--batch-size", type=int, default=64, help="instructions per judge batch")
+    p.add_argument("--batch-size", type=_positive, default=64, help="instructions per judge batch")
     p.add_argument(
         "--judge-max-tokens",
-        type=int,
+        type=_positive,
         default=96,
         help="tokens the judge may write per answer (its JSON tags need about 40)",
     )

@@ -64,6 +64,14 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
+def default_out(gen_dir: Path) -> Path:
+    """`analysis/` in the run folder, beside its `generate/` (`analysis-<name>/` for a generate
+    folder of another name, such as a pipeline's `generate_sft/`): never inside the generate
+    folder, which later stages may read as a folder of rows and hash as their input."""
+    suffix = "" if gen_dir.name == "generate" else f"-{gen_dir.name}"
+    return gen_dir.parent / f"analysis{suffix}"
+
+
 def cheap_stats(run: GenRun, encoder: Any) -> dict[str, Any]:
     texts = [r.instruction for r in run.rows]
     words = [len(t.split()) for t in texts]
@@ -205,12 +213,12 @@ def analyze(
     judge_ledger: Callable[[], dict[str, Any]] | None = None,
     **sampling: Any,
 ) -> dict[str, Any]:
-    """Analyse generate runs into `out` (default: `<first run>/analysis`). `judge` is a role
+    """Analyse generate runs into `out` (default: `default_out` of the first). `judge` is a role
     LLM (None skips Figs. 5 and 7); `encoder` embeds instructions, `encoder_for(model name)`
     the profiles (default: `encoder` for every model); `judge_ledger()` the judge's calls and
     tokens, recorded in analysis.json."""
     runs = load_gen_runs([Path(p) for p in paths])
-    out = Path(out) if out is not None else runs[0].dir / "analysis"
+    out = Path(out) if out is not None else default_out(runs[0].dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder_for = encoder_for or (lambda _model: encoder)
     items = [RunAnalysis(r) for r in runs]

@@ -84,8 +84,10 @@ def _is_png(path: Path) -> None:
 
 
 def test_report_figures_and_per_row_files(gen_run: Path) -> None:
+    before = sorted(gen_run.rglob("*"))
     result = analyze([gen_run], judge=scripted_judge(), encoder=BagOfWords())
-    out = gen_run / "analysis"
+    assert sorted(gen_run.rglob("*")) == before  # the generate folder is left as it was
+    out = gen_run.parent / "analysis"
     assert (out / "report.md").is_file() and (out / "analysis.json").is_file()
     for fig in ("fig5_quality_difficulty", "fig6_profile_similarity", "fig7_categories_verbs"):
         _is_png(out / f"{fig}.png")
@@ -117,10 +119,10 @@ def test_report_figures_and_per_row_files(gen_run: Path) -> None:
 def test_judge_answers_that_do_not_parse_are_counted_not_fatal(gen_run: Path) -> None:
     result = analyze([gen_run], judge=scripted_judge(), encoder=BagOfWords())
     assert result["judge_failures"]["alpha"] == ["alpha-003", "alpha-007"]
-    report = (gen_run / "analysis" / "report.md").read_text()
+    report = (gen_run.parent / "analysis" / "report.md").read_text()
     assert "did not parse for 2 row(s) (alpha-003, alpha-007)" in report
     # the failed rows were asked twice (one retry), the others once
-    records = [json.loads(x) for x in (gen_run / "analysis/judge/alpha.jsonl").open()]
+    records = [json.loads(x) for x in (gen_run.parent / "analysis/judge/alpha.jsonl").open()]
     assert {r["id"]: len(r["raw"]) for r in records if not r["ok"]} == {
         "alpha-003": 2,
         "alpha-007": 2,
@@ -148,13 +150,13 @@ def test_two_runs_side_by_side(tmp_path: Path) -> None:
     fig5 = _csv(out / "fig5_quality_difficulty.csv")
     assert {r["run"] for r in fig5} == {"alpha", "beta"} and len(fig5) == 20
     assert {r["run"] for r in _csv(out / "fig6_profile_similarity.csv")} == {"alpha", "beta"}
-    assert not (a / "analysis").exists()  # --out given: nothing written into the run
+    assert not (a.parent / "analysis").exists()  # --out given: nothing written into the run
 
 
 def test_missing_simulate_run_skips_fig6_with_a_note(tmp_path: Path) -> None:
     gen = write_gen_dir(tmp_path / "runs", "alpha", tmp_path / "gone")
     result = analyze([gen], judge=scripted_judge(), encoder=BagOfWords())
-    out = gen / "analysis"
+    out = gen.parent / "analysis"
     assert not (out / "fig6_profile_similarity.png").exists()
     assert (out / "fig5_quality_difficulty.png").is_file()
     assert any("Fig. 6 skipped" in n and "gone" in n for n in result["notes"])
@@ -231,4 +233,11 @@ def test_cli_unreachable_judge_exits_2_before_any_work(gen_run: Path, capsys) ->
         main([str(gen_run), "llm.backends.smollm2.model=/nowhere/model"])
     assert e.value.code == 2
     assert "llm.backends.smollm2.model" in capsys.readouterr().err
-    assert not (gen_run / "analysis").exists()
+    assert not (gen_run.parent / "analysis").exists()
+
+
+def test_default_out_is_beside_the_generate_folder(tmp_path: Path) -> None:
+    from matrix.analysis.data_analysis import default_out
+
+    assert default_out(tmp_path / "r" / "generate") == tmp_path / "r" / "analysis"
+    assert default_out(tmp_path / "r" / "generate_sft") == tmp_path / "r" / "analysis-generate_sft"
