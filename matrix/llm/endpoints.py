@@ -8,7 +8,7 @@ An endpoint is marked down when a request exhausts the retry policy on it, when 
 dies, or at once when it refuses or drops a connection while another endpoint is up; its
 requests move to the others (matrix.llm.openai_backend). A down endpoint is asked for its
 model list again after 1 s, then 2, 4 ... up to `PROBE_MAX_WAIT` s, and taken back when it
-answers (or when a request still on it is answered).
+answers (a late answer to a request sent before it went down does not count).
 
 The process-wide request slots (matrix.llm.slots) hold the sum of the up endpoints' caps, so
 a request that has a slot finds an up endpoint with room; while every endpoint is down they

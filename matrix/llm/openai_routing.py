@@ -39,6 +39,8 @@ from matrix.llm.slots import current_priority
 
 log = logging.getLogger(__name__)
 
+PROBE_GRACE = 1.0  # seconds a batch that is done waits for the probes it started
+
 Call = Callable[[openai.AsyncOpenAI], Awaitable[Any]]
 
 
@@ -66,6 +68,8 @@ class Clients:
         return self._by_url[url]
 
     async def close(self) -> None:
+        if self.probes:  # a probe of a port that refuses ends at once; a silent host is cut
+            await asyncio.wait(set(self.probes), timeout=PROBE_GRACE)
         for t in self.probes:
             t.cancel()
         await asyncio.gather(*self.probes, return_exceptions=True)
@@ -123,15 +127,13 @@ class Router:
         """`call(client)` on `ep` under the retry policy; its last error if it never succeeds."""
         async for attempt in self._retrying(ep):
             with attempt:
-                self.pool.count(ep, requests=1)
                 try:
                     result = await call(client)
-                except Exception as e:
-                    self.pool.count(ep, failures=1)
-                    if isinstance(e, openai.APIStatusError) and e.status_code >= 500:
+                except openai.APIStatusError as e:
+                    if e.status_code >= 500:
                         ep.last_5xx = f"HTTP {e.status_code}: {server_says(e)}"
                     raise
-        self.pool.mark_up(ep)  # it answers: a later silence is not "died after 5xx"
+        ep.last_5xx = None  # it answers: a later silence is not "died after 5xx"
         return result
 
     # -- the model list -------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Router:
                 if came_from is not None and came_from is not ep:
                     self.pool.count(came_from, moved=1)
                 self.start_due_probes(clients)
-                tries = _Tries()
+                tries = _Tries(self.pool, ep)
                 try:
                     out = await self.on_endpoint(ep, clients.get(ep.url), tries.counted(call))
                 except Exception as e:
@@ -269,14 +271,20 @@ class Router:
 
 
 class _Tries:
-    """Counts the tries of one call on one endpoint."""
+    """Counts the tries of one row on one endpoint, and in its ledger the requests sent and
+    the failed ones."""
 
-    def __init__(self) -> None:
-        self.n = 0
+    def __init__(self, pool: EndpointPool, ep: Endpoint) -> None:
+        self.pool, self.ep, self.n = pool, ep, 0
 
     def counted(self, call: Call) -> Call:
         async def run(client: openai.AsyncOpenAI) -> Any:
             self.n += 1
-            return await call(client)
+            self.pool.count(self.ep, requests=1)
+            try:
+                return await call(client)
+            except Exception:
+                self.pool.count(self.ep, failures=1)
+                raise
 
         return run
