@@ -92,6 +92,7 @@ class Endpoint:
     up: bool = True
     checked: bool = False  # its model list was read and names the backend's model
     last_error: BaseException | None = None
+    last_tries: int = 0  # the tries that ended in last_error
     last_5xx: str | None = None  # the last HTTP 5xx it answered since its last good answer
     probe_wait: float = PROBE_FIRST_WAIT
     next_probe: float = 0.0
@@ -142,9 +143,9 @@ class EndpointPool:
             for k, v in add.items():
                 setattr(ep.usage, k, getattr(ep.usage, k) + v)
 
-    def mark_down(self, ep: Endpoint, error: BaseException) -> None:
+    def mark_down(self, ep: Endpoint, error: BaseException, tries: int) -> None:
         with self._lock:
-            ep.last_error = error
+            ep.last_error, ep.last_tries = error, tries
             if not ep.up:
                 return
             ep.up = False
@@ -172,7 +173,8 @@ class EndpointPool:
 
     def probe_failed(self, ep: Endpoint, error: BaseException) -> None:
         with self._lock:  # a request's error says more than the probe's, when there is one
-            ep.last_error = ep.last_error or error
+            if ep.last_error is None:
+                ep.last_error, ep.last_tries = error, 1
             ep.probe_wait = min(ep.probe_wait * 2, PROBE_MAX_WAIT)
             ep.next_probe = time.monotonic() + ep.probe_wait
 

@@ -130,14 +130,13 @@ def unreachable_error(
 
 def all_down_error(
     model: str,
-    endpoints: list[tuple[str, BaseException | None, str | None]],
+    endpoints: list[tuple[str, BaseException | None, int, str | None]],
     timeout: float,
-    tries: int,
 ) -> AllEndpointsDown:
-    """The error when every endpoint of a backend is down: each (url, last error, last 5xx)
-    worded as `unreachable_error` words one endpoint, then the fix."""
+    """The error when every endpoint of a backend is down: each (url, last error, the tries
+    that ended in it, last 5xx) worded as `unreachable_error` words one endpoint, then the fix."""
     lines = []
-    for url, e, last_5xx in endpoints:
+    for url, e, tries, last_5xx in endpoints:
         if isinstance(e, openai.OpenAIError | Garbage):
             why = str(unreachable_error(e, url, timeout, tries, last_5xx))
         else:

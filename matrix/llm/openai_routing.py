@@ -153,14 +153,16 @@ class Router:
             raise self.down_error()
 
     async def _check(self, ep: Endpoint, clients: Clients) -> None:
+        tries = _Tries(self.pool, ep, ledger=False)
         try:
-            page = await self.on_endpoint(ep, clients.get(ep.url), lambda c: c.models.list())
+            listing = tries.counted(lambda c: c.models.list())
+            page = await self.on_endpoint(ep, clients.get(ep.url), listing)
         except (openai.APIConnectionError, Garbage) as e:
-            self.pool.mark_down(ep, e)
+            self.pool.mark_down(ep, e, tries.n)
             return
         except openai.APIStatusError as e:
             if endpoint_failure(e):
-                self.pool.mark_down(ep, e)
+                self.pool.mark_down(ep, e, tries.n)
             else:  # some hosted APIs do not list models; the first completion will tell
                 ep.checked = True
             return
@@ -222,7 +224,7 @@ class Router:
                 except Exception as e:
                     if not endpoint_failure(e):
                         raise
-                    self.pool.mark_down(ep, e)
+                    self.pool.mark_down(ep, e, tries.n)
                     if tries.n > self.max_retries or engine_dead(e):
                         exhausted.add(ep.url)
                     came_from = ep
@@ -259,14 +261,11 @@ class Router:
                 eps[0].last_error or LLMError("no answer"),
                 eps[0].url,
                 self.timeout,
-                self.max_retries + 1,
+                eps[0].last_tries or self.max_retries + 1,
                 last_5xx=eps[0].last_5xx,
             )
         return all_down_error(
-            self.model,
-            [(e.url, e.last_error, e.last_5xx) for e in eps],
-            self.timeout,
-            self.max_retries + 1,
+            self.model, [(e.url, e.last_error, e.last_tries, e.last_5xx) for e in eps], self.timeout
         )
 
 
@@ -274,17 +273,19 @@ class _Tries:
     """Counts the tries of one row on one endpoint, and in its ledger the requests sent and
     the failed ones."""
 
-    def __init__(self, pool: EndpointPool, ep: Endpoint) -> None:
-        self.pool, self.ep, self.n = pool, ep, 0
+    def __init__(self, pool: EndpointPool, ep: Endpoint, ledger: bool = True) -> None:
+        self.pool, self.ep, self.n, self.ledger = pool, ep, 0, ledger
 
     def counted(self, call: Call) -> Call:
         async def run(client: openai.AsyncOpenAI) -> Any:
             self.n += 1
-            self.pool.count(self.ep, requests=1)
+            if self.ledger:
+                self.pool.count(self.ep, requests=1)
             try:
                 return await call(client)
             except Exception:
-                self.pool.count(self.ep, failures=1)
+                if self.ledger:
+                    self.pool.count(self.ep, failures=1)
                 raise
 
         return run

@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from matrix.common.validation import ConfigError
+from matrix.core.config_check import check_config
 from matrix.llm.endpoints import parse_endpoints
 from matrix.llm.errors import AllEndpointsDown
 from matrix.llm.openai_backend import OpenAIBackend
@@ -23,6 +24,7 @@ from matrix.llm.protocol import Sampling
 from matrix.llm.roles import Roles
 from tests.llm.conftest import free_port
 from tests.llm.openai_http import answer, send_json
+from tests.llm.test_preflight import _compose
 
 
 class Replica:
@@ -30,8 +32,10 @@ class Replica:
     seconds. `answered` counts answers fully sent, `peak` the most requests in flight at
     once; `kill_after=n` kills it as soon as it has answered n requests."""
 
-    def __init__(self, port: int | None = None, delay: float = 0.05, kill_after: int = 0):
-        self.port = port or free_port()
+    def __init__(
+        self, port: int | None = None, delay: float = 0.05, kill_after: int = 0, model: str = "m"
+    ):
+        self.port, self.model = port or free_port(), model
         self.delay, self.kill_after = delay, kill_after
         self.answered = self.in_flight = self.peak = 0
         self.killed = threading.Event()
@@ -50,7 +54,8 @@ class Replica:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                send_json(self, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+                models = [{"id": rep.model, "object": "model"}]
+                send_json(self, {"object": "list", "data": models})
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -260,3 +265,47 @@ def test_base_url_alone_is_one_endpoint_and_base_urls_replace_it():
         "http://h:1/v1", ["http://a/v1", {"url": "http://b/v1", "max_concurrency": 3}], 8
     )
     assert [(e.url, e.max_concurrency) for e in specs] == [("http://a/v1", 8), ("http://b/v1", 3)]
+
+
+def test_preflight_asks_every_endpoint_and_says_which_are_up(caplog):
+    """Hydra's list syntax on the command line; one endpoint down is logged, not an error
+    (the backend takes it back when it answers); all down, or a wrong model, is an error."""
+    up = Replica(model="llama3-8b-instruct").start()
+    wrong = Replica(model="smollm2").start()
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    key = "llm.backends.llama3_8b_instruct.base_urls"
+    try:
+        cfg = _compose("experiment=paper_sft_10k", f"{key}=[{up.url},{down}]")
+        with caplog.at_level(logging.INFO, logger="matrix.llm.preflight"):
+            check_config(cfg, "simulate")
+        assert f"1 of 2 endpoints up ({up.url}); down: no server at {down}" in caplog.text
+        cfg = _compose("experiment=paper_sft_10k", f"{key}=[{down},{wrong.url}]")
+        with pytest.raises(ConfigError) as e:
+            check_config(cfg, "simulate")
+        assert f"the server at {wrong.url} serves smollm2, not 'llama3-8b-instruct'" in str(e.value)
+        other = f"http://127.0.0.1:{free_port()}/v1"
+        cfg = _compose("experiment=paper_sft_10k", f"{key}=[{down},{other}]")
+        with pytest.raises(ConfigError) as e:
+            check_config(cfg, "simulate")
+        msg = str(e.value)
+        assert f"{key}: none of its 2 endpoints answers" in msg
+        assert f"no server at {down}" in msg and f"no server at {other}" in msg
+        cfg = _compose("experiment=paper_sft_10k", f"{key}=[{up.url},'{up.url}']")
+        with pytest.raises(ConfigError, match="more than once"):
+            check_config(cfg, "simulate")
+    finally:
+        up.kill()
+        wrong.kill()
+
+
+def test_an_endpoint_with_its_own_cap_from_the_command_line(tmp_path):
+    cfg = _compose(
+        "llm=smollm2_server",
+        f"llm.cache.dir={tmp_path}",
+        "llm.backends.server.base_urls=[http://127.0.0.1:8001/v1,"
+        "{url:'http://127.0.0.1:8002/v1',max_concurrency:3}]",
+    )
+    backend = Roles(cfg.llm).backend("server")
+    caps = [(e.url, e.capacity) for e in backend.pool.endpoints]
+    assert caps == [("http://127.0.0.1:8001/v1", 8), ("http://127.0.0.1:8002/v1", 3)]
+    assert backend.pool.slots.capacity == 11
