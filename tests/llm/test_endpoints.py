@@ -309,3 +309,56 @@ def test_an_endpoint_with_its_own_cap_from_the_command_line(tmp_path):
     caps = [(e.url, e.capacity) for e in backend.pool.endpoints]
     assert caps == [("http://127.0.0.1:8001/v1", 8), ("http://127.0.0.1:8002/v1", 3)]
     assert backend.pool.slots.capacity == 11
+
+
+def test_shrinking_slots_hand_no_slot_on_until_below_the_new_capacity():
+    """An endpoint going down shrinks the slots: a waiter gets a slot only once the holders
+    are fewer than the new capacity."""
+    import asyncio
+
+    from matrix.llm.slots import PrioritySlots
+
+    async def run() -> list[str]:
+        slots, seen = PrioritySlots(2), []
+        await slots.acquire()
+        await slots.acquire()
+        slots.set_capacity(1)
+
+        async def waiter() -> None:
+            await slots.acquire()
+            seen.append("got")
+
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0.05)
+        slots.release()  # 1 holder left: at the new capacity, nothing handed on
+        await asyncio.sleep(0.05)
+        seen.append("after first release")
+        slots.release()
+        await asyncio.wait_for(task, 5)
+        slots.set_capacity(3)  # grows: two free beside the waiter's
+        seen.append(f"free {slots.free}")
+        return seen
+
+    assert asyncio.run(run()) == ["after first release", "got", "free 2"]
+
+
+def test_endpoint_counts_carry_over_a_resume_and_a_stage_logs_one_line_each(tmp_path, caplog):
+    from matrix.core.stage import StageRun
+
+    urls = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+    spend = tmp_path / "llm_spend.json"
+    before = {"answered": 5, "requests": 7, "failures": 2, "moved": 1, "down": 1}
+    spend.write_text(json.dumps({"key": "k", "total": {}, "endpoints": {urls[0]: before}}))
+    roles = _roles(urls)
+    roles.carry_spend(spend, "k")
+    roles.get("agent")  # builds the backend; nothing is sent
+    ends = roles.ledger()["endpoints"]
+    assert ends[urls[0]] == {**dict.fromkeys(ends[urls[0]], 0), **before}
+    assert set(ends) == set(urls) and not any(ends[urls[1]].values())
+    run = StageRun("simulate", tmp_path, OmegaConf.create({}), "h")
+    with caplog.at_level(logging.INFO, logger="matrix.core.stage"):
+        run.finish({}, extra={"llm": roles.ledger()})
+    lines = [r.message for r in caplog.records if r.message.startswith("LLM endpoint")]
+    assert lines[0].startswith(f"LLM endpoint {urls[0]}: 5 rows answered of 7 requests")
+    assert "2 failed requests, 1 rows moved away, down 1 times" in lines[0]
+    assert len(lines) == 2
