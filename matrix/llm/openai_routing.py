@@ -188,6 +188,10 @@ class Router:
             client = clients.get(ep.url).with_options(timeout=min(self.timeout, 10.0))
             page = await client.models.list()
             self._served(ep, sorted(m.id for m in page.data))
+        except openai.APIStatusError as e:
+            if endpoint_failure(e):  # else it answers, but lists no models (hosted APIs)
+                self.pool.probe_failed(ep, e)
+                return False
         except (openai.OpenAIError, ModelNotServed) as e:
             self.pool.probe_failed(ep, e)
             return False
