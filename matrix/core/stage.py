@@ -43,6 +43,7 @@ from matrix.core.provenance import (
 )
 from matrix.core.registry import STAGES
 from matrix.core.wandb_run import flat_config, log_lineage, summary_metrics, wandb_group
+from matrix.llm.ledger import endpoint_lines
 
 if TYPE_CHECKING:
     from matrix.llm.roles import Roles
@@ -123,6 +124,8 @@ class StageRun:
         }
         written = redact(manifest)
         write_json(self.dir / "manifest.json", written)
+        for line in endpoint_lines((extra or {}).get("llm") or {}):  # one per served replica
+            log.info(line)
         self.summary(summary_metrics(counts, extra))
         if self.wandb_run is not None:
             log_lineage(self.wandb_run, self.dir, written)

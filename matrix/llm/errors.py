@@ -41,6 +41,11 @@ class ServerDied(EndpointUnreachable):
     matrix started, its log's last error and the command that restarts it."""
 
 
+class AllEndpointsDown(EndpointUnreachable):
+    """Every endpoint of a backend with several (`base_urls`) is down; the message names
+    each endpoint, its last error and the fix."""
+
+
 class ModelNotServed(LLMError):
     """The server is up but does not serve the configured model name."""
 

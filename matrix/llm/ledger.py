@@ -103,3 +103,38 @@ class Budget:
                 spent={"tokens": spent.tokens, "cost": round(spent.cost, 6)},
                 limit={"max_tokens": self.max_tokens, "max_cost": self.max_cost},
             )
+
+
+@dataclass
+class EndpointUsage:
+    """What one endpoint of an OpenAI-compatible backend did (matrix.llm.endpoints)."""
+
+    requests: int = 0  # HTTP requests sent to it (every try of every row)
+    answered: int = 0  # rows it answered
+    prompt_tokens: int = 0  # tokens of the rows it answered
+    completion_tokens: int = 0
+    failures: int = 0  # requests that failed (retried, moved, or given up)
+    moved: int = 0  # rows moved from it to another endpoint
+    down: int = 0  # times it was marked down
+
+    def merge(self, other: EndpointUsage) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def minus(self, other: EndpointUsage) -> EndpointUsage:
+        return EndpointUsage(
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def endpoint_lines(ledger: dict) -> list[str]:
+    """One line per endpoint of a `Roles.ledger()` (empty when no backend has endpoints)."""
+    return [
+        f"LLM endpoint {url}: {u['answered']} rows answered of {u['requests']} requests, "
+        f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, "
+        f"{u['failures']} failed requests, {u['moved']} rows moved away, down {u['down']} times"
+        for url, u in (ledger.get("endpoints") or {}).items()
+    ]

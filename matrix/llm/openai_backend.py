@@ -1,15 +1,18 @@
 """Any OpenAI-compatible endpoint (vLLM serve, SGLang, llama.cpp server, hosted APIs): chats
 on `/v1/chat/completions`, raw text (Magpie-style sampling) on `/v1/completions`.
 
-A batch becomes concurrent requests on one async client, at most `max_concurrency` in
-flight (an asyncio semaphore: servers batch concurrent requests themselves, and a cap keeps
-hosted rate limits and local memory in check). Timeouts, connection drops, 429 and 5xx are
-retried with exponential backoff and jitter, honouring Retry-After; the SDK's own retries are
-off so there is one retry policy. Each row is reported through `on_result` the moment it is
-answered, so the call cache keeps everything already paid for if the batch dies half-way.
-Calls from several threads at once (the simulator's `schedule: groups`) share the cap: at
-most `max_concurrency` requests of this backend are in flight in the whole process, and the
-waiting ones get free slots in the order of their `request_priority` (matrix.llm.slots).
+A batch becomes concurrent requests, at most `max_concurrency` in flight per endpoint
+(servers batch concurrent requests themselves, and a cap keeps hosted rate limits and local
+memory in check). `base_urls` lists several replicas of the model: each request goes to the
+up endpoint with the most room, and one that dies hands its requests to the others
+(matrix.llm.endpoints, matrix.llm.openai_routing, which also holds the one retry policy:
+timeouts, connection drops, 429 and 5xx retried with exponential backoff and jitter,
+honouring Retry-After; the SDK's own retries are off). Each row is reported through
+`on_result` the moment it is answered, so the call cache keeps everything already paid for
+if the batch dies half-way. Calls from several threads at once (the simulator's `schedule:
+groups`) share the caps: the whole process has at most the up endpoints' caps in flight, and
+the waiting requests get free slots in the order of their `request_priority`
+(matrix.llm.slots).
 
 The API key is read from the environment variable named by `api_key_env` at call time and
 never kept on the object, so it cannot reach a config dump, manifest or W&B; it is registered
@@ -29,22 +32,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from matrix.common.secrets import register
 from matrix.llm.chat import pre_query_prefix, template_tokenizer
+from matrix.llm.endpoints import EndpointPool, parse_endpoints
 from matrix.llm.errors import BadResponse, ContextOverflow, LLMError, ModelNotServed
+from matrix.llm.ledger import EndpointUsage
 from matrix.llm.local_hosts import is_local
-from matrix.llm.openai_failures import (
-    Garbage,
-    engine_dead,
-    retry_after,
-    retryable,
-    server_says,
-    snippet,
-    unreachable_error,
-)
+from matrix.llm.openai_failures import Garbage, snippet
 from matrix.llm.openai_payload import (
     Request,
     answered,
@@ -54,8 +49,9 @@ from matrix.llm.openai_payload import (
     row_samplings,
     truncate_left,
 )
+from matrix.llm.openai_routing import Clients, Router
 from matrix.llm.protocol import Chat, Completion, Sampling
-from matrix.llm.slots import PrioritySlots, current_priority
+from matrix.llm.slots import current_priority, request_priority
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +73,8 @@ class OpenAIBackend:
     of the longest message until the prompt fits (a raw prompt is never cut).
     `tokenizer` (embedded:NAME, a folder or a hub id) and `chat_template` give the served
     model's chat template, read only by `pre_query_prefix` (Magpie-style sampling).
+    `base_urls` (a list of URLs or `{url, max_concurrency}`) replaces `base_url` with several
+    endpoints serving the same model; `max_concurrency` is then each one's default cap.
     """
 
     concurrent_calls = True  # several threads may call generate at once (see _slots)
@@ -85,6 +83,7 @@ class OpenAIBackend:
         self,
         model: str,
         base_url: str = "https://api.openai.com/v1",
+        base_urls: list | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
         max_concurrency: int = 16,
         timeout: float = 120.0,
@@ -99,7 +98,9 @@ class OpenAIBackend:
         if overflow not in ("error", "truncate_left"):
             raise ValueError(f"llm backend overflow={overflow!r}: use 'error' or 'truncate_left'")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        specs = parse_endpoints(base_url, base_urls, max_concurrency)
+        self.base_url = specs[0].url  # the first endpoint: the one error texts name alone
+        self.base_urls = [e.url for e in specs]
         self.api_key_env = api_key_env
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
@@ -109,94 +110,59 @@ class OpenAIBackend:
         self.check_model = check_model
         self.extra_body = dict(extra_body or {})
         self.tokenizer, self.chat_template = tokenizer, chat_template
-        self._model_checked = False
-        self._last_5xx: str | None = None  # the last HTTP 5xx this server answered
-        # process-wide slots: each call runs its own event loop, so the per-call asyncio
-        # semaphore alone would let n concurrent calls send n x max_concurrency requests
-        # (handed out by request priority: matrix.llm.slots)
-        self._slots = PrioritySlots(self.max_concurrency)
+        # process-wide: each call runs its own event loop, so a per-call cap alone would let
+        # n concurrent calls send n x max_concurrency requests (slots handed out by request
+        # priority: matrix.llm.slots; endpoints picked and revived: matrix.llm.endpoints)
+        self.pool = EndpointPool(specs)
+        self._slots = self.pool.slots
+        self._router = Router(self.pool, model, self.timeout, self.max_retries, self.retry_max_wait)
 
     @property
     def name(self) -> str:
         return self.model
 
-    def _api_key(self) -> str:
+    def endpoint_usage(self) -> dict[str, EndpointUsage]:
+        """What each endpoint did so far (for the ledger: matrix.llm.roles)."""
+        return self.pool.usage()
+
+    def _api_key(self, url: str) -> str:
         if not self.api_key_env:
             return "EMPTY"  # local servers started without --api-key accept anything
         key = os.environ.get(self.api_key_env)
         if key:
             register(key)  # scrubbed from logs, the console and error text from now on
             return key
-        if is_local(self.base_url):
+        if is_local(url):
             return "EMPTY"
         raise LLMError(
             f"the environment variable {self.api_key_env} (llm.backends.*.api_key_env) is not "
-            f"set; export it with the API key for {self.base_url}. Keys are never read from "
+            f"set; export it with the API key for {url}. Keys are never read from "
             "config files."
         )
 
-    def _client(self) -> openai.AsyncOpenAI:
+    def _client(self, url: str | None = None) -> openai.AsyncOpenAI:
+        url = url or self.base_url
         return openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0
+            base_url=url, api_key=self._api_key(url), timeout=self.timeout, max_retries=0
         )
 
-    def _wait(self, state: RetryCallState) -> float:
-        asked = retry_after(state.outcome.exception() if state.outcome else None)
-        if asked is not None:
-            return min(asked, self.retry_max_wait)
-        return wait_random_exponential(multiplier=0.5, max=self.retry_max_wait)(state)
-
-    def _retrying(self) -> AsyncRetrying:
-        def before_sleep(state: RetryCallState) -> None:
-            e = state.outcome.exception() if state.outcome else None
-            if isinstance(e, openai.APIStatusError) and e.status_code >= 500:
-                self._last_5xx = f"HTTP {e.status_code}: {server_says(e)}"
-            log.warning(
-                "%s: attempt %d failed (%s); retrying in %.1fs",
-                self.base_url,
-                state.attempt_number,
-                type(e).__name__,
-                state.next_action.sleep if state.next_action else 0,
-            )
-
-        return AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception(retryable),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-
-    def _unreachable(self, e: BaseException) -> LLMError:
-        return unreachable_error(
-            e, self.base_url, self.timeout, self.max_retries + 1, last_5xx=self._last_5xx
-        )
+    def _clients(self) -> Clients:
+        for url in self.base_urls:
+            self._api_key(url)  # a missing key fails before any request
+        return Clients(self._client)
 
     async def served_models(self, client: openai.AsyncOpenAI | None = None) -> list[str]:
+        """The model names the first endpoint (or `client`'s) serves."""
         own = client is None
         client = client or self._client()
         try:
-            async for attempt in self._retrying():
-                with attempt:
-                    page = await client.models.list()
+            page = await self._router.on_endpoint(
+                self.pool.endpoints[0], client, lambda c: c.models.list()
+            )
             return sorted(m.id for m in page.data)
         finally:
             if own:
                 await client.close()
-
-    async def _check_model(self, client: openai.AsyncOpenAI) -> None:
-        try:
-            served = await self.served_models(client)
-        except (openai.APIConnectionError, Garbage) as e:
-            raise self._unreachable(e) from e
-        except openai.APIStatusError:
-            return  # some hosted APIs do not list models; the first completion will tell
-        if served and self.model not in served:
-            raise ModelNotServed(
-                f"{self.base_url} does not serve model '{self.model}'; it serves: "
-                f"{', '.join(served)}. Set llm.backends.<name>.model to one of these."
-            )
-        self._model_checked = True
 
     def generate(
         self,
@@ -242,25 +208,22 @@ class OpenAIBackend:
         on_result: Callable[[int, Completion], None] | None,
         priority: int | None = None,
     ) -> list[Completion]:
-        client = self._client()
+        clients = self._clients()
         try:
-            if self.check_model and not self._model_checked:
-                await self._check_model(client)
-            sem = asyncio.Semaphore(self.max_concurrency)
+            if self.check_model:
+                await self._router.check_models(clients)
+            sem = asyncio.Semaphore(self.pool.total_capacity)
             out: list[Completion | None] = [None] * len(chats)
             samplings = row_samplings(chats, sampling)
 
             async def one(i: int) -> None:
                 async with sem:
-                    await self._slots.acquire(priority)
-                    try:
-                        out[i] = await self._complete(client, chats[i], samplings[i], i)
-                    finally:
-                        self._slots.release()
+                    out[i] = await self._complete(clients, chats[i], samplings[i], i)
                 if on_result is not None:
                     on_result(i, out[i])
 
-            tasks = [asyncio.ensure_future(one(i)) for i in range(len(chats))]
+            with request_priority(priority):  # each task's context keeps it (Router.send)
+                tasks = [asyncio.ensure_future(one(i)) for i in range(len(chats))]
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             # One row failing for good stops the batch: the rows answered so far are already
             # reported (and cached), the rest are cancelled instead of hammering the server.
@@ -275,14 +238,14 @@ class OpenAIBackend:
                 raise first
             return out  # type: ignore[return-value]
         finally:
-            await client.close()
+            await clients.close()
 
     async def _complete(
-        self, client: openai.AsyncOpenAI, chat: Request, sampling: Sampling, row: int
+        self, clients: Clients, chat: Request, sampling: Sampling, row: int
     ) -> Completion:
         for attempt in range(6):  # truncate_left shrinks the prompt at most a few times
             try:
-                return await self._complete_once(client, chat, sampling)
+                return await self._router.send(clients, self._call(chat, sampling))
             except openai.BadRequestError as e:
                 if not is_context_error(e.message):
                     raise LLMError(
@@ -299,7 +262,7 @@ class OpenAIBackend:
                 chat = truncate_left(chat, e.message or "", sampling.max_new_tokens, attempt)
             except openai.NotFoundError as e:
                 try:
-                    served = await self.served_models(client)
+                    served = await self.served_models(clients.get(self.base_url))
                 except openai.OpenAIError:
                     served = []
                 if served and self.model not in served:
@@ -315,30 +278,23 @@ class OpenAIBackend:
                 ) from e
         raise ContextOverflow(f"row {row}: still too long after truncation", row=row)
 
-    async def _complete_once(
-        self, client: openai.AsyncOpenAI, chat: Request, sampling: Sampling
-    ) -> Completion:
+    def _call(self, chat: Request, sampling: Sampling):
+        """The request for one row, as the router sends it to an endpoint's client."""
         req = request_body(self.model, chat, sampling, self.extra_body)
-        create = (
-            client.completions.create if isinstance(chat, str) else client.chat.completions.create
-        )
-        try:
-            async for attempt in self._retrying():
-                with attempt:
-                    try:
-                        resp = await create(**req)
-                    except (ValueError, openai.APIResponseValidationError) as e:
-                        # A 2xx body that is not JSON, or JSON that is not a completion.
-                        raise Garbage(f"{type(e).__name__}: {e}") from e
-                    if not answered(resp, chat):
-                        raise Garbage(f"no choices in the answer: {snippet(str(resp))}")
-        except (openai.APIConnectionError, Garbage) as e:
-            raise self._unreachable(e) from e
-        except openai.APIStatusError as e:
-            if e.status_code >= 500:
-                self._last_5xx = f"HTTP {e.status_code}: {server_says(e)}"
-            if retryable(e) or engine_dead(e):
-                raise self._unreachable(e) from e
-            raise
-        self._last_5xx = None  # it answers again: a later silence is not "died after 5xx"
-        return completion_from(resp, chat, self.model)
+
+        async def call(client: openai.AsyncOpenAI) -> Completion:
+            create = (
+                client.completions.create
+                if isinstance(chat, str)
+                else client.chat.completions.create
+            )
+            try:
+                resp = await create(**req)
+            except (ValueError, openai.APIResponseValidationError) as e:
+                # A 2xx body that is not JSON, or JSON that is not a completion.
+                raise Garbage(f"{type(e).__name__}: {e}") from e
+            if not answered(resp, chat):
+                raise Garbage(f"no choices in the answer: {snippet(str(resp))}")
+            return completion_from(resp, chat, self.model)
+
+        return call

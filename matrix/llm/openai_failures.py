@@ -12,7 +12,13 @@ import time
 import openai
 
 from matrix.common.secrets import scrub
-from matrix.llm.errors import BadResponse, EndpointUnreachable, LLMError, ServerDied
+from matrix.llm.errors import (
+    AllEndpointsDown,
+    BadResponse,
+    EndpointUnreachable,
+    LLMError,
+    ServerDied,
+)
 from matrix.llm.local_hosts import is_local
 
 # A 500 that says the server's engine is gone (vLLM: EngineDeadError, "EngineCore encountered
@@ -120,3 +126,26 @@ def unreachable_error(
             f"{snippet(e.message)}{diagnosis(base_url)}"
         )
     return BadResponse(f"{base_url} kept answering with garbage ({tries} tries): {e}")
+
+
+def all_down_error(
+    model: str,
+    endpoints: list[tuple[str, BaseException | None, int, str | None]],
+    timeout: float,
+) -> AllEndpointsDown:
+    """The error when every endpoint of a backend is down: each (url, last error, the tries
+    that ended in it, last 5xx) worded as `unreachable_error` words one endpoint, then the fix."""
+    lines = []
+    for url, e, tries, last_5xx in endpoints:
+        if isinstance(e, openai.OpenAIError | Garbage):
+            why = str(unreachable_error(e, url, timeout, tries, last_5xx))
+        else:
+            why = f"{type(e).__name__}: {e}" if e is not None else "no answer"
+        lines.append(f"  - {url}: {why}")
+    return AllEndpointsDown(
+        f"all {len(endpoints)} endpoints serving '{model}' are down:\n"
+        + "\n".join(lines)
+        + "\nStart them again (one `make llm-server PORT=<port>` each) or remove the dead ones "
+        "from llm.backends.<name>.base_urls. Every answer so far is in the call cache: "
+        "rerunning the stage pays only for the rest."
+    )

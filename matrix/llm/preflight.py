@@ -9,7 +9,8 @@ variable that fixes it, instead of after hours of simulation:
   and a hosted API is not worth a request per stage;
 - an OpenAI-compatible backend without one (a server the user runs: vLLM, SGLang ...):
   `GET <base_url>/models` answers within `llm.preflight.timeout` seconds and lists the
-  backend's model;
+  backend's model; with several endpoints (`base_urls`), every one is asked, the log names
+  the up and the down ones, and it is a problem only when none is up;
 - a local backend (transformers, vLLM's offline engine): its model is embedded, a folder, or
   a hub id already in the Hugging Face cache (hubs may be unreachable);
 - the train stage: `model.path` likewise, unless it lies under `paths.runs_dir` (a model an
@@ -22,6 +23,7 @@ key is not asked for by the simulate stage. Nothing here imports a stage.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +32,12 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
-from matrix.common.validation import ConfigProblems
+from matrix.common.validation import ConfigError, ConfigProblems
 from matrix.llm.embedded import EMBEDDED_PREFIX
+from matrix.llm.endpoints import parse_endpoints
 from matrix.llm.local_hosts import is_local
+
+log = logging.getLogger(__name__)
 
 _OPENAI = "matrix.llm.openai_backend.OpenAIBackend"
 _LOCAL = ("matrix.llm.hf.HFBackend", "matrix.llm.vllm_backend.VLLMBackend")
@@ -118,42 +123,90 @@ class Probe:
             return f"HTTP {r.status_code} on GET /models, but not a model list"
 
 
-def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], None]) -> None:
-    model, url = str(node.get("model")), str(node.get("base_url", "https://api.openai.com/v1"))
-    env = node.get("api_key_env", "OPENAI_API_KEY")
+def _endpoint_problem(
+    url: str, model: str, env: str | None, probe: Probe, key: str
+) -> tuple[str, str] | None:
+    """(key, message) of what keeps the endpoint at `url` from serving `model`, or None. A
+    hosted endpoint (a key variable, not this machine) is not called: only its key is."""
     if env and not is_local(url):
-        if not os.environ.get(env):
-            add(
-                f"{key}.api_key_env",
-                f"{env} is not set: export it (`export {env}=...`, the key for {url}; keys are "
-                "never read from config files)",
-            )
-        return
+        if os.environ.get(env):
+            return None
+        return (
+            f"{key}.api_key_env",
+            f"{env} is not set: export it (`export {env}=...`, the key for {url}; keys are "
+            "never read from config files)",
+        )
     served = probe.models(url, env)
     if isinstance(served, str) and served.startswith(("HTTP 401", "HTTP 403")):
-        add(
+        return (
             f"{key}.api_key_env",
             f"the server at {url} refused the API key from ${env} ({served}): set {env} to a "
             "key it accepts",
         )
-    elif isinstance(served, str) and served.startswith("HTTP"):
-        add(
+    if isinstance(served, str) and served.startswith("HTTP"):
+        return (
             f"{key}.base_url",
             f"the server at {url} does not list its models ({served}): see its log, or "
             f"restart it: {serve_hint(model, url)}",
         )
-    elif isinstance(served, str):
-        add(
+    if isinstance(served, str):
+        return (
             f"{key}.base_url",
             f"no server at {url} ({served}): {serve_hint(model, url)}, or point "
             f"{key}.base_url at a running OpenAI-compatible server",
         )
-    elif served and model not in served:
-        add(
+    if served and model not in served:
+        return (
             f"{key}.model",
             f"the server at {url} serves {', '.join(served)}, not '{model}': restart it with "
             f"SERVED_NAME={model}, or set {key}.model to a served name",
         )
+    return None
+
+
+def _check_openai(node: dict, key: str, probe: Probe, add: Callable[[str, str], None]) -> None:
+    """One endpoint (`base_url`): its problem. Several (`base_urls`): every one is asked and
+    the log says which are up; a wrong model or key is a problem, a down endpoint only when
+    none is up (the backend takes a down one back when it answers)."""
+    model, env = str(node.get("model")), node.get("api_key_env", "OPENAI_API_KEY")
+    try:
+        specs = parse_endpoints(
+            str(node.get("base_url", "https://api.openai.com/v1")),
+            node.get("base_urls"),
+            int(node.get("max_concurrency", 16)),
+            key,
+        )
+    except ConfigError as e:
+        add(f"{key}.base_urls", str(e))
+        return
+    found = {e.url: _endpoint_problem(e.url, model, env, probe, key) for e in specs}
+    if len(specs) == 1:
+        if found[specs[0].url]:
+            add(*found[specs[0].url])
+        return
+    down = {u: p for u, p in found.items() if p and p[0] == f"{key}.base_url"}
+    for p in found.values():
+        if p and p[0] != f"{key}.base_url":
+            add(*p)
+    up = [u for u, p in found.items() if p is None]
+    if not up and down:
+        add(
+            f"{key}.base_urls",
+            f"none of its {len(specs)} endpoints answers: "
+            + "; ".join(p[1] for p in down.values()),
+        )
+    elif down:
+        log.warning(
+            "%s: %d of %d endpoints up (%s); down: %s. The stage runs on the up ones and takes "
+            "a down one back when it answers.",
+            key,
+            len(up),
+            len(specs),
+            ", ".join(up),
+            "; ".join(p[1] for p in down.values()),
+        )
+    else:
+        log.info("%s: all %d endpoints up: %s", key, len(specs), ", ".join(up))
 
 
 class ModelCheck:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.common.io import read_json, write_json
 from matrix.llm.cache import CallCache
 from matrix.llm.embedded import cache_root
-from matrix.llm.ledger import Budget, Prices, Usage
+from matrix.llm.ledger import Budget, EndpointUsage, Prices, Usage
 from matrix.llm.protocol import LLM, Sampling
 from matrix.llm.role_llm import SAMPLING_KEYS, RoleLLM, build_role_llm
 from matrix.llm.wrappers.ledgered import RoleLedger
@@ -45,9 +45,9 @@ BACKEND_EXTRA_KEYS = ("prices",)  # read by Roles, not passed to the backend con
 __all__ = ["Roles"]
 
 
-def _usage(d: dict[str, Any]) -> Usage:
-    known = {f.name for f in fields(Usage)}
-    return Usage(**{k: v for k, v in d.items() if k in known})
+def _usage(d: dict[str, Any], kind: type = Usage) -> Any:
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in d.items() if k in known})
 
 
 def _prices(node: Any) -> Prices:
@@ -60,6 +60,11 @@ def _prices(node: Any) -> Prices:
             "completion (US$ per 1M tokens)"
         )
     return Prices(float(node.get("prompt", 0.0)), float(node.get("completion", 0.0)))
+
+
+def _endpoints_of(backend: Any) -> dict[str, EndpointUsage]:
+    usage = getattr(backend, "endpoint_usage", None)
+    return usage() if callable(usage) else {}
 
 
 class Roles:
@@ -85,6 +90,12 @@ class Roles:
         self._spend_file: Path | None = None
         self._spend_key = ""
         self._carried: dict[str, Usage] = {}  # per-role spend of earlier attempts
+        self._carried_endpoints: dict[str, EndpointUsage] = {}  # per endpoint, likewise
+        # each backend bound to a role, with what its endpoints had done before (a backend
+        # handed over by an earlier pipeline step has counted that step's requests)
+        self._endpoints_before: dict[int, tuple[LLM, dict[str, EndpointUsage]]] = {}
+        for b in self._backends.values():
+            self._watch_endpoints(b)
 
     @property
     def provided(self) -> set[str]:
@@ -111,6 +122,8 @@ class Roles:
                 self._roles[role].usage.merge(_usage(d))
             else:
                 self._carried[role] = _usage(d)
+        for url, d in saved.get("endpoints", {}).items():
+            self._carried_endpoints[url] = _usage(d, EndpointUsage)
         log.info("LLM spend carried over from earlier attempts: %s tokens", self.total.tokens)
 
     def _record_spend(self) -> None:
@@ -139,6 +152,7 @@ class Roles:
             for k in BACKEND_EXTRA_KEYS:
                 node.pop(k, None)
             self._backends[name] = instantiate(node)
+            self._watch_endpoints(self._backends[name])
         return self._backends[name]
 
     def prices(self, name: str) -> Prices:
@@ -174,7 +188,12 @@ class Roles:
         the same call cache, budget, run totals and ledger as every configured role."""
         return self._bind(role, backend, sampling, prices or Prices())
 
+    def _watch_endpoints(self, backend: LLM) -> None:
+        if id(backend) not in self._endpoints_before:
+            self._endpoints_before[id(backend)] = (backend, _endpoints_of(backend))
+
     def _bind(self, role: str, backend: LLM, sampling: Sampling, prices: Prices) -> RoleLLM:
+        self._watch_endpoints(backend)
         ledger = RoleLedger(
             usage=self._carried.pop(role, None) or Usage(),
             run_usage=self.total,
@@ -186,9 +205,23 @@ class Roles:
         )
         return self._roles[role]
 
+    def endpoint_usage(self) -> dict[str, EndpointUsage]:
+        """What each endpoint of the OpenAI-compatible backends did in this run, earlier
+        attempts included, by URL."""
+        out = {
+            url: _usage(u.as_dict(), EndpointUsage) for url, u in self._carried_endpoints.items()
+        }
+        for backend, before in self._endpoints_before.values():
+            for url, u in _endpoints_of(backend).items():
+                done = u.minus(before[url]) if url in before else u
+                out.setdefault(url, EndpointUsage()).merge(done)
+        return out
+
     def ledger(self) -> dict[str, Any]:
-        """Requests, backend calls, cache hits, tokens and cost per role and in total, for
+        """Requests, backend calls, cache hits, tokens and cost per role and in total, and
+        (with OpenAI-compatible backends) requests, tokens and failures per endpoint, for
         manifests and W&B."""
+        endpoints = self.endpoint_usage()
         return {
             "roles": {
                 **{r: u.as_dict() for r, u in self._carried.items()},
@@ -196,6 +229,7 @@ class Roles:
             },
             "total": self.total.as_dict(),
             "budget": {"max_tokens": self.budget.max_tokens, "max_cost": self.budget.max_cost},
+            **({"endpoints": {u: x.as_dict() for u, x in endpoints.items()}} if endpoints else {}),
         }
 
     def metrics(self, prefix: str = "llm") -> dict[str, float]:

@@ -78,8 +78,24 @@ class PrioritySlots:
                 self.release()
             raise
 
+    def set_capacity(self, capacity: int) -> None:
+        """Grow or shrink to `capacity` slots (endpoints going down or up); slots taken past
+        a smaller capacity are not handed on when they are released."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        with self._lock:
+            self._free += capacity - self.capacity
+            self.capacity = capacity
+            extra = max(0, self._free)
+            self._free -= extra
+        for _ in range(extra):
+            self.release()
+
     def release(self) -> None:
         with self._lock:
+            if self._free < 0:  # taken past a capacity that has shrunk since
+                self._free += 1
+                return
             while self._waiters:
                 _, _, fut = heapq.heappop(self._waiters)
                 if fut.done():  # cancelled while waiting
