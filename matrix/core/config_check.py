@@ -60,8 +60,7 @@ _OPEN = (
     "train.callbacks.*",
     # a set's seed source, when a `_target_` block (matrix.gen.sources.build_source builds it)
     "generator.sets.*.source",
-    # the backend that runs generate.rejected_model (conf/rejected_backend/), checked below
-    "generate.rejected_backend",
+    "generate.rejected_backend",  # what runs generate.rejected_model: checked as a backend
 )
 # Maps that also take a user's block naming its class by `_target_` (the class checks it).
 _COMPONENT_MAPS = ("eval.benchmarks",)
@@ -291,31 +290,6 @@ def _check_fields(
         p.add(f"{key}.{k}", f"unknown option of {name}; {hint}")
 
 
-def _check_backend(b: dict, key: str, p: ConfigProblems, extra: tuple[str, ...] = ()) -> None:
-    """A backend block's `_target_` imports and takes every option the block sets."""
-    target = str(b["_target_"])
-    module, _, attr = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        p.add(f"{key}._target_", f"cannot import {target} ({e})")
-        return
-    _check_fields(b, cls, key, p, extra=extra)
-
-
-def _check_rejected_backend(block: Any, p: ConfigProblems) -> None:
-    """generate.rejected_backend: a backend block whose folder is generate.rejected_model."""
-    key = "generate.rejected_backend"
-    if not isinstance(block, dict):
-        return
-    if "model" in block:
-        p.add(f"{key}.model", "set generate.rejected_model instead (the folder it runs)")
-    if not block.get("_target_"):
-        p.add(f"{key}._target_", "missing; choose one with rejected_backend=in_process|vllm")
-        return
-    _check_backend(block, key, p)
-
-
 def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
     """Blocks handed whole to a component, checked against the component's own signature."""
     from matrix.llm.protocol import Sampling
@@ -324,17 +298,21 @@ def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=False)
     llm = data.get("llm") or {}
     used = {r.get("backend") for r in (llm.get("roles") or {}).values() if isinstance(r, dict)}
-    for name, b in (llm.get("backends") or {}).items():
-        key = f"llm.backends.{name}"
+    rejected = (data.get("generate") or {}).get("rejected_backend")  # conf/rejected_backend/
+    blocks = [(f"llm.backends.{n}", b, n in used) for n, b in (llm.get("backends") or {}).items()]
+    for key, b, needed in [*blocks, ("generate.rejected_backend", rejected, rejected is not None)]:
         target = b.get("_target_") if isinstance(b, dict) else None
         if not target:
-            if name in used:  # an unused block is never built
-                p.add(
-                    f"{key}._target_", "missing; name the backend class (matrix.llm.hf.HFBackend)"
-                )
+            if needed:  # an unused block is never built
+                p.add(f"{key}._target_", "missing; name its class, e.g. matrix.llm.hf.HFBackend")
             continue
-        _check_backend(b, key, p, extra=BACKEND_EXTRA_KEYS)
-    _check_rejected_backend((data.get("generate") or {}).get("rejected_backend"), p)
+        module, _, attr = str(target).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            p.add(f"{key}._target_", f"cannot import {target} ({e})")
+            continue
+        _check_fields(b, cls, key, p, extra=BACKEND_EXTRA_KEYS)
     ev = data.get("eval") or {}
     _check_fields(ev.get("sampling"), Sampling, "eval.sampling", p)
     for name, b in (ev.get("benchmarks") or {}).items():

@@ -166,6 +166,11 @@ def _check_models(p: ConfigProblems, cfg: DictConfig, sets: dict[str, Any]) -> N
     """The roles it calls (llm_roles), and the rejected-answer model folder if one is set."""
     for role in llm_roles(cfg):
         p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
+    p.check(
+        "model" not in (cfg.generate.get("rejected_backend") or {}),
+        "generate.rejected_backend.model",
+        "set generate.rejected_model instead (the folder the backend runs)",
+    )
     if cfg.generate.rejected_model:
         problem = folder_problem(str(cfg.generate.rejected_model))
         p.check(

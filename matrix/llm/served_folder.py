@@ -21,7 +21,11 @@ the server again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,13 @@ from tenacity import stop_any
 from matrix.llm.errors import LLMError, ServerDied
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.server import LocalServer, vllm_python
-from matrix.llm.server_record import exit_reason, last_error, log_since
+from matrix.llm.server_record import (
+    exit_reason,
+    last_error,
+    log_since,
+    record_path,
+    server_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,19 @@ def served_ids(base_url: str, folder: str | Path, timeout: float = 5.0) -> tuple
     return ids, listed
 
 
+def stop_group(pid: int, grace: float = 20.0) -> None:
+    """Stop the process group `pid` leads (a vLLM server and its engine processes)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            os.killpg(pid, 0)  # ProcessLookupError once the group is gone
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)
+
+
 class ServedFolder(OpenAIBackend):
     """`model`: the HF folder (the generate stage fills it from `generate.rejected_model`).
     `base_url`: a server the user already runs for this folder (`make llm-server
@@ -93,6 +116,7 @@ class ServedFolder(OpenAIBackend):
     ):
         self.folder = str(model)
         self.reused = base_url is not None
+        self.origin = "reused" if self.reused else "started by the stage"
         self.ready_timeout = float(ready_timeout)
         self.server = LocalServer(
             port,
@@ -117,6 +141,7 @@ class ServedFolder(OpenAIBackend):
             tokenizer=self.folder,  # its chat template, for Magpie-style sampling
         )
         self._ready = False
+        self._orphan: int | None = None  # pid of a server a killed run left for this folder
 
     @property
     def name(self) -> str:
@@ -129,7 +154,7 @@ class ServedFolder(OpenAIBackend):
             "backend": "vllm",
             "served_name": self.model,
             "base_url": self.base_url,
-            "server": "reused" if self.reused else "started by the stage",
+            "server": self.origin,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -148,8 +173,14 @@ class ServedFolder(OpenAIBackend):
             self.server.start()
             try:
                 waited = self.server.wait_ready(self.ready_timeout)
-            except BaseException:
+            except BaseException as e:
                 self.server.stop(forget=False)
+                if isinstance(e, LLMError):
+                    raise LLMError(
+                        f"the vLLM server for {self.folder} (generate.rejected_backend) did not "
+                        f"start: {e}\nFix what its log says and rerun (the stage resumes), or "
+                        "run the folder in process: rejected_backend=in_process"
+                    ) from e
                 raise
             log.info("vLLM serves %s after %.0fs", self.folder, waited)
         self._ready = True
@@ -170,12 +201,13 @@ class ServedFolder(OpenAIBackend):
                 f"{listed}); start one for the folder (`make llm-server MODEL={self.folder} "
                 "PORT=...`) and point generate.rejected_backend.base_url at it"
             )
-        if self.model not in ids:  # served under the user's name (the folder's by default)
+        if self.model not in ids:  # served under the user's name
             self.model = ids[0]
 
     def _adopt_running(self) -> bool:
-        """A server already on the port: use it if it serves this folder (one a killed run of
-        this stage left behind), fail if it serves something else."""
+        """A server already on the port: use it if it serves this folder, fail if it serves
+        something else. One that a killed run of this stage started (its record names the
+        folder as the served model) is stopped at `close()` like one started now."""
         try:
             ids, listed = served_ids(self.base_url, self.folder, timeout=2.0)
         except httpx.HTTPError:
@@ -186,13 +218,19 @@ class ServedFolder(OpenAIBackend):
                 "generate.rejected_backend.port to a free port, or base_url to use a server "
                 f"that serves {self.folder}"
             )
-        log.warning(
-            "a server at %s already serves %s; using it (this stage did not start it and "
-            "leaves it running)",
-            self.base_url,
-            self.folder,
-        )
-        self.model, self.reused = ids[0], True
+        rec = server_record(self.base_url) or {}
+        if rec.get("model") == self.model and self.model in ids:
+            self._orphan, self.origin = int(rec["pid"]), "left running by a killed run of the stage"
+            log.warning(
+                "using the server a killed run left for %s (pid %d)", self.folder, self._orphan
+            )
+        else:
+            log.warning(
+                "using the server at %s that serves %s; it stays running",
+                self.base_url,
+                self.folder,
+            )
+            self.model, self.reused, self.origin = ids[0], True, "reused"
         return True
 
     def close(self) -> None:
@@ -200,6 +238,10 @@ class ServedFolder(OpenAIBackend):
         if self.server.proc is not None:
             log.info("stopping the vLLM server of %s", self.folder)
             self.server.stop()
+        if self._orphan is not None:
+            stop_group(self._orphan)
+            record_path(self.server.port).unlink(missing_ok=True)
+            self._orphan = None
         self._ready = False
 
     def __enter__(self) -> ServedFolder:

@@ -19,7 +19,7 @@ import pytest
 from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_stage
 from matrix.gen.run import run_generate
-from matrix.llm.errors import ServerDied
+from matrix.llm.errors import LLMError, ServerDied
 from tests.conftest import free_port
 from tests.doubles import SCRIPTED_ROLES, compose_generate, read_rows, scripted_backends
 from tests.llm.fake_vllm import fake_vllm_python
@@ -138,6 +138,34 @@ def test_a_failing_step_stops_the_server(tmp_path, sim_dir, folder, monkeypatch)
     assert not _answers(port)
 
 
+def test_a_server_that_cannot_start_is_named(tmp_path, sim_dir, folder, monkeypatch):
+    monkeypatch.setenv("MATRIX_VLLM_PYTHON", str(fake_vllm_python(tmp_path)))
+    monkeypatch.setenv("FAKE_VLLM_FAIL_START", "1")
+    with pytest.raises(LLMError) as e:
+        run_generate(_cfg(tmp_path, sim_dir, folder, free_port()), backends=scripted_backends())
+    msg = str(e.value)
+    assert f"the vLLM server for {folder} (generate.rejected_backend) did not start" in msg
+    assert "ValueError: fake model that cannot load" in msg  # its log's tail
+    assert "rejected_backend=in_process" in msg
+
+
+def test_a_server_a_killed_run_left_is_used_then_stopped(tmp_path, sim_dir, folder, monkeypatch):
+    """A SIGKILLed stage cannot stop its server (it runs in a session of its own): the rerun
+    finds it on the port, serving the folder under the name the stage gives it, uses it
+    instead of starting a second one, and stops it at the end."""
+    from matrix.llm.server import LocalServer
+
+    monkeypatch.setenv("MATRIX_VLLM_PYTHON", str(fake_vllm_python(tmp_path)))
+    port = free_port()
+    left = LocalServer(port, folder, str(folder), log_path=tmp_path / "vllm.log").start()
+    left.wait_ready(60)
+    run_generate(_cfg(tmp_path, sim_dir, folder, port), backends=scripted_backends())
+    assert left.proc.wait(5) is not None and not _answers(port)
+    manifest = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
+    assert manifest["rejected_model"]["server"] == "left running by a killed run of the stage"
+    assert (tmp_path / "vllm.log").read_text().count("POST /v1/chat/completions") == 4
+
+
 def test_a_folder_without_weights_is_named_before_any_server_starts(
     tmp_path, sim_dir, folder, monkeypatch
 ):
@@ -149,9 +177,8 @@ def test_a_folder_without_weights_is_named_before_any_server_starts(
     assert not (tmp_path / "vllm.log").exists()
 
 
-def test_no_vllm_venv_is_named_with_its_fix(tmp_path, sim_dir, folder, monkeypatch):
-    """Where neither MATRIX_VLLM_PYTHON, the project's nor the running venv's neighbour holds a
-    vLLM venv, the stage stops before any work, naming the script that installs one."""
+def _no_vllm_venv(tmp_path: Path, monkeypatch) -> None:
+    """Neither MATRIX_VLLM_PYTHON, the project nor the running venv's neighbour holds one."""
     import sys
 
     import matrix.llm.server as server
@@ -159,12 +186,41 @@ def test_no_vllm_venv_is_named_with_its_fix(tmp_path, sim_dir, folder, monkeypat
     monkeypatch.delenv("MATRIX_VLLM_PYTHON", raising=False)
     monkeypatch.setattr(server, "REPO", tmp_path / "repo")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "env" / ".venv"))
+
+
+def test_no_vllm_venv_is_named_with_its_fix(tmp_path, sim_dir, folder, monkeypatch):
+    _no_vllm_venv(tmp_path, monkeypatch)
     cfg = _cfg(tmp_path, sim_dir, folder, free_port())
     with pytest.raises(ConfigError) as e:
         check_stage(cfg, "generate", provided_backends={"gen", "resp"})
     msg = str(e.value)
     assert "generate.rejected_backend" in msg and "no vLLM virtualenv found" in msg
     assert "scripts/setup_llm_server.sh" in msg and "rejected_backend=in_process" in msg
+
+
+def test_the_pipeline_names_a_missing_vllm_venv_before_its_first_step(tmp_path, monkeypatch):
+    """paper_matrix_tuned's rejected answers need the server's venv at its fourth step: the
+    pipeline says so before the first one, although train_sft's folder does not exist yet."""
+    from hydra import compose, initialize_config_dir
+
+    from matrix.core.pipeline import run_pipeline
+    from tests.doubles import CONF
+
+    _no_vllm_venv(tmp_path, monkeypatch)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            "pipeline",
+            overrides=[
+                "experiment=paper_matrix_tuned_tiny",
+                "rejected_backend=vllm",
+                "logger=none",
+                f"paths.runs_dir={tmp_path / 'runs'}",
+            ],
+        )
+    with pytest.raises(ConfigError, match="no vLLM virtualenv found") as e:
+        run_pipeline(cfg)
+    assert "generate.rejected_backend" in str(e.value) and "[roles: rejecter]" in str(e.value)
+    assert not (tmp_path / "runs" / "paper_matrix_tuned_tiny" / "simulate").exists()
 
 
 def test_a_user_server_for_the_folder_is_reused_and_left_running(

@@ -4,7 +4,8 @@
 --served-model-name, --port; the rest ignored), lists the model with its folder as `root`
 like vLLM does, and answers every chat with "served: <last message>". With
 FAKE_VLLM_DIE_AT=n it writes an engine error to its log and exits on the n-th chat request,
-as a vLLM whose engine fails mid-step does. Real vLLM is the `server`-marked tests' job.
+as a vLLM whose engine fails mid-step does; with FAKE_VLLM_FAIL_START=1 it exits before it
+listens, as a vLLM that cannot load its model does. Real vLLM is the `server`-marked tests' job.
 Standard library only: the server's environment has no PYTHONPATH."""
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     ap.add_argument("--served-model-name", required=True)
     ap.add_argument("--port", type=int, required=True)
     args, _ = ap.parse_known_args()
+    if os.environ.get("FAKE_VLLM_FAIL_START"):
+        print("ValueError: fake model that cannot load", flush=True)
+        sys.exit(1)
     die_at = int(os.environ.get("FAKE_VLLM_DIE_AT", "0"))
     seen = {"chats": 0}
     lock = threading.Lock()
