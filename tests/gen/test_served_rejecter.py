@@ -281,3 +281,35 @@ def test_the_presets_choose_the_backend(tmp_path):
         "did you mean `generate.rejected_backend.port`?"
         in problems["generate.rejected_backend.prot"]
     )
+
+
+def test_where_the_server_runs_is_not_part_of_the_config_hash(tmp_path):
+    """A rerun on another port, GPU count or against a server the user started continues the
+    same run (same hash, so it resumes); serving instead of in process, or in another dtype,
+    is another run."""
+    from hydra import compose, initialize_config_dir
+
+    from matrix.core.provenance import config_hash
+    from tests.doubles import CONF
+
+    base = ["generate.rejected_model=/models/sft", "rejected_backend=vllm"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        served, moved, in_process, half = (
+            compose("generate", overrides=[*base, *extra])
+            for extra in (
+                [],
+                [
+                    "generate.rejected_backend.port=9001",
+                    "generate.rejected_backend.base_url=x",
+                    "generate.rejected_backend.tensor_parallel_size=2",
+                ],
+                ["rejected_backend=in_process"],
+                ["generate.rejected_backend.dtype=float16"],
+            )
+        )
+    for resumable in (False, True):
+        assert config_hash(moved, "generate", resumable=resumable) == config_hash(
+            served, "generate", resumable=resumable
+        )
+    assert config_hash(in_process, "generate") != config_hash(served, "generate")
+    assert config_hash(half, "generate") != config_hash(served, "generate")
