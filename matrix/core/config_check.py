@@ -60,6 +60,7 @@ _OPEN = (
     "train.callbacks.*",
     # a set's seed source, when a `_target_` block (matrix.gen.sources.build_source builds it)
     "generator.sets.*.source",
+    "generate.rejected_backend",  # what runs generate.rejected_model: checked as a backend
 )
 # Maps that also take a user's block naming its class by `_target_` (the class checks it).
 _COMPONENT_MAPS = ("eval.benchmarks",)
@@ -297,14 +298,13 @@ def check_components(cfg: DictConfig | dict, p: ConfigProblems) -> None:
     data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=False)
     llm = data.get("llm") or {}
     used = {r.get("backend") for r in (llm.get("roles") or {}).values() if isinstance(r, dict)}
-    for name, b in (llm.get("backends") or {}).items():
-        key = f"llm.backends.{name}"
+    rejected = (data.get("generate") or {}).get("rejected_backend")  # conf/rejected_backend/
+    blocks = [(f"llm.backends.{n}", b, n in used) for n, b in (llm.get("backends") or {}).items()]
+    for key, b, needed in [*blocks, ("generate.rejected_backend", rejected, rejected is not None)]:
         target = b.get("_target_") if isinstance(b, dict) else None
         if not target:
-            if name in used:  # an unused block is never built
-                p.add(
-                    f"{key}._target_", "missing; name the backend class (matrix.llm.hf.HFBackend)"
-                )
+            if needed:  # an unused block is never built
+                p.add(f"{key}._target_", "missing; name its class, e.g. matrix.llm.hf.HFBackend")
             continue
         module, _, attr = str(target).rpartition(".")
         try:

@@ -75,6 +75,13 @@ class Stage:
 # Keys inside an LLM stage's hashed groups that never change its results: raising the budget
 # of a budget-stopped run and running it again continues it.
 NO_RESULT_KEYS = ("llm.budget",)
+# where generate.rejected_backend=vllm's server runs, on how many GPUs, and how patiently it
+# is reached: a rerun on another port, server or GPU count continues the same run
+SERVING_KEYS = tuple(
+    f"generate.rejected_backend.{k}"
+    for k in ("base_url", "port", "log_path", "ready_timeout", "timeout", "max_retries",
+              "retry_max_wait", "max_concurrency", "tensor_parallel_size", "data_parallel_size")
+)  # fmt: skip
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -110,7 +117,7 @@ STAGES: dict[str, Stage] = {
                 "embedding",
                 "shard",
             ),
-            hash_exclude=NO_RESULT_KEYS,
+            hash_exclude=(*NO_RESULT_KEYS, *SERVING_KEYS),
             resume_exclude=("generator.sets.*.target",),
             validate_ref="matrix.gen.config:validate",
             roles_ref="matrix.gen.config:llm_roles",

@@ -16,6 +16,7 @@ from matrix.gen.settings import Retrieval
 from matrix.gen.sources import build_source, seed_source
 from matrix.gen.synthesis import SetSpec, template_id
 from matrix.llm.prompts import PromptError, render_prompt
+from matrix.llm.served_folder import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def reads_simulation(sets: dict[str, Any]) -> bool:
 def llm_roles(cfg: DictConfig) -> list[str]:
     """The llm.roles generate calls (matrix.core.registry's roles_ref): the generator and the
     responder, and for a DPO set the rejecter, unless generate.rejected_model (a model folder,
-    loaded in-process) writes the rejected answers."""
+    run by generate.rejected_backend) writes the rejected answers."""
     roles = ["generator", "responder"]
     dpo = any(s.get("kind") == "dpo" for s in selected_sets(cfg).values())
     if dpo and not cfg.generate.get("rejected_model"):
@@ -165,12 +166,18 @@ def _check_models(p: ConfigProblems, cfg: DictConfig, sets: dict[str, Any]) -> N
     """The roles it calls (llm_roles), and the rejected-answer model folder if one is set."""
     for role in llm_roles(cfg):
         p.check(role in cfg.llm.roles, f"llm.roles.{role}", "missing; generate needs this role")
+    p.check(
+        "model" not in (cfg.generate.get("rejected_backend") or {}),
+        "generate.rejected_backend.model",
+        "set generate.rejected_model instead (the folder the backend runs)",
+    )
     if cfg.generate.rejected_model:
+        problem = folder_problem(str(cfg.generate.rejected_model))
         p.check(
-            (Path(str(cfg.generate.rejected_model)) / "config.json").is_file(),
+            problem is None,
             "generate.rejected_model",
-            f"no Hugging Face model folder at {cfg.generate.rejected_model} (expected config.json); "
-            "point it at train.py's hf_model/ folder",
+            f"{problem}; point it at train.py's hf_model/ folder (in a pipeline, the step that "
+            "trains it runs first: check that it finished)",
         )
 
 

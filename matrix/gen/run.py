@@ -48,21 +48,34 @@ log = logging.getLogger(__name__)
 
 
 def make_roles(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> Roles:
-    """Roles from cfg.llm; with `generate.rejected_model`, the rejecter runs that HF folder."""
+    """Roles from cfg.llm; with `generate.rejected_model`, the rejecter runs that HF folder
+    with the backend `generate.rejected_backend` names (in process, or served by vLLM)."""
     llm_cfg = cfg.llm
     if cfg.generate.rejected_model:
         llm_cfg = OmegaConf.create(OmegaConf.to_container(cfg.llm, resolve=True))
         llm_cfg.backends[REJECTED_BACKEND] = {
-            "_target_": "matrix.llm.hf.HFBackend",
+            **OmegaConf.to_container(cfg.generate.rejected_backend, resolve=True),
             "model": str(cfg.generate.rejected_model),
-            "dtype": "auto",
-            "device": "auto",
         }
         rejecter = llm_cfg.roles.get("rejecter") or {
             "max_new_tokens": llm_cfg.roles.responder.max_new_tokens
         }
         llm_cfg.roles.rejecter = {**rejecter, "backend": REJECTED_BACKEND}
     return Roles(llm_cfg, backends)
+
+
+def rejected_model_record(cfg: DictConfig, roles: Roles) -> dict[str, Any] | None:
+    """The manifest's record of the rejected-answer folder: where it is, which backend ran it
+    and, when served, under which name and where."""
+    if not cfg.generate.rejected_model:
+        return None
+    record = {
+        "folder": str(cfg.generate.rejected_model),
+        "backend": str(cfg.generate.rejected_backend._target_),
+    }
+    built = roles.built(REJECTED_BACKEND)
+    served = getattr(built, "served", None)
+    return {**record, **served()} if callable(served) else record
 
 
 class Generation:
@@ -270,11 +283,23 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
         inputs["rejected_model"] = Path(str(cfg.generate.rejected_model))
     run = open_stage(cfg, "generate")
     roles = make_roles(cfg, backends)
+    try:  # a backend that started a server (rejected_backend=vllm) stops it, also on failure
+        result = _generate(cfg, run, roles, sim, inputs)
+    finally:
+        roles.close()
+    log.info("generate: %s", result["counts"])
+    return {**result, "llm": roles.ledger(), "dir": str(run.dir)}
+
+
+def _generate(
+    cfg: DictConfig, run: StageRun, roles: Roles, sim: SimulationData | None, inputs: dict
+) -> dict[str, Any]:
     run.track_llm_spend(roles)
     encoder = Encoder(cfg.embedding.model, cache_dir=cfg.paths.cache_dir)
     gen = Generation(cfg, run, roles, encoder, sim)
     gen.generate()
     result = gen.finalize()
+    rejected = rejected_model_record(cfg, roles)
     run.finish(
         result["counts"],
         inputs=inputs,
@@ -283,7 +308,7 @@ def run_generate(cfg: DictConfig, backends: dict[str, LLM] | None = None) -> dic
             "models": result["models"],
             "stats": result["stats"],
             "sets": result["sets"],
+            **({"rejected_model": rejected} if rejected else {}),
         },
     )
-    log.info("generate: %s", result["counts"])
-    return {**result, "llm": roles.ledger(), "dir": str(run.dir)}
+    return result

@@ -60,6 +60,9 @@ class Filters:
 class Generate:
     simulation_dir: str
     rejected_model: str | None
+    # how rejected_model runs: a backend block (conf/rejected_backend/), checked against its
+    # _target_ by matrix.core.config_check
+    rejected_backend: dict
     limit: Count | None
     run_sets: list[str] | None
     batch_size: Count

@@ -13,6 +13,8 @@ variable that fixes it, instead of after hours of simulation:
   the up and the down ones, and it is a problem only when none is up;
 - a local backend (transformers, vLLM's offline engine): its model is embedded, a folder, or
   a hub id already in the Hugging Face cache (hubs may be unreachable);
+- the generate stage's `generate.rejected_model` served by vLLM (`rejected_backend=vllm`): the
+  server's virtualenv is installed, or the server at its `base_url` serves that folder;
 - the train stage: `model.path` likewise, unless it lies under `paths.runs_dir` (a model an
   earlier step of the same pipeline writes; train's own preflight checks it when it starts).
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _OPENAI = "matrix.llm.openai_backend.OpenAIBackend"
 _LOCAL = ("matrix.llm.hf.HFBackend", "matrix.llm.vllm_backend.VLLMBackend")
+_SERVED = "matrix.llm.served_folder.ServedFolder"
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -254,11 +257,26 @@ class ModelCheck:
             problem = _train_model_problem(cfg)
             if problem:
                 self._add("model.path", problem, [])
+        if stage == "generate":
+            for problem in _rejected_server_problems(cfg):
+                self._add("generate.rejected_backend", problem, ["rejecter"])
         return self
 
     def report(self, p: ConfigProblems) -> None:
         for key, (msg, roles) in self._found.items():
             p.add(key, f"{msg} [roles: {', '.join(roles)}]" if roles else msg)
+
+
+def _rejected_server_problems(cfg: DictConfig) -> list[str]:
+    """generate.rejected_model served by vLLM (rejected_backend=vllm): the server's virtualenv
+    is there, or the user's server at base_url serves the folder."""
+    folder, node = _get(cfg, "generate.rejected_model"), _get(cfg, "generate.rejected_backend")
+    if folder is None or node is None or node.get("_target_") != _SERVED:
+        return []
+    from matrix.llm.served_folder import serving_problems  # imports the server module
+
+    node = OmegaConf.to_container(node, resolve=True)
+    return serving_problems(node, str(folder))
 
 
 def _train_model_problem(cfg: DictConfig) -> str | None:

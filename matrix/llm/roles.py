@@ -96,6 +96,7 @@ class Roles:
         self._endpoints_before: dict[int, tuple[LLM, dict[str, EndpointUsage]]] = {}
         for b in self._backends.values():
             self._watch_endpoints(b)
+        self._built: list[str] = []  # backends built here from config (closed by close())
 
     @property
     def provided(self) -> set[str]:
@@ -153,7 +154,20 @@ class Roles:
                 node.pop(k, None)
             self._backends[name] = instantiate(node)
             self._watch_endpoints(self._backends[name])
+            self._built.append(name)
         return self._backends[name]
+
+    def built(self, name: str) -> LLM | None:
+        """The backend `name` if it was built (or handed in), else None; builds nothing."""
+        return self._backends.get(name)
+
+    def close(self) -> None:
+        """Release what the backends built from config hold (a server a backend started,
+        matrix.llm.served_folder); backends handed in stay the caller's. Safe to call twice."""
+        for name in self._built:
+            close = getattr(self._backends[name], "close", None)
+            if callable(close):
+                close()
 
     def prices(self, name: str) -> Prices:
         """Prices of a backend (llm.backends.<name>.prices), also for backends passed in."""
