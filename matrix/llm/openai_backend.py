@@ -118,6 +118,18 @@ class OpenAIBackend:
         self._router = Router(self.pool, model, self.timeout, self.max_retries, self.retry_max_wait)
 
     @property
+    def model(self) -> str:
+        return self._model
+
+    @model.setter
+    def model(self, value: str) -> None:
+        # a served folder learns the name its server uses only once it answers
+        # (matrix.llm.served_folder): the router checks and sends that name
+        self._model = value
+        if (router := getattr(self, "_router", None)) is not None:
+            router.model = value
+
+    @property
     def name(self) -> str:
         return self.model
 
