@@ -47,6 +47,9 @@ class MTBench(Options):
 @dataclass(frozen=True)
 class MTBench101(Options):
     tasks: list[str] | None = None
+    # score and ability columns: mean over dialogues (the MATRIX paper's Table 5) | mean of the
+    # task means (OpenCompass)
+    aggregate: Literal["dialogues", "tasks"] = "dialogues"
 
 
 @dataclass(frozen=True)
