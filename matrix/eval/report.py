@@ -22,7 +22,7 @@ HEADLINE = {
     "mt_bench_101": ("score", None),
     "humaneval": ("pass@1", None),
     "mbpp": ("pass@1", None),
-    "safety": ("advbench/asr_keyword", None),
+    "safety": ("asr_keyword", None),  # keyword attack success rate, either protocol
     "custom": ("score", "score_ci95"),  # win rate vs the baseline, or the mean 1-10 rating
 }
 
