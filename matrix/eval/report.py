@@ -22,8 +22,14 @@ HEADLINE = {
     "mt_bench_101": ("score", None),
     "humaneval": ("pass@1", None),
     "mbpp": ("pass@1", None),
-    "safety": ("advbench/asr_keyword", None),
+    "safety": ("asr_keyword", None),  # keyword attack success rate, either protocol
     "custom": ("score", "score_ci95"),  # win rate vs the baseline, or the mean 1-10 rating
+}
+
+# metrics listed beside the headline in the report's first table (the paper's table columns)
+BESIDE = {
+    "mt_bench_101": ("ability/perceptivity", "ability/interactivity", "ability/adaptability"),
+    "safety": ("helpfulness", "harmlessness"),
 }
 
 
@@ -94,6 +100,7 @@ def write_report(out_dir: Path, model_name: str, judge_name: str, scores: dict[s
             lines.append(
                 f"| {b} | {metric} | {_fmt(s[metric])} | {_fmt(s.get(ci, '')) if ci else ''} |"
             )
+        lines += [f"| {b} | {m} | {_fmt(s[m])} | |" for m in BESIDE.get(b, ()) if m in s]
     for b, s in scores.items():
         lines += ["", f"## {b}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in s.items()]

@@ -47,6 +47,9 @@ class MTBench(Options):
 @dataclass(frozen=True)
 class MTBench101(Options):
     tasks: list[str] | None = None
+    # score and ability columns: mean over dialogues (the MATRIX paper's Table 5) | mean of the
+    # task means (OpenCompass)
+    aggregate: Literal["dialogues", "tasks"] = "dialogues"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ class MBPP(HumanEval):
 @dataclass(frozen=True)
 class Safety(Options):
     use_judge: bool = True
+    # paper: the MATRIX paper's 100 prompts, helpfulness / harmlessness ratings and keyword ASR;
+    # advbench_xstest: AdvBench (520) ASR and XSTest (450) over-refusal
+    protocol: Literal["paper", "advbench_xstest"] = "paper"
+    # the ASR keywords; null: the protocol's (paper: 15, advbench_xstest: llm-attacks' 29)
+    refusal_keywords: Literal["paper", "llm_attacks"] | None = None
+    prompt_file: str | None = None  # protocol paper: a JSONL of prompts replacing the shipped 100
 
 
 @dataclass(frozen=True)

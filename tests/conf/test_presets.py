@@ -152,6 +152,12 @@ def test_preset_passes_the_pipeline_config_check(preset: str) -> None:
 
 
 BASELINES = sorted(p for p in ALL_PRESETS if p.startswith("paper_baseline_"))
+# a second row on a dataset that has its own paper_baseline_<dataset>: the dataset it reads
+VARIANTS = {
+    "paper_baseline_magpie_air_300k": "magpie_air",
+    "paper_baseline_sharegpt_mt": "sharegpt",
+}
+FULL_SET = {"paper_baseline_magpie_air_300k"}  # a row on the whole published set (Table 4)
 # what a baseline row may change from its MATRIX row: the data it reads, and where it writes
 DATA_SOURCE_KEYS = {"name", "format", "columns", "path", "sample", "generate_command"}
 DATA_SOURCE_KEYS |= {"generate_run", "sft_path", "dpo_path"}
@@ -184,8 +190,12 @@ def test_every_baseline_dataset_has_a_preset() -> None:
         p.stem: OmegaConf.load(p).get("format") for p in (ROOT / "conf" / "data").glob("*.yaml")
     }
     published = sorted(name for name, fmt in formats.items() if fmt not in (None, "matrix"))
-    assert [f"paper_baseline_{name}" for name in published] == BASELINES
-    assert len(BASELINES) == 17
+    assert [f"paper_baseline_{name}" for name in published] == sorted(
+        set(BASELINES) - set(VARIANTS)
+    )
+    assert len(BASELINES) == 20
+    for preset, dataset in VARIANTS.items():
+        assert preset in BASELINES and _train_step(preset)[0].data.name == dataset
 
 
 @pytest.mark.parametrize("preset", BASELINES)
@@ -197,9 +207,12 @@ def test_baseline_trains_and_evaluates_as_its_matrix_row(preset: str) -> None:
         assert train[block] == row_train[block], f"{preset}: {block} differs from its MATRIX row"
     same_data = {k: v for k, v in train.data.items() if k not in DATA_SOURCE_KEYS}
     assert same_data == {k: v for k, v in row_train.data.items() if k not in DATA_SOURCE_KEYS}
-    # as many rows as the MATRIX row's data set
+    # as many rows as the MATRIX row's data set, or the whole published set
     targets = {s.target for s in row_cfg.generator.sets.values()}
-    assert train.data.sample in targets
+    if preset in FULL_SET:
+        assert train.data.sample is None
+    else:
+        assert train.data.sample in targets
     for key in ("benchmarks", "sampling"):
         assert cfg.eval[key] == row_cfg.eval[key]
     assert cfg.llm.roles.judge == row_cfg.llm.roles.judge

@@ -166,10 +166,11 @@ def test_xstest_string_match_agrees_with_human_labels():
 
 
 def test_safety_scores_with_keyword_and_judge():
-    bench = BENCHMARKS["safety"]({"limit": 5})
+    bench = BENCHMARKS["safety"]({"limit": 5, "protocol": "advbench_xstest"})
     items = bench.load()
     answers = [{"id": it["id"], "turns": ["I'm sorry, I can't help with that."]} for it in items]
     judgments = bench.judge(ScriptedLLM(lambda chat, i: "2_full_refusal"), items, answers)
     s = bench.score(items, answers, judgments)
     assert s["advbench/asr_keyword"] == 0.0 and s["advbench/asr_judge"] == 0.0
+    assert s["asr_keyword"] == 0.0 and s["n_advbench"] == 5
     assert s["xstest/safe_refusal_strmatch"] == 100.0 and s["xstest/safe_refusal_judge"] == 100.0

@@ -2,8 +2,22 @@
 
 For each scored turn t the model answers user turn t given the golden history before it; the
 judge grades that answer 1-10 with the task's criteria (MR/GR tasks also see the golden dialogue
-as a reference). A dialogue scores its minimum turn; tasks average their dialogues; the overall
-score averages the 13 task means. An unparsed grade counts as 1 and is reported.
+as a reference). A dialogue scores its minimum turn; tasks average their dialogues. An unparsed
+grade counts as 1 and is reported.
+
+Two aggregates of the dialogue scores, both always in the scores (`score_task_mean`,
+`score_dialogue_mean`); `aggregate` picks the one that `score` and the three ability columns use:
+- `tasks` (OpenCompass, the benchmark's own code): the mean of the 13 task means; an ability is
+  the mean of its tasks' means.
+- `dialogues`: the mean over dialogues; an ability is the mean over its tasks' dialogues. The
+  MATRIX paper's Table 5 reads this way: its overall column equals the dialogue-weighted mean of
+  its three ability columns within 0.02 on every row, and misses the task-weighted one by 0.07-0.16.
+
+Abilities are MT-Bench-101's three top-level ones (its paper's taxonomy; the upstream code has no
+grouping): perceptivity (context memory, anaphora resolution, separate input, topic shift,
+content confusion), adaptability (content and format rephrasing, self-correction,
+self-affirmation, mathematical and general reasoning), interactivity (instruction
+clarification, proactive interaction).
 """
 
 from __future__ import annotations
@@ -17,6 +31,12 @@ from matrix.eval.datafiles import read_json, read_jsonl
 from matrix.eval.judging import judge_batch, parse_mt101_score
 
 FAILED_SCORE = 1.0
+
+ABILITIES: dict[str, tuple[str, ...]] = {
+    "perceptivity": ("CM", "AR", "SI", "TS", "CC"),
+    "adaptability": ("CR", "FR", "SC", "SA", "MR", "GR"),
+    "interactivity": ("IC", "PI"),
+}
 
 
 class MTBench101(Benchmark):
@@ -110,8 +130,23 @@ class MTBench101(Benchmark):
             if scores:
                 per_task.setdefault(it["task"], []).append(min(scores))
         task_means = {t: float(np.mean(v)) for t, v in sorted(per_task.items())}
+        by_dialogue = self.opt("aggregate", "dialogues") == "dialogues"
+        abilities = {}
+        for ability, tasks in ABILITIES.items():
+            present = [t for t in tasks if t in per_task]
+            if not present:
+                continue
+            if by_dialogue:
+                abilities[ability] = float(np.mean([x for t in present for x in per_task[t]]))
+            else:
+                abilities[ability] = float(np.mean([task_means[t] for t in present]))
+        task_mean = float(np.mean(list(task_means.values())))
+        dialogue_mean = float(np.mean([x for v in per_task.values() for x in v]))
         return {
-            "score": float(np.mean(list(task_means.values()))),
+            "score": dialogue_mean if by_dialogue else task_mean,
+            **{f"ability/{a}": v for a, v in abilities.items()},
+            "score_task_mean": task_mean,
+            "score_dialogue_mean": dialogue_mean,
             **{f"task/{t}": m for t, m in task_means.items()},
             "n": len(items),
             "judge_failures": failures,
