@@ -97,16 +97,16 @@ def routing_table(rounds: list[dict]) -> list[str]:
         " token budget), unparseable, missing. structured: asked with a JSON schema.",
         "",
         "| round | "
-        + " | ".join(ROUTING_COLUMNS[:5])
+        + " | ".join(ROUTING_COLUMNS[:4])
         + " | fallbacks | "
-        + " | ".join(ROUTING_COLUMNS[5:])
+        + " | ".join(ROUTING_COLUMNS[4:])
         + " |",
         "|---" * (len(ROUTING_COLUMNS) + 2) + "|",
     ]
     for r in rounds:
         n = {c: int(r.get(f"routing_{c}", 0)) for c in ROUTING_COLUMNS}
         fallbacks = n["truncated"] + n["unparseable"] + n["missing"]
-        cells = [n[c] for c in ROUTING_COLUMNS[:5]] + [fallbacks]
-        cells += [n[c] for c in ROUTING_COLUMNS[5:]]
+        cells = [n[c] for c in ROUTING_COLUMNS[:4]] + [fallbacks]
+        cells += [n[c] for c in ROUTING_COLUMNS[4:]]
         lines.append(f"| {r['round']} | " + " | ".join(map(str, cells)) + " |")
     return lines + [""]
