@@ -13,7 +13,7 @@ import numpy as np
 
 from matrix.common.validation import ConfigProblems
 from matrix.llm.prompts import render_prompt
-from matrix.llm.protocol import Chat, constrains_output
+from matrix.llm.protocol import constrains_output
 from matrix.sim.communication import (
     Communication,
     CommunicationContext,
@@ -23,8 +23,8 @@ from matrix.sim.communication import (
     Routing,
     RoutingCounts,
 )
-from matrix.sim.routing import Route, answered_labels, item_label, parse_route, parse_routes
-from matrix.sim.routing_schema import RoutingBudget, parse_json_routes, routing_schema
+from matrix.sim.routing import Route, item_label, parse_route
+from matrix.sim.routing_schema import RoutingAnswers, read_answer, routing_schema, with_hint
 from matrix.sim.schemas import Agent
 
 log = logging.getLogger(__name__)
@@ -39,29 +39,17 @@ class ModulatorLimits:
     inbound_max: int = 6  # events from other groups queued for one modulator step
     candidates: int = 8  # most similar other groups offered for inter-group routing
     unparsed: str = "broadcast"  # an item with no usable answer after the retry: broadcast | nobody
-    # auto: answers constrained by a JSON schema where the modulator's backend can; off: lines
-    structured_output: str = "auto"
-    # group: each answer's max_new_tokens sized from its group (budget); role: the role's own
-    token_budget: str = "group"
-    budget: RoutingBudget = RoutingBudget()
+    answers: RoutingAnswers = RoutingAnswers()  # JSON or lines, and their token budget
 
 
 def modulator_limits(cfg: Mapping) -> ModulatorLimits:
-    b = RoutingBudget()
     return ModulatorLimits(
         goal_chars=int(cfg["goal_chars"]),
         memory_size=int(cfg["memory_size"]),
         inbound_max=int(cfg["inbound_max"]),
         candidates=int(cfg["inter_group_candidates"]),
         unparsed=str(cfg["unparsed"]),
-        structured_output=str(cfg.get("structured_output", "auto")),
-        token_budget=str(cfg.get("token_budget", "group")),
-        budget=RoutingBudget(
-            item_tokens=int(cfg.get("item_tokens", b.item_tokens)),
-            recipient_tokens=int(cfg.get("recipient_tokens", b.recipient_tokens)),
-            margin=float(cfg.get("token_margin", b.margin)),
-            reason_chars=int(cfg.get("reason_chars", b.reason_chars)),
-        ),
+        answers=RoutingAnswers.from_config(cfg),
     )
 
 
@@ -121,25 +109,7 @@ class StructuredCommunication(Communication):
         )
         for key in ("inbound_max", "memory_size", "goal_chars"):
             p.check(int(config[key]) >= 1, f"communication.{key}", "must be >= 1")
-        for key, choices in (
-            ("structured_output", ("auto", "off")),
-            ("token_budget", ("group", "role")),
-        ):
-            value = config.get(key, choices[0])
-            p.check(
-                value in choices,
-                f"communication.{key}",
-                f"'{value}' is not one of {', '.join(choices)}",
-            )
-        for key, least in (("item_tokens", 1), ("recipient_tokens", 0), ("reason_chars", 1)):
-            p.check(
-                int(config.get(key, least)) >= least, f"communication.{key}", f"must be >= {least}"
-            )
-        p.check(
-            float(config.get("token_margin", 1.0)) >= 1.0,
-            "communication.token_margin",
-            "must be >= 1 (a budget below the estimate cuts answers off)",
-        )
+        RoutingAnswers.check(config, p)
 
     # -- intra-group: one call per group per step -----------------------------------------
     def _items(self, g: Group, actions: Mapping[int, str], agents: Sequence[Agent]) -> list[_Item]:
@@ -218,7 +188,14 @@ class StructuredCommunication(Communication):
             still = []
             for k in pending:
                 g, ans = jobs[k][0], answers[k]
-                routes, answered = self._read(ans.text, g, todo[k], structured)
+                exclude = {
+                    it.label: (g.members.index(it.actor) if it.actor is not None else None)
+                    for it in todo[k]
+                }
+                labels = [it.label for it in todo[k]]
+                routes, answered = read_answer(
+                    ans.text, labels, len(g.members), exclude, structured
+                )
                 made |= {(g.id, label) for label in answered | routes.keys()}
                 for label, route in routes.items():
                     decided[(g.id, label)] = (route, how)
@@ -252,13 +229,15 @@ class StructuredCommunication(Communication):
     def structured(self) -> bool:
         """Whether answers are asked for with a JSON schema: communication.structured_output
         is auto and the modulator's backend constrains decoding to one."""
-        return self.limits.structured_output == "auto" and constrains_output(self.llm.backend)
+        return self.limits.answers.structured_output == "auto" and constrains_output(
+            self.llm.backend
+        )
 
     def _budget(self, g: Group, items: list[_Item]) -> dict:
         """The max_new_tokens override of one group's answer (none under token_budget=role)."""
-        if self.limits.token_budget != "group":
+        if self.limits.answers.token_budget != "group":
             return {}
-        return {"max_new_tokens": self.limits.budget.tokens(len(items), len(g.members))}
+        return {"max_new_tokens": self.limits.answers.tokens(len(items), len(g.members))}
 
     def _answers(self, jobs: list, todo: dict[int, list[_Item]], attempt: int, structured: bool):
         """Job index -> the modulator's answer for its undecided items."""
@@ -278,25 +257,12 @@ class StructuredCommunication(Communication):
             ).append(k)
         out = {}
         for (labels, members), ks in shapes.items():
-            schema = routing_schema(labels, members, self.limits.budget.reason_chars)
-            chats = [_with_hint(jobs[k][2], self.prompts.get("json_hint", "")) for k in ks]
+            schema = routing_schema(labels, members, self.limits.answers.reason_chars)
+            chats = [with_hint(jobs[k][2], self.prompts.get("json_hint", "")) for k in ks]
             over = self._budget(jobs[ks[0]][0], todo[ks[0]])
             answers = self.llm.generate(chats, json_schema=schema, **over)
             out.update(zip(ks, answers, strict=True))
         return out
-
-    @staticmethod
-    def _read(text: str, g: Group, items: list[_Item], structured: bool):
-        """(usable routes by label, the labels the answer has an entry for)."""
-        labels = [it.label for it in items]
-        exclude = {
-            it.label: (g.members.index(it.actor) if it.actor is not None else None) for it in items
-        }
-        if structured:
-            got = parse_json_routes(text, labels, len(g.members), exclude)
-            return got if got is not None else ({}, set())
-        routes = parse_routes(text, labels, range(len(g.members)), exclude)
-        return routes, answered_labels(text, labels)
 
     def _fallback(self, g: Group, it: _Item) -> tuple[tuple[int, ...], str, str]:
         """Observers, how and why for an item the modulator gave no usable route for, by
@@ -385,11 +351,3 @@ class StructuredCommunication(Communication):
             route: Route | None = parse_route(ans.text, cands, exclude=gid)
             out[gid] = route.ids if route else ()
         return out
-
-
-def _with_hint(chat: Chat, hint: str) -> Chat:
-    """The chat with `hint` (communication.prompts.json_hint) added to its last message."""
-    if not hint:
-        return chat
-    last = chat[-1]
-    return chat[:-1] + [{**last, "content": f"{last['content']}\n\n{hint}"}]

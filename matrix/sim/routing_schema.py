@@ -8,11 +8,11 @@ decoding, an OpenAI-compatible `response_format`) then cannot answer in any othe
 its answer is read by `parse_json_routes`; others keep the `LABEL: [ids], reason` lines of
 `matrix.sim.routing`.
 
-Either way the answer's token budget is sized from the group (`routing_budget`), so a group
+Either way the answer's token budget is sized from the group (`RoutingAnswers.tokens`), so a group
 with many items and members is not cut off by one fixed cap: an item takes `item_tokens` (its
 label, the syntax around it and a reason of `reason_chars`, about 4 characters a token) plus
 `recipient_tokens` per member it may name (a number, a comma, a space), and the whole is
-multiplied by `margin` (tokenizers differ, and models put whitespace where they like).
+multiplied by `token_margin` (tokenizers differ, and models put whitespace where they like).
 """
 
 from __future__ import annotations
@@ -23,19 +23,56 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from matrix.sim.routing import Route
+from matrix.common.validation import ConfigProblems
+from matrix.llm.protocol import Chat
+from matrix.sim.routing import Route, answered_labels, parse_routes
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 @dataclass(frozen=True)
-class RoutingBudget:
-    """communication.{item_tokens, recipient_tokens, token_margin, reason_chars}."""
+class RoutingAnswers:
+    """How routing answers are asked for: communication.{structured_output, token_budget,
+    item_tokens, recipient_tokens, token_margin, reason_chars}."""
 
+    structured_output: str = "auto"  # auto: under a JSON schema where the backend can; off
+    token_budget: str = "group"  # group: sized from the group by tokens(); role: the role's
     item_tokens: int = 40  # a label, its JSON or line syntax and a reason of reason_chars
     recipient_tokens: int = 3  # one member number the answer may name
     margin: float = 1.5  # over the sum: tokenizers and the models' whitespace differ
     reason_chars: int = 100  # the longest reason the schema allows
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> RoutingAnswers:
+        d = cls()
+        return cls(
+            structured_output=str(cfg.get("structured_output", d.structured_output)),
+            token_budget=str(cfg.get("token_budget", d.token_budget)),
+            item_tokens=int(cfg.get("item_tokens", d.item_tokens)),
+            recipient_tokens=int(cfg.get("recipient_tokens", d.recipient_tokens)),
+            margin=float(cfg.get("token_margin", d.margin)),
+            reason_chars=int(cfg.get("reason_chars", d.reason_chars)),
+        )
+
+    @staticmethod
+    def check(cfg: Mapping, p: ConfigProblems) -> None:
+        """A problem (key communication.<option>) for each bad option."""
+        for key, choices in (("structured_output", "auto off"), ("token_budget", "group role")):
+            value = cfg.get(key, choices.split()[0])
+            p.check(
+                value in choices.split(),
+                f"communication.{key}",
+                f"'{value}' is not one of {choices.replace(' ', ', ')}",
+            )
+        for key, least in (("item_tokens", 1), ("recipient_tokens", 0), ("reason_chars", 1)):
+            p.check(
+                int(cfg.get(key, least)) >= least, f"communication.{key}", f"must be >= {least}"
+            )
+        p.check(
+            float(cfg.get("token_margin", 1.0)) >= 1.0,
+            "communication.token_margin",
+            "must be >= 1 (a budget below the estimate cuts answers off)",
+        )
 
     def tokens(self, items: int, members: int) -> int:
         """max_new_tokens for one answer routing `items` items among `members` members."""
@@ -92,3 +129,23 @@ def parse_json_routes(
         reason = entry.get("reason")
         routes[label] = Route(tuple(sorted(keep)), str(reason or "").strip()[:300])
     return routes, answered
+
+
+def read_answer(
+    text: str, labels: list[str], members: int, exclude: Mapping[str, int | None], structured: bool
+) -> tuple[dict[str, Route], set[str]]:
+    """(usable routes by label, the labels the answer has an entry for), from a JSON answer
+    or from `LABEL: [ids], reason` lines."""
+    if structured:
+        got = parse_json_routes(text, labels, members, exclude)
+        return got if got is not None else ({}, set())
+    routes = parse_routes(text, labels, range(members), dict(exclude))
+    return routes, answered_labels(text, labels)
+
+
+def with_hint(chat: Chat, hint: str) -> Chat:
+    """The chat with `hint` (communication.prompts.json_hint) added to its last message."""
+    if not hint:
+        return chat
+    last = chat[-1]
+    return chat[:-1] + [{**last, "content": f"{last['content']}\n\n{hint}"}]

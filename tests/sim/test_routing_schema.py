@@ -24,7 +24,7 @@ from matrix.llm.roles import Roles
 from matrix.llm.vllm_backend import VLLMBackend
 from matrix.sim.communication import RoutingCounts
 from matrix.sim.modulator import StructuredCommunication
-from matrix.sim.routing_schema import RoutingBudget, parse_json_routes, routing_schema
+from matrix.sim.routing_schema import RoutingAnswers, parse_json_routes, routing_schema
 from matrix.sim.run import run_simulate
 from tests.conftest import compose
 from tests.sim.test_communication import PROMPTS, _context
@@ -84,7 +84,7 @@ def test_the_schema_requires_every_item_with_the_groups_member_numbers():
 
 
 def test_the_budget_grows_with_items_and_members():
-    b = RoutingBudget(item_tokens=40, recipient_tokens=3, margin=1.5, reason_chars=100)
+    b = RoutingAnswers(item_tokens=40, recipient_tokens=3, margin=1.5, reason_chars=100)
     assert b.tokens(4, 5) == math.ceil(1.5 * (4 + 4 * (40 + 3 * 5)))
     assert b.tokens(1, 2) < b.tokens(2, 2) < b.tokens(2, 3)
     # more items than the old fixed cap of 64 tokens could hold a line for
@@ -97,7 +97,7 @@ def test_the_budget_holds_the_longest_answer_the_schema_allows():
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_hf_dir())
-    b = RoutingBudget()
+    b = RoutingAnswers()
     reason = ("they share this interest and talk about it often " * 4)[: b.reason_chars]
     labels = [chr(65 + k) for k in range(10)]
     longest = json.dumps({x: {"members": list(range(10)), "reason": reason} for x in labels})
@@ -108,7 +108,7 @@ def test_the_budget_holds_the_longest_answer_the_schema_allows():
 def test_each_answer_is_asked_with_its_groups_budget_unless_the_role_keeps_its_own():
     mod = ReplayModulator([(ALL, "stop"), (ALL, "stop")])
     _route(mod)
-    budget = RoutingBudget().tokens(3, 3)  # 3 actions in a group of 3
+    budget = RoutingAnswers().tokens(3, 3)  # 3 actions in a group of 3
     assert [s.max_new_tokens for _, s in mod.requests] == [budget, budget]
     mod = ReplayModulator([(ALL, "stop"), (ALL, "stop")])
     _route(mod, token_budget="role")
@@ -131,7 +131,7 @@ def test_only_backends_that_constrain_decoding_are_asked_with_a_schema():
     constrained = ReplayModulator([(answer, "stop")] * 2, constrains_json=True)
     routing = _route(constrained, prompts={**PROMPTS, "json_hint": "JSON please."})
     for chat, s in constrained.requests:
-        assert s.json_schema == routing_schema(["A", "B", "C"], 3, RoutingBudget().reason_chars)
+        assert s.json_schema == routing_schema(["A", "B", "C"], 3, RoutingAnswers().reason_chars)
         assert chat[-1]["content"].endswith("JSON please.")
     assert routing.decisions[0].observers == (1, 2) and routing.decisions[0].how == "modulator"
     assert routing.decisions[4].observers == (3, 5)  # group 1's members 0 and 2, not 4 itself
