@@ -3,9 +3,11 @@ vLLM CPU server serving the embedded SmolLM2 (`llm=smollm2_server`, the `llm_ser
 
 The server constrains decoding, so the modulator is asked for a JSON object under a schema
 with a token budget sized from its group: no answer may be cut off by its budget, and
-report.md shows each round's routing (asked, parsed, fallbacks by why). The same run with
-`communication.structured_output=off` takes the line path on the same server, and its counts
-add up the same way.
+report.md shows each round's routing (asked, parsed, fallbacks by why). The same run the
+way routing was asked before (lines, `structured_output=off`, under the role's own
+`max_new_tokens`, `token_budget=role`) is counted the same way on the same server; its
+numbers are logged beside the structured run's, for comparison, not asserted (they are the
+model's).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def _simulate(tmp_path: Path, url: str, name: str, *extra: str) -> Path:
             f"paths.cache_dir={tmp_path / 'cache'}",
             f"run.name={name}",
             "logger=none",
+            # a CPU server shared with other work answers a few tokens a second
+            "llm.backends.server.timeout=900",
             *extra,
         ],
     )
@@ -82,7 +86,8 @@ def test_structured_routing_on_the_server_is_never_truncated(tmp_path, llm_serve
     # a schema-constrained answer always has an entry for every item it was asked
     assert all(r["made"] == r["asked"] for r in rows), rows
 
-    lines = _simulate(tmp_path, llm_server.base_url, "lines", "communication.structured_output=off")
+    off = ("communication.structured_output=off", "communication.token_budget=role")
+    lines = _simulate(tmp_path, llm_server.base_url, "lines", *off)
     rows = routing_rows(lines / "report.md")
     log.warning("line routing per round: %s", rows)
     _check_rounds(rows, read_jsonl(lines / "events.jsonl"))
