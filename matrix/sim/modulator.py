@@ -233,9 +233,11 @@ class StructuredCommunication(Communication):
             self.llm.backend
         )
 
-    def _budget(self, g: Group, items: list[_Item]) -> dict:
-        """The max_new_tokens override of one group's answer (none under token_budget=role)."""
-        if self.limits.answers.token_budget != "group":
+    def _budget(self, g: Group, items: list[_Item], structured: bool) -> dict:
+        """The max_new_tokens override of one group's answer: sized from the group under
+        token_budget=group, or auto with a schema; none (the role's) otherwise."""
+        budget = self.limits.answers.token_budget
+        if not (budget == "group" or (budget == "auto" and structured)):
             return {}
         return {"max_new_tokens": self.limits.answers.tokens(len(items), len(g.members))}
 
@@ -247,7 +249,7 @@ class StructuredCommunication(Communication):
             if attempt:
                 hint = {"role": "user", "content": self.prompts["retry_hint"]}
                 chats = [c + [hint] for c in chats]
-            budgets = [self._budget(jobs[k][0], todo[k]) for k in ks]
+            budgets = [self._budget(jobs[k][0], todo[k], False) for k in ks]
             big = max(budgets, key=lambda b: b.get("max_new_tokens", 0))
             return dict(zip(ks, self.llm.generate(chats, **big), strict=True))
         shapes: dict[tuple, list[int]] = {}  # one schema (and call) per labels and group size
@@ -259,7 +261,7 @@ class StructuredCommunication(Communication):
         for (labels, members), ks in shapes.items():
             schema = routing_schema(labels, members, self.limits.answers.reason_chars)
             chats = [with_hint(jobs[k][2], self.prompts.get("json_hint", "")) for k in ks]
-            over = self._budget(jobs[ks[0]][0], todo[ks[0]])
+            over = self._budget(jobs[ks[0]][0], todo[ks[0]], True)
             answers = self.llm.generate(chats, json_schema=schema, **over)
             out.update(zip(ks, answers, strict=True))
         return out

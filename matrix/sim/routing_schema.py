@@ -36,7 +36,8 @@ class RoutingAnswers:
     item_tokens, recipient_tokens, token_margin, reason_chars}."""
 
     structured_output: str = "auto"  # auto: under a JSON schema where the backend can; off
-    token_budget: str = "group"  # group: sized from the group by tokens(); role: the role's
+    # group: sized from the group by tokens(); role: the role's; auto: group with a schema
+    token_budget: str = "auto"
     item_tokens: int = 40  # a label, its JSON or line syntax and a reason of reason_chars
     recipient_tokens: int = 3  # one member number the answer may name
     margin: float = 1.5  # over the sum: tokenizers and the models' whitespace differ
@@ -57,7 +58,10 @@ class RoutingAnswers:
     @staticmethod
     def check(cfg: Mapping, p: ConfigProblems) -> None:
         """A problem (key communication.<option>) for each bad option."""
-        for key, choices in (("structured_output", "auto off"), ("token_budget", "group role")):
+        for key, choices in (
+            ("structured_output", "auto off"),
+            ("token_budget", "auto group role"),
+        ):
             value = cfg.get(key, choices.split()[0])
             p.check(
                 value in choices.split(),

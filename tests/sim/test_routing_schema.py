@@ -105,14 +105,29 @@ def test_the_budget_holds_the_longest_answer_the_schema_allows():
     assert used <= b.tokens(10, 10) / b.margin, (used, b.tokens(10, 10))
 
 
-def test_each_answer_is_asked_with_its_groups_budget_unless_the_role_keeps_its_own():
-    mod = ReplayModulator([(ALL, "stop"), (ALL, "stop")])
-    _route(mod)
-    budget = RoutingAnswers().tokens(3, 3)  # 3 actions in a group of 3
-    assert [s.max_new_tokens for _, s in mod.requests] == [budget, budget]
-    mod = ReplayModulator([(ALL, "stop"), (ALL, "stop")])
-    _route(mod, token_budget="role")
-    assert [s.max_new_tokens for _, s in mod.requests] == [Sampling().max_new_tokens] * 2
+def _json_answer(labels="ABC") -> str:
+    return json.dumps({x: {"members": [0, 1, 2], "reason": "all of them"} for x in labels})
+
+
+@pytest.mark.parametrize(
+    "constrains, token_budget, sized",
+    [
+        (True, "auto", True),  # under a schema: the group's budget
+        (False, "auto", False),  # lines keep the role's max_new_tokens, as before
+        (False, "group", True),
+        (True, "role", False),
+    ],
+)
+def test_each_answer_gets_its_groups_budget_where_token_budget_says(
+    constrains, token_budget, sized
+):
+    reply = _json_answer() if constrains else ALL
+    mod = ReplayModulator([(reply, "stop")] * 2, constrains_json=constrains)
+    _route(mod, token_budget=token_budget)
+    want = (
+        RoutingAnswers().tokens(3, 3) if sized else Sampling().max_new_tokens
+    )  # 3 actions, 3 members
+    assert [s.max_new_tokens for _, s in mod.requests] == [want, want]
 
 
 # -- which path ----------------------------------------------------------------------------
@@ -125,10 +140,7 @@ def test_only_backends_that_constrain_decoding_are_asked_with_a_schema():
     assert all(s.json_schema is None for _, s in lines.requests)
     assert routing.counts.structured == 0 and routing.counts.parsed == 6
 
-    answer = json.dumps(
-        {x: {"members": [0, 1, 2], "reason": "all of them"} for x in "ABC"}, separators=(",", ":")
-    )
-    constrained = ReplayModulator([(answer, "stop")] * 2, constrains_json=True)
+    constrained = ReplayModulator([(_json_answer(), "stop")] * 2, constrains_json=True)
     routing = _route(constrained, prompts={**PROMPTS, "json_hint": "JSON please."})
     for chat, s in constrained.requests:
         assert s.json_schema == routing_schema(["A", "B", "C"], 3, RoutingAnswers().reason_chars)
