@@ -75,9 +75,9 @@ class RoutingCounts:
     """How a step's items (own actions and inbound news) were routed by modulators: asked of
     a modulator; made (the answer has an entry for the item); parsed (a usable route was read,
     from the first answer or the retry's); retried (of those parsed, from the retry); and the
-    fallbacks by why: truncated (the last answer hit its token budget), unparseable (an entry
-    or a whole answer that could not be read) and missing (a readable answer without the
-    item). `structured` counts the items asked with a JSON schema."""
+    fallbacks by why: truncated (an answer that left it undecided hit its token budget, at the
+    first call or the retry), else by the retry's answer: unparseable (its entry, or the whole
+    answer, could not be read) or missing (a readable answer without the item). `structured` counts the items asked with a JSON schema."""
 
     asked: int = 0
     made: int = 0

@@ -202,7 +202,8 @@ class StructuredCommunication(Communication):
                 for it in todo[k]:
                     if it.label in routes:
                         continue
-                    if ans.finish_reason == "length":
+                    # cut off at the first answer or the retry: the retry only repairs
+                    if ans.finish_reason == "length" or why.get((g.id, it.label)) == "truncated":
                         why[(g.id, it.label)] = "truncated"
                     elif it.label in answered or not answered:
                         why[(g.id, it.label)] = "unparseable"

@@ -93,8 +93,8 @@ def routing_table(rounds: list[dict]) -> list[str]:
         "",
         "Items (own actions and news from other groups) the modulators were asked to route:"
         " made (the answer has an entry), parsed (a usable route; retried: from the retry),"
-        " and the fallbacks (`communication.unparsed`) by why: truncated (the answer hit its"
-        " token budget), unparseable, missing. structured: asked with a JSON schema.",
+        " and the fallbacks (`communication.unparsed`) by why: truncated (an answer that left"
+        " the item undecided hit its token budget), unparseable, missing. structured: asked with a JSON schema.",
         "",
         "| round | "
         + " | ".join(ROUTING_COLUMNS[:4])

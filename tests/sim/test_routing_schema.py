@@ -179,6 +179,11 @@ def test_bad_routing_options_are_named():
             [("A: [1], ok", "stop"), ("B: [0], ok", "stop")],
             RoutingCounts(asked=6, made=5, parsed=5, retried=1, missing=1),
         ),
+        # cut off, then nothing readable: the truncation is why
+        (
+            [("A: [1], ok\nB: [", "length"), ("no idea", "stop")],
+            RoutingCounts(asked=6, made=5, parsed=4, truncated=2),
+        ),
         # nothing readable, twice
         (
             [("no idea", "stop"), ("still none", "stop")],
