@@ -24,7 +24,13 @@ from matrix.sim.communication import (
     RoutingCounts,
 )
 from matrix.sim.routing import Route, item_label, parse_route
-from matrix.sim.routing_schema import RoutingAnswers, read_answer, routing_schema, with_hint
+from matrix.sim.routing_schema import (
+    RoutingAnswers,
+    fallback_cause,
+    read_answer,
+    routing_schema,
+    with_hint,
+)
 from matrix.sim.schemas import Agent
 
 log = logging.getLogger(__name__)
@@ -174,7 +180,7 @@ class StructuredCommunication(Communication):
         left items undecided (with the retry hint on the line path)."""
         decided: dict[tuple[int, str], tuple[Route, str]] = {}
         made: set[tuple[int, str]] = set()
-        why: dict[tuple[int, str], str] = {}  # an undecided item: why its last answer failed
+        why: dict[tuple[int, str], str] = {}  # an item left undecided: why (fallback_cause)
         structured = self.structured
         pending = list(range(len(jobs)))
         for attempt, how in enumerate(("modulator", "retry")):
@@ -200,15 +206,9 @@ class StructuredCommunication(Communication):
                 for label, route in routes.items():
                     decided[(g.id, label)] = (route, how)
                 for it in todo[k]:
-                    if it.label in routes:
-                        continue
-                    # cut off at the first answer or the retry: the retry only repairs
-                    if ans.finish_reason == "length" or why.get((g.id, it.label)) == "truncated":
-                        why[(g.id, it.label)] = "truncated"
-                    elif it.label in answered or not answered:
-                        why[(g.id, it.label)] = "unparseable"
-                    else:
-                        why[(g.id, it.label)] = "missing"
+                    if it.label not in routes:
+                        key = (g.id, it.label)
+                        why[key] = fallback_cause(ans, it.label, answered, why.get(key))
                 if len(routes) < len(todo[k]):
                     still.append(k)
             pending = still

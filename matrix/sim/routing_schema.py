@@ -6,7 +6,8 @@ holding the member numbers that notice the item (an enum of the group's member n
 reason of at most `reason_chars` characters. A backend that constrains decoding (vLLM guided
 decoding, an OpenAI-compatible `response_format`) then cannot answer in any other shape, and
 its answer is read by `parse_json_routes`; others keep the `LABEL: [ids], reason` lines of
-`matrix.sim.routing`.
+`matrix.sim.routing`. `read_answer` reads either kind; `fallback_cause` says why an item was
+left undecided (the per-round counts of matrix.sim.communication.RoutingCounts).
 
 Either way the answer's token budget is sized from the group (`RoutingAnswers.tokens`), so a group
 with many items and members is not cut off by one fixed cap: an item takes `item_tokens` (its
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from matrix.common.validation import ConfigProblems
-from matrix.llm.protocol import Chat
+from matrix.llm.protocol import Chat, Completion
 from matrix.sim.routing import Route, answered_labels, parse_routes
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -153,3 +154,14 @@ def with_hint(chat: Chat, hint: str) -> Chat:
         return chat
     last = chat[-1]
     return chat[:-1] + [{**last, "content": f"{last['content']}\n\n{hint}"}]
+
+
+def fallback_cause(answer: Completion, label: str, answered: set[str], before: str | None) -> str:
+    """Why an answer left item `label` undecided: truncated (this answer, or the earlier one
+    `before` says, hit its token budget: a retry only repairs), unparseable (its entry, or the
+    whole answer, could not be read) or missing (a readable answer without it)."""
+    if answer.finish_reason == "length" or before == "truncated":
+        return "truncated"
+    if label in answered or not answered:
+        return "unparseable"
+    return "missing"
