@@ -78,6 +78,9 @@ class OpenAIBackend:
     """
 
     concurrent_calls = True  # several threads may call generate at once (see _slots)
+    # Sampling.json_schema -> `response_format` (matrix.llm.protocol.constrains_output); a
+    # server that rejects it: communication.structured_output=off for the modulator
+    constrains_json = True
 
     def __init__(
         self,

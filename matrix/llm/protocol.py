@@ -111,6 +111,14 @@ class RawCompleter(Protocol):
         ...
 
 
+def constrains_output(backend: object) -> bool:
+    """Whether `backend` makes its answers follow `Sampling.json_schema` (its class sets
+    `constrains_json = True`: vLLM's guided decoding, an OpenAI-compatible `response_format`).
+    A backend that would only ignore the schema (the local HF backend) leaves it unset, so
+    callers keep asking in prose and parsing what comes back."""
+    return bool(getattr(backend, "constrains_json", False))
+
+
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the first stop string; returns (text, whether a stop string was hit)."""
     cut = len(text)

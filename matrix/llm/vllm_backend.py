@@ -55,6 +55,8 @@ class VLLMBackend:
     """Batched generation on vLLM's offline engine; `model` is a hub id, a folder or
     `embedded:smollm2-135m-instruct`."""
 
+    constrains_json = True  # Sampling.json_schema -> guided decoding (matrix.llm.protocol)
+
     def __init__(
         self,
         model: str,

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import importlib
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -70,12 +70,49 @@ class Delivery:
     reason: str = ""
 
 
+@dataclass
+class RoutingCounts:
+    """How a step's items (own actions and inbound news) were routed by modulators: asked of
+    a modulator; made (the answer has an entry for the item); parsed (a usable route was read,
+    from the first answer or the retry's); retried (of those parsed, from the retry); and the
+    fallbacks by why: truncated (an answer that left it undecided hit its token budget, at the
+    first call or the retry), else by the retry's answer: unparseable (its entry, or the whole
+    answer, could not be read) or missing (a readable answer without the item). `structured` counts the items asked with a JSON schema."""
+
+    asked: int = 0
+    made: int = 0
+    parsed: int = 0
+    retried: int = 0
+    truncated: int = 0
+    unparseable: int = 0
+    missing: int = 0
+    structured: int = 0
+
+    @property
+    def fallbacks(self) -> int:
+        return self.truncated + self.unparseable + self.missing
+
+    @classmethod
+    def total(cls, counts: Iterable[RoutingCounts]) -> RoutingCounts:
+        out = cls()
+        for c in counts:
+            for k, v in asdict(c).items():
+                setattr(out, k, getattr(out, k) + v)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """The per-round metrics (`routing_<count>`)."""
+        return {f"routing_{k}": v for k, v in asdict(self).items()}
+
+
 @dataclass(frozen=True)
 class Routing:
-    """One step's routing: a decision per own action, and the delivered inbound events."""
+    """One step's routing: a decision per own action, the delivered inbound events, and how
+    the modulators' answers went (all zero for modes without a modulator)."""
 
     decisions: dict[int, Decision]
     deliveries: list[Delivery] = field(default_factory=list)
+    counts: RoutingCounts = field(default_factory=RoutingCounts)
 
 
 def members_text(group: Group, agents: Sequence[Agent], chars: int = 120) -> str:

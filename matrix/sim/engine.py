@@ -273,6 +273,7 @@ class Simulation:
             + sum(1 for d in routing.deliveries if d.how == "fallback"),
             "observations": sum(len(e.observers) for e in events),
             "inter_group_deliveries": len(routing.deliveries),
+            **routing.counts.stats(),
             "agents_done": sum(a.done for a in state.agents),
             **round_spend(before, after),
         }

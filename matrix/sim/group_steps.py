@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from matrix.sim import agents as agent_ops
-from matrix.sim.communication import Group
+from matrix.sim.communication import Group, RoutingCounts
 from matrix.sim.engine import Simulation
 from matrix.sim.phases import Step, phase_specs
 from matrix.sim.schemas import Agent, Event, Scenario
@@ -75,6 +75,7 @@ class GroupRound:
     buffer: list[dict]
     deliveries: int = 0
     fallbacks: int = 0
+    routing: RoutingCounts = field(default_factory=RoutingCounts)
 
 
 def members(state: SimState, gid: int) -> list[Agent]:
@@ -316,4 +317,5 @@ class GroupSteps:
             deliveries=len(routing.deliveries),
             fallbacks=sum(1 for e in events if e.routing == "fallback")
             + sum(1 for d in routing.deliveries if d.how == "fallback"),
+            routing=routing.counts,
         )

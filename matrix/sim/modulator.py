@@ -13,6 +13,7 @@ import numpy as np
 
 from matrix.common.validation import ConfigProblems
 from matrix.llm.prompts import render_prompt
+from matrix.llm.protocol import constrains_output
 from matrix.sim.communication import (
     Communication,
     CommunicationContext,
@@ -20,8 +21,16 @@ from matrix.sim.communication import (
     Delivery,
     Group,
     Routing,
+    RoutingCounts,
 )
-from matrix.sim.routing import Route, item_label, parse_route, parse_routes
+from matrix.sim.routing import Route, item_label, parse_route
+from matrix.sim.routing_schema import (
+    RoutingAnswers,
+    fallback_cause,
+    read_answer,
+    routing_schema,
+    with_hint,
+)
 from matrix.sim.schemas import Agent
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,7 @@ class ModulatorLimits:
     inbound_max: int = 6  # events from other groups queued for one modulator step
     candidates: int = 8  # most similar other groups offered for inter-group routing
     unparsed: str = "broadcast"  # an item with no usable answer after the retry: broadcast | nobody
+    answers: RoutingAnswers = RoutingAnswers()  # JSON or lines, and their token budget
 
 
 def modulator_limits(cfg: Mapping) -> ModulatorLimits:
@@ -45,6 +55,7 @@ def modulator_limits(cfg: Mapping) -> ModulatorLimits:
         inbound_max=int(cfg["inbound_max"]),
         candidates=int(cfg["inter_group_candidates"]),
         unparsed=str(cfg["unparsed"]),
+        answers=RoutingAnswers.from_config(cfg),
     )
 
 
@@ -104,6 +115,7 @@ class StructuredCommunication(Communication):
         )
         for key in ("inbound_max", "memory_size", "goal_chars"):
             p.check(int(config[key]) >= 1, f"communication.{key}", "must be >= 1")
+        RoutingAnswers.check(config, p)
 
     # -- intra-group: one call per group per step -----------------------------------------
     def _items(self, g: Group, actions: Mapping[int, str], agents: Sequence[Agent]) -> list[_Item]:
@@ -146,7 +158,7 @@ class StructuredCommunication(Communication):
                 ]
                 continue
             jobs.append((g, items, self._chat(g, items, agents)))
-        decided = self._ask(jobs)
+        decided, counts = self._ask(jobs)
         for g, items, _ in jobs:
             for it in items:
                 got = decided.get((g.id, it.label))
@@ -159,40 +171,101 @@ class StructuredCommunication(Communication):
                     out[it.actor] = Decision(observers, how, reason)
                 else:
                     deliveries.append(self._delivery(g, it, observers, how, reason))
-        return Routing(out, deliveries)
+        return Routing(out, deliveries, counts)
 
-    def _ask(self, jobs: list) -> dict[tuple[int, str], tuple[Route, str]]:
-        """Each group's routes, keyed by (group id, item label), with how each was decided: one
-        batched call for all groups, then one retry (with the retry hint) for the groups whose
-        answer left items undecided."""
+    def _ask(self, jobs: list) -> tuple[dict[tuple[int, str], tuple[Route, str]], RoutingCounts]:
+        """Each group's routes, keyed by (group id, item label), with how each was decided, and
+        the step's counts: one batched call for all groups (one per group shape on the
+        structured path: a schema is per shape), then one retry for the groups whose answer
+        left items undecided (with the retry hint on the line path)."""
         decided: dict[tuple[int, str], tuple[Route, str]] = {}
+        made: set[tuple[int, str]] = set()
+        why: dict[tuple[int, str], str] = {}  # an item left undecided: why (fallback_cause)
+        structured = self.structured
         pending = list(range(len(jobs)))
         for attempt, how in enumerate(("modulator", "retry")):
             if not pending:
                 break
-            chats = [jobs[k][2] for k in pending]
-            if attempt:
-                chats = [
-                    c + [{"role": "user", "content": self.prompts["retry_hint"]}] for c in chats
-                ]
-            answers = self.llm.generate(chats)
+            todo = {
+                k: [it for it in jobs[k][1] if (jobs[k][0].id, it.label) not in decided]
+                for k in pending
+            }
+            answers = self._answers(jobs, todo, attempt, structured)
             still = []
-            for k, ans in zip(pending, answers, strict=True):
-                g, items, _ = jobs[k]
-                todo = [it for it in items if (g.id, it.label) not in decided]
+            for k in pending:
+                g, ans = jobs[k][0], answers[k]
                 exclude = {
                     it.label: (g.members.index(it.actor) if it.actor is not None else None)
-                    for it in todo
+                    for it in todo[k]
                 }
-                routes = parse_routes(
-                    ans.text, [it.label for it in todo], range(len(g.members)), exclude
+                labels = [it.label for it in todo[k]]
+                routes, answered = read_answer(
+                    ans.text, labels, len(g.members), exclude, structured
                 )
+                made |= {(g.id, label) for label in answered | routes.keys()}
                 for label, route in routes.items():
                     decided[(g.id, label)] = (route, how)
-                if len(routes) < len(todo):
+                for it in todo[k]:
+                    if it.label not in routes:
+                        key = (g.id, it.label)
+                        why[key] = fallback_cause(ans, it.label, answered, why.get(key))
+                if len(routes) < len(todo[k]):
                     still.append(k)
             pending = still
-        return decided
+        asked = sum(len(items) for _, items, _ in jobs)
+        undecided = [v for key, v in why.items() if key not in decided]
+        counts = RoutingCounts(
+            asked=asked,
+            made=len(made),
+            parsed=len(decided),
+            retried=sum(1 for _, how in decided.values() if how == "retry"),
+            truncated=undecided.count("truncated"),
+            unparseable=undecided.count("unparseable"),
+            missing=undecided.count("missing"),
+            structured=asked if structured else 0,
+        )
+        return decided, counts
+
+    @property
+    def structured(self) -> bool:
+        """Whether answers are asked for with a JSON schema: communication.structured_output
+        is auto and the modulator's backend constrains decoding to one."""
+        return self.limits.answers.structured_output == "auto" and constrains_output(
+            self.llm.backend
+        )
+
+    def _budget(self, g: Group, items: list[_Item], structured: bool) -> dict:
+        """The max_new_tokens override of one group's answer: sized from the group under
+        token_budget=group, or auto with a schema; none (the role's) otherwise."""
+        budget = self.limits.answers.token_budget
+        if not (budget == "group" or (budget == "auto" and structured)):
+            return {}
+        return {"max_new_tokens": self.limits.answers.tokens(len(items), len(g.members))}
+
+    def _answers(self, jobs: list, todo: dict[int, list[_Item]], attempt: int, structured: bool):
+        """Job index -> the modulator's answer for its undecided items."""
+        if not structured:  # one batch, its budget the largest group's (rows stop at their end)
+            ks = list(todo)
+            chats = [jobs[k][2] for k in ks]
+            if attempt:
+                hint = {"role": "user", "content": self.prompts["retry_hint"]}
+                chats = [c + [hint] for c in chats]
+            budgets = [self._budget(jobs[k][0], todo[k], False) for k in ks]
+            big = max(budgets, key=lambda b: b.get("max_new_tokens", 0))
+            return dict(zip(ks, self.llm.generate(chats, **big), strict=True))
+        shapes: dict[tuple, list[int]] = {}  # one schema (and call) per labels and group size
+        for k, items in todo.items():
+            shapes.setdefault(
+                (tuple(it.label for it in items), len(jobs[k][0].members)), []
+            ).append(k)
+        out = {}
+        for (labels, members), ks in shapes.items():
+            schema = routing_schema(labels, members, self.limits.answers.reason_chars)
+            chats = [with_hint(jobs[k][2], self.prompts.get("json_hint", "")) for k in ks]
+            over = self._budget(jobs[ks[0]][0], todo[ks[0]], True)
+            answers = self.llm.generate(chats, json_schema=schema, **over)
+            out.update(zip(ks, answers, strict=True))
+        return out
 
     def _fallback(self, g: Group, it: _Item) -> tuple[tuple[int, ...], str, str]:
         """Observers, how and why for an item the modulator gave no usable route for, by

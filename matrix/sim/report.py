@@ -43,6 +43,7 @@ def write_report(
                 "{llm_calls} | {prompt_tokens} | {completion_tokens} | {max_batch} |".format(**r)
             )
         lines.append("")
+        lines += routing_table(rounds)
     lines += ["## Groups", ""]
     by_group: dict[int, list[dict]] = {}
     for e in events:
@@ -67,3 +68,45 @@ def write_report(
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+ROUTING_COLUMNS = (
+    "asked",
+    "made",
+    "parsed",
+    "retried",
+    "truncated",
+    "unparseable",
+    "missing",
+    "structured",
+)
+
+
+def routing_table(rounds: list[dict]) -> list[str]:
+    """Per round, the items modulators were asked to route and what became of them (the
+    `routing_*` metrics of matrix.sim.communication.RoutingCounts); nothing for a mode
+    without a modulator or for rounds logged before these counts existed."""
+    if not any(r.get("routing_asked") for r in rounds):
+        return []
+    lines = [
+        "## Routing per round",
+        "",
+        "Items (own actions and news from other groups) the modulators were asked to route:"
+        " made (the answer has an entry), parsed (a usable route; retried: from the retry),"
+        " and the fallbacks (`communication.unparsed`) by why: truncated (an answer that left"
+        " the item undecided hit its token budget), unparseable, missing. structured: asked with a JSON schema.",
+        "",
+        "| round | "
+        + " | ".join(ROUTING_COLUMNS[:4])
+        + " | fallbacks | "
+        + " | ".join(ROUTING_COLUMNS[4:])
+        + " |",
+        "|---" * (len(ROUTING_COLUMNS) + 2) + "|",
+    ]
+    for r in rounds:
+        n = {c: int(r.get(f"routing_{c}", 0)) for c in ROUTING_COLUMNS}
+        fallbacks = n["truncated"] + n["unparseable"] + n["missing"]
+        cells = [n[c] for c in ROUTING_COLUMNS[:4]] + [fallbacks]
+        cells += [n[c] for c in ROUTING_COLUMNS[4:]]
+        lines.append(f"| {r['round']} | " + " | ".join(map(str, cells)) + " |")
+    return lines + [""]

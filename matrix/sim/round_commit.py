@@ -13,7 +13,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 
-from matrix.sim.communication import Group
+from matrix.sim.communication import Group, RoutingCounts
 from matrix.sim.engine import Simulation, round_spend
 from matrix.sim.group_steps import GroupRound, queue_news
 from matrix.sim.schemas import Agent, Event, Scenario
@@ -105,6 +105,7 @@ class RoundCommits:
             "routing_fallbacks": sum(g.fallbacks for g in done.values()),
             "observations": sum(len(e.observers) for e in events),
             "inter_group_deliveries": sum(g.deliveries for g in done.values()),
+            **RoutingCounts.total(g.routing for g in done.values()).stats(),
             "agents_done": sum(a.done for a in self.committed.agents),
             **round_spend(before, now),
         }

@@ -89,3 +89,17 @@ def parse_routes(
         if route is not None:
             out[labels[0]] = route
     return out
+
+
+def answered_labels(text: str, labels: list[str]) -> set[str]:
+    """The labels an answer has a labelled line for, usable or not (a single item's answer
+    without a label answers that item)."""
+    wanted = {x.upper() for x in labels}
+    seen = set()
+    for line in (text or "").splitlines():
+        m = _LABELLED.match(line)
+        if m and m.group(1).upper() in wanted:
+            seen.add(m.group(1).upper())
+    if not seen and len(labels) == 1 and (text or "").strip():
+        seen.add(labels[0])
+    return seen

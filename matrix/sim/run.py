@@ -224,9 +224,12 @@ def run_simulate(cfg: DictConfig, roles: Roles | None = None) -> dict:
         if stats.get("routing_fallbacks"):  # one line a round, not one per item (DEBUG)
             log.info(
                 "round %d: the modulator gave no usable routing for %d items "
-                "(communication.unparsed=%s)",
+                "(%d truncated, %d unparseable, %d missing; communication.unparsed=%s)",
                 r,
                 stats["routing_fallbacks"],
+                stats.get("routing_truncated", 0),
+                stats.get("routing_unparseable", 0),
+                stats.get("routing_missing", 0),
                 cfg.communication.get("unparsed", "broadcast"),
             )
         run.log({f"sim/{k}": v for k, v in stats.items()}, step=r)
