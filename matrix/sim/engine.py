@@ -3,10 +3,9 @@
 A round (`Simulation.step`): every active agent acts (one batched call); each group's
 modulator routes, in one call, all of its members' actions and the news other groups sent
 it (`Communication.route`); observations land in inboxes for the next round; each sending
-modulator picks the groups that hear of its events, which queue in their `inbound` for
-their next step; each group's raw step is buffered and every `scenario.interval` modulator
-steps the summarizer turns the buffer into a narrative scenario, which also joins the
-group's memory; then memories are folded, plans revised and goals checked.
+modulator picks the groups that hear of its events (queued for their next step); every
+`scenario.interval` steps the summarizer turns a group's buffered raw steps into a scenario,
+which joins its memory; then memories are folded, plans revised and goals checked.
 
 Crash safety: events.jsonl and scenarios.jsonl are appended during a round and state.json
 is written atomically at the round's end. state.json is the commit point: on resume both

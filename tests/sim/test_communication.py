@@ -13,7 +13,8 @@ from matrix.sim.communication import (
     NoCommunication,
     RandomCommunication,
 )
-from matrix.sim.modulator import ModulatorLimits, StructuredCommunication
+from matrix.sim.modulator import StructuredCommunication
+from matrix.sim.modulator_inputs import ModulatorLimits
 from matrix.sim.schemas import Agent, Profile
 
 PROMPTS = {
