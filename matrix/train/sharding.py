@@ -39,9 +39,20 @@ def decoder_layers(model: torch.nn.Module) -> set[type]:
     return layers
 
 
-def check_fsdp(cfg: DictConfig, p: ConfigProblems) -> None:
-    """What a sharded strategy needs from the config, before any model loads."""
+def check_strategy(cfg: DictConfig, p: ConfigProblems) -> None:
+    """`trainer.strategy` is one Lightning or this module knows, and what a sharded strategy
+    needs from the config holds, before any model loads."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
     t = cfg.trainer
+    known = ("auto", FSDP2, *StrategyRegistry.available_strategies())
+    if t.strategy not in known:
+        p.add(
+            "trainer.strategy",
+            f"trainer.strategy={t.strategy} is not a strategy: pick a preset (trainer=ddp, "
+            "trainer=fsdp for FSDP2, trainer=fsdp1 for the FSDP1 wrapper) or one of "
+            f"auto, {FSDP2}, {', '.join(StrategyRegistry.available_strategies())}",
+        )
     if t.strategy not in SHARDED:
         return
     f = t.get("fsdp")
