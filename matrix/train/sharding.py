@@ -26,7 +26,6 @@ from matrix.train.loss import SHARDED_LOGPS, model_labelled_logps
 FSDP2 = "fsdp2"
 FSDP1 = "fsdp"
 SHARDED = (FSDP1, FSDP2)
-CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."  # torch's activation checkpoint wrapper
 
 
 def decoder_layers(model: torch.nn.Module) -> set[type]:
@@ -144,11 +143,6 @@ def shard_model(
     """Checkpoint the activations of each decoder layer (when configured), then `fully_shard`
     each layer and the root, in place. A model already sharded is left as it is (Lightning
     calls configure_model again for validate after fit)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl,
-        apply_activation_checkpointing,
-        checkpoint_wrapper,
-    )
     from torch.distributed.fsdp import (
         FSDPModule,
         MixedPrecisionPolicy,
@@ -159,13 +153,12 @@ def shard_model(
     if isinstance(model, FSDPModule):
         return
     if fsdp.activation_checkpointing:
-        apply_activation_checkpointing(
-            model,
-            checkpoint_wrapper_fn=partial(
-                checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT
-            ),
-            check_fn=lambda m: isinstance(m, layers),
-        )
+        # transformers' own (non-reentrant) checkpointing of each decoder layer, which keeps
+        # the module names: Lightning loads a full-state-dict checkpoint into the sharded model
+        # by module name, and torch's checkpoint wrapper would rename every layer. Inside the
+        # checkpoint FSDP2's forward hooks gather the layer; during the recompute its
+        # pre-backward hook already has.
+        model.activation_checkpointing_enable({"use_reentrant": False})
     mp = MixedPrecisionPolicy()
     if precision == "bf16-mixed":  # gather bf16 weights, reduce gradients in fp32
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -195,7 +188,6 @@ def tied_copies(model: torch.nn.Module) -> set[str]:
     first: dict[int, str] = {}
     again = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        name = name.replace(CHECKPOINT_PREFIX, "")
         if first.setdefault(id(p), name) != name:
             again.add(name)
     return again

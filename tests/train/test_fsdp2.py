@@ -172,3 +172,48 @@ def test_incomplete_sharded_checkpoint_is_not_resumed(tmp_path):
     (partial / "__0_0.distcp").write_bytes(b"")
     assert newest_checkpoint(tmp_path) == done
     assert checkpoint_step(done) == 2
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-rank gloo process group in this process (removed after the test)."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_shard_model_checkpoints_layers_and_routes_the_loss(one_rank_group):
+    """shard_model on one rank: every parameter a DTensor, each decoder layer recomputed in
+    the backward (activation checkpointing), and the training loss, which calls the decoder
+    and the head directly, gathers the root's shards and equals the unsharded model's."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.loss import labelled_logps
+    from matrix.train.sharding import decoder_layers, shard_model, tied_copies
+
+    torch.manual_seed(0)
+    shape = {"num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, **shape)
+    config.num_hidden_layers = 2
+    model = LlamaForCausalLM(config).train()
+    plain = copy.deepcopy(model)
+    calls = []
+    model.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    fsdp = OmegaConf.create({"activation_checkpointing": True, "sharding_strategy": "FULL_SHARD"})
+    mesh = init_device_mesh("cpu", (1,))
+    shard_model(model, tuple(decoder_layers(model)), fsdp, "32-true", mesh)
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    assert tied_copies(model) == {"lm_head.weight"}
+    ids = torch.randint(0, 100, (2, 8))
+    batch = {"input_ids": ids, "labels": ids, "position_ids": torch.arange(8).expand(2, 8)}
+    sharded = labelled_logps(model, batch).logps
+    sharded.sum().backward()
+    assert len(calls) == 2  # the forward, and its recompute in the backward
+    assert torch.equal(sharded.detach(), labelled_logps(plain, batch).logps.detach())
