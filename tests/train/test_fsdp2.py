@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import OmegaConf
 
 from matrix.common.io import read_jsonl
 from matrix.common.validation import ConfigProblems
-from matrix.train.resume import checkpoint_step, newest_checkpoint
+from matrix.train.resume import checkpoint_step, newest_checkpoint, resume_point
 from matrix.train.run import run_train
 from matrix.train.sharding import FSDP2Strategy, build_strategy, check_strategy
 
@@ -138,6 +139,7 @@ def test_fsdp_presets_compose(tmp_path, data_dir):
     assert strategy._tensor_parallel_size == 1 and strategy._save_distributed_checkpoint
     old = compose_train(tiny_overrides(tmp_path, data, "x", "trainer=fsdp1"))
     assert old.trainer.strategy == "fsdp" and old.trainer.accelerator == "gpu"
+    assert type(build_strategy(old, model)) is FSDPStrategy
 
 
 @pytest.mark.parametrize(
@@ -172,6 +174,9 @@ def test_incomplete_sharded_checkpoint_is_not_resumed(tmp_path):
     (partial / "__0_0.distcp").write_bytes(b"")
     assert newest_checkpoint(tmp_path) == done
     assert checkpoint_step(done) == 2
+    fresh = OmegaConf.create({"train": {"checkpoint": {"resume": None}}})
+    assert resume_point(fresh, tmp_path, "hash").fresh
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # folders removed too
 
 
 @pytest.fixture
