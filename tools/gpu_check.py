@@ -465,10 +465,12 @@ def checkpoint_logits_match(ckpt: Path, hf_dir: Path, tokens: list[int]) -> floa
     return float((a - b).abs().max())
 
 
-def fsdp_overrides(runs: Path, name: str, data: dict, tok: Path, devices: int, steps: int):
+def fsdp_overrides(
+    runs: Path, name: str, data: dict, tok: Path, devices: int, steps: int, preset: str = "fsdp"
+):
     return [
         *base_overrides(runs, name, tok, True),
-        "trainer=fsdp",
+        f"trainer={preset}",
         "trainer.max_epochs=1000",  # max_steps decides
         f"trainer.devices={devices}",
         "trainer.fsdp.state_dict_type=full",
@@ -485,14 +487,23 @@ def fsdp_overrides(runs: Path, name: str, data: dict, tok: Path, devices: int, s
     ]
 
 
-def check_fsdp(report: Report, runs: Path, data: dict, tok: Path, steps: int) -> None:
+# trainer=fsdp is FSDP2 (fully_shard); trainer=fsdp1 the older FSDP wrapper
+FSDP_STEPS = {
+    "fsdp": "fsdp 1 GPU + activation checkpointing, export reload",
+    "fsdp1": "fsdp1 (FSDP1 wrapper) 1 GPU + activation checkpointing, export reload",
+}
+
+
+def check_fsdp(
+    report: Report, runs: Path, data: dict, tok: Path, steps: int, preset: str = "fsdp"
+) -> None:
     from matrix.train.run import run_train
 
-    with timed(report, "fsdp 1 GPU + activation checkpointing, export reload") as s:
-        m = run_train(compose(fsdp_overrides(runs, "fsdp", data, tok, 1, steps)))
-        out = runs / "fsdp" / "train"
+    with timed(report, FSDP_STEPS[preset]) as s:
+        m = run_train(compose(fsdp_overrides(runs, preset, data, tok, 1, steps, preset)))
+        out = runs / preset / "train"
         diff = checkpoint_logits_match(out / "checkpoints" / "last.ckpt", out / "hf_model", TOKENS)
-        rows = _metrics(runs / "fsdp")
+        rows = _metrics(runs / preset)
         s.figures = {
             "steps": m["counts"]["steps"],
             "loss last": rows[-1].get("train/loss") if rows else None,
@@ -817,7 +828,7 @@ def compose_all(report: Report, runs: Path, data: dict, tok: Path) -> None:
             cfgs += [sft, dpo]
             if importable[k] is None:  # an explicit kernel that cannot import fails preflight
                 starts.append(sft_dpo_overrides(runs, k, data, tok, False, 20)[0])
-        cfgs.append(fsdp_overrides(runs, "fsdp", data, tok, 1, 10))
+        cfgs += [fsdp_overrides(runs, p, data, tok, 1, 10, p) for p in FSDP_STEPS]
         cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True))
         starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False))
         for kw in MFU_VARIANTS.values():  # `--mfu-variants`
@@ -892,7 +903,7 @@ def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = 
             for what in ("sft bf16", "dpo bf16", "packed == padded"):
                 report.steps.append(Step(f"{what} [{k}]", "skipped", note=why))
         for name in (
-            "fsdp 1 GPU + activation checkpointing, export reload",
+            *FSDP_STEPS.values(),
             "MFU, Llama-3-8B architecture (seq 4096, bf16)",
             "in-process generation (HFBackend, SmolLM2-135M shape, bf16)",
         ):
@@ -906,7 +917,9 @@ def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = 
         check_sft_dpo(report, runs, kernel, data, tok, steps)
     check_mfu(report, runs, out / "mfu_data", tok, steps=20)
     check_generation(report, out, tok)
-    check_fsdp(report, runs, data, tok, steps=10)  # last: it leaves a process group behind
+    # last: they leave a process group behind (the second run reuses it)
+    for preset in FSDP_STEPS:
+        check_fsdp(report, runs, data, tok, steps=10, preset=preset)
     return report
 
 

@@ -134,7 +134,7 @@ class StepLogger(L.Callback):
         context = self._context / max(self._real, 1)
         reference = getattr(pl_module, "reference", None) == "model"  # DPO's extra forward
         fpt = training_flops_per_token(pl_module.model, context, reference_pass=reference)
-        row = {f"train/{k}": v / self._micro for k, v in self._sums.items()}
+        row = {f"train/{k}": v for k, v in self._rank_means(trainer, pl_module).items()}
         row.update(
             {
                 "train/lr": self._lr,
@@ -151,6 +151,20 @@ class StepLogger(L.Callback):
         self.history.append({"step": step, **row})
         self._emit(trainer, pl_module, row, step)
         self._reset()
+
+    def _rank_means(self, trainer, pl_module) -> dict[str, float]:
+        """The step's metrics, each a mean over its micro-batches on every rank (one
+        all-reduce: with data parallel the step's loss is all ranks' micro-batches', as with
+        one process accumulating them; every rank runs as many micro-batches a step)."""
+        keys = sorted(self._sums)
+        means = torch.tensor(
+            [self._sums[k] / self._micro for k in keys],
+            dtype=torch.float64,
+            device=pl_module.device,
+        )
+        if trainer.world_size > 1:
+            means = trainer.strategy.reduce(means, reduce_op="mean")
+        return dict(zip(keys, means.tolist(), strict=True))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:

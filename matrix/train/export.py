@@ -19,6 +19,7 @@ from matrix.common.io import write_json
 from matrix.core.model_card import TrainedModel, write_card
 from matrix.core.stage import stage_folder
 from matrix.train.datamodule import data_path
+from matrix.train.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +32,6 @@ CARD_METRICS = (
     "val/rewards/accuracy",
     "val/rewards/margin",
 )
-
-
-def _full_state_dict(trainer: L.Trainer, module: L.LightningModule) -> dict | None:
-    """Gather sharded FSDP weights on rank 0 (all ranks must call); None off rank 0."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if not isinstance(trainer.strategy, FSDPStrategy):
-        return None
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-    with FSDP.state_dict_type(trainer.strategy.model, StateDictType.FULL_STATE_DICT, cfg):
-        state = trainer.strategy.model.state_dict()
-    prefix = "model."
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def trained_model(
@@ -97,7 +82,7 @@ def save_hf_folder(
     provenance: dict,
     card: TrainedModel | None = None,
 ) -> Path | None:
-    state = _full_state_dict(trainer, module)
+    state = full_state_dict(trainer, module.model)
     if not trainer.is_global_zero:
         return None
     model = module.model

@@ -162,7 +162,14 @@ class CausalLMModule(L.LightningModule):
         root = trainer.strategy.model if trainer is not None else None
         if isinstance(root, FullyShardedDataParallel):
             norm = root.clip_grad_norm_(max_norm)
-        else:
+        else:  # FSDP2's DTensor gradients: the norm reduces over the shards itself
             params = [p for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else 0.0
-        self.grad_norm = float(norm)
+        self.grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def configure_model(self) -> None:
+        """FSDP2 (trainer.strategy=fsdp2, matrix.train.sharding): the strategy shards the model
+        here, once the process group and device mesh exist; other strategies need nothing."""
+        shard = getattr(self._trainer.strategy, "shard", None) if self._trainer else None
+        if shard is not None:
+            shard(self.model)

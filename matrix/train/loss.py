@@ -104,10 +104,23 @@ def chunked_logps(
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+# A model sharded with FSDP2 (matrix.train.sharding) computes `labelled_logps` through this
+# method of its root, which gathers the root's shards (embeddings, final norm, head) around it.
+SHARDED_LOGPS = "sharded_labelled_logps"
+
+
 def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> LabelledLogps:
     """Log-probs of every labelled target of a padded or packed batch (next-token: position
     t predicts labels[t + 1]), with no `[tokens x vocabulary]` tensor alive at once; models
     whose logits are not plain `head(hidden)` take the full-logits path instead."""
+    sharded = getattr(model, SHARDED_LOGPS, None)
+    if sharded is not None:
+        return LabelledLogps(*sharded(batch, chunk))
+    return model_labelled_logps(model, batch, chunk)
+
+
+def model_labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None):
+    """`labelled_logps` computed on the model as it is (no FSDP2 routing)."""
     labels = batch["labels"]
     mask = labels[:, 1:] != IGNORE_INDEX
     if not supports_hidden_path(model):

@@ -177,4 +177,7 @@ def validate(cfg: DictConfig) -> ConfigProblems:
         check_data(cfg, p)  # needs the objective's class (which rows it trains on)
     check_model(cfg, p)
     check_logger(cfg, p)
+    from matrix.train.sharding import check_strategy  # imports Lightning
+
+    check_strategy(cfg, p)
     return p

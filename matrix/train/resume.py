@@ -12,12 +12,15 @@ with changed settings always did; the log says so.
 The newest checkpoint is the one with the highest global step, read from the files (Lightning
 writes `stepNNNNNN.ckpt` and then `last.ckpt`: a kill between the two leaves `last.ckpt` one
 interval behind). Every checkpoint is complete or absent: Lightning writes it to a temporary
-file and renames it.
+file and renames it. A sharded FSDP2 checkpoint (`trainer.fsdp.state_dict_type=sharded`) is a
+folder `stepNNNNNN.ckpt/` of per-rank shards whose `meta.pt` (written last, by rank 0) holds
+the step and the loop states; a folder without it is incomplete and not resumed.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "run.json"
 AUTO = ("auto", "last")  # `last`: the older name of `auto`
+SHARDED_META = "meta.pt"  # a sharded checkpoint folder's metadata (Lightning's name)
 
 
 @dataclass(frozen=True)
@@ -44,16 +48,23 @@ class ResumePoint:
         return self.path is None
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a complete sharded checkpoint folder."""
+    return path.is_file() or (path / SHARDED_META).is_file()
+
+
 def checkpoint_step(path: Path) -> int:
     """The global step a Lightning checkpoint was written at (memory-mapped: the weights are
-    not read)."""
+    not read; a sharded folder's from its metadata)."""
+    if path.is_dir():
+        path = path / SHARDED_META
     ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     return int(ckpt["global_step"])
 
 
 def newest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The checkpoint in `ckpt_dir` with the highest global step (`last.ckpt` on a tie)."""
-    found = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
+    found = [p for p in ckpt_dir.glob("*.ckpt") if is_checkpoint(p)]
     if not found:
         return None
     return max(found, key=lambda p: (checkpoint_step(p), p.name == "last.ckpt"))
@@ -64,7 +75,10 @@ def _remove_checkpoints(ckpt_dir: Path, why: str, keep: Path | None = None) -> N
     if stale:
         log.warning("%s: removing %d checkpoint(s) (%s)", ckpt_dir, len(stale), why)
     for p in stale:
-        p.unlink()
+        if p.is_dir() and not p.is_symlink():  # a sharded checkpoint
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def resume_point(
@@ -96,9 +110,10 @@ def resume_point(
         point = ResumePoint(path, checkpoint_step(path) if path else 0)
     else:
         path = explicit
-        if not path.is_file():
+        if not is_checkpoint(path):
             raise FileNotFoundError(
-                f"train.checkpoint.resume={spec} does not exist; give a .ckpt file, `auto` (this run "
+                f"train.checkpoint.resume={spec} does not exist; give a .ckpt file (or a sharded "
+                "checkpoint folder), `auto` (this run "
                 "folder's newest checkpoint) or null (start fresh)"
             )
         point = ResumePoint(path, checkpoint_step(path))

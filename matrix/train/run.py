@@ -41,32 +41,9 @@ from matrix.train.memory import PeakMemory
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.progress_bar import StageProgressBar
 from matrix.train.resume import resume_point
+from matrix.train.sharding import build_strategy
 
 log = logging.getLogger(__name__)
-
-
-def build_strategy(cfg: DictConfig, model: torch.nn.Module):
-    """Lightning strategy: FSDP full-shard wraps (and checkpoints activations of) the model's
-    decoder layer class, read from the model so any architecture works."""
-    t = cfg.trainer
-    if t.strategy != "fsdp":
-        return t.strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(inner, "_no_split_modules", None) or [])
-    layers = {type(m) for m in inner.modules() if type(m).__name__ in names}
-    if not layers:
-        raise ValueError(f"FSDP: cannot find decoder layer classes {names} in the model")
-    f = t.fsdp
-    return FSDPStrategy(
-        auto_wrap_policy=layers,
-        activation_checkpointing_policy=layers if f.activation_checkpointing else None,
-        sharding_strategy=f.sharding_strategy,
-        state_dict_type=f.state_dict_type,
-        limit_all_gathers=True,
-        cpu_offload=bool(f.cpu_offload),
-    )
 
 
 def world_size(cfg: DictConfig) -> int:
