@@ -12,12 +12,17 @@ logits at all and the backward pass recomputes one slice's logits at a time. The
 the full-logits computation (same head module, same fp32 upcast before the softmax) up to
 float summation order; tests/train/test_loss.py holds the two side by side.
 
-Hand-written: PyTorch has no chunked cross-entropy, and the fused kernels that do this
-(liger-kernel, cut-cross-entropy) are CUDA/Triton-only and give no per-token log-probs for DPO.
+`model.cross_entropy=fused` runs the head and the cross-entropy as PyTorch's own fused op
+instead (`torch.nn.functional.linear_cross_entropy` with `LinearCrossEntropyOptions`, torch
+2.10+: chunked inside one autograd function, gradients computed in the forward pass, so no
+slice is recomputed), on the same fp32 inputs as the chunked path. Where torch lacks it, the
+chunked path runs and says why in one log line. liger-kernel and cut-cross-entropy would need
+Triton and a CUDA device and add a package; the pinned torch carries its own.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +30,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from matrix.train.tokenize import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+CROSS_ENTROPY = ("chunked", "fused")
+# the head module's attribute holding model.cross_entropy (a plain attribute: copied with the
+# DPO reference, never saved in a checkpoint or an export)
+_KIND = "matrix_cross_entropy"
 
 # fp32 logits elements per slice: 16M = 64 MB (341 tokens at a 49K vocabulary, 128 at 128K);
 # the backward pass holds about four such buffers at once
@@ -104,6 +116,47 @@ def chunked_logps(
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+def fused_available() -> str | None:
+    """None when torch has the fused linear cross-entropy, else why not."""
+    if not hasattr(F, "linear_cross_entropy") or not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        return f"torch {torch.__version__} has no torch.nn.functional.linear_cross_entropy"
+    return None
+
+
+def set_cross_entropy(model: torch.nn.Module, kind: str) -> str:
+    """Record `model.cross_entropy` on the model's output head (read by `labelled_logps`);
+    returns the kind that will run: `fused` falls back to `chunked` where torch lacks it."""
+    if kind not in CROSS_ENTROPY:
+        raise ValueError(f"model.cross_entropy={kind!r}; choose one of {CROSS_ENTROPY}")
+    head = _unwrapped(model).get_output_embeddings()
+    why = fused_available() if kind == "fused" else None
+    if why is not None:
+        log.warning("model.cross_entropy=fused: %s; the chunked loss runs instead", why)
+        kind = "chunked"
+    if head is not None:
+        setattr(head, _KIND, kind)
+    return kind
+
+
+def fused_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+    """`chunked_logps` as one fused op: log_softmax(head(hidden).float())[i, targets[i]],
+    [N] float32. `acc_policy="accurate"` keeps the softmax's sums in fp32."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    weight = head.weight
+    bias = getattr(head, "bias", None)
+    if hidden.dtype != weight.dtype:  # one dtype for the op (a bf16 hidden under autocast)
+        hidden = hidden.to(weight.dtype)
+    # CUDA: torch's own slice size, tuned per GPU and dtype. CPU: the chunked path's slice
+    # size; torch's automatic one is 100x slower there (300 tokens x 49K vocabulary: 140 s)
+    chunk = None if hidden.is_cuda else max(1, CHUNK_ELEMENTS // weight.shape[0])
+    options = LinearCrossEntropyOptions(acc_policy="accurate", batch_chunk_size=chunk)
+    nll = F.linear_cross_entropy(
+        hidden, weight, targets, linear_bias=bias, reduction="none", options=options
+    )
+    return -nll.float()
+
+
 def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> LabelledLogps:
     """Log-probs of every labelled target of a padded or packed batch (next-token: position
     t predicts labels[t + 1]), with no `[tokens x vocabulary]` tensor alive at once; models
@@ -118,4 +171,9 @@ def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None
     hidden = forward_hidden(model, batch)[:, :-1][mask]  # [N, H]: labelled positions only
     targets = labels[:, 1:][mask]
     head = _unwrapped(model).get_output_embeddings()
+    # fp32 weights only: the fused op returns its inputs' dtype, and bf16 per-token log-probs
+    # lose what DPO's sums depend on (a bf16 model or DPO reference takes the chunked path)
+    fused = getattr(head, _KIND, "chunked") == "fused" and head.weight.dtype == torch.float32
+    if fused and chunk is None:
+        return LabelledLogps(fused_logps(head, hidden, targets), mask)
     return LabelledLogps(chunked_logps(head, hidden, targets, chunk), mask)
