@@ -176,7 +176,7 @@ def test_fused_cross_entropy_falls_back_with_the_reason(tokenizer, monkeypatch, 
     monkeypatch.delattr(torch.nn.functional, "linear_cross_entropy")
     with caplog.at_level("WARNING", logger="matrix.train.loss"):
         model = fused_model(tokenizer)
-    assert getattr(model.get_output_embeddings(), "matrix_cross_entropy") == "chunked"
+    assert model.get_output_embeddings().matrix_cross_entropy == "chunked"
     (line,) = [r.getMessage() for r in caplog.records]
     assert "no torch.nn.functional.linear_cross_entropy" in line and "chunked" in line
 
