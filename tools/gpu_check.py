@@ -12,6 +12,10 @@ from conf/ as train.py composes them), every GPU path the CPU tests cannot reach
    bf16 mixed precision), from the train stage's own step metrics;
 4. in-process generation tokens/s (matrix.llm.hf.HFBackend, bf16).
 
+`--mfu-variants` runs only the MFU step, once per throughput variant (compiled layers, the
+fused loss, FlashAttention for packed rows, DPO's reference kinds; tools/gpu_check_variants.py),
+and adds their table to the report.
+
 It writes `gpu_check.json` and `gpu_check.md` (one table) into --out. Without CUDA the same
 command runs the dry mode: it composes every step's config, checks the wheel list (the
 distributions a bare CUDA machine lacks, scripts/gpu_wheels.txt, built into .gpu-wheels/ by

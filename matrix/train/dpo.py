@@ -224,9 +224,17 @@ class DPOModule(CausalLMModule):
             ref_model.train(was_training)
         return out
 
+    def setup(self, stage: str) -> None:
+        # before the strategy moves the module to its device: no fp32 copy ever reaches a GPU
+        if self.ref_model is not None:
+            strategy = self.trainer.strategy
+            # FSDP flattens each wrapped unit's parameters into one tensor of one dtype: the
+            # root unit holds both models' embeddings and norms, so `auto` keeps fp32 there
+            sharded = "FSDP" in type(strategy).__name__
+            self._cast_reference(strategy.root_device, sharded)
+
     def on_fit_start(self) -> None:
         if self.ref_model is not None:
-            self._cast_reference()
             # The frozen reference copy is in eval mode on purpose; Lightning's "Found N
             # module(s) in eval mode" warning is silenced for exactly its N modules, so eval
             # modules of the policy (a real bug) still warn, with another count.
@@ -238,15 +246,15 @@ class DPOModule(CausalLMModule):
             return  # nothing to do, or restored from a checkpoint
         self.precompute_reference()
 
-    def _cast_reference(self) -> None:
+    def _cast_reference(self, device: torch.device, sharded: bool = False) -> None:
         """The frozen copy's parameters to `reference_dtype` (buffers such as the rotary
         frequencies stay fp32: rounded, they would shift every position's phase)."""
         dtype = REFERENCE_DTYPES[self.reference_dtype]
         if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            dtype = torch.bfloat16 if device.type == "cuda" and not sharded else torch.float32
         for p in self.ref_model.parameters():
             p.data = p.data.to(dtype)
-        log.info("DPO: reference copy in %s on %s", dtype, self.device.type)
+        log.info("DPO: reference copy in %s on %s", dtype, device.type)
 
     def precompute_reference(self) -> None:
         """Every pair's reference log-probs from the starting model (the policy before its

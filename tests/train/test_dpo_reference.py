@@ -114,7 +114,7 @@ def test_reference_copy_dtype(tokenizer, pair_batch, asked, dtype):
     cfg = compose_train(["model=tiny_debug", "objective=dpo"])
     model = build_model(cfg.model, tokenizer, "sdpa", seed=0)
     module = DPOModule(model, cfg.optimizer, cfg.scheduler, 1, reference_dtype=asked)
-    module._cast_reference()
+    module._cast_reference(torch.device("cpu"))
     ref = module.ref_model
     assert {p.dtype for p in ref.parameters()} == {dtype}
     assert all(b.dtype == torch.float32 for n, b in ref.named_buffers() if "inv_freq" in n)
