@@ -3,7 +3,7 @@
 On a CUDA machine it runs, through the train stage itself (`run_train` on configs composed
 from conf/ as train.py composes them), every GPU path the CPU tests cannot reach:
 
-1. per attention kernel that imports (sdpa, flex_attention, flash_attention_2): SFT steps in
+1. per attention kernel that imports (sdpa, flex_attention, flash_attention_2, sdpa_varlen): SFT steps in
    bf16 on a random-init model, DPO steps from its export, and packed == padded loss on CUDA
    (with the leak control: positions that do not restart change the loss far more);
 2. FSDP on one GPU with activation checkpointing, whose exported Hugging Face folder reloads
@@ -68,7 +68,8 @@ TOKENIZER = "smollm2-tokenizer"  # inside WHEELS_DIR: the tokenizer the random m
 WHEELS_MAX_BYTES = 60 * 2**20
 # What a bare CUDA machine is taken to have (with everything these require).
 BARE = ("torch", "transformers", "lightning", "accelerate", "peft")
-KERNELS = ("sdpa", "flex_attention", "flash_attention_2")
+# sdpa_varlen: the project's packed-row kernel, PyTorch's FlashAttention varlen call on CUDA
+KERNELS = ("sdpa", "flex_attention", "flash_attention_2", "sdpa_varlen")
 MFU_TITLE = "MFU, Llama-3-8B architecture (seq 4096, bf16)"
 
 # Llama-3-8B (meta-llama/Meta-Llama-3-8B config.json) without its depth and vocabulary: the
@@ -306,7 +307,7 @@ def base_overrides(runs: Path, name: str, tok: Path, cuda: bool) -> list[str]:
 # -- the steps --------------------------------------------------------------------------------
 def kernel_availability() -> dict[str, str | None]:
     """Each attention kernel -> None if it imports here, else why not."""
-    out: dict[str, str | None] = {"sdpa": None}
+    out: dict[str, str | None] = {"sdpa": None, "sdpa_varlen": None}
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
 
@@ -417,11 +418,14 @@ def packed_vs_padded(hf_dir: Path, kernel: str, data: dict, device: str = "cuda"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from matrix.common.io import read_jsonl
+    from matrix.train.attention import VARLEN, register_varlen
     from matrix.train.batching import collate_rows
     from matrix.train.examples import tokenize_sft
     from matrix.train.lm import forward_logits, sequence_logps
     from matrix.train.sft import sft_loss
 
+    if kernel == VARLEN:
+        register_varlen()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation=kernel)
     model = model.to(device).eval()
