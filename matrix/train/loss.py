@@ -14,8 +14,10 @@ float summation order; tests/train/test_loss.py holds the two side by side.
 
 `model.cross_entropy=fused` runs the head and the cross-entropy as PyTorch's own fused op
 instead (`torch.nn.functional.linear_cross_entropy` with `LinearCrossEntropyOptions`, torch
-2.10+: chunked inside one autograd function, gradients computed in the forward pass, so no
-slice is recomputed), on the same fp32 inputs as the chunked path. Where torch lacks it, the
+2.10+: chunked inside one autograd function), on the same fp32 inputs as the chunked path.
+SFT asks it for the summed loss, for which it computes the gradients during the forward pass
+(no slice is recomputed in the backward); DPO needs per-token log-probs (`reduction="none"`),
+whose backward recomputes the slices as the chunked path does. Where torch lacks the op, the
 chunked path runs and says why in one log line. liger-kernel and cut-cross-entropy would need
 Triton and a CUDA device and add a package; the pinned torch carries its own.
 """
@@ -138,9 +140,12 @@ def set_cross_entropy(model: torch.nn.Module, kind: str) -> str:
     return kind
 
 
-def fused_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
-    """`chunked_logps` as one fused op: log_softmax(head(hidden).float())[i, targets[i]],
-    [N] float32. `acc_policy="accurate"` keeps the softmax's sums in fp32."""
+def fused_nll(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """-log_softmax(head(hidden).float())[i, targets[i]] as one fused op, per row of hidden
+    (`reduction="none"`, [N]) or summed ("sum"), float32. `acc_policy="accurate"` keeps the
+    softmax's sums in fp32."""
     from torch.nn import LinearCrossEntropyOptions
 
     weight = head.weight
@@ -149,12 +154,46 @@ def fused_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tens
         hidden = hidden.to(weight.dtype)
     # CUDA: torch's own slice size, tuned per GPU and dtype. CPU: the chunked path's slice
     # size; torch's automatic one is 100x slower there (300 tokens x 49K vocabulary: 140 s)
-    chunk = None if hidden.is_cuda else max(1, CHUNK_ELEMENTS // weight.shape[0])
-    options = LinearCrossEntropyOptions(acc_policy="accurate", batch_chunk_size=chunk)
+    if hidden.is_cuda:
+        options = LinearCrossEntropyOptions(acc_policy="accurate")
+    else:
+        chunk = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        options = LinearCrossEntropyOptions(
+            acc_policy="accurate", chunking_method=None, batch_chunk_size=chunk
+        )
     nll = F.linear_cross_entropy(
-        hidden, weight, targets, linear_bias=bias, reduction="none", options=options
+        hidden, weight, targets, linear_bias=bias, reduction=reduction, options=options
     )
-    return -nll.float()
+    return nll.float()
+
+
+def _labelled_hidden(model: torch.nn.Module, batch: dict):
+    """Hidden states [N, H] of the labelled positions, their targets [N], and the mask."""
+    labels = batch["labels"]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    hidden = forward_hidden(model, batch)[:, :-1][mask]
+    return hidden, labels[:, 1:][mask], mask
+
+
+def _fused_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output head when `model.cross_entropy=fused` applies to it: fp32 weights only, as
+    the fused op returns its inputs' dtype and bf16 log-probs lose what DPO's sums depend on
+    (a bf16 model or DPO reference copy takes the chunked path)."""
+    if not supports_hidden_path(model):
+        return None
+    head = _unwrapped(model).get_output_embeddings()
+    fused = getattr(head, _KIND, "chunked") == "fused" and head.weight.dtype == torch.float32
+    return head if fused else None
+
+
+def fused_nll_sum(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int] | None:
+    """Summed negative log-likelihood of the labelled targets and their count through the
+    fused op's scalar path (SFT's loss), or None when the model does not use the fused op."""
+    head = _fused_head(model)
+    if head is None:
+        return None
+    hidden, targets, _ = _labelled_hidden(model, batch)
+    return fused_nll(head, hidden, targets, "sum"), len(targets)
 
 
 def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> LabelledLogps:
@@ -168,12 +207,9 @@ def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None
 
         logp, m = token_logps(forward_logits(model, batch), labels)
         return LabelledLogps(logp[m], m)
-    hidden = forward_hidden(model, batch)[:, :-1][mask]  # [N, H]: labelled positions only
-    targets = labels[:, 1:][mask]
+    hidden, targets, mask = _labelled_hidden(model, batch)  # labelled positions only
+    fused = _fused_head(model) if chunk is None else None
+    if fused is not None:
+        return LabelledLogps(-fused_nll(fused, hidden, targets, "none"), mask)
     head = _unwrapped(model).get_output_embeddings()
-    # fp32 weights only: the fused op returns its inputs' dtype, and bf16 per-token log-probs
-    # lose what DPO's sums depend on (a bf16 model or DPO reference takes the chunked path)
-    fused = getattr(head, _KIND, "chunked") == "fused" and head.weight.dtype == torch.float32
-    if fused and chunk is None:
-        return LabelledLogps(fused_logps(head, hidden, targets), mask)
     return LabelledLogps(chunked_logps(head, hidden, targets, chunk), mask)
