@@ -3,7 +3,7 @@
 On a CUDA machine it runs, through the train stage itself (`run_train` on configs composed
 from conf/ as train.py composes them), every GPU path the CPU tests cannot reach:
 
-1. per attention kernel that imports (sdpa, flex_attention, flash_attention_2): SFT steps in
+1. per attention kernel that imports (sdpa, flex_attention, flash_attention_2, sdpa_varlen): SFT steps in
    bf16 on a random-init model, DPO steps from its export, and packed == padded loss on CUDA
    (with the leak control: positions that do not restart change the loss far more);
 2. FSDP on one GPU with activation checkpointing, whose exported Hugging Face folder reloads
@@ -11,6 +11,10 @@ from conf/ as train.py composes them), every GPU path the CPU tests cannot reach
 3. MFU of the Llama-3-8B architecture (random init, depth cut to fit memory, sequence 4096,
    bf16 mixed precision), from the train stage's own step metrics;
 4. in-process generation tokens/s (matrix.llm.hf.HFBackend, bf16).
+
+`--mfu-variants` runs only the MFU step, once per throughput variant (compiled layers, the
+fused loss, FlashAttention for packed rows, DPO's reference kinds; tools/gpu_check_variants.py),
+and adds their table to the report.
 
 It writes `gpu_check.json` and `gpu_check.md` (one table) into --out. Without CUDA the same
 command runs the dry mode: it composes every step's config, checks the wheel list (the
@@ -34,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +48,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tools.gpu_check_variants import (
+    BUDGET_S,
+    MFU_VARIANTS,
+    THROUGHPUT,
+    VARIANT_STEPS,
+    needs_flash_attn,
+    variant_table,
+)
 
 log = logging.getLogger("matrix.gpu_check")
 
@@ -54,7 +68,9 @@ TOKENIZER = "smollm2-tokenizer"  # inside WHEELS_DIR: the tokenizer the random m
 WHEELS_MAX_BYTES = 60 * 2**20
 # What a bare CUDA machine is taken to have (with everything these require).
 BARE = ("torch", "transformers", "lightning", "accelerate", "peft")
-KERNELS = ("sdpa", "flex_attention", "flash_attention_2")
+# sdpa_varlen: the project's packed-row kernel, PyTorch's FlashAttention varlen call on CUDA
+KERNELS = ("sdpa", "flex_attention", "flash_attention_2", "sdpa_varlen")
+MFU_TITLE = "MFU, Llama-3-8B architecture (seq 4096, bf16)"
 
 # Llama-3-8B (meta-llama/Meta-Llama-3-8B config.json) without its depth and vocabulary: the
 # random model takes the tokenizer's vocabulary, and its depth is cut to fit memory.
@@ -134,7 +150,8 @@ class Report:
             note = s.note.replace("|", "/").replace("\n", " ")
             rows.append(f"| {s.name} | {s.status} | {s.seconds:.1f} | {figs} | {note} |")
         versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
-        return head + "\n".join(rows) + f"\n\n{versions}\n"
+        tables = ["\n".join(rows) + "\n", variant_table(self.steps), versions + "\n"]
+        return head + "\n".join(t for t in tables if t)
 
 
 def _fmt(v: Any) -> str:
@@ -290,7 +307,7 @@ def base_overrides(runs: Path, name: str, tok: Path, cuda: bool) -> list[str]:
 # -- the steps --------------------------------------------------------------------------------
 def kernel_availability() -> dict[str, str | None]:
     """Each attention kernel -> None if it imports here, else why not."""
-    out: dict[str, str | None] = {"sdpa": None}
+    out: dict[str, str | None] = {"sdpa": None, "sdpa_varlen": None}
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
 
@@ -401,11 +418,14 @@ def packed_vs_padded(hf_dir: Path, kernel: str, data: dict, device: str = "cuda"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from matrix.common.io import read_jsonl
+    from matrix.train.attention import VARLEN, register_varlen
     from matrix.train.batching import collate_rows
     from matrix.train.examples import tokenize_sft
     from matrix.train.lm import forward_logits, sequence_logps
     from matrix.train.sft import sft_loss
 
+    if kernel == VARLEN:
+        register_varlen()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation=kernel)
     model = model.to(device).eval()
@@ -535,6 +555,7 @@ def mfu_overrides(
     checkpointing: bool = True,
     name: str = "mfu",
     objective: str = "sft",
+    extra: tuple[str, ...] = (),
 ):
     return [
         *base_overrides(runs, name, tok, cuda),
@@ -551,17 +572,8 @@ def mfu_overrides(
         "train.checkpoint.enabled=false",  # 16 bytes a parameter on disk, for nothing
         "train.export=false",  # 5 GB of bf16 weights nobody reads; it ran past a call's limit
         "optimizer.lr=1e-5",
+        *extra,
     ]
-
-
-# `--mfu-variants`: the MFU step again with one setting changed each time.
-MFU_VARIANTS = {
-    "sdpa": {"attn": "sdpa"},
-    "no activation checkpointing": {"checkpointing": False},
-    # DPO as the paper trains it: a frozen reference copy beside the policy, chosen and
-    # rejected answers of 800-1,400 words (about 2 x 1,500 tokens a pair)
-    "dpo": {"objective": "dpo"},
-}
 
 
 def check_mfu(
@@ -574,24 +586,27 @@ def check_mfu(
     attn: str = "auto",
     checkpointing: bool = True,
     objective: str = "sft",
+    extra: tuple[str, ...] = (),
+    max_layers: int | None = None,
 ) -> None:
     import torch
     from transformers import AutoTokenizer
 
     from matrix.train.run import run_train
 
-    title = "MFU, Llama-3-8B architecture (seq 4096, bf16)"
-    name = "mfu" + "".join(f"_{w}" for w in variant.split())
-    with timed(report, f"{title}{f' [{variant}]' if variant else ''}") as s:
+    name = "_".join(["mfu", *re.findall(r"[a-z0-9]+", variant.lower())])
+    with timed(report, f"{MFU_TITLE}{f' [{variant}]' if variant else ''}") as s:
         vocab = len(AutoTokenizer.from_pretrained(tok))
         layers = mfu_layers(torch.cuda.get_device_properties(0).total_memory, vocab)
+        layers = min(layers, max_layers or layers)
         data = write_data(folder, sft_rows=400, words=(400, 900), seed=1, dpo_words=(800, 1400))
         overrides = mfu_overrides(
-            runs, tok, data, layers, steps, True, attn, checkpointing, name, objective
+            runs, tok, data, layers, steps, True, attn, checkpointing, name, objective, extra
         )
         m = run_train(compose(overrides))
         rows = _metrics(runs / name)
         s.figures = {
+            **({"variant": variant} if variant else {}),
             "layers": f"{layers}/{LLAMA3_8B_LAYERS}",
             "vocab": vocab,
             "attention": m["attention"],
@@ -600,6 +615,7 @@ def check_mfu(
             "MFU": _steady(rows, "train/mfu"),
             "padding efficiency": _steady(rows, "train/padding_efficiency"),
             "peak GiB": torch.cuda.max_memory_allocated() / 2**30,
+            "compile s": sum(r.get("train/compile_s", 0.0) for r in rows),
         }
         torch.cuda.reset_peak_memory_stats()
         assert s.figures["MFU"] is not None, "no MFU: the GPU is not in Lightning's FLOPs table"
@@ -831,9 +847,11 @@ def compose_all(report: Report, runs: Path, data: dict, tok: Path) -> None:
         cfgs += [fsdp_overrides(runs, p, data, tok, 1, 10, p) for p in FSDP_STEPS]
         cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True))
         starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False))
-        for kw in MFU_VARIANTS.values():  # `--mfu-variants`
+        for v, kw in MFU_VARIANTS.items():  # `--mfu-variants`
+            kw = {k: x for k, x in kw.items() if k != "max_layers"}
             cfgs.append(mfu_overrides(runs, tok, data, 8, 20, cuda=True, **kw))
-            starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False, **kw))
+            if importable["flash_attention_2"] is None or not needs_flash_attn(v):
+                starts.append(mfu_overrides(runs, tok, data, 8, 20, cuda=False, **kw))
         for o in cfgs:
             config_problems(compose(o), "train").raise_if_any("train")
         for o in starts:
@@ -879,6 +897,23 @@ def check_versions(report: Report) -> None:
         assert not bad, "; ".join(bad)
 
 
+def run_variants(report: Report, runs: Path, folder: Path, tok: Path, names: list[str]) -> None:
+    """The MFU step once per variant named (the default set runs `VARIANT_STEPS` steps each);
+    a variant that cannot run here, or would start past `BUDGET_S`, is reported skipped."""
+    t0 = time.perf_counter()
+    flash = kernel_availability()["flash_attention_2"]
+    for variant in names:
+        kw = MFU_VARIANTS[variant]
+        steps = VARIANT_STEPS if variant in THROUGHPUT else 20
+        if needs_flash_attn(variant) and flash is not None:
+            report.steps.append(Step(f"{MFU_TITLE} [{variant}]", "skipped", note=flash))
+        elif time.perf_counter() - t0 > BUDGET_S:
+            note = f"time budget: {BUDGET_S:.0f} s of variants spent"
+            report.steps.append(Step(f"{MFU_TITLE} [{variant}]", "skipped", note=note))
+        else:
+            check_mfu(report, runs, folder, tok, steps, variant, **kw)
+
+
 def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = None) -> Report:
     import torch
 
@@ -890,9 +925,7 @@ def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = 
     data = write_data(out / "data", sft_rows=160, words=(10, 120))
     check_versions(report)
     if mfu_variants is not None and cuda:
-        for variant in mfu_variants or MFU_VARIANTS:
-            kw = MFU_VARIANTS[variant]
-            check_mfu(report, runs, out / "mfu_data", tok, 20, variant, **kw)
+        run_variants(report, runs, out / "mfu_data", tok, mfu_variants or THROUGHPUT)
         return report
     compose_all(report, runs, data, tok)
     check_wheels(report, WHEELS_DIR)
@@ -902,9 +935,11 @@ def run(out: Path, dry: bool, steps: int = 20, mfu_variants: list[str] | None = 
         for k in KERNELS:
             for what in ("sft bf16", "dpo bf16", "packed == padded"):
                 report.steps.append(Step(f"{what} [{k}]", "skipped", note=why))
+        for variant in THROUGHPUT:
+            report.steps.append(Step(f"{MFU_TITLE} [{variant}]", "skipped", note=why))
         for name in (
             *FSDP_STEPS.values(),
-            "MFU, Llama-3-8B architecture (seq 4096, bf16)",
+            MFU_TITLE,
             "in-process generation (HFBackend, SmolLM2-135M shape, bf16)",
         ):
             report.steps.append(Step(name, "skipped", note=why))
@@ -934,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="VARIANT",
         help="only the MFU step, once per variant named (default: each of "
-        f"{', '.join(repr(v) for v in MFU_VARIANTS)}); GPU only",
+        f"{', '.join(repr(v) for v in THROUGHPUT)}); GPU only",
     )
     ap.add_argument("--rehearse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)

@@ -16,8 +16,11 @@ each row where its position ids restart and runs causal SDPA on every sequence a
 PyTorch's fused kernel sees only the diagonal blocks. Right padding (trailing positions
 restarting at 0, as `collate_rows` writes them) is one more segment that nothing real attends
 to, so padded rows are handled the same way.
-Hand-written because PyTorch's own varlen attention (`torch.nn.attention.varlen`) is CUDA-only
-and transformers' flash/flex paths need CUDA or a compiler.
+On CUDA, with bf16/fp16 inputs (bf16 autocast included), the same cuts go to PyTorch's own
+FlashAttention varlen kernel (`torch.nn.attention.varlen.varlen_attn`, torch 2.10+) in one call
+for the whole batch: FlashAttention-2 for packed rows without the flash-attn package. The
+per-sequence SDPA loop stays for the CPU, fp32 and dropout, and where torch lacks the kernel.
+Hand-written because transformers' flash/flex paths need the flash-attn package or a compiler.
 """
 
 from __future__ import annotations
@@ -54,6 +57,54 @@ def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return out
 
 
+def cu_seqlens(bounds: list[list[tuple[int, int]]], width: int) -> torch.Tensor:
+    """The varlen kernels' cumulative sequence offsets [n + 1] (int32) over the batch's rows
+    laid end to end (`width` positions a row), from `segment_bounds`."""
+    starts = [r * width + s for r, spans in enumerate(bounds) for s, _ in spans]
+    return torch.tensor([*starts, len(bounds) * width], dtype=torch.int32)
+
+
+def _torch_varlen():
+    """PyTorch's FlashAttention varlen function, or None where this torch has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _flash_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The half dtype the varlen kernel runs in (the inputs' own, or autocast's), or None."""
+    if query.dtype in (torch.bfloat16, torch.float16):
+        return query.dtype
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def varlen_flash(query, key, value, bounds, scaling, gqa: bool, dtype: torch.dtype):
+    """Causal attention of every [start, end) span of every row in one FlashAttention call:
+    [B, H, T, D] inputs, [B, T, H, D] output."""
+    batch, heads, width, dim = query.shape
+    cu = cu_seqlens(bounds, width).to(query.device)
+    longest = max(e - s for spans in bounds for s, e in spans)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(batch * width, t.shape[1], dim).to(dtype)
+
+    out = _torch_varlen()(
+        *(flat(query), flat(key), flat(value)),
+        cu,
+        cu,
+        longest,
+        longest,
+        scale=scaling,
+        window_size=(-1, 0),  # causal
+        enable_gqa=gqa,
+    )
+    return out.view(batch, width, heads, dim)
+
+
 def sdpa_varlen_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -83,6 +134,9 @@ def sdpa_varlen_forward(
         bounds = [[(0, width)]] * batch
     else:
         bounds = segment_bounds(position_ids.expand(batch, -1))
+    half = _flash_dtype(query) if query.is_cuda and p == 0.0 else None
+    if half is not None and _torch_varlen() is not None:
+        return varlen_flash(query, key, value, bounds, scaling, gqa, half), None
     rows = []
     for b, spans in enumerate(bounds):
         parts = [

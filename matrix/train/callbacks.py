@@ -4,6 +4,7 @@ state."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections import defaultdict
@@ -13,7 +14,10 @@ import numpy as np
 import torch
 
 from matrix.core.stage import StageRun
+from matrix.train.compiled import compile_seconds
 from matrix.train.throughput import attention_context, mfu, peak_flops, training_flops_per_token
+
+log = logging.getLogger(__name__)
 
 
 class LoaderPosition(L.Callback):
@@ -55,7 +59,8 @@ class RNGState(L.Callback):
 class StepLogger(L.Callback):
     """The one collector of training metrics. Per optimizer step: loss (and DPO rewards)
     averaged over the accumulated micro-batches, lr, grad norm, tokens/s, padding efficiency
-    and MFU. After each validation pass: the module's metrics over the whole validation set as
+    and MFU, and `compile_s` on a step where torch.compile ran (its seconds are not counted in
+    the step time). After each validation pass: the module's metrics over the whole validation set as
     `val/*`, a row of its own at the current step. Each row goes to metrics.jsonl (StageRun.log,
     rank 0) and to Lightning's loggers and progress bar (the module's `log_row`, self.log).
     `wandb_via_lightning`: the stage's W&B run gets the rows from Lightning's WandbLogger, so
@@ -105,6 +110,7 @@ class StepLogger(L.Callback):
         self._seqs = 0
         self._context = 0.0  # sum over micro-batches of attention_context x real tokens
         self._t0 = time.perf_counter()
+        self._compile0 = compile_seconds()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._peak = peak_flops(pl_module.device, self.precision)
@@ -129,7 +135,12 @@ class StepLogger(L.Callback):
         if not stepped or step % self.every:
             pl_module.log_row({}, step)  # Lightning's `step` stays current (see log_row)
             return
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        # torch.compile's time in this step (model.compile=layers) is reported on its own
+        # and left out of the step time, so tokens/s and MFU are the compiled code's speed
+        compiled = compile_seconds() - self._compile0
+        if compiled > 0:
+            log.info("compile: %.1f s during step %d", compiled, step)
+        elapsed = max(time.perf_counter() - self._t0 - compiled, 1e-9)
         tokens_per_s = self._real / elapsed
         context = self._context / max(self._real, 1)
         reference = getattr(pl_module, "reference", None) == "model"  # DPO's extra forward
@@ -145,6 +156,7 @@ class StepLogger(L.Callback):
                 "train/mfu": mfu(tokens_per_s, fpt, self._peak),
                 "train/epoch": trainer.current_epoch,
                 "train/tokens_seen": self.tokens_seen,
+                "train/compile_s": compiled if compiled > 0 else None,
             }
         )
         row = {k: v for k, v in row.items() if v is not None}

@@ -1,9 +1,14 @@
 """Direct Preference Optimization (sigmoid loss) from an SFT checkpoint.
 
 The reference policy is the starting model, either as a frozen copy kept in memory
-(`train.objective.reference=model`; with LoRA the same weights with adapters switched off, no copy), or as
-log-probs computed once before training (`train.objective.reference=precomputed`: no second model in
-memory; the values live in a buffer so a resumed run keeps the original reference).
+(`train.objective.reference=model`; with LoRA the same weights with adapters switched off, no
+copy), or as log-probs computed once before training (`train.objective.reference=precomputed`:
+no second model in memory; the values live in a buffer so a resumed run keeps the original
+reference, and in a cache file of the run folder, matrix.train.reference, so a rerun on the
+same model and data skips the pass). The frozen copy's weights are bf16 on a GPU
+(`train.objective.reference_dtype=auto`): under bf16 mixed precision its matmuls run in bf16
+anyway, and it takes half the memory of an fp32 copy. On a CPU `auto` keeps fp32: the copy is
+then the exact starting model, and most CPUs have no bf16 matrix units to gain from.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,6 +27,12 @@ from omegaconf import DictConfig
 
 from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
+from matrix.train.reference import (
+    ReferenceCache,
+    data_fingerprint,
+    fill_reference,
+    model_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +154,20 @@ class ReferenceFreePairsModule(CausalLMModule):
         return {**self.pair_loss(s)[1], "pairs": len(s.chosen)}
 
 
+# train.objective.reference_dtype -> the frozen copy's dtype (None: bf16 on CUDA, else fp32)
+REFERENCE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class DPOModule(CausalLMModule):
     """DPO's sigmoid loss against a reference policy (conf/objective/dpo.yaml: `beta`,
-    `reference`)."""
+    `reference`, `reference_dtype`)."""
 
     rows = "pairs"
 
     @classmethod
     def context(cls, run: RunContext) -> dict:
-        return {"n_pairs": len(run.data)}  # the precomputed reference's buffer
+        # the precomputed reference's buffer, and its cache's key for the model
+        return {"n_pairs": len(run.data), "model_fingerprint": model_fingerprint(run.cfg)}
 
     def __init__(
         self,
@@ -160,7 +177,9 @@ class DPOModule(CausalLMModule):
         total_steps: int,
         beta: float = 0.1,
         reference: Literal["model", "precomputed"] = "model",
+        reference_dtype: Literal["auto", "float32", "bfloat16"] = "auto",
         n_pairs: int = 0,
+        model_fingerprint: str | None = None,
         clip_norm: float | None = None,
     ):
         super().__init__(model, optimizer, scheduler, total_steps, clip_norm)
@@ -168,8 +187,15 @@ class DPOModule(CausalLMModule):
             raise ValueError(
                 f"train.objective.reference={reference!r}; choose model or precomputed"
             )
+        if reference_dtype not in REFERENCE_DTYPES:
+            raise ValueError(
+                f"train.objective.reference_dtype={reference_dtype!r}; "
+                f"choose one of {tuple(REFERENCE_DTYPES)}"
+            )
         self.beta = beta
         self.reference = reference
+        self.reference_dtype = reference_dtype
+        self.model_fingerprint = model_fingerprint
         self.uses_adapters = hasattr(model, "disable_adapter")
         self.ref_model = None
         if reference == "model" and not self.uses_adapters:
@@ -198,6 +224,15 @@ class DPOModule(CausalLMModule):
             ref_model.train(was_training)
         return out
 
+    def setup(self, stage: str) -> None:
+        # before the strategy moves the module to its device: no fp32 copy ever reaches a GPU
+        if self.ref_model is not None:
+            strategy = self.trainer.strategy
+            # FSDP flattens each wrapped unit's parameters into one tensor of one dtype: the
+            # root unit holds both models' embeddings and norms, so `auto` keeps fp32 there
+            sharded = "FSDP" in type(strategy).__name__
+            self._cast_reference(strategy.root_device, sharded)
+
     def on_fit_start(self) -> None:
         if self.ref_model is not None:
             # The frozen reference copy is in eval mode on purpose; Lightning's "Found N
@@ -209,17 +244,47 @@ class DPOModule(CausalLMModule):
             )
         if self.reference != "precomputed" or not torch.isnan(self.ref_logps).any():
             return  # nothing to do, or restored from a checkpoint
+        self.precompute_reference()
+
+    def _cast_reference(self, device: torch.device, sharded: bool = False) -> None:
+        """The frozen copy's parameters to `reference_dtype` (buffers such as the rotary
+        frequencies stay fp32: rounded, they would shift every position's phase)."""
+        dtype = REFERENCE_DTYPES[self.reference_dtype]
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" and not sharded else torch.float32
+        for p in self.ref_model.parameters():
+            p.data = p.data.to(dtype)
+        log.info("DPO: reference copy in %s on %s", dtype, device.type)
+
+    def precompute_reference(self) -> None:
+        """Every pair's reference log-probs from the starting model (the policy before its
+        first step), validation pairs included, or from the run folder's cache when it was
+        made for this model and these pairs."""
         dm = self.trainer.datamodule
-        log.info("DPO: computing reference log-probs for %d pairs", len(self.ref_logps))
+        key = {"model": self.model_fingerprint or "", "data": data_fingerprint(dm.examples)}
+        cache = ReferenceCache(Path(self.trainer.default_root_dir), key)
+        stored = cache.load(len(self.ref_logps))
+        if stored is not None:
+            self.ref_logps.copy_(stored.to(self.ref_logps))
+        todo = int(torch.isnan(self.ref_logps).any(1).sum())
+        log.info(
+            "DPO: reference log-probs of %d pairs, %d cached",
+            len(self.ref_logps),
+            len(self.ref_logps) - todo,
+        )
+        bs = dm.batch_size
+        batches = [u[s : s + bs] for u in (dm.units, dm.val_units) for s in range(0, len(u), bs)]
+
+        def logps_of(units: list[list[int]]):
+            batch = self.trainer.strategy.batch_to_device(dm.collate_units(units))
+            return (batch["example_index"], *pair_logps(self.model, batch))
+
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            for units in (dm.units, dm.val_units):  # validation pairs need a reference too
-                for start in range(0, len(units), dm.batch_size):
-                    batch = dm.collate_units(units[start : start + dm.batch_size])
-                    batch = self.trainer.strategy.batch_to_device(batch)
-                    chosen, rejected = pair_logps(self.model, batch)
-                    self.ref_logps[batch["example_index"]] = torch.stack([chosen, rejected], 1)
+            fill_reference(
+                self.ref_logps, batches, logps_of, cache if self.trainer.is_global_zero else None
+            )
         self.model.train(was_training)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

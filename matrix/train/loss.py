@@ -12,12 +12,19 @@ logits at all and the backward pass recomputes one slice's logits at a time. The
 the full-logits computation (same head module, same fp32 upcast before the softmax) up to
 float summation order; tests/train/test_loss.py holds the two side by side.
 
-Hand-written: PyTorch has no chunked cross-entropy, and the fused kernels that do this
-(liger-kernel, cut-cross-entropy) are CUDA/Triton-only and give no per-token log-probs for DPO.
+`model.cross_entropy=fused` runs the head and the cross-entropy as PyTorch's own fused op
+instead (`torch.nn.functional.linear_cross_entropy` with `LinearCrossEntropyOptions`, torch
+2.10+: chunked inside one autograd function), on the same fp32 inputs as the chunked path.
+SFT asks it for the summed loss, for which it computes the gradients during the forward pass
+(no slice is recomputed in the backward); DPO needs per-token log-probs (`reduction="none"`),
+whose backward recomputes the slices as the chunked path does. Where torch lacks the op, the
+chunked path runs and says why in one log line. liger-kernel and cut-cross-entropy would need
+Triton and a CUDA device and add a package; the pinned torch carries its own.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +32,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from matrix.train.tokenize import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+CROSS_ENTROPY = ("chunked", "fused")
+# the head module's attribute holding model.cross_entropy (a plain attribute: copied with the
+# DPO reference, never saved in a checkpoint or an export)
+_KIND = "matrix_cross_entropy"
 
 # fp32 logits elements per slice: 16M = 64 MB (341 tokens at a 49K vocabulary, 128 at 128K);
 # the backward pass holds about four such buffers at once
@@ -109,6 +123,87 @@ def chunked_logps(
 SHARDED_LOGPS = "sharded_labelled_logps"
 
 
+def fused_available() -> str | None:
+    """None when torch has the fused linear cross-entropy, else why not."""
+    if not hasattr(F, "linear_cross_entropy") or not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        return f"torch {torch.__version__} has no torch.nn.functional.linear_cross_entropy"
+    return None
+
+
+def set_cross_entropy(model: torch.nn.Module, kind: str) -> str:
+    """Record `model.cross_entropy` on the model's output head (read by `labelled_logps`);
+    returns the kind that will run: `fused` falls back to `chunked` where torch lacks it."""
+    if kind not in CROSS_ENTROPY:
+        raise ValueError(f"model.cross_entropy={kind!r}; choose one of {CROSS_ENTROPY}")
+    head = _unwrapped(model).get_output_embeddings()
+    why = fused_available() if kind == "fused" else None
+    if why is not None:
+        log.warning("model.cross_entropy=fused: %s; the chunked loss runs instead", why)
+        kind = "chunked"
+    if head is not None:
+        setattr(head, _KIND, kind)
+    return kind
+
+
+def fused_nll(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """-log_softmax(head(hidden).float())[i, targets[i]] as one fused op, per row of hidden
+    (`reduction="none"`, [N]) or summed ("sum"), float32. `acc_policy="accurate"` keeps the
+    softmax's sums in fp32."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    weight = head.weight
+    bias = getattr(head, "bias", None)
+    if hidden.dtype != weight.dtype:  # one dtype for the op (a bf16 hidden under autocast)
+        hidden = hidden.to(weight.dtype)
+    # CUDA: torch's own slice size, tuned per GPU and dtype. CPU: the chunked path's slice
+    # size; torch's automatic one is 100x slower there (300 tokens x 49K vocabulary: 140 s)
+    if hidden.is_cuda:
+        options = LinearCrossEntropyOptions(acc_policy="accurate")
+    else:
+        chunk = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        options = LinearCrossEntropyOptions(
+            acc_policy="accurate", chunking_method=None, batch_chunk_size=chunk
+        )
+    nll = F.linear_cross_entropy(
+        hidden, weight, targets, linear_bias=bias, reduction=reduction, options=options
+    )
+    return nll.float()
+
+
+def _labelled_hidden(model: torch.nn.Module, batch: dict):
+    """Hidden states [N, H] of the labelled positions, their targets [N], and the mask."""
+    labels = batch["labels"]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    hidden = forward_hidden(model, batch)[:, :-1][mask]
+    return hidden, labels[:, 1:][mask], mask
+
+
+def _fused_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output head when `model.cross_entropy=fused` applies to it: fp32 weights only, as
+    the fused op returns its inputs' dtype and bf16 log-probs lose what DPO's sums depend on
+    (a bf16 model or DPO reference copy takes the chunked path)."""
+    if not supports_hidden_path(model):
+        return None
+    head = _unwrapped(model).get_output_embeddings()
+    fused = getattr(head, _KIND, "chunked") == "fused" and head.weight.dtype == torch.float32
+    return head if fused else None
+
+
+def fused_nll_sum(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int] | None:
+    """Summed negative log-likelihood of the labelled targets and their count through the
+    fused op's scalar path (SFT's loss), or None when the model does not use the fused op or
+    is sharded with FSDP2 (its root's shards are gathered only around `labelled_logps`)."""
+    if getattr(model, SHARDED_LOGPS, None) is not None:
+        return None
+    head = _fused_head(model)
+    if head is None:
+        return None
+    hidden, targets, _ = _labelled_hidden(model, batch)
+    return fused_nll(head, hidden, targets, "sum"), len(targets)
+
+
 def labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> LabelledLogps:
     """Log-probs of every labelled target of a padded or packed batch (next-token: position
     t predicts labels[t + 1]), with no `[tokens x vocabulary]` tensor alive at once; models
@@ -128,7 +223,9 @@ def model_labelled_logps(model: torch.nn.Module, batch: dict, chunk: int | None 
 
         logp, m = token_logps(forward_logits(model, batch), labels)
         return LabelledLogps(logp[m], m)
-    hidden = forward_hidden(model, batch)[:, :-1][mask]  # [N, H]: labelled positions only
-    targets = labels[:, 1:][mask]
+    hidden, targets, mask = _labelled_hidden(model, batch)  # labelled positions only
+    fused = _fused_head(model) if chunk is None else None
+    if fused is not None:
+        return LabelledLogps(-fused_nll(fused, hidden, targets, "none"), mask)
     head = _unwrapped(model).get_output_embeddings()
     return LabelledLogps(chunked_logps(head, hidden, targets, chunk), mask)

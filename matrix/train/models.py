@@ -3,7 +3,9 @@
 `model.init=pretrained` loads weights from `model.path` (an HF folder, a cached hub id, or
 `embedded:...`); `model.init=random` builds `model.config` (a transformers config dict) from
 scratch with the tokenizer at `model.path`, seeded, which is what the fast `tiny_debug`
-preset uses. LoRA / QLoRA wrap the result through peft.
+preset uses. LoRA / QLoRA wrap the result through peft. `model.compile=layers` compiles each
+decoder layer with `torch.compile` (matrix.train.compiled); `model.cross_entropy` picks the
+loss kernel (matrix.train.loss).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from matrix.llm.chat import set_chat_template
 from matrix.llm.embedded import resolve_model_path
 from matrix.train.attention import VARLEN, register_varlen
+from matrix.train.compiled import compile_layers
+from matrix.train.loss import set_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,9 @@ def build_model(mcfg: DictConfig, tokenizer, attn_implementation: str, seed: int
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.get("enabled"):
         model = _wrap_lora(model, lora)
+    set_cross_entropy(model, str(mcfg.get("cross_entropy", "chunked")))
+    if str(mcfg.get("compile", "none")) == "layers":
+        compile_layers(model)  # after LoRA: the adapters are inside the compiled layers
     # from_pretrained returns eval mode, and Lightning keeps each module's mode as it finds
     # it: without this, dropout (LoRA's included) and transformers' gradient checkpointing,
     # which only runs in training mode, would be silently off during training

@@ -84,6 +84,8 @@ class Model:
         "auto", "flash_attention_2", "flex_attention", "sdpa", "sdpa_varlen", "eager"
     ] = "auto"
     gradient_checkpointing: bool = False
+    compile: Literal["none", "layers"] = "none"  # torch.compile each decoder layer
+    cross_entropy: Literal["chunked", "fused"] = "chunked"  # matrix.train.loss
     lora: Lora = field(default_factory=Lora)
     license: str | None = None  # the base model's licence (a Hugging Face licence id)
     license_notice: str | None = None  # text its licence requires in derived models' cards

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from matrix.train.lm import CausalLMModule, RunContext
-from matrix.train.loss import labelled_logps
+from matrix.train.loss import fused_nll_sum, labelled_logps
 from matrix.train.tokenize import IGNORE_INDEX
 
 
@@ -33,7 +33,11 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 def batch_loss_sum(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
     """`sft_loss_sum` of the model on a batch, from hidden states a slice at a time (no
-    `[tokens x vocabulary]` logits; see matrix/train/loss.py)."""
+    `[tokens x vocabulary]` logits; see matrix/train/loss.py), or from the fused op's summed
+    loss (`model.cross_entropy=fused`)."""
+    fused = fused_nll_sum(model, batch)
+    if fused is not None:
+        return fused
     lp = labelled_logps(model, batch)
     return -lp.logps.sum(), len(lp.logps)
 

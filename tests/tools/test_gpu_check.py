@@ -91,3 +91,57 @@ def test_gpu_steps_run_on_cpu_with_the_same_code(tmp_path: Path) -> None:
         out / "checkpoints" / "last.ckpt", out / "hf_model", gpu_check.TOKENS
     )
     assert diff == 0.0
+
+
+def test_throughput_variants_compose_and_differ_from_eager_in_one_setting(tmp_path) -> None:
+    """Every `--mfu-variants` default composes and passes the config checks on CPU, and each
+    differs from `eager` only by its own overrides (so the table compares one change)."""
+    from matrix.core.config_check import config_problems
+    from tools.gpu_check_variants import MFU_VARIANTS, THROUGHPUT
+
+    tok = gpu_check.tokenizer_dir()
+    data = gpu_check.write_data(tmp_path / "data", sft_rows=4, words=(3, 5))
+    assert THROUGHPUT[0] == "eager" and len(THROUGHPUT) == 8
+
+    def overrides(v: str) -> list[str]:
+        kw = {k: x for k, x in MFU_VARIANTS[v].items() if k != "max_layers"}
+        return gpu_check.mfu_overrides(tmp_path, tok, data, 6, 12, cuda=True, **kw)
+
+    eager = set(overrides("eager"))
+    for v in THROUGHPUT:
+        cfg = gpu_check.compose(overrides(v))
+        config_problems(cfg, "train").raise_if_any("train")
+        assert len(set(overrides(v)) - eager) <= 3, v
+    compiled = gpu_check.compose(overrides("compiled + fused loss"))
+    assert compiled.model.compile == "layers" and compiled.model.cross_entropy == "fused"
+    pre = gpu_check.compose(overrides("dpo, precomputed reference"))
+    assert pre.train.objective.reference == "precomputed"
+
+
+def test_variants_past_the_time_budget_or_without_flash_attn_are_named_skipped(
+    tmp_path, monkeypatch
+) -> None:
+    from tools import gpu_check_variants
+
+    monkeypatch.setattr(gpu_check, "BUDGET_S", -1.0)  # every variant starts past the budget
+    monkeypatch.setattr(
+        gpu_check, "kernel_availability", lambda: {"flash_attention_2": "no flash_attn here"}
+    )
+    report = gpu_check.Report("gpu", "test")
+    names = gpu_check_variants.THROUGHPUT
+    gpu_check.run_variants(report, tmp_path, tmp_path, tmp_path, names)
+    assert [s.status for s in report.steps] == ["skipped"] * len(names)
+    notes = {s.name.split("[")[1].rstrip("]"): s.note for s in report.steps}
+    assert notes["flash packed, flash-attn"] == "no flash_attn here"
+    assert notes["eager"].startswith("time budget")
+
+
+def test_the_report_tables_each_variant_against_eager() -> None:
+    report = gpu_check.Report("gpu", "test")
+    for variant, tps in (("eager", 1000.0), ("compiled", 1250.0)):
+        figures = {"variant": variant, "layers": "6/32", "attention": "flex_attention"}
+        figures.update({"tokens/s": tps, "MFU": tps / 4000, "peak GiB": 20.0, "compile s": 3.0})
+        report.steps.append(gpu_check.Step(f"MFU [{variant}]", figures=figures))
+    table = report.markdown()
+    assert "| compiled | 6/32 | flex_attention | 1,250 | 1.25 | 31.2% | 20.0 | 3 |" in table
+    assert "| eager | 6/32 | flex_attention | 1,000 | 1.00 | 25.0% |" in table

@@ -14,7 +14,7 @@ from matrix.train.batching import collate_rows
 from matrix.train.dpo import batch_sequence_logps
 from matrix.train.examples import tokenize_sft
 from matrix.train.lm import forward_logits, sequence_logps
-from matrix.train.loss import chunked_logps, labelled_logps
+from matrix.train.loss import chunked_logps, fused_available, labelled_logps, set_cross_entropy
 from matrix.train.models import build_model
 from matrix.train.sft import batch_loss, sft_loss
 
@@ -134,3 +134,53 @@ def test_chunked_logps_rejects_a_bad_slice_size():
     head = torch.nn.Linear(4, 10, bias=False)
     with pytest.raises(ValueError, match="chunk"):
         chunked_logps(head, torch.randn(3, 4), torch.tensor([1, 2, 3]), chunk=0)
+
+
+def fused_model(tokenizer, lora: bool = False):
+    overrides = ["model=tiny_debug", "model.cross_entropy=fused"]
+    if lora:
+        overrides += ["model.lora.enabled=true", "model.lora.dropout=0.0"]
+    return build_model(compose_train(overrides).model, tokenizer, "sdpa", seed=0).train()
+
+
+@pytest.mark.parametrize(("layout", "lora"), [("packed", False), ("padded", True)])
+def test_fused_cross_entropy_equals_the_chunked_loss_and_grads(tokenizer, sequences, layout, lora):
+    """model.cross_entropy=fused (torch's fused linear cross-entropy) against the chunked
+    loss on the same weights: SFT loss and gradients, DPO sequence log-probs and gradients,
+    to the same fp32 summation-order tolerance as chunked vs full logits (twice its absolute
+    part for gradients: each path is that far from the exact value, in its own order)."""
+    assert fused_available() is None, "the pinned torch has linear_cross_entropy"
+    fused, chunked = fused_model(tokenizer, lora), model_for(tokenizer, lora=lora)
+    assert getattr(fused.get_output_embeddings(), "matrix_cross_entropy", None) == "fused"
+    batch = batches(tokenizer, sequences)[layout]
+    want, n = batch_loss(chunked, batch)
+    got, m = batch_loss(fused, batch)
+    assert n == m > 0
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        grads_of(fused, got), grads_of(chunked, want), rtol=GRAD_RTOL, atol=2 * GRAD_ATOL
+    )
+    weights = torch.linspace(-1.0, 1.0, batch["n_sequences"])
+    seq_want, seq_got = batch_sequence_logps(chunked, batch), batch_sequence_logps(fused, batch)
+    torch.testing.assert_close(seq_got, seq_want, rtol=RTOL, atol=1e-4)
+    torch.testing.assert_close(
+        grads_of(fused, (seq_got * weights).sum()),
+        grads_of(chunked, (seq_want * weights).sum()),
+        rtol=GRAD_RTOL,
+        atol=2 * GRAD_ATOL,
+    )
+
+
+def test_fused_cross_entropy_falls_back_with_the_reason(tokenizer, monkeypatch, caplog):
+    """A torch without linear_cross_entropy: the chunked loss runs, and one log line says why."""
+    monkeypatch.delattr(torch.nn.functional, "linear_cross_entropy")
+    with caplog.at_level("WARNING", logger="matrix.train.loss"):
+        model = fused_model(tokenizer)
+    assert model.get_output_embeddings().matrix_cross_entropy == "chunked"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "matrix.train.loss"]
+    assert "no torch.nn.functional.linear_cross_entropy" in line and "chunked" in line
+
+
+def test_an_unknown_cross_entropy_is_refused():
+    with pytest.raises(ValueError, match="model.cross_entropy"):
+        set_cross_entropy(torch.nn.Linear(2, 2), "liger")

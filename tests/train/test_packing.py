@@ -156,3 +156,15 @@ def test_accumulated_micro_batches_weigh_every_token_the_same(tokenizer, sequenc
     per_batch_mean = grads(parts, None)
     torch.testing.assert_close(weighted, reference, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(per_batch_mean, reference, rtol=1e-3, atol=1e-5)
+
+
+def test_varlen_offsets_lay_the_rows_sequences_end_to_end():
+    """The offsets PyTorch's varlen FlashAttention kernel gets on CUDA (sdpa_varlen): every
+    sequence of every row, rows laid end to end, right padding one more sequence."""
+    from matrix.train.attention import cu_seqlens, segment_bounds
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    bounds = segment_bounds(positions)
+    assert bounds == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
+    cu = cu_seqlens(bounds, 9)
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 5, 9, 15, 18]
