@@ -93,6 +93,44 @@ def test_comm_ablation_sweeps_three_arms() -> None:
     assert cfg.hydra.sweeper.params.communication == "none,random,structured"
 
 
+@pytest.mark.parametrize(
+    ("preset", "key", "arms"),
+    [
+        ("paper_scale_agents", "population.size", [100, 200, 500, 1000]),
+        ("paper_scale_scenarios", "generate.retrieval.top_k", [100, 1000, 10000]),
+    ],
+)
+def test_figure_4_sweeps_scale_one_key_of_the_sft_10k_loop(preset, key, arms) -> None:
+    """Fig. 4a/4b: each arm is paper_sft_10k with one key set; the scenario sweep's simulation
+    makes enough scenarios for its largest arm within its round bound."""
+    from matrix.sim.run import resolve_k
+
+    cfg = _compose("pipeline", [f"experiment={preset}"], hydra_cfg=True)
+    assert [int(a) for a in str(cfg.hydra.sweeper.params[key]).split(",")] == arms
+    base = _compose("pipeline", ["experiment=paper_sft_10k"])
+    for arm in arms:
+        one = _compose("pipeline", [f"experiment={preset}", f"{key}={arm}"])
+        assert OmegaConf.select(one, key) == arm
+        for block in ("model", "trainer", "optimizer", "scheduler", "train", "generator"):
+            assert one[block] == base[block], f"{preset}: {block} differs from paper_sft_10k"
+        for k in ("benchmarks", "sampling"):  # judged as the MATRIX row
+            assert one.eval[k] == base.eval[k]
+    sim = cfg.simulation
+    if key == "generate.retrieval.top_k":
+        assert sim.target_scenarios >= max(arms)
+    groups = resolve_k(cfg.communication.k, 959)  # the adults of the 1,000 shipped profiles
+    assert sim.max_rounds >= sim.target_scenarios * cfg.scenario.interval / groups
+
+
+def test_table_11_runs_the_sft_10k_loop_on_qwen2() -> None:
+    cfg = _compose("pipeline", ["experiment=paper_qwen2_sft_10k"])
+    base = _compose("pipeline", ["experiment=paper_sft_10k"])
+    assert cfg.model.path == "Qwen/Qwen2-7B" and cfg.model.chat_template == "chatml"
+    for block in ("generator", "trainer", "optimizer", "scheduler", "train"):
+        assert cfg[block] == base[block], f"{block} differs from paper_sft_10k"
+    assert cfg.eval.benchmarks == base.eval.benchmarks
+
+
 def _sweep_job(overrides: list[str], arm: str, num: int):
     cfg = _compose("pipeline", ["experiment=comm_ablation_tiny", *overrides], hydra_cfg=True)
     with open_dict(cfg):
