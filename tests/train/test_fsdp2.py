@@ -80,7 +80,6 @@ def runs(tmp_path_factory, data_dir):
     return {"one": runs / "one" / "train", "sharded": sharded, "resumed": resumed}
 
 
-@pytest.mark.slow
 def test_two_ranks_train_as_one_process(runs):
     one, two = metrics(runs["one"]), metrics(runs["sharded"])
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
@@ -90,7 +89,6 @@ def test_two_ranks_train_as_one_process(runs):
     assert two[STEPS]["train/loss"] < two[1]["train/loss"]
 
 
-@pytest.mark.slow
 def test_checkpoint_is_sharded_across_the_ranks(runs):
     ckpt = runs["sharded"] / "checkpoints" / f"step{STEPS:06d}.ckpt"
     assert ckpt.is_dir() and checkpoint_step(ckpt) == STEPS
@@ -103,7 +101,6 @@ def test_checkpoint_is_sharded_across_the_ranks(runs):
     assert all(0.4 < s / sum(sizes) < 0.6 for s in sizes), sizes
 
 
-@pytest.mark.slow
 def test_sharded_checkpoint_resumes_the_run(runs):
     full, resumed = metrics(runs["sharded"]), metrics(runs["resumed"])
     assert sorted(resumed) == [3, 4]  # a new run folder: the steps it trained
@@ -111,7 +108,6 @@ def test_sharded_checkpoint_resumes_the_run(runs):
         assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
 
 
-@pytest.mark.slow
 def test_export_reloads_with_one_process_weights(runs):
     from transformers import AutoModelForCausalLM
 
