@@ -109,11 +109,7 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
     if not spec.startswith(EMBEDDED_PREFIX):
         folder = local_model_dir(spec)
         if folder is None:
-            p.add(
-                "model.path",
-                f"model.path={spec} is neither a local folder nor in the Hugging Face cache; "
-                f"download it (`huggingface-cli download {spec}`) or set model.path=/path/to/folder",
-            )
+            p.add("model.path", _missing_model(spec))
         else:
             _check_model_folder(folder, m, p)
             if ctx is None and (folder / "config.json").is_file():
@@ -135,6 +131,22 @@ def check_model(cfg: DictConfig, p: ConfigProblems) -> None:
             "model.lora.quantize_4bit",
             "model.lora.quantize_4bit=true needs model.lora.enabled=true",
         )
+
+
+def _missing_model(spec: str) -> str:
+    """What to do about a model.path that is neither a folder nor cached: a run's export is
+    made by running that run (a preset that trains from another run's model names it)."""
+    if Path(spec).name == "hf_model" and Path(spec).parent.name.startswith("train"):
+        run = Path(spec).parents[1].name
+        return (
+            f"model.path={spec} does not exist yet: it is the exported model of run '{run}'; "
+            f"run that first (e.g. python -m matrix.pipeline experiment={run}), or set "
+            "model.path=/path/to/its/hf_model"
+        )
+    return (
+        f"model.path={spec} is neither a local folder nor in the Hugging Face cache; "
+        f"download it (`huggingface-cli download {spec}`) or set model.path=/path/to/folder"
+    )
 
 
 def _check_model_folder(folder: Path, m: DictConfig, p: ConfigProblems) -> None:

@@ -131,6 +131,25 @@ def test_table_11_runs_the_sft_10k_loop_on_qwen2() -> None:
     assert cfg.eval.benchmarks == base.eval.benchmarks
 
 
+def test_safety_trains_from_the_matrix_tuned_model(tmp_path: Path) -> None:
+    """The paper's safety rows start from MATRIX-Tuned: the final export of a
+    paper_matrix_tuned run; before that run exists, the check says to run it first."""
+    from matrix.common.validation import ConfigProblems
+    from matrix.train.preflight import check_model
+
+    tuned = _compose("pipeline", ["experiment=paper_matrix_tuned"])
+    stages = [s if isinstance(s, str) else next(iter(s)) for s in tuned.pipeline.stages]
+    assert stages[-2:] == ["train", "evaluate"]  # its last training step writes train/
+    for preset in ("safety", "paper_baseline_hh"):
+        cfg = _compose("pipeline", [f"experiment={preset}", f"paths.runs_dir={tmp_path}"])
+        assert cfg.model.path == f"{tmp_path}/paper_matrix_tuned/train/hf_model"
+        p = ConfigProblems()
+        check_model(cfg, p)
+        text = " ".join(msg for _, msg in p.items)
+        assert "exported model of run 'paper_matrix_tuned'" in text, text
+        assert "experiment=paper_matrix_tuned" in text
+
+
 def _sweep_job(overrides: list[str], arm: str, num: int):
     cfg = _compose("pipeline", ["experiment=comm_ablation_tiny", *overrides], hydra_cfg=True)
     with open_dict(cfg):
