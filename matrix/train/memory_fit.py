@@ -23,9 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from matrix.common.io import read_json, write_json
+from matrix.train.loss import supports_hidden_path
 from matrix.train.memory import free_bytes, resident_bytes
 from matrix.train.memory_plan import CUDA_CONTEXT, GB, Plan, Setup, Shape, decide, summary
-from matrix.train.loss import supports_hidden_path
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ The estimate is a sum of terms, each from the model's shape and the run's settin
     gradients    one per trainable parameter, in its dtype
     optimizer    AdamW's two moments per trainable parameter (8-bit AdamW: 1 byte each)
     activations  tokens of the largest micro-batch x per-token bytes, below
-    logits/loss  chunked loss: ~4 slices of CHUNK_ELEMENTS fp32 values (matrix/train/loss.py);
+    logits/loss  chunked loss: ~4 slices of CHUNK_ELEMENTS fp32 values (matrix/train/loss.py),
+                 or of the whole batch's [tokens x vocabulary] when that is smaller;
                  a model on the full-logits path: 3 fp32 copies of [tokens x vocabulary]
     reference    DPO's frozen reference copy (train.objective.reference=model, no LoRA)
 
@@ -111,7 +112,7 @@ def terms(shape: Shape, s: Setup) -> dict[str, int]:
     grads = shape.trainable * per_param
     opt = shape.trainable * s.optimizer_values * (s.optimizer_value_bytes or per_param)
     if s.chunked_loss:
-        loss = LOSS_SLICES * CHUNK_ELEMENTS * 4
+        loss = LOSS_SLICES * min(CHUNK_ELEMENTS, s.tokens * shape.vocab) * 4
     else:
         loss = FULL_LOGITS_COPIES * s.tokens * shape.vocab * 4
     act = s.tokens * activation_bytes_per_token(shape, s.checkpointing, s.activation_bytes)
