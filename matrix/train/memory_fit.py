@@ -79,7 +79,7 @@ def _optimizer_state(cfg: DictConfig) -> tuple[float, int | None]:
     return 2.0, None  # Adam and its kin: two moments
 
 
-def run_setup(cfg: DictConfig, dm, model, cuda: bool) -> Setup:
+def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int = 1) -> Setup:
     """The planner's view of the run as configured."""
     precision = str(cfg.trainer.precision)
     low = not precision.startswith("32")
@@ -109,16 +109,8 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool) -> Setup:
         reference_copy=reference,
         chunked_loss=supports_hidden_path(model),
         runtime_bytes=runtime,
-        shards=_shards(cfg, fsdp),
+        shards=world if fsdp is not None and fsdp.get("sharding_strategy") == "FULL_SHARD" else 1,
     )
-
-
-def _shards(cfg: DictConfig, fsdp) -> int:
-    from matrix.train.run import world_size
-
-    if fsdp is None or fsdp.get("sharding_strategy") != "FULL_SHARD":
-        return 1
-    return world_size(cfg)
 
 
 def command_line_keys() -> set[str]:
@@ -132,19 +124,20 @@ def command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in task if "=" in o}
 
 
-def plan_run(cfg: DictConfig, dm, model, cuda: bool, explicit: set[str] | None = None) -> Plan:
-    """The plan for this run (`train.memory`): free memory read now (or `limit_gb`)."""
+def plan_run(
+    cfg: DictConfig, dm, model, cuda: bool, world: int = 1, explicit: set[str] | None = None
+) -> Plan:
+    """The plan for this run of `world` ranks (`train.memory`): free memory read now (or
+    `limit_gb`); `explicit`: keys the user set (default: the command line's)."""
     m = cfg.train.get("memory") or {}
     device = _device(cuda)
     limit = m.get("limit_gb")
     free = int(float(limit) * GB) if limit is not None else free_bytes(device)
-    from matrix.train.run import world_size
-
-    single = world_size(cfg) == 1
+    single = world == 1
     fsdp = str(cfg.trainer.strategy) == "fsdp"
     return decide(
         model_shape(model),
-        run_setup(cfg, dm, model, cuda),
+        run_setup(cfg, dm, model, cuda, world),
         int(cfg.data.batch_size),
         int(cfg.trainer.accumulate_grad_batches),
         free,
@@ -178,7 +171,9 @@ def apply(cfg: DictConfig, changes: dict, dm, model) -> DictConfig:
     return cfg
 
 
-def fit_memory(cfg: DictConfig, dm, model, cuda: bool, out: Path, resumed: bool, rank_zero: bool):
+def fit_memory(
+    cfg: DictConfig, dm, model, cuda: bool, world: int, out: Path, resumed: bool, rank_zero: bool
+):
     """The config the run trains with (`train.memory.plan=auto`): a resumed run's saved
     decision, or this plan's changes (logged in one line, saved for a resume)."""
     m = cfg.train.get("memory") or {}
@@ -190,7 +185,7 @@ def fit_memory(cfg: DictConfig, dm, model, cuda: bool, out: Path, resumed: bool,
         if changes:
             log.info("memory plan: as the run's first attempt, %s (%s)", changes, saved)
         return apply(cfg, changes, dm, model)
-    plan = plan_run(cfg, dm, model, cuda)
+    plan = plan_run(cfg, dm, model, cuda, world)
     if plan.changes or not plan.fits:
         log.warning(summary(plan))
     else:
@@ -203,7 +198,7 @@ def fit_memory(cfg: DictConfig, dm, model, cuda: bool, out: Path, resumed: bool,
     return apply(cfg, plan.changes, dm, model)
 
 
-def show_plan(cfg: DictConfig, dm, tokenizer, cuda: bool) -> None:
+def show_plan(cfg: DictConfig, dm, tokenizer, cuda: bool, world: int) -> None:
     """`train.memory.plan=show`: build the model, print the plan's table, train nothing."""
     from matrix.train.attention import select_attention
     from matrix.train.memory_plan import table
@@ -211,4 +206,4 @@ def show_plan(cfg: DictConfig, dm, tokenizer, cuda: bool) -> None:
 
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
-    print(table(plan_run(cfg, dm, model, cuda)), flush=True)
+    print(table(plan_run(cfg, dm, model, cuda, world)), flush=True)

@@ -167,7 +167,7 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     dm.setup()
     cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     if str((cfg.train.get("memory") or {}).get("plan", "auto")) == "show":
-        return show_plan(cfg, dm, tokenizer, cuda)  # the table, no training
+        return show_plan(cfg, dm, tokenizer, cuda, world_size(cfg))  # the table, no training
 
     rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     out = stage_dir(cfg, "train")
@@ -179,7 +179,7 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     # from here on, the config as the memory plan leaves it (matrix/train/memory_fit.py)
-    cfg = fit_memory(cfg, dm, model, cuda, out, start.path is not None, rank_zero)
+    cfg = fit_memory(cfg, dm, model, cuda, world_size(cfg), out, start.path is not None, rank_zero)
     module = build_module(cfg, model, dm)
     lightning_logger = build_logger(cfg, out, stage.wandb_run if stage else None)
     t = cfg.trainer
