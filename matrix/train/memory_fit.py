@@ -79,8 +79,11 @@ def _optimizer_state(cfg: DictConfig) -> tuple[float, int | None]:
     return 2.0, None  # Adam and its kin: two moments
 
 
-def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int = 1) -> Setup:
-    """The planner's view of the run as configured."""
+def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int, held: int | None) -> Setup:
+    """The planner's view of the run as configured. `held`: the process's resident bytes
+    before the model was built (Python, torch, the tokenized data: the CPU runtime term; the
+    weights, which may be mapped from their file and not yet resident, are a term of their
+    own)."""
     precision = str(cfg.trainer.precision)
     low = not precision.startswith("32")
     fsdp = cfg.trainer.get("fsdp") if str(cfg.trainer.strategy) == "fsdp" else None
@@ -94,11 +97,6 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int = 1) -> Setup:
         and objective.get("reference", "model") == "model"
         and not hasattr(model, "disable_adapter")
     )
-    if cuda:
-        runtime = CUDA_CONTEXT
-    else:  # what the process holds now besides the weights (which are a term of their own)
-        held = resident_bytes() or 0
-        runtime = max(0, held - sum(p.numel() * p.element_size() for p in model.parameters()))
     return Setup(
         tokens=batch_tokens(dm, int(cfg.data.batch_size)),
         checkpointing=checkpointing,
@@ -108,7 +106,7 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int = 1) -> Setup:
         optimizer_value_bytes=value_bytes,
         reference_copy=reference,
         chunked_loss=supports_hidden_path(model),
-        runtime_bytes=runtime,
+        runtime_bytes=CUDA_CONTEXT if cuda else (held or 0),
         shards=world if fsdp is not None and fsdp.get("sharding_strategy") == "FULL_SHARD" else 1,
     )
 
@@ -125,10 +123,17 @@ def command_line_keys() -> set[str]:
 
 
 def plan_run(
-    cfg: DictConfig, dm, model, cuda: bool, world: int = 1, explicit: set[str] | None = None
+    cfg: DictConfig,
+    dm,
+    model,
+    cuda: bool,
+    world: int = 1,
+    held: int | None = None,
+    explicit: set[str] | None = None,
 ) -> Plan:
     """The plan for this run of `world` ranks (`train.memory`): free memory read now (or
-    `limit_gb`); `explicit`: keys the user set (default: the command line's)."""
+    `limit_gb`); `held`: see `run_setup`; `explicit`: keys the user set (default: the
+    command line's)."""
     m = cfg.train.get("memory") or {}
     device = _device(cuda)
     limit = m.get("limit_gb")
@@ -137,7 +142,7 @@ def plan_run(
     fsdp = str(cfg.trainer.strategy) == "fsdp"
     return decide(
         model_shape(model),
-        run_setup(cfg, dm, model, cuda, world),
+        run_setup(cfg, dm, model, cuda, world, held),
         int(cfg.data.batch_size),
         int(cfg.trainer.accumulate_grad_batches),
         free,
@@ -172,7 +177,15 @@ def apply(cfg: DictConfig, changes: dict, dm, model) -> DictConfig:
 
 
 def fit_memory(
-    cfg: DictConfig, dm, model, cuda: bool, world: int, out: Path, resumed: bool, rank_zero: bool
+    cfg: DictConfig,
+    dm,
+    model,
+    cuda: bool,
+    world: int,
+    held: int | None,
+    out: Path,
+    resumed: bool,
+    rank_zero: bool,
 ):
     """The config the run trains with (`train.memory.plan=auto`): a resumed run's saved
     decision, or this plan's changes (logged in one line, saved for a resume)."""
@@ -185,7 +198,7 @@ def fit_memory(
         if changes:
             log.info("memory plan: as the run's first attempt, %s (%s)", changes, saved)
         return apply(cfg, changes, dm, model)
-    plan = plan_run(cfg, dm, model, cuda, world)
+    plan = plan_run(cfg, dm, model, cuda, world, held)
     if plan.changes or not plan.fits:
         log.warning(summary(plan))
     else:
@@ -205,5 +218,6 @@ def show_plan(cfg: DictConfig, dm, tokenizer, cuda: bool, world: int) -> None:
     from matrix.train.models import build_model
 
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
+    held = resident_bytes()
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
-    print(table(plan_run(cfg, dm, model, cuda, world)), flush=True)
+    print(table(plan_run(cfg, dm, model, cuda, world, held)), flush=True)

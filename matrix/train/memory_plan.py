@@ -29,12 +29,17 @@ recomputed in the backward pass, its activations and their gradients alive toget
 
 FULL and CHECKPOINTED are calibrated against the train stage's measured peak RSS on CPU
 (SmolLM2-135M, fp32, AdamW, packed rows, the default glibc allocator, which keeps freed
-blocks resident: docs/train.md "Memory per step"). They carry the allocator's slack and the
-small per-token terms outside the layers (embeddings, final norm, the loss's gathered hidden
-states). Measured points, peak GB at tokens per micro-batch (step >= 1, AdamW state held):
-  no checkpointing: 10.25 at 4,176; 17.3 at 8,150 (mixed lengths); 18-20 at <= 8,192
-  (multi-turn chats with a long tail); bench/train_memory.py: see CALIBRATION in docs.
-  checkpointing: 8.4 at <= 8,192 (the same chats); bench/train_memory.py points.
+blocks resident: docs/train.md "Memory per step"), so they carry the allocator's slack and
+the small per-token terms outside the layers (embeddings, final norm, the loss's hidden
+states). Measured peaks in GB at tokens per micro-batch, and this estimate:
+  no checkpointing (FULL = 1.45): 10.25 at 4,176 (estimate 11.2); 17.3 at 8,150 (19.0);
+  18-20 at <= 8,192, multi-turn chats with a long tail (19.1)
+  checkpointing (CHECKPOINTED = 3.0): 5.21 at 8,192 before AdamW's state exists, the same
+  chats (bench/train_memory.py --stage; the estimate with that state, 6.9); 8.4 at <= 8,192
+  over a longer run of such chats
+Measured on fewer tokens the per-token cost is lower (3.10 GB at 1,024 checkpointed tokens in
+bench/train_memory.py: ~0.1 MB a token against the 0.48 MB counted here): the factors are
+fitted to the large batches a plan decides about, and over-estimate small ones.
 The planner is asked never to under-estimate a measured peak by more than 25%, the share of
 free memory it keeps unused (`train.memory.headroom`), so a plan that fits does not run out.
 """
@@ -48,7 +53,7 @@ from matrix.train.loss import CHUNK_ELEMENTS
 GB = 1e9
 LAYER_HIDDEN, LAYER_KV, LAYER_INTERMEDIATE = 8, 3, 4
 FULL = 1.45  # calibrated: see the module docstring
-CHECKPOINTED = 1.0  # calibrated: see the module docstring
+CHECKPOINTED = 3.0  # calibrated: see the module docstring
 CUDA_CONTEXT = int(0.5 * GB)  # CUDA context and kernels, outside torch's allocator
 LOSS_SLICES = 4  # slices of CHUNK_ELEMENTS fp32 values the chunked loss's backward holds
 FULL_LOGITS_COPIES = 3  # logits, their fp32 upcast and log-softmax (the full-logits path)

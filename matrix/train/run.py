@@ -37,7 +37,7 @@ from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.export import save_hf_folder, trained_model
 from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
-from matrix.train.memory import PeakMemory
+from matrix.train.memory import PeakMemory, resident_bytes
 from matrix.train.memory_fit import fit_memory, show_plan
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.progress_bar import StageProgressBar
@@ -177,9 +177,12 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     stage = open_stage(cfg, "train", resume=not start.fresh) if rank_zero else None
     kept = keep_metrics(stage, start.step)
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
+    held = resident_bytes()  # before the weights: the memory plan's runtime term
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
     # from here on, the config as the memory plan leaves it (matrix/train/memory_fit.py)
-    cfg = fit_memory(cfg, dm, model, cuda, world_size(cfg), out, start.path is not None, rank_zero)
+    cfg = fit_memory(
+        cfg, dm, model, cuda, world_size(cfg), held, out, start.path is not None, rank_zero
+    )
     module = build_module(cfg, model, dm)
     lightning_logger = build_logger(cfg, out, stage.wandb_run if stage else None)
     t = cfg.trainer

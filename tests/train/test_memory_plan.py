@@ -118,15 +118,14 @@ def test_unknown_free_memory_changes_nothing():
     assert plan.fits and plan.changes == {}
 
 
-@pytest.mark.skipif(not step_peak_supported(), reason="needs Linux /proc peaks")
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointed"])
-def test_estimate_holds_against_a_real_step_peak(checkpointing):
-    """Real training steps on CPU (a random-init Llama shape, a packed row of 8 sequences,
-    the chunked loss, AdamW; two steps, so AdamW's state exists): what a step adds to the
-    process's memory (its peak RSS minus the RSS before training) against the plan's step
-    terms. The plan keeps 25% of free memory unused (train.memory.headroom), so an estimate
-    at least 75% of the real peak never runs a fitting plan out of memory; one above twice the
-    real peak would turn on checkpointing (0.84x the speed) for runs that fit."""
+def step_peak(checkpointing: bool) -> None:
+    """Prints (planned, measured) bytes of real training steps on CPU: a random-init Llama
+    shape, a packed row of 8 sequences, the chunked loss, AdamW, two steps (so AdamW's state
+    exists); measured is what a step adds to the process (its peak RSS minus the RSS before
+    training), planned the plan's step terms. Run in a fresh process: memory an earlier test
+    freed stays resident and would hide a step's allocations."""
+    import json
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from matrix.train.attention import register_varlen
@@ -165,6 +164,30 @@ def test_estimate_holds_against_a_real_step_peak(checkpointing):
         measured = max(measured, peak_bytes() - before)
     t = terms(model_shape(model), Setup(tokens=tokens, checkpointing=checkpointing))
     planned = t["gradients"] + t["optimizer"] + t["activations"] + t["logits/loss"]
+    print(json.dumps([planned, measured]))
+
+
+@pytest.mark.skipif(not step_peak_supported(), reason="needs Linux /proc peaks")
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointed"])
+def test_estimate_holds_against_a_real_step_peak(checkpointing):
+    """The plan's step terms against real steps' peak (`step_peak`). The plan keeps 25% of
+    free memory unused (train.memory.headroom), so an estimate at least 75% of the real peak
+    never runs a fitting plan out of memory; one above twice the real peak would turn on
+    checkpointing (0.84x the speed) for runs that fit."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = f"from tests.train.test_memory_plan import step_peak; step_peak({checkpointing})"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    planned, measured = json.loads(res.stdout.strip().splitlines()[-1])
     assert 0.75 * measured <= planned <= 2.0 * measured, (planned, measured)
 
 
