@@ -25,7 +25,7 @@ MLP's gate, up, activation and product: LAYER = 8*hidden + 3*kv_width + 4*interm
 With activation checkpointing each layer keeps only its input, and one layer at a time is
 recomputed in the backward pass, its activations and their gradients alive together:
 
-    (layers * hidden + 2 * LAYER) * e * CHECKPOINTED
+    (layers * hidden + 2 * LAYER) * e * CHECKPOINTED   (at most the first: a shallow model)
 
 FULL and CHECKPOINTED are calibrated against the train stage's measured peak RSS on CPU
 (SmolLM2-135M, fp32, AdamW, packed rows, the default glibc allocator, which keeps freed
@@ -34,9 +34,9 @@ the small per-token terms outside the layers (embeddings, final norm, the loss's
 states). Measured peaks in GB at tokens per micro-batch, and this estimate:
   no checkpointing (FULL = 1.45): 10.25 at 4,176 (estimate 11.2); 17.3 at 8,150 (19.0);
   18-20 at <= 8,192, multi-turn chats with a long tail (19.1)
-  checkpointing (CHECKPOINTED = 3.0): 5.21 at 8,192 before AdamW's state exists, the same
-  chats (bench/train_memory.py --stage; the estimate with that state, 6.9); 8.4 at <= 8,192
-  over a longer run of such chats
+  checkpointing (CHECKPOINTED = 3.0): 5.76 at 8,192, the same kind of chats
+  (bench/train_memory.py --stage; 4.59-5.21 on the first step, before AdamW's state exists)
+  (6.87); 8.4 at <= 8,192 over a longer run of such chats (6.87)
 Measured on fewer tokens the per-token cost is lower (3.10 GB at 1,024 checkpointed tokens in
 bench/train_memory.py: ~0.1 MB a token against the 0.48 MB counted here): the factors are
 fitted to the large batches a plan decides about, and over-estimate small ones.
@@ -100,10 +100,12 @@ class Setup:
 
 
 def activation_bytes_per_token(shape: Shape, checkpointing: bool, value_bytes: int) -> float:
-    if checkpointing:
-        values = shape.layers * shape.hidden + 2 * shape.layer_values
-        return values * value_bytes * CHECKPOINTED
-    return shape.layers * shape.layer_values * value_bytes * FULL
+    full = shape.layers * shape.layer_values * value_bytes * FULL
+    if not checkpointing:
+        return full
+    values = shape.layers * shape.hidden + 2 * shape.layer_values
+    # a shallow model gains little from checkpointing; it never keeps more than without it
+    return min(full, values * value_bytes * CHECKPOINTED)
 
 
 def terms(shape: Shape, s: Setup) -> dict[str, int]:
@@ -192,11 +194,13 @@ def decide(
         if "model.gradient_checkpointing" in explicit:
             plan.kept.append("model.gradient_checkpointing")
         else:
-            setup = replace(setup, checkpointing=True)
-            plan.terms, plan.checkpointing = terms(shape, setup), True
-            plan.changes["model.gradient_checkpointing"] = True
-            if plan.fits:
-                return plan
+            checkpointed = replace(setup, checkpointing=True)
+            if estimate(shape, checkpointed) < plan.total:  # only where it saves memory
+                setup = checkpointed
+                plan.terms, plan.checkpointing = terms(shape, setup), True
+                plan.changes["model.gradient_checkpointing"] = True
+                if plan.fits:
+                    return plan
     batch_keys = [
         k for k in ("data.batch_size", "trainer.accumulate_grad_batches") if k in explicit
     ]

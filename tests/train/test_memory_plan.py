@@ -17,7 +17,7 @@ TINY = Shape(
     params=1_000_000,
     trainable=1_000_000,
     trainable_bytes=4_000_000,
-    layers=2,
+    layers=16,
     hidden=8,
     intermediate=16,
     kv_width=4,
@@ -33,12 +33,17 @@ def test_terms_match_a_hand_computation():
         "weights": 4_000_000,
         "gradients": 4_000_000,  # one fp32 gradient per trainable parameter
         "optimizer": 8_000_000,  # AdamW: two fp32 moments
-        "activations": int(10 * 2 * layer * 4 * mp.FULL),
+        "activations": int(10 * 16 * layer * 4 * mp.FULL),
         "logits/loss": mp.LOSS_SLICES * 10 * 32 * 4,  # slices smaller than a chunk: the batch
         "reference": 0,
     }
     ckpt = terms(TINY, Setup(tokens=10, checkpointing=True))
-    assert ckpt["activations"] == int(10 * (2 * 8 + 2 * layer) * 4 * mp.CHECKPOINTED)
+    assert ckpt["activations"] == int(10 * (16 * 8 + 2 * layer) * 4 * mp.CHECKPOINTED)
+    # a 2-layer model: checkpointing is counted as keeping no more than without it
+    shallow = Shape(**{**TINY.__dict__, "layers": 2})
+    assert terms(shallow, Setup(tokens=10, checkpointing=True))["activations"] == int(
+        10 * 2 * layer * 4 * mp.FULL
+    )
     # DPO's frozen copy: the weights once more; bf16-true: 2 bytes a parameter everywhere
     dpo = terms(TINY, Setup(tokens=10, checkpointing=False, reference_copy=True))
     assert dpo["reference"] == 4_000_000
@@ -46,7 +51,7 @@ def test_terms_match_a_hand_computation():
         TINY, Setup(tokens=10, checkpointing=False, activation_bytes=2, weight_bytes_per_param=2)
     )
     assert (bf16["weights"], bf16["gradients"], bf16["optimizer"]) == (2e6, 2e6, 4e6)
-    assert bf16["activations"] == int(10 * 2 * layer * 2 * mp.FULL)
+    assert bf16["activations"] == int(10 * 16 * layer * 2 * mp.FULL)
     # LoRA: gradients and optimizer state for the adapters only
     lora = Shape(**{**TINY.__dict__, "trainable": 1000, "trainable_bytes": 4000})
     lt = terms(lora, Setup(tokens=10, checkpointing=False))
@@ -137,7 +142,7 @@ def step_peak(checkpointing: bool) -> None:
         vocab_size=2048,
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
+        num_hidden_layers=8,  # deep enough that checkpointing keeps less (memory_plan.py)
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
