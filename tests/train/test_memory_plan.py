@@ -209,6 +209,7 @@ def test_the_stage_applies_the_plan_and_keeps_the_effective_batch(tmp_path, data
 
     over = ["data.packing=true", "data.batch_size=4", "train.checkpoint.enabled=false"]
     over += ["train.export=false", "train.memory.limit_gb=0.1"]
+    over += ["model.config.num_hidden_layers=8"]  # deep enough for checkpointing to save
     cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "plan", *over))
     with caplog.at_level(logging.INFO, logger="matrix.train.memory_fit"):
         manifest = run_train(cfg)
@@ -238,3 +239,43 @@ def test_show_prints_the_table_and_trains_nothing(tmp_path, data_dir, capsys):
         assert row in out
     assert "total (estimated peak per step)" in out and "64.00 GB" in out
     assert not (tmp_path / "show").exists()  # no stage folder: nothing trained
+
+
+def test_a_resumed_run_applies_its_first_attempts_decision(tmp_path):
+    """A resume must cut batches as the checkpoint's loader position counts them: the saved
+    decision is applied whatever the free memory now, and the caller's config is untouched."""
+    import json
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.memory_fit import SAVED, fit_memory
+
+    changes = {
+        "model.gradient_checkpointing": True,
+        "data.batch_size": 2,
+        "trainer.accumulate_grad_batches": 4,
+    }
+    (tmp_path / SAVED).write_text(json.dumps({"changes": changes}))
+    cfg = OmegaConf.create(
+        {
+            "model": {"gradient_checkpointing": False},
+            "data": {"batch_size": 4},
+            "trainer": {"accumulate_grad_batches": 2},
+            "train": {"memory": {"plan": "auto", "limit_gb": 1000}},
+        }
+    )
+    dm = SimpleNamespace(batch_size=4)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    model = LlamaForCausalLM(config)
+    out = fit_memory(cfg, dm, model, False, 1, 0, tmp_path, resumed=True, rank_zero=True)
+    assert (out.data.batch_size, out.trainer.accumulate_grad_batches) == (2, 4)
+    assert out.model.gradient_checkpointing and model.is_gradient_checkpointing
+    assert dm.batch_size == 2 and cfg.data.batch_size == 4
