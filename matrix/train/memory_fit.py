@@ -135,9 +135,13 @@ def plan_run(
     `limit_gb`); `held`: see `run_setup`; `explicit`: keys the user set (default: the
     command line's)."""
     m = cfg.train.get("memory") or {}
-    device = _device(cuda)
     limit = m.get("limit_gb")
-    free = int(float(limit) * GB) if limit is not None else free_bytes(device)
+    if limit is not None:
+        free = int(float(limit) * GB)
+    elif cuda and world > 1:  # before Lightning picks each rank's GPU: reading would open a
+        free = None  # CUDA context on GPU 0 from every rank
+    else:
+        free = free_bytes(_device(cuda))
     single = world == 1
     fsdp = str(cfg.trainer.strategy) == "fsdp"
     return decide(
