@@ -274,6 +274,7 @@ def run_matrix(args, packed: bool, data: Path, work: Path) -> dict:
                 # no checkpoint, as TRL saves none (save_strategy="no")
                 "train.checkpoint.enabled=false",
                 f"model.gradient_checkpointing={str(args.gradient_checkpointing == 'on').lower()}",
+                "train.memory.plan=off",  # the settings compared, as given
                 f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
             ],
         )

@@ -8,8 +8,20 @@ SmolLM2-135M in fp32, AdamW, random tokens in rows of `--length` tokens. `packed
 sequences of 50-400 tokens with restarting position ids (the block-diagonal case); `causal`
 rows are one sequence each (no block mask: the control). `logits` is the full-logits loss
 (`model(...).logits` -> fp32 cross-entropy), `chunked` the hidden-state loss training uses
-(matrix/train/loss.py). Prints each step's peak RSS (Linux VmHWM, reset before every step) and
+(matrix/train/loss.py). A fourth part `/ckpt` turns on activation checkpointing
+(`model.gradient_checkpointing`). Prints each step's peak RSS (Linux VmHWM, reset before every step) and
 the RSS left after it.
+
+    python bench/train_memory.py --stage --rows 4 --length 2048 --steps 2
+
+`--stage` runs the train stage itself (`run_train`) instead, with its default settings
+(SmolLM2-135M, fp32, packed, AdamW, `train.memory.plan=auto`), `--rows` as data.batch_size and
+`--length` as data.max_seq_len, for `--steps` optimizer steps, on synthetic multi-turn chats
+with a long tail (2-6 turns, lognormal answer lengths, the longest truncated at the maximum
+length), ordered so that the first batches are the fullest (the largest micro-batch the memory
+plan counts on). Prints the memory plan's line and each step's peak RSS (`train/peak_memory_gb`).
+`--override key=value ...` adds config overrides (e.g. `train.memory.plan=off` for the run
+without a plan).
 """
 
 from __future__ import annotations
@@ -43,8 +55,9 @@ def one(config: str, rows: int, length: int, steps: int, seed: int) -> list[dict
     from matrix.train.models import build_model, load_tokenizer
     from matrix.train.sft import batch_loss, sft_loss
 
-    attn, layout, loss_path = config.split("/")
+    attn, layout, loss_path, *rest = config.split("/")
     mcfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2_135m.yaml")
+    mcfg.gradient_checkpointing = rest == ["ckpt"]
     tok = load_tokenizer(mcfg)
     model = build_model(mcfg, tok, attn, seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
@@ -85,15 +98,117 @@ def one(config: str, rows: int, length: int, steps: int, seed: int) -> list[dict
     return out
 
 
+def multi_turn_chats(n: int, seed: int) -> list[dict]:
+    """Chats of 2-6 turns whose answers have a long tail (lognormal word counts, median ~90)."""
+    import random
+
+    rng = random.Random(seed)
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "with",
+        "as",
+        "on",
+        "was",
+        "by",
+        "this",
+        "be",
+        "are",
+        "from",
+        "at",
+        "or",
+        "an",
+    ]
+    rows = []
+    for _ in range(n):
+        messages = []
+        for _ in range(rng.randint(2, 6)):
+            q = " ".join(rng.choice(words) for _ in range(rng.randint(5, 60)))
+            a = " ".join(
+                rng.choice(words) for _ in range(min(int(rng.lognormvariate(4.5, 1.0)), 3000))
+            )
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        rows.append({"messages": messages})
+    return rows
+
+
+def stage(rows: int, length: int, steps: int, seed: int, overrides: list[str]) -> dict:
+    import logging
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from matrix.common.io import read_jsonl, write_jsonl
+    from matrix.train.run import run_train
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("memory plan"):
+                lines.append(record.getMessage())
+
+    logging.getLogger("matrix.train.memory_fit").addHandler(Keep())
+    logging.getLogger("matrix.train.memory_fit").setLevel(logging.INFO)
+    work = Path(tempfile.mkdtemp(prefix="train_memory_"))
+    data = work / "chats.jsonl"
+    write_jsonl(data, multi_turn_chats(rows * steps * 12, seed))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "trainer=cpu",
+                "logger=none",
+                f"paths.runs_dir={work}",
+                "run.name=memory",
+                f"data.path={data}",
+                f"data.max_seq_len={length}",
+                f"data.batch_size={rows}",
+                "data.shuffle=false",  # packed units come longest first: the fullest batches
+                f"trainer.max_steps={steps}",
+                "trainer.progress_bar=false",
+                "train.checkpoint.enabled=false",
+                "train.export=false",
+                f"seed={seed}",
+                *overrides,
+            ],
+        )
+    run_train(cfg)
+    metrics = [
+        r for r in read_jsonl(work / "memory" / "train" / "metrics.jsonl") if "train/loss" in r
+    ]
+    seen = [0] + [int(r["train/tokens_seen"]) for r in metrics]
+    return {
+        "plan": lines,
+        "peaks_gb": [r["train/peak_memory_gb"] * 2**30 / 1e9 for r in metrics],
+        "tokens": [b - a for a, b in zip(seen, seen[1:], strict=False)],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=DEFAULT, help="attention/layout/loss")
+    ap.add_argument("--configs", nargs="+", default=DEFAULT, help="attention/layout/loss[/ckpt]")
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", action="store_true", help="run the train stage (see above)")
+    ap.add_argument("--override", nargs="*", default=[], help="--stage: config overrides")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.stage:
+        res = stage(args.rows, args.length, args.steps, args.seed, args.override)
+        print("\n".join(res["plan"]) or "memory plan: no line (train.memory.plan=off?)")
+        for i, (peak, tokens) in enumerate(zip(res["peaks_gb"], res["tokens"], strict=True)):
+            print(f"step {i}: peak RSS {peak:.2f} GB ({tokens} tokens)")
+        return
     if args.child:
         print(json.dumps(one(args.child, args.rows, args.length, args.steps, args.seed)))
         return

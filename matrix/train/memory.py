@@ -114,3 +114,46 @@ class PeakMemory(L.Callback):
         peak = peak_bytes(pl_module.device)
         self.peaks.append(peak)
         pl_module.step_metrics["peak_memory_gb"] = peak / 2**30
+
+
+_MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def _cgroup_room() -> int | None:
+    """Bytes the process's cgroup (v2) may still take under its memory.max, or None."""
+    try:
+        limit = (_CGROUP / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((_CGROUP / "memory.current").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def free_bytes(device: torch.device | None = None) -> int | None:
+    """Memory a training run in this process can use: on CUDA the device's free memory
+    (`torch.cuda.mem_get_info`); on CPU what Linux says is available (MemAvailable, capped
+    by the cgroup's memory.max) plus what this process already holds, since a plan counts
+    the process's own memory (weights, runtime) too. None where it cannot be read."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        available = next(
+            int(line.split()[1]) * 1024
+            for line in _MEMINFO.read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    room = _cgroup_room()
+    if room is not None:
+        available = min(available, room)
+    rss = _status_kb("VmRSS")
+    return available + (rss or 0) * 1024
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set now (Linux), or None."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb * 1024

@@ -37,7 +37,8 @@ from matrix.train.datamodule import ChatDataModule, data_path
 from matrix.train.export import save_hf_folder, trained_model
 from matrix.train.lm import CausalLMModule, RunContext, objective_class
 from matrix.train.loggers import build_logger
-from matrix.train.memory import PeakMemory
+from matrix.train.memory import PeakMemory, resident_bytes
+from matrix.train.memory_fit import fit_memory, show_plan
 from matrix.train.models import build_model, count_parameters, load_tokenizer
 from matrix.train.progress_bar import StageProgressBar
 from matrix.train.resume import resume_point
@@ -141,6 +142,9 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     tokenizer = load_tokenizer(cfg.model)
     dm = ChatDataModule.from_config(cfg, tokenizer)
     dm.setup()
+    cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    if str((cfg.train.get("memory") or {}).get("plan", "auto")) == "show":
+        return show_plan(cfg, dm, tokenizer, cuda, world_size(cfg))  # the table, no training
 
     rank_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     out = stage_dir(cfg, "train")
@@ -149,9 +153,13 @@ def run_train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict | N
     start = resume_point(cfg, out / "checkpoints", config_hash(cfg, "train"), rank_zero)
     stage = open_stage(cfg, "train", resume=not start.fresh) if rank_zero else None
     kept = keep_metrics(stage, start.step)
-    cuda = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     attn = select_attention(str(cfg.model.attn_implementation), bool(cfg.data.packing), cuda)
+    held = resident_bytes()  # before the weights: the memory plan's runtime term
     model = build_model(cfg.model, tokenizer, attn, int(cfg.seed))
+    # from here on, the config as the memory plan leaves it (matrix/train/memory_fit.py)
+    cfg = fit_memory(
+        cfg, dm, model, cuda, world_size(cfg), held, out, start.path is not None, rank_zero
+    )
     module = build_module(cfg, model, dm)
     lightning_logger = build_logger(cfg, out, stage.wandb_run if stage else None)
     t = cfg.trainer

@@ -133,10 +133,22 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The memory plan before the first step (matrix/train/memory_fit.py)."""
+
+    plan: Literal["auto", "show", "off"] = "auto"
+    headroom: Annotated[float, Range(0, 0.9)] = 0.25  # share of free memory left unused
+    limit_gb: Annotated[float, Range(0, open_min=True)] | None = (
+        None  # null: the device's free memory
+    )
+
+
+@dataclass(frozen=True)
 class Train:
     objective: Any  # a component block: checked against its _target_ (matrix.train.components)
     export: bool = True
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    memory: Memory = field(default_factory=Memory)
     callbacks: dict[str, Any] = field(default_factory=dict)  # components, as objective
 
 

@@ -184,6 +184,7 @@ def test_packed_smollm2_batches_train_within_budget(tmp_path):
             "trainer.release_freed_memory=true",
             "trainer.progress_bar=false",
             "train.checkpoint.every_n_steps=0",
+            "train.memory.plan=off",  # the setting as given, not checkpointed to fit
         ]
     )
     manifest = run_train(cfg)
