@@ -5,7 +5,9 @@ usual. Where it is drawn:
 - stderr is a terminal: bars with counts, percent, rate, ETA and the task's `info` field
   (training puts its loss and learning rate there);
 - stderr is not a terminal (a log file, CI, a pipe): no bars but one plain line per task at
-  its start, each time it crosses a tenth of its total, at least every
+  its start, each time it crosses a tenth of its total once it has run for
+  `MATRIX_PROGRESS_QUIET_S` seconds (default 2: a task done sooner gets no line between its
+  first and its last), at least every
   `MATRIX_PROGRESS_INTERVAL` seconds (default 30) while it moves, and when it is done, e.g.
   ``[evaluate] judging alpaca_eval2: 120/805 (15%) 3.2 it/s ETA 3m28s``. The lines go to
   the `matrix.progress` logger, so they land wherever the stage's log lines do;
@@ -40,6 +42,7 @@ log = logging.getLogger("matrix.progress")
 
 T = TypeVar("T")
 DEFAULT_INTERVAL_S = 30.0
+DEFAULT_QUIET_S = 2.0
 
 
 def progress(stage: str) -> Progress:
@@ -60,7 +63,8 @@ def progress(stage: str) -> Progress:
             console=console,
         )
     interval = float(os.environ.get("MATRIX_PROGRESS_INTERVAL") or DEFAULT_INTERVAL_S)
-    return LineProgress(stage, interval)
+    quiet = float(os.environ.get("MATRIX_PROGRESS_QUIET_S") or DEFAULT_QUIET_S)
+    return LineProgress(stage, interval, quiet)
 
 
 def track(
@@ -106,10 +110,13 @@ class _Mark:
 class LineProgress(Progress):
     """A `Progress` that draws nothing and logs plain lines instead (see the module doc)."""
 
-    def __init__(self, stage: str, interval_s: float = DEFAULT_INTERVAL_S):
+    def __init__(
+        self, stage: str, interval_s: float = DEFAULT_INTERVAL_S, quiet_s: float = DEFAULT_QUIET_S
+    ):
         super().__init__(disable=True)
         self.stage = stage
         self.interval_s = interval_s
+        self.quiet_s = quiet_s  # no tenth lines before a task has run this long
         self._marks: dict[TaskID, _Mark] = {}
 
     def add_task(
@@ -149,7 +156,8 @@ class LineProgress(Progress):
             return
         now, tenth = time.monotonic(), self._tenth(task)
         done = task.total is not None and task.completed >= task.total
-        moved = tenth > mark.last_tenth or now - mark.last_time >= self.interval_s
+        crossed = tenth > mark.last_tenth and now - mark.start_time >= self.quiet_s
+        moved = crossed or now - mark.last_time >= self.interval_s
         if not (force or done or moved):
             return
         mark.last_time, mark.last_tenth, mark.ended = now, tenth, done

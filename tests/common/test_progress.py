@@ -67,12 +67,39 @@ def test_a_fast_task_with_work_left_never_says_eta_0s(monkeypatch, lines):
     clock = [100.0]
     monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
     with LineProgress("train", interval_s=1e9) as bar:
-        task = bar.add_task("epoch 1", total=4)
-        for _ in range(4):
-            clock[0] += 0.05  # 20 steps a second: the time left rounds to 0 s
+        task = bar.add_task("epoch 1", total=100)
+        for _ in range(100):
+            clock[0] += 0.05  # 20 steps a second: at 90% the 0.5 s left rounds to 0 s
             bar.advance(task)
-    etas = [LINE.match(x)["eta"] for x in lines[1:]]
-    assert etas == ["<1s", "<1s", "<1s", "0s"]
+    parsed = {int(m["pct"]): m["eta"] for m in map(LINE.match, lines[1:])}
+    assert parsed[90] == "<1s"
+    assert parsed[100] == "0s"
+
+
+def test_a_task_done_within_two_seconds_logs_its_start_and_end_only(monkeypatch, lines):
+    clock = [100.0]
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
+    with LineProgress("train", interval_s=1e9) as bar:
+        task = bar.add_task("tokenizing", total=24)
+        for _ in range(24):
+            clock[0] += 0.001
+            bar.advance(task)
+    assert len(lines) == 2, list(lines.caplog.messages)
+    assert lines[0] == "[train] tokenizing: 0/24 (0%) ETA ?"
+    assert lines[1].startswith("[train] tokenizing: 24/24 (100%)")
+    assert lines[1].endswith("took 0s")
+
+
+def test_tenth_lines_start_once_the_task_has_run_two_seconds(monkeypatch, lines):
+    clock = [0.0]
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
+    with LineProgress("simulate", interval_s=1e9) as bar:
+        task = bar.add_task("rounds", total=10)
+        for _ in range(10):
+            clock[0] += 0.5  # 5 s in all: the tenths crossed in the first 2 s are not logged
+            bar.advance(task)
+    pcts = [int(LINE.match(x)["pct"]) for x in lines[1:]]
+    assert pcts == [40, 50, 60, 70, 80, 90, 100]
 
 
 def test_a_slow_task_gets_a_line_each_interval_and_resumed_work_is_not_in_the_rate(

@@ -100,7 +100,13 @@ def test_a_step_listed_twice_is_refused() -> None:
 
 
 def _pipeline(args: list[str], runs: Path) -> str:
-    env = {**os.environ, "MATRIX_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
+    # MATRIX_PROGRESS_QUIET_S=0: the tiny model's tasks take milliseconds; their tenth lines too
+    env = {
+        **os.environ,
+        "MATRIX_RUNS_DIR": str(runs),
+        "PYTHONPATH": str(ROOT),
+        "MATRIX_PROGRESS_QUIET_S": "0",
+    }
     out = subprocess.run(
         [sys.executable, "-m", "matrix.pipeline", *args],
         cwd=ROOT,

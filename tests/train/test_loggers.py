@@ -102,6 +102,7 @@ def test_progress_bar_shows_loss_and_lr(csv_run):
 
 def test_none_has_no_logger_and_still_a_progress_bar(tmp_path, data_dir, caplog, monkeypatch):
     monkeypatch.setenv("MATRIX_PROGRESS", "lines")  # what a log that is not a terminal gets
+    monkeypatch.setenv("MATRIX_PROGRESS_QUIET_S", "0")  # a line a step even for fast steps
     caplog.set_level(logging.INFO, logger="matrix.progress")
     data = data_dir / "sft_short.jsonl"
     stage_dir, seen = train(tmp_path, data, "n", "none", "trainer.progress_bar=true")
