@@ -49,7 +49,10 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a: object) -> None:
-            print(self.command, self.path, flush=True)
+            # one write per line, under the lock: the handler threads' lines never interleave
+            with lock:
+                sys.stdout.write(f"{self.command} {self.path}\n")
+                sys.stdout.flush()
 
         def _send(self, obj: dict) -> None:
             data = json.dumps(obj).encode()
