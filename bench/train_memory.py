@@ -103,29 +103,8 @@ def multi_turn_chats(n: int, seed: int) -> list[dict]:
     import random
 
     rng = random.Random(seed)
-    words = [
-        "the",
-        "of",
-        "and",
-        "to",
-        "in",
-        "is",
-        "that",
-        "for",
-        "it",
-        "with",
-        "as",
-        "on",
-        "was",
-        "by",
-        "this",
-        "be",
-        "are",
-        "from",
-        "at",
-        "or",
-        "an",
-    ]
+    from bench.train import WORDS as words  # the TRL comparison's vocabulary
+
     rows = []
     for _ in range(n):
         messages = []
