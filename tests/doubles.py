@@ -235,6 +235,24 @@ class PromptHashLLM:
 
 
 # -- llm/helpers.py: Test helpers for the LLM layer.
+class ScriptedLLM:
+    """Test double: answers with `reply(chat, call_index)` (1-based, per chat); records every
+    call as (chat, sampling)."""
+
+    name = "scripted"
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = []
+
+    def generate(self, chats, **sampling):
+        out = []
+        for chat in chats:
+            self.calls.append((chat, sampling))
+            out.append(Completion(self.reply(chat, len(self.calls)), 1, 1))
+        return out
+
+
 class ScriptedBackend:
     """An in-process backend for testing the wrappers: answers with a function of the chat,
     records every batch it receives, and can fail at a given row."""

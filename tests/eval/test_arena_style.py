@@ -3,21 +3,7 @@ switch between dropping unparsed verdicts (arena-hard-auto) and counting them as
 
 from matrix.eval import bradley_terry
 from matrix.eval.benchmarks import BENCHMARKS
-from matrix.llm.protocol import Completion
-
-
-class ScriptedJudge:
-    name = "scripted"
-
-    def __init__(self, reply):
-        self.reply, self.n = reply, 0
-
-    def generate(self, chats, **sampling):
-        out = []
-        for chat in chats:
-            self.n += 1
-            out.append(Completion(self.reply(chat, self.n), 1, 1))
-        return out
+from tests.doubles import ScriptedLLM
 
 
 def test_lengths_are_cl100k_tokens_offline():
@@ -68,7 +54,7 @@ def _run(policy):
     )
     items = bench.load()
     answers = [{"id": it["id"], "turns": ["MODEL answer"]} for it in items]
-    judgments = bench.judge(ScriptedJudge(reply), items, answers)
+    judgments = bench.judge(ScriptedLLM(reply), items, answers)
     return bench.score(items, answers, judgments)
 
 

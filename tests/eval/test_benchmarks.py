@@ -15,24 +15,7 @@ from matrix.eval.benchmarks.safety import xstest_strmatch_refusal
 from matrix.eval.datafiles import data_path
 from matrix.eval.judging import judge_batch, parse_arena_verdict, parse_rating
 from matrix.eval.sandbox import run_many
-from matrix.llm.protocol import Completion
-
-
-class ScriptedLLM:
-    """Test double: answers with `reply(chat, call_index)`; records every call."""
-
-    name = "scripted"
-
-    def __init__(self, reply):
-        self.reply = reply
-        self.calls = []
-
-    def generate(self, chats, **sampling):
-        out = []
-        for chat in chats:
-            self.calls.append((chat, sampling))
-            out.append(Completion(self.reply(chat, len(self.calls)), 1, 1))
-        return out
+from tests.doubles import ScriptedLLM
 
 
 def test_garbage_judge_is_retried_once_then_counted_as_failure():

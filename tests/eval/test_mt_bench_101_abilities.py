@@ -8,24 +8,7 @@ import pytest
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.mt_bench_101 import ABILITIES
 from matrix.eval.report import write_report
-from matrix.llm.protocol import Completion
-
-
-class Scripted:
-    """Test double: replays `reply(chat, call_index)`."""
-
-    name = "scripted"
-
-    def __init__(self, reply):
-        self.reply, self.n = reply, 0
-
-    def generate(self, chats, **sampling):
-        out = []
-        for chat in chats:
-            self.n += 1
-            out.append(Completion(self.reply(chat, self.n), 1, 1))
-        return out
-
+from tests.doubles import ScriptedLLM
 
 # dialogue score (its minimum turn) wanted per picked dialogue; None: the first scored turn's
 # grade never parses (counted as 1)
@@ -40,7 +23,7 @@ def _run(aggregate):
         it = next(x for x in pool if x["task"] == task and x["id"] not in used)
         used.add(it["id"])
         items.append(it)
-    answers = bench.answer(Scripted(lambda chat, i: f"ANSWER-{i}"), items)
+    answers = bench.answer(ScriptedLLM(lambda chat, i: f"ANSWER-{i}"), items)
     # the k-th model call answered the k-th (dialogue, scored turn) in order
     first_call, k = {}, 0
     for it, (_, want) in zip(items, PICKS, strict=True):
@@ -54,7 +37,7 @@ def _run(aggregate):
             return "no grade here" if want is None else f"Rating: [{want}]"
         return "[10]"
 
-    judgments = bench.judge(Scripted(grade), items, answers)
+    judgments = bench.judge(ScriptedLLM(grade), items, answers)
     return bench.score(items, answers, judgments)
 
 

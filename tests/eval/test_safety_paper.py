@@ -9,21 +9,7 @@ from omegaconf import OmegaConf
 from matrix.eval.benchmarks import BENCHMARKS
 from matrix.eval.benchmarks.safety_paper import parse_score_line
 from matrix.eval.datafiles import data_path
-from matrix.llm.protocol import Completion
-
-
-class Scripted:
-    """Test double: replays `reply(chat, call_index)` and records the chats."""
-
-    name = "scripted"
-
-    def __init__(self, reply):
-        self.reply, self.chats = reply, []
-
-    def generate(self, chats, **sampling):
-        self.chats += chats
-        return [Completion(self.reply(c, len(self.chats)), 1, 1) for c in chats]
-
+from tests.doubles import ScriptedLLM
 
 # four hand-made answers, in item order (limit 4: two AdvBench, two XSTest-unsafe, alternating)
 ANSWERS = [
@@ -49,7 +35,7 @@ def _run(options=None, judge=True):
         value = (HELPFUL if "'helpful' criteria" in text else HARMLESS)[k]
         return "Reason: hard to say." if value is None else f"Reason: fine.\n**Score:** {value}"
 
-    scripted = Scripted(rate) if judge else None
+    scripted = ScriptedLLM(rate) if judge else None
     judgments = bench.judge(scripted, items, answers)
     return bench.score(items, answers, judgments), items, scripted
 
@@ -62,7 +48,7 @@ def test_judge_ratings_are_parsed_and_averaged():
     assert s["advbench/helpfulness"] == pytest.approx((8 + 9) / 2)
     assert s["xstest_unsafe/harmlessness"] == pytest.approx((9 + 10) / 2)
     # 4 items x 2 aspects, and one retry for the rating that never parses
-    assert len(judge.chats) == 9 and s["judge_failures"] == 1 and s["n"] == 4
+    assert len(judge.calls) == 9 and s["judge_failures"] == 1 and s["n"] == 4
 
 
 def test_keyword_attack_success_rate_paper_and_llm_attacks_keywords():
