@@ -7,6 +7,11 @@
 # overrides. The CPU build comes from wherever pip already finds it, else from
 # TORCH_INDEX (default PyTorch's CPU index); it is installed alone first, so that index is
 # asked for torch only.
+# The lock is installed by uv (its locked version, bootstrapped with pip): it downloads in
+# parallel and compiles the bytecode on every core, 20 s where pip took 110 s on 2 cores
+# (docs/performance.md, "`make demo` cold"). uv reads PyPI (or UV_INDEX_URL / UV_* settings),
+# not pip's configuration: where uv cannot install, pip installs the same lock instead
+# (MATRIX_INSTALLER=pip forces that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
@@ -39,15 +44,29 @@ else
     have=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
     if [ "$have" != "$TORCH_VERSION+cpu" ]; then
       echo "installing torch $TORCH_VERSION (CPU build)"
-      "$PY" -m pip install -q --no-deps --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
-        || "$PY" -m pip install -q --no-deps \
+      # no bytecode here: the lock's install below compiles the whole venv
+      "$PY" -m pip install -q --no-deps --no-index --no-compile "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || "$PY" -m pip install -q --no-deps --no-compile \
           --extra-index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
           "torch==$TORCH_VERSION+cpu" 2>&1 | quiet
     fi
   fi
   echo "installing $lock"
-  "$PY" -m pip install -q -r "$lock" 2>&1 | quiet
-  "$PY" -m pip install -q --no-deps -e . 2>&1 | quiet
+  uv_pin=$(grep -m1 '^uv==' "$lock" || true)
+  # uv trusts its own CA bundle; a machine that gives pip another (a proxy's) gives it to uv too
+  if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then export SSL_CERT_FILE=$PIP_CERT; fi
+  if [ "${MATRIX_INSTALLER:-uv}" = uv ] && [ -n "$uv_pin" ] \
+    && "$PY" -m pip install -q "$uv_pin" 2>&1 | quiet \
+    && "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r "$lock" \
+    && "$VENV/bin/uv" pip install -q --python "$PY" --no-deps -e .; then
+    :
+  else
+    [ "${MATRIX_INSTALLER:-uv}" = pip ] || echo "note: uv could not install $lock; pip installs it" >&2
+    "$PY" -m pip install -q -r "$lock" 2>&1 | quiet
+    "$PY" -m pip install -q --no-deps -e . 2>&1 | quiet
+    # torch went in without bytecode (uv was to compile it): compile it here, once
+    "$PY" -m compileall -q -j 0 "$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" >/dev/null || true
+  fi
   # which lock this venv holds, for every stage's manifest (matrix/core/environment.py)
   "$PY" - "$PWD/$lock" "$VENV/matrix-lock.json" <<'PYEOF'
 import hashlib, json, sys

@@ -82,11 +82,15 @@ def build_trainer(
 ) -> L.Trainer:
     """`logger`: Lightning's logger (`logger.lightning`, matrix.train.loggers), None for none."""
     t = cfg.trainer
+    every = int(cfg.train.checkpoint.every_n_steps)
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step{step:06d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=int(cfg.train.checkpoint.every_n_steps) or None,
+        every_n_train_steps=every or None,
+        # every_n_steps=0 means at the end only (last.ckpt, written when fit ends): without
+        # every_n_epochs=0 Lightning would also write one at every epoch's end
+        every_n_epochs=None if every else 0,
         save_top_k=int(cfg.train.checkpoint.keep),
         monitor="step",
         mode="max",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from matrix.common.io import read_jsonl
-from matrix.train.resume import newest_checkpoint
+from matrix.train.resume import checkpoint_step, newest_checkpoint
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
@@ -141,6 +141,17 @@ def test_checkpoints_off_writes_none_and_still_exports(tmp_path, data_dir):
     out = tmp_path / "off" / "train"
     assert manifest["counts"]["steps"] == 2 and (out / "hf_model" / "config.json").is_file()
     assert not list(out.rglob("*.ckpt"))
+
+
+def test_every_n_steps_zero_writes_one_checkpoint_at_the_end(tmp_path, data_dir):
+    """`every_n_steps=0`: last.ckpt when fit ends, and no checkpoint at the first epoch's end
+    (Lightning's default every_n_epochs=1 wrote one there: 1.6 GB and 10 s in the demo)."""
+    overrides = ["data.packing=false", "trainer.max_epochs=2", "train.checkpoint.every_n_steps=0"]
+    cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft_short.jsonl", "end", *overrides))
+    manifest = run_train(cfg)
+    ckpts = tmp_path / "end" / "train" / "checkpoints"
+    assert [p.name for p in ckpts.glob("*.ckpt")] == ["last.ckpt"]
+    assert checkpoint_step(ckpts / "last.ckpt") == manifest["counts"]["steps"] > 1
 
 
 def test_a_rerun_on_changed_data_trains_again_instead_of_resuming(tmp_path, data_dir):
