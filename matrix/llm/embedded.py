@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,30 @@ def model_cache() -> Path:
     return Path(os.environ.get("MATRIX_MODEL_CACHE") or cache_root() / "models")
 
 
+@contextmanager
+def _gguf_parsed_once():
+    """transformers parses the whole GGUF once for each of the tokenizer, the config and the
+    weights, and rebuilds gguf's tensor-name map once per module (397 times for SmolLM2): most
+    of the conversion's 20 s on 2 cores, paid on every fresh install. Within the conversion,
+    the three share one parse (a read-only memory map) and the name maps are built once."""
+    import gguf
+
+    reader_cls, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def one_reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_cls(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = one_reader, functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
+
+
 def smollm2_hf_dir() -> Path:
     """A plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
     gguf = smollm2_gguf()
@@ -71,13 +97,14 @@ def smollm2_hf_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
-        dtype=torch.float32,
-    )
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+            dtype=torch.float32,
+        )
     model.generation_config.pad_token_id = tok.pad_token_id
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
