@@ -8,7 +8,9 @@ An endpoint is marked down when a request exhausts the retry policy on it, when 
 dies, or at once when it refuses or drops a connection while another endpoint is up; its
 requests move to the others (matrix.llm.openai_backend). A down endpoint is asked for its
 model list again after 1 s, then 2, 4 ... up to `PROBE_MAX_WAIT` s, and taken back when it
-answers (a late answer to a request sent before it went down does not count).
+answers (a late answer to a request sent before it went down does not count). The wait keeps
+doubling across a take-back until the endpoint answers a request: one that lists its models
+but fails every completion is taken back after 1, 2, 4 ... s, not every second.
 
 The process-wide request slots (matrix.llm.slots) hold the sum of the up endpoints' caps, so
 a request that has a slot finds an up endpoint with room; while every endpoint is down they
@@ -150,7 +152,6 @@ class EndpointPool:
                 return
             ep.up = False
             ep.usage.down += 1
-            ep.probe_wait = PROBE_FIRST_WAIT
             ep.next_probe = time.monotonic() + ep.probe_wait
             self._resize()
             left = [e.url for e in self.endpoints if e.up]
@@ -163,13 +164,22 @@ class EndpointPool:
         )
 
     def mark_up(self, ep: Endpoint) -> None:
+        """A probe got its model list: back in, and down again only after a longer wait
+        unless it answers a request first (`answered`)."""
         with self._lock:
             ep.last_5xx = None
             if ep.up:
                 return
             ep.up = True
+            ep.probe_wait = min(ep.probe_wait * 2, PROBE_MAX_WAIT)
             self._resize()
         log.warning("%s answers again: requests go to it again", ep.url)
+
+    def answered(self, ep: Endpoint) -> None:
+        """A request got its answer there: its next outage is probed from 1 s again."""
+        with self._lock:
+            ep.last_5xx = None
+            ep.probe_wait = PROBE_FIRST_WAIT
 
     def probe_failed(self, ep: Endpoint, error: BaseException) -> None:
         with self._lock:  # a request's error says more than the probe's, when there is one

@@ -5,7 +5,8 @@ One retry policy (tenacity) per request and endpoint: timeouts, dropped connecti
 honouring Retry-After. A request that exhausts it, or meets a dead engine, marks the
 endpoint down and moves to another up endpoint (matrix.llm.endpoints); a refused or dropped
 connection moves it at once while another endpoint is up, so a killed replica costs its
-requests one failed try each. A request never goes back to an endpoint it exhausted, so
+requests one failed try each, and a second 5xx in a row moves it too, so a replica that
+lists its models but fails every completion costs them two. A request never goes back to an endpoint it exhausted, so
 it ends: answered once, or failed with the error of every endpoint it could use. Only when
 none is up (and none answers a probe right then) does the request fail: with one endpoint,
 as that endpoint's error (matrix.llm.openai_failures); with several, `AllEndpointsDown`
@@ -47,6 +48,11 @@ Call = Callable[[openai.AsyncOpenAI], Awaitable[Any]]
 def endpoint_failure(e: BaseException) -> bool:
     """A failure of the endpoint rather than of the request: another endpoint may answer."""
     return retryable(e) or engine_dead(e)
+
+
+def server_error(e: BaseException | None) -> bool:
+    """An HTTP 5xx answer."""
+    return isinstance(e, openai.APIStatusError) and e.status_code >= 500
 
 
 def refused(e: BaseException | None) -> bool:
@@ -101,7 +107,10 @@ class Router:
     def _retrying(self, ep: Endpoint) -> AsyncRetrying:
         def move_on(state: RetryCallState) -> bool:  # stop retrying here: another is up
             e = state.outcome.exception() if state.outcome else None
-            return (not ep.up or refused(e)) and self.pool.others_up(ep)
+            # a second 5xx in a row: a replica that lists its models but fails completions
+            # would hold the row for the whole retry policy; one retry covers a blip
+            again_5xx = state.attempt_number >= 2 and server_error(e)
+            return (not ep.up or refused(e) or again_5xx) and self.pool.others_up(ep)
 
         def before_sleep(state: RetryCallState) -> None:
             e = state.outcome.exception() if state.outcome else None
@@ -133,7 +142,7 @@ class Router:
                     if e.status_code >= 500:
                         ep.last_5xx = f"HTTP {e.status_code}: {server_says(e)}"
                     raise
-        ep.last_5xx = None  # it answers: a later silence is not "died after 5xx"
+        self.pool.answered(ep)  # it answers: a later silence is not "died after 5xx"
         return result
 
     # -- the model list -------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 
 from matrix.common.validation import ConfigError
 from matrix.core.config_check import check_config
-from matrix.llm.endpoints import parse_endpoints
+from matrix.llm.endpoints import PROBE_FIRST_WAIT, EndpointPool, parse_endpoints
 from matrix.llm.errors import AllEndpointsDown
 from matrix.llm.openai_backend import OpenAIBackend
 from matrix.llm.protocol import Sampling
@@ -30,14 +31,22 @@ from tests.llm.test_preflight import _compose
 class Replica:
     """A real OpenAI-compatible server serving "m" on `port`; each POST is held `delay`
     seconds. `answered` counts answers fully sent, `peak` the most requests in flight at
-    once; `kill_after=n` kills it as soon as it has answered n requests."""
+    once, `tries` the POSTs of each row (by its last message); `kill_after=n` kills it as
+    soon as it has answered n requests; `fail_with=500` answers every POST with that HTTP
+    error while it still lists its models."""
 
     def __init__(
-        self, port: int | None = None, delay: float = 0.05, kill_after: int = 0, model: str = "m"
+        self,
+        port: int | None = None,
+        delay: float = 0.05,
+        kill_after: int = 0,
+        model: str = "m",
+        fail_with: int = 0,
     ):
         self.port, self.model = port or free_port(), model
-        self.delay, self.kill_after = delay, kill_after
+        self.delay, self.kill_after, self.fail_with = delay, kill_after, fail_with
         self.answered = self.in_flight = self.peak = 0
+        self.tries: Counter[str] = Counter()
         self.killed = threading.Event()
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -62,8 +71,12 @@ class Replica:
                 with rep._lock:
                     rep.in_flight += 1
                     rep.peak = max(rep.peak, rep.in_flight)
+                    rep.tries[body["messages"][-1]["content"]] += 1
                 try:
                     time.sleep(rep.delay)
+                    if rep.fail_with:
+                        self.send_error(rep.fail_with, "engine overloaded")
+                        return
                     with rep._lock:  # answer, or be dead: decided at one moment
                         dead = rep.killed.is_set()
                         if not dead:
@@ -153,6 +166,42 @@ def test_a_replica_killed_mid_batch_loses_no_row_and_answers_none_twice(tmp_path
     assert ends[b.url]["completion_tokens"] == 3 * b.answered  # the server's usage, counted
     spend = json.loads((tmp_path / "llm_spend.json").read_text())
     assert spend["endpoints"][b.url]["answered"] == b.answered  # written after each batch
+
+
+def test_a_replica_failing_every_completion_costs_a_row_two_tries_not_the_retry_policy():
+    """A lists its models (so probes take it back) but answers every completion with a 500:
+    each row it gets is tried there twice (one retry for a blip), then moves to B, although
+    the retry policy would allow 9 tries."""
+    a = Replica(delay=0.01, fail_with=500).start()
+    b = Replica(delay=0.05).start()
+    try:
+        backend = OpenAIBackend(
+            "m", base_urls=[a.url, b.url], api_key_env=None, max_retries=8, retry_max_wait=0.2
+        )
+        done = backend.generate(_chats(12), Sampling(max_new_tokens=8))
+    finally:
+        a.kill()
+        b.kill()
+    assert [c.text for c in done] == [f"chat: q {i}" for i in range(12)]
+    assert a.answered == 0 and b.answered == 12
+    assert a.tries and max(a.tries.values()) <= 2, a.tries
+    assert backend.pool.endpoints[0].usage.down >= 1
+
+
+def test_a_replica_taken_back_waits_longer_each_time_until_it_answers_a_request():
+    pool = EndpointPool(parse_endpoints("", ["http://a/v1", "http://b/v1"], 4))
+    a = pool.endpoints[0]
+    waits = []
+    for _ in range(3):  # down, listed its models (taken back), down again ...
+        pool.mark_down(a, RuntimeError("HTTP 500"), 2)
+        waits.append(a.next_probe - time.monotonic())
+        pool.mark_up(a)
+    pool.answered(a)
+    pool.mark_down(a, RuntimeError("HTTP 500"), 2)
+    waits.append(a.next_probe - time.monotonic())
+    first = PROBE_FIRST_WAIT
+    expected = [first, 2 * first, 4 * first, first]
+    assert all(abs(w - e) < 0.5 for w, e in zip(waits, expected, strict=True)), waits
 
 
 def test_least_loaded_keeps_each_replica_within_its_cap_and_fills_both():
