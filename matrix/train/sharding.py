@@ -121,8 +121,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
-    def shard(self, model: torch.nn.Module) -> None:
-        shard_model(model, self.layers, self.fsdp, self.precision, self.mesh())
+    def shard(self, model: torch.nn.Module, frozen: bool = False) -> None:
+        """Shard `model` over the data-parallel ranks; `frozen`: a model that only runs under
+        no_grad (DPO's reference copy): the same units, mesh and mixed precision, no
+        activation checkpointing."""
+        shard_model(model, self.layers, self.fsdp, self.precision, self.mesh(), frozen)
 
     def mesh(self):
         """The data-parallel mesh; HYBRID_SHARD: (replicate across nodes, shard in a node)."""
@@ -138,11 +141,16 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def shard_model(
-    model: torch.nn.Module, layers: tuple[type, ...], fsdp: DictConfig, precision: str, mesh
+    model: torch.nn.Module,
+    layers: tuple[type, ...],
+    fsdp: DictConfig,
+    precision: str,
+    mesh,
+    frozen: bool = False,
 ) -> None:
-    """Checkpoint the activations of each decoder layer (when configured), then `fully_shard`
-    each layer and the root, in place. A model already sharded is left as it is (Lightning
-    calls configure_model again for validate after fit)."""
+    """Checkpoint the activations of each decoder layer (when configured and not `frozen`),
+    then `fully_shard` each layer and the root, in place. A model already sharded is left as
+    it is (Lightning calls configure_model again for validate after fit)."""
     from torch.distributed.fsdp import (
         FSDPModule,
         MixedPrecisionPolicy,
@@ -152,7 +160,7 @@ def shard_model(
 
     if isinstance(model, FSDPModule):
         return
-    if fsdp.activation_checkpointing:
+    if fsdp.activation_checkpointing and not frozen:
         # transformers' own (non-reentrant) checkpointing of each decoder layer, which keeps
         # the module names: Lightning loads a full-state-dict checkpoint into the sharded model
         # by module name, and torch's checkpoint wrapper would rename every layer. Inside the
