@@ -245,7 +245,9 @@ class DPOModule(CausalLMModule):
         if shard is not None and self.ref_model is not None:
             shard(self.ref_model, frozen=True)
             params = list(self.ref_model.parameters())
-            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+            local = sum(
+                p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params
+            )
             log.info(
                 "DPO: reference copy sharded, rank %d holds %d of its %d parameters",
                 self.global_rank,

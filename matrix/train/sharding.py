@@ -171,8 +171,9 @@ def shard_model(
     if precision == "bf16-mixed":  # gather bf16 weights, reduce gradients in fp32
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     # FULL_SHARD frees a layer's gathered weights after its forward (gathered again for the
-    # backward); SHARD_GRAD_OP (ZeRO-2) keeps them until the backward
-    reshard = fsdp.sharding_strategy != "SHARD_GRAD_OP"
+    # backward); SHARD_GRAD_OP (ZeRO-2) keeps them until the backward, which a frozen model
+    # never has: it would keep them gathered for good
+    reshard = frozen or fsdp.sharding_strategy != "SHARD_GRAD_OP"
     units = [m for m in model.modules() if isinstance(m, layers)]
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)

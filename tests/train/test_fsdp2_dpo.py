@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
-from .test_fsdp2 import TWO, metrics
+from .test_fsdp2 import TWO, metrics, one_rank_group  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -129,3 +130,34 @@ def test_export_is_the_policy_of_one_process(runs):
     assert one.keys() == two.keys() and not [k for k in two if "ref_model" in k]
     for k in one:
         assert (one[k] - two[k]).abs().max() <= 1e-5, k
+
+
+@pytest.mark.parametrize("strategy", ["FULL_SHARD", "SHARD_GRAD_OP"])
+def test_frozen_copy_is_sharded_again_after_each_forward(one_rank_group, strategy):
+    """The reference runs under no_grad, so no backward ever reshards it: its layers free
+    their gathered weights after each forward, under SHARD_GRAD_OP too (which keeps the
+    policy's until the backward), and none of them recomputes activations."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.loss import labelled_logps
+    from matrix.train.sharding import decoder_layers, shard_model
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4
+    )
+    config.num_hidden_layers = 2
+    ref = LlamaForCausalLM(config).eval().requires_grad_(False)
+    fsdp = OmegaConf.create({"activation_checkpointing": True, "sharding_strategy": strategy})
+    shard_model(
+        ref, tuple(decoder_layers(ref)), fsdp, "32-true", init_device_mesh("cpu", (1,)), True
+    )
+    assert not ref.is_activation_checkpointing
+    ids = torch.randint(0, 100, (2, 8))
+    batch = {"input_ids": ids, "labels": ids, "position_ids": torch.arange(8).expand(2, 8)}
+    with torch.no_grad():
+        labelled_logps(ref, batch)
+    assert all(isinstance(p, DTensor) for p in ref.parameters())
