@@ -15,6 +15,7 @@ processes over gloo too, which is how the tests check it (tests/train/test_fsdp2
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -126,6 +127,25 @@ class FSDP2Strategy(ModelParallelStrategy):
         no_grad (DPO's reference copy): the same units, mesh and mixed precision, no
         activation checkpointing."""
         shard_model(model, self.layers, self.fsdp, self.precision, self.mesh(), frozen)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """A full (one-file) checkpoint is loaded into every parameter and buffer the module
+        registers, but a module's state_dict may leave some out (DPO's frozen reference copy,
+        rebuilt from model.path): the file must hold every key of the module's state_dict,
+        and only those are loaded. A sharded checkpoint loads the module's state_dict keys."""
+        module = self.lightning_module
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir() or not module.strict_loading:
+            return super().load_checkpoint(path, weights_only)
+        saved = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        missing = sorted(set(module.state_dict()) - set(saved["state_dict"]))
+        if missing:
+            raise KeyError(f"checkpoint {path} lacks {len(missing)} model keys: {missing[:3]}")
+        module.strict_loading = False  # the keys the state_dict leaves out
+        try:
+            return super().load_checkpoint(path, weights_only)
+        finally:
+            module.strict_loading = True
 
     def mesh(self):
         """The data-parallel mesh; HYBRID_SHARD: (replicate across nodes, shard in a node)."""

@@ -132,8 +132,9 @@ def test_export_is_the_policy_of_one_process(runs):
         assert (one[k] - two[k]).abs().max() <= 1e-5, k
 
 
+@pytest.mark.usefixtures("one_rank_group")
 @pytest.mark.parametrize("strategy", ["FULL_SHARD", "SHARD_GRAD_OP"])
-def test_frozen_copy_is_sharded_again_after_each_forward(one_rank_group, strategy):
+def test_frozen_copy_is_sharded_again_after_each_forward(strategy):
     """The reference runs under no_grad, so no backward ever reshards it: its layers free
     their gathered weights after each forward, under SHARD_GRAD_OP too (which keeps the
     policy's until the backward), and none of them recomputes activations."""
