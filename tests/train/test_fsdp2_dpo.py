@@ -162,3 +162,25 @@ def test_frozen_copy_is_sharded_again_after_each_forward(strategy):
     with torch.no_grad():
         labelled_logps(ref, batch)
     assert all(isinstance(p, DTensor) for p in ref.parameters())
+
+
+def test_memory_plan_counts_a_shard_of_the_reference(tmp_path, data_dir):
+    """The plan before the run (matrix.train.memory_fit) counts each rank's share of the
+    weights and of the reference copy under trainer=fsdp (FSDP2)."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.memory_fit import model_shape, run_setup
+    from matrix.train.memory_plan import terms
+
+    cfg = compose_train(tiny_overrides(tmp_path, data_dir / "dpo.jsonl", "x", *COMMON, *TWO))
+    dm = SimpleNamespace(units=[], packing=True)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    config.num_hidden_layers = 1
+    model = LlamaForCausalLM(config)
+    setup = run_setup(cfg, dm, model, False, 2, 0)
+    assert setup.shards == 2 and setup.reference_copy and setup.checkpointing
+    t = terms(model_shape(model), setup)
+    whole = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert t["reference"] == t["weights"] == whole // 2
