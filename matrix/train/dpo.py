@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig
+from torch.distributed.fsdp import FSDPModule
 
 from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
@@ -242,18 +243,17 @@ class DPOModule(CausalLMModule):
         1/ranks of it too; its log-probs take the sharded route of matrix.train.loss."""
         super().configure_model()
         shard = getattr(self._trainer.strategy, "shard", None) if self._trainer else None
-        if shard is not None and self.ref_model is not None:
-            shard(self.ref_model, frozen=True)
-            params = list(self.ref_model.parameters())
-            local = sum(
-                p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params
-            )
-            log.info(
-                "DPO: reference copy sharded, rank %d holds %d of its %d parameters",
-                self.global_rank,
-                local,
-                sum(p.numel() for p in params),
-            )
+        if shard is None or self.ref_model is None or isinstance(self.ref_model, FSDPModule):
+            return  # not sharding, no copy, or sharded already (validate after fit)
+        shard(self.ref_model, frozen=True)
+        params = list(self.ref_model.parameters())
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+        log.info(
+            "DPO: reference copy sharded, rank %d holds %d of its %d parameters",
+            self.global_rank,
+            local,
+            sum(p.numel() for p in params),
+        )
 
     def on_fit_start(self) -> None:
         if self.ref_model is not None:
