@@ -184,3 +184,58 @@ def test_memory_plan_counts_a_shard_of_the_reference(tmp_path, data_dir):
     t = terms(model_shape(model), setup)
     whole = sum(p.numel() * p.element_size() for p in model.parameters())
     assert t["reference"] == t["weights"] == whole // 2
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_full_checkpoint_loads_the_policy_and_asks_no_reference(tmp_path):
+    """A full (one-file) checkpoint of a sharded DPO module holds the policy only: loading it
+    fills the policy and leaves the reference copy (Lightning alone asks every registered
+    parameter of the file), and a file that lacks a policy key is refused, naming it."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.dpo import DPOModule
+    from matrix.train.sharding import FSDP2Strategy, decoder_layers, shard_model
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4
+    )
+    config.num_hidden_layers = 2
+    module = DPOModule(LlamaForCausalLM(config), OmegaConf.create({}), OmegaConf.create({}), 1)
+    fsdp = OmegaConf.create(
+        {
+            "activation_checkpointing": False,
+            "sharding_strategy": "FULL_SHARD",
+            "state_dict_type": "full",
+        }
+    )
+    layers = tuple(decoder_layers(module.model))
+    strategy = FSDP2Strategy(set(layers), fsdp, "32-true")
+    mesh = init_device_mesh("cpu", (1,))
+    shard_model(module.model, layers, fsdp, "32-true", mesh)
+    shard_model(module.ref_model, layers, fsdp, "32-true", mesh, frozen=True)
+    strategy._lightning_module = strategy.model = module
+
+    def full(m):
+        return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in m.items()}
+
+    ref_before = full(module.ref_model.state_dict())
+    trained = {
+        k: v + 1 if k.startswith("model.") else v for k, v in full(module.state_dict()).items()
+    }
+    assert not [k for k in trained if k.startswith("ref_model.")]
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": trained, "global_step": 2}, path)
+    assert strategy.load_checkpoint(path)["global_step"] == 2
+    loaded = full(module.state_dict())
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    ref_after = full(module.ref_model.state_dict())
+    assert all(torch.equal(ref_after[k], ref_before[k]) for k in ref_before)
+    assert module.strict_loading
+    del trained["model.model.norm.weight"]
+    torch.save({"state_dict": trained}, path)
+    with pytest.raises(KeyError, match="model.model.norm.weight"):
+        strategy.load_checkpoint(path)
