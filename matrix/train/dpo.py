@@ -9,6 +9,7 @@ same model and data skips the pass). The frozen copy's weights are bf16 on a GPU
 (`train.objective.reference_dtype=auto`): under bf16 mixed precision its matmuls run in bf16
 anyway, and it takes half the memory of an fp32 copy. On a CPU `auto` keeps fp32: the copy is
 then the exact starting model, and most CPUs have no bf16 matrix units to gain from.
+Under FSDP2 (`trainer=fsdp`) the copy is sharded like the policy: each rank holds 1/ranks of it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig
+from torch.distributed.fsdp import FSDPModule
 
 from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
@@ -228,10 +231,29 @@ class DPOModule(CausalLMModule):
         # before the strategy moves the module to its device: no fp32 copy ever reaches a GPU
         if self.ref_model is not None:
             strategy = self.trainer.strategy
-            # FSDP flattens each wrapped unit's parameters into one tensor of one dtype: the
-            # root unit holds both models' embeddings and norms, so `auto` keeps fp32 there
-            sharded = "FSDP" in type(strategy).__name__
-            self._cast_reference(strategy.root_device, sharded)
+            # FSDP1 flattens each wrapped unit's parameters into one tensor of one dtype: its
+            # root unit holds both models' embeddings and norms, so `auto` keeps fp32 there.
+            # FSDP2 (configure_model) shards each parameter on its own (a DTensor, no flat
+            # tensor) and the copy in units of its own, all bf16: `auto` is bf16 there too.
+            self._cast_reference(strategy.root_device, isinstance(strategy, FSDPStrategy))
+
+    def configure_model(self) -> None:
+        """FSDP2: the policy is sharded (CausalLMModule), then the frozen copy the same way
+        (per decoder layer, then its root; same mesh and mixed precision), so each rank holds
+        1/ranks of it too; its log-probs take the sharded route of matrix.train.loss."""
+        super().configure_model()
+        shard = getattr(self._trainer.strategy, "shard", None) if self._trainer else None
+        if shard is None or self.ref_model is None or isinstance(self.ref_model, FSDPModule):
+            return  # not sharding, no copy, or sharded already (validate after fit)
+        shard(self.ref_model, frozen=True)
+        params = list(self.ref_model.parameters())
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+        log.info(
+            "DPO: reference copy sharded, rank %d holds %d of its %d parameters",
+            self.global_rank,
+            local,
+            sum(p.numel() for p in params),
+        )
 
     def on_fit_start(self) -> None:
         if self.ref_model is not None:
@@ -246,12 +268,12 @@ class DPOModule(CausalLMModule):
             return  # nothing to do, or restored from a checkpoint
         self.precompute_reference()
 
-    def _cast_reference(self, device: torch.device, sharded: bool = False) -> None:
+    def _cast_reference(self, device: torch.device, flattened: bool = False) -> None:
         """The frozen copy's parameters to `reference_dtype` (buffers such as the rotary
         frequencies stay fp32: rounded, they would shift every position's phase)."""
         dtype = REFERENCE_DTYPES[self.reference_dtype]
         if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" and not sharded else torch.float32
+            dtype = torch.bfloat16 if device.type == "cuda" and not flattened else torch.float32
         for p in self.ref_model.parameters():
             p.data = p.data.to(dtype)
         log.info("DPO: reference copy in %s on %s", dtype, device.type)
@@ -309,6 +331,8 @@ class DPOModule(CausalLMModule):
 
     def state_dict(self, *args, **kwargs):
         # The frozen copy is the starting checkpoint on disk; no need to store it again.
+        # FSDP2's checkpoints (Lightning's ModelParallelStrategy: torch.distributed.checkpoint's
+        # get_model_state_dict on this module) call this method too: they hold the policy only.
         state = super().state_dict(*args, **kwargs)
         return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
 

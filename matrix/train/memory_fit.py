@@ -26,6 +26,7 @@ from matrix.common.io import read_json, write_json
 from matrix.train.loss import supports_hidden_path
 from matrix.train.memory import free_bytes, resident_bytes
 from matrix.train.memory_plan import CUDA_CONTEXT, GB, Plan, Setup, Shape, decide, summary
+from matrix.train.sharding import SHARDED
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int, held: int | No
     own)."""
     precision = str(cfg.trainer.precision)
     low = not precision.startswith("32")
-    fsdp = cfg.trainer.get("fsdp") if str(cfg.trainer.strategy) == "fsdp" else None
+    fsdp = cfg.trainer.get("fsdp") if str(cfg.trainer.strategy) in SHARDED else None
     checkpointing = bool(cfg.model.get("gradient_checkpointing")) or bool(
         fsdp and fsdp.get("activation_checkpointing")
     )

@@ -12,7 +12,8 @@ The estimate is a sum of terms, each from the model's shape and the run's settin
     logits/loss  chunked loss: ~4 slices of CHUNK_ELEMENTS fp32 values (matrix/train/loss.py),
                  or of the whole batch's [tokens x vocabulary] when that is smaller;
                  a model on the full-logits path: 3 fp32 copies of [tokens x vocabulary]
-    reference    DPO's frozen reference copy (train.objective.reference=model, no LoRA)
+    reference    DPO's frozen reference copy (train.objective.reference=model, no LoRA), sharded
+                 as the weights are
 
 Activations per token, with e = bytes per activation value (4 in fp32, 2 under bf16/fp16):
 a Llama-style decoder layer keeps for its backward pass the inputs of its norms and
@@ -130,7 +131,7 @@ def terms(shape: Shape, s: Setup) -> dict[str, int]:
         "optimizer": int(opt / s.shards),
         "activations": int(act),
         "logits/loss": int(loss),
-        "reference": int(weights) if s.reference_copy else 0,
+        "reference": int(weights / s.shards) if s.reference_copy else 0,  # sharded alike
     }
 
 

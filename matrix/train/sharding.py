@@ -15,6 +15,7 @@ processes over gloo too, which is how the tests check it (tests/train/test_fsdp2
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -121,8 +122,30 @@ class FSDP2Strategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
-    def shard(self, model: torch.nn.Module) -> None:
-        shard_model(model, self.layers, self.fsdp, self.precision, self.mesh())
+    def shard(self, model: torch.nn.Module, frozen: bool = False) -> None:
+        """Shard `model` over the data-parallel ranks; `frozen`: a model that only runs under
+        no_grad (DPO's reference copy): the same units, mesh and mixed precision, no
+        activation checkpointing."""
+        shard_model(model, self.layers, self.fsdp, self.precision, self.mesh(), frozen)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """A full (one-file) checkpoint is loaded into every parameter and buffer the module
+        registers, but a module's state_dict may leave some out (DPO's frozen reference copy,
+        rebuilt from model.path): the file must hold every key of the module's state_dict,
+        and only those are loaded. A sharded checkpoint loads the module's state_dict keys."""
+        module = self.lightning_module
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir() or not module.strict_loading:
+            return super().load_checkpoint(path, weights_only)
+        saved = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        missing = sorted(set(module.state_dict()) - set(saved["state_dict"]))
+        if missing:
+            raise KeyError(f"checkpoint {path} lacks {len(missing)} model keys: {missing[:3]}")
+        module.strict_loading = False  # the keys the state_dict leaves out
+        try:
+            return super().load_checkpoint(path, weights_only)
+        finally:
+            module.strict_loading = True
 
     def mesh(self):
         """The data-parallel mesh; HYBRID_SHARD: (replicate across nodes, shard in a node)."""
@@ -138,11 +161,16 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def shard_model(
-    model: torch.nn.Module, layers: tuple[type, ...], fsdp: DictConfig, precision: str, mesh
+    model: torch.nn.Module,
+    layers: tuple[type, ...],
+    fsdp: DictConfig,
+    precision: str,
+    mesh,
+    frozen: bool = False,
 ) -> None:
-    """Checkpoint the activations of each decoder layer (when configured), then `fully_shard`
-    each layer and the root, in place. A model already sharded is left as it is (Lightning
-    calls configure_model again for validate after fit)."""
+    """Checkpoint the activations of each decoder layer (when configured and not `frozen`),
+    then `fully_shard` each layer and the root, in place. A model already sharded is left as
+    it is (Lightning calls configure_model again for validate after fit)."""
     from torch.distributed.fsdp import (
         FSDPModule,
         MixedPrecisionPolicy,
@@ -152,7 +180,7 @@ def shard_model(
 
     if isinstance(model, FSDPModule):
         return
-    if fsdp.activation_checkpointing:
+    if fsdp.activation_checkpointing and not frozen:
         # transformers' own (non-reentrant) checkpointing of each decoder layer, which keeps
         # the module names: Lightning loads a full-state-dict checkpoint into the sharded model
         # by module name, and torch's checkpoint wrapper would rename every layer. Inside the
@@ -163,8 +191,9 @@ def shard_model(
     if precision == "bf16-mixed":  # gather bf16 weights, reduce gradients in fp32
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     # FULL_SHARD frees a layer's gathered weights after its forward (gathered again for the
-    # backward); SHARD_GRAD_OP (ZeRO-2) keeps them until the backward
-    reshard = fsdp.sharding_strategy != "SHARD_GRAD_OP"
+    # backward); SHARD_GRAD_OP (ZeRO-2) keeps them until the backward, which a frozen model
+    # never has: it would keep them gathered for good
+    reshard = frozen or fsdp.sharding_strategy != "SHARD_GRAD_OP"
     units = [m for m in model.modules() if isinstance(m, layers)]
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)

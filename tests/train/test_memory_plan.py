@@ -47,6 +47,9 @@ def test_terms_match_a_hand_computation():
     # DPO's frozen copy: the weights once more; bf16-true: 2 bytes a parameter everywhere
     dpo = terms(TINY, Setup(tokens=10, checkpointing=False, reference_copy=True))
     assert dpo["reference"] == 4_000_000
+    # FSDP2 shards it as the policy: 1/ranks of it a rank
+    dpo = terms(TINY, Setup(tokens=10, checkpointing=False, reference_copy=True, shards=4))
+    assert dpo["reference"] == dpo["weights"] == 1_000_000
     bf16 = terms(
         TINY, Setup(tokens=10, checkpointing=False, activation_bytes=2, weight_bytes_per_param=2)
     )
