@@ -31,10 +31,12 @@ from torch.distributed.fsdp import FSDPModule
 from matrix.train.lm import CausalLMModule, RunContext
 from matrix.train.loss import labelled_logps
 from matrix.train.reference import (
+    REFERENCE_DTYPES,
     ReferenceCache,
     data_fingerprint,
     fill_reference,
     model_fingerprint,
+    reference_dtype_for,
 )
 
 log = logging.getLogger(__name__)
@@ -157,10 +159,6 @@ class ReferenceFreePairsModule(CausalLMModule):
         return {**self.pair_loss(s)[1], "pairs": len(s.chosen)}
 
 
-# train.objective.reference_dtype -> the frozen copy's dtype (None: bf16 on CUDA, else fp32)
-REFERENCE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 class DPOModule(CausalLMModule):
     """DPO's sigmoid loss against a reference policy (conf/objective/dpo.yaml: `beta`,
     `reference`, `reference_dtype`)."""
@@ -271,9 +269,7 @@ class DPOModule(CausalLMModule):
     def _cast_reference(self, device: torch.device, flattened: bool = False) -> None:
         """The frozen copy's parameters to `reference_dtype` (buffers such as the rotary
         frequencies stay fp32: rounded, they would shift every position's phase)."""
-        dtype = REFERENCE_DTYPES[self.reference_dtype]
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" and not flattened else torch.float32
+        dtype = reference_dtype_for(self.reference_dtype, device.type == "cuda", flattened)
         for p in self.ref_model.parameters():
             p.data = p.data.to(dtype)
         log.info("DPO: reference copy in %s on %s", dtype, device.type)

@@ -26,7 +26,8 @@ from matrix.common.io import read_json, write_json
 from matrix.train.loss import supports_hidden_path
 from matrix.train.memory import free_bytes, resident_bytes
 from matrix.train.memory_plan import CUDA_CONTEXT, GB, Plan, Setup, Shape, decide, summary
-from matrix.train.sharding import SHARDED
+from matrix.train.reference import reference_dtype_for
+from matrix.train.sharding import FSDP1, FSDP2, SHARDED
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int, held: int | No
         and objective.get("reference", "model") == "model"
         and not hasattr(model, "disable_adapter")
     )
+    ref_dtype = reference_dtype_for(
+        str(objective.get("reference_dtype", "auto")), cuda, str(cfg.trainer.strategy) == FSDP1
+    )
     return Setup(
         tokens=batch_tokens(dm, int(cfg.data.batch_size)),
         checkpointing=checkpointing,
@@ -106,6 +110,10 @@ def run_setup(cfg: DictConfig, dm, model, cuda: bool, world: int, held: int | No
         optimizer_values=values,
         optimizer_value_bytes=value_bytes,
         reference_copy=reference,
+        reference_bytes_per_param=ref_dtype.itemsize,
+        # FSDP2 shards the copy over every rank (matrix.train.sharding, frozen); FSDP1 wraps it
+        # with the policy's units and strategy
+        reference_shards=world if str(cfg.trainer.strategy) == FSDP2 else 0,
         chunked_loss=supports_hidden_path(model),
         runtime_bytes=CUDA_CONTEXT if cuda else (held or 0),
         shards=world if fsdp is not None and fsdp.get("sharding_strategy") == "FULL_SHARD" else 1,

@@ -95,6 +95,8 @@ class Setup:
     optimizer_values: float = 2.0  # optimizer state values per trainable parameter
     optimizer_value_bytes: int | None = None  # None: the parameters' dtype
     reference_copy: bool = False  # DPO's frozen reference model
+    reference_bytes_per_param: int | None = None  # its dtype (bf16: 2); None: the weights'
+    reference_shards: int = 0  # ranks it is split over at rest; 0: as the weights (`shards`)
     chunked_loss: bool = True
     runtime_bytes: int = 0
     shards: int = 1  # FSDP full shard: weights, gradients and optimizer split across ranks
@@ -107,6 +109,16 @@ def activation_bytes_per_token(shape: Shape, checkpointing: bool, value_bytes: i
     values = shape.layers * shape.hidden + 2 * shape.layer_values
     # a shallow model gains little from checkpointing; it never keeps more than without it
     return min(full, values * value_bytes * CHECKPOINTED)
+
+
+def _reference(shape: Shape, s: Setup, weights: float) -> int:
+    """DPO's frozen copy: the weights once more, in its own dtype, split over the ranks
+    that shard it (FSDP2 frees its gathered layers after each forward, whatever the policy's
+    sharding strategy)."""
+    if not s.reference_copy:
+        return 0
+    size = shape.params * s.reference_bytes_per_param if s.reference_bytes_per_param else weights
+    return int(size / (s.reference_shards or s.shards))
 
 
 def terms(shape: Shape, s: Setup) -> dict[str, int]:
@@ -131,7 +143,7 @@ def terms(shape: Shape, s: Setup) -> dict[str, int]:
         "optimizer": int(opt / s.shards),
         "activations": int(act),
         "logits/loss": int(loss),
-        "reference": int(weights / s.shards) if s.reference_copy else 0,  # sharded alike
+        "reference": _reference(shape, s, weights),
     }
 
 

@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "reference_logps.pt"
 SAVE_EVERY = 50  # batches between saves while computing
 
+# train.objective.reference_dtype -> the frozen copy's dtype (None: `reference_dtype` decides)
+REFERENCE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def reference_dtype_for(setting: str, cuda: bool, flattened: bool) -> torch.dtype:
+    """The frozen reference copy's dtype for `train.objective.reference_dtype`: `auto` is
+    bf16 on CUDA unless FSDP1 flattens it with the policy's fp32 parameters (`flattened`),
+    else fp32 (the exact starting model on a CPU)."""
+    dtype = REFERENCE_DTYPES.get(setting)
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if cuda and not flattened else torch.float32
+
 
 def model_fingerprint(cfg: DictConfig) -> str:
     """What identifies the reference model: the model block (path, init, random config,

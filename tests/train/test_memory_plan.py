@@ -50,6 +50,16 @@ def test_terms_match_a_hand_computation():
     # FSDP2 shards it as the policy: 1/ranks of it a rank
     dpo = terms(TINY, Setup(tokens=10, checkpointing=False, reference_copy=True, shards=4))
     assert dpo["reference"] == dpo["weights"] == 1_000_000
+    # a bf16 copy (reference_dtype auto on CUDA) beside fp32 weights, split over 4 ranks at
+    # rest while the policy's SHARD_GRAD_OP counts its weights whole
+    ref = Setup(
+        tokens=10,
+        checkpointing=False,
+        reference_copy=True,
+        reference_bytes_per_param=2,
+        reference_shards=4,
+    )
+    assert terms(TINY, ref)["reference"] == 1_000_000 * 2 // 4
     bf16 = terms(
         TINY, Setup(tokens=10, checkpointing=False, activation_bytes=2, weight_bytes_per_param=2)
     )
@@ -78,6 +88,25 @@ def need(checkpointing: bool, rows: int) -> int:
     return (
         int(estimate(TINY, Setup(tokens=tokens_for(rows), checkpointing=checkpointing)) / 0.75) + 1
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "strategy", "expected"),
+    [
+        ("auto", False, "auto", torch.float32),  # a CPU: the exact starting model
+        ("auto", True, "auto", torch.bfloat16),
+        ("auto", True, "fsdp2", torch.bfloat16),  # FSDP2 shards each parameter on its own
+        ("auto", True, "fsdp", torch.float32),  # FSDP1 flattens it with the fp32 policy
+        ("bfloat16", False, "auto", torch.bfloat16),
+        ("float32", True, "auto", torch.float32),
+    ],
+)
+def test_reference_dtype_auto_follows_the_device_and_the_sharding(
+    setting, cuda, strategy, expected
+):
+    from matrix.train.reference import reference_dtype_for
+
+    assert reference_dtype_for(setting, cuda, strategy == "fsdp") == expected
 
 
 def test_a_plan_that_fits_changes_nothing():
