@@ -12,8 +12,8 @@ The estimate is a sum of terms, each from the model's shape and the run's settin
     logits/loss  chunked loss: ~4 slices of CHUNK_ELEMENTS fp32 values (matrix/train/loss.py),
                  or of the whole batch's [tokens x vocabulary] when that is smaller;
                  a model on the full-logits path: 3 fp32 copies of [tokens x vocabulary]
-    reference    DPO's frozen reference copy (train.objective.reference=model, no LoRA), sharded
-                 as the weights are
+    reference    DPO's frozen reference copy (train.objective.reference=model, no LoRA), in its
+                 own dtype (train.objective.reference_dtype), split over the ranks that shard it
 
 Activations per token, with e = bytes per activation value (4 in fp32, 2 under bf16/fp16):
 a Llama-style decoder layer keeps for its backward pass the inputs of its norms and
