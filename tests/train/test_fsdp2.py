@@ -143,7 +143,6 @@ def test_fsdp_presets_compose(tmp_path, data_dir):
     [
         ("trainer.fsdp.sharding_strategy=NO_SHARD", "trainer.fsdp.sharding_strategy"),
         ("trainer.fsdp.cpu_offload=true", "trainer.fsdp.cpu_offload"),
-        ("model.lora.enabled=true", "model.lora.enabled"),
         ("trainer.strategy=fsdp3", "trainer.strategy"),
     ],
 )
