@@ -75,7 +75,8 @@ def check_strategy(cfg: DictConfig, p: ConfigProblems) -> None:
             "trainer.fsdp.cpu_offload=true is not supported with trainer.strategy=fsdp2 (the "
             "strategy moves the shards to the GPU); set it false, or use trainer.strategy=fsdp",
         )
-    if (cfg.model.get("lora") or {}).get("quantize_4bit"):
+    lora = cfg.model.get("lora") or {}
+    if lora.get("enabled") and lora.get("quantize_4bit"):
         p.add(
             "model.lora.quantize_4bit",
             "QLoRA (model.lora.quantize_4bit=true) is not supported with trainer.strategy=fsdp2 "

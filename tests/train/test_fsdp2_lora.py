@@ -25,7 +25,7 @@ from matrix.common.io import read_json
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
-from .test_fsdp2 import COMMON, ONE, metrics, train_two_ranks
+from .test_fsdp2 import COMMON, ONE, metrics, one_rank_group, train_two_ranks  # noqa: F401
 
 STEPS = 4
 # dropout off: one process and two ranks draw different masks
@@ -116,3 +116,43 @@ def test_dpo_with_lora_reference_on_two_ranks_is_one_process(runs):
         assert two[s]["train/loss"] == pytest.approx(one[s]["train/loss"], rel=1e-5), s
         assert two[s]["train/grad_norm"] == pytest.approx(one[s]["train/grad_norm"], rel=1e-3), s
     assert two[2]["train/loss"] != pytest.approx(math.log(2), abs=1e-4)  # the policy moved
+
+
+@pytest.mark.usefixtures("one_rank_group")
+@pytest.mark.parametrize("tied", [True, False])
+def test_gathered_lora_state_merges_as_the_unsharded_model(tied):
+    """In process on one rank: the sharded PeftModel's gathered state, merged by
+    merged_lora_model, is exactly what peft's merge_and_unload makes of the same model
+    unsharded (adapters trained away from zero, so the merge moves every target)."""
+    import copy
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from matrix.train.sharded_export import merged_lora_model
+    from matrix.train.sharding import decoder_layers, full_state_dict, shard_model
+
+    torch.manual_seed(0)
+    shape = {"num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": tied}
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, **shape)
+    config.num_hidden_layers = 2
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    model = get_peft_model(LlamaForCausalLM(config), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    plain = copy.deepcopy(model).merge_and_unload().state_dict()
+    fsdp = OmegaConf.create({"activation_checkpointing": False, "sharding_strategy": "FULL_SHARD"})
+    shard_model(model, tuple(decoder_layers(model)), fsdp, "32-true", init_device_mesh("cpu", (1,)))
+    trainer = SimpleNamespace(strategy=ModelParallelStrategy())
+    out = merged_lora_model(model, full_state_dict(trainer, model))
+    merged = out.state_dict()
+    assert merged.keys() == plain.keys()
+    for k in plain:
+        assert torch.equal(merged[k], plain[k]), k
+    assert (out.lm_head.weight is out.model.embed_tokens.weight) == tied
