@@ -19,6 +19,7 @@ from matrix.common.io import write_json
 from matrix.core.model_card import TrainedModel, write_card
 from matrix.core.stage import stage_folder
 from matrix.train.datamodule import data_path
+from matrix.train.sharded_export import merged_lora_model
 from matrix.train.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def save_hf_folder(
     if not trainer.is_global_zero:
         return None
     model = module.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: fold adapters into the base weights
+    if state is not None and hasattr(model, "merge_and_unload"):  # sharded LoRA
+        model, state = merged_lora_model(model, state), None
+    elif hasattr(model, "merge_and_unload"):  # LoRA: fold adapters into the base weights
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

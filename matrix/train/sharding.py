@@ -75,11 +75,13 @@ def check_strategy(cfg: DictConfig, p: ConfigProblems) -> None:
             "trainer.fsdp.cpu_offload=true is not supported with trainer.strategy=fsdp2 (the "
             "strategy moves the shards to the GPU); set it false, or use trainer.strategy=fsdp",
         )
-    if (cfg.model.get("lora") or {}).get("enabled"):
+    lora = cfg.model.get("lora") or {}
+    if lora.get("enabled") and lora.get("quantize_4bit"):
         p.add(
-            "model.lora.enabled",
-            "LoRA is not supported with trainer.strategy=fsdp2 (the export merges adapters into "
-            "unsharded weights); use trainer=ddp or trainer.strategy=fsdp",
+            "model.lora.quantize_4bit",
+            "QLoRA (model.lora.quantize_4bit=true) is not supported with trainer.strategy=fsdp2 "
+            "(sharding bitsandbytes' 4-bit weights is untested); use trainer=ddp, or LoRA on "
+            "unquantized weights (model.lora.quantize_4bit=false)",
         )
 
 

@@ -143,12 +143,17 @@ def test_fsdp_presets_compose(tmp_path, data_dir):
     [
         ("trainer.fsdp.sharding_strategy=NO_SHARD", "trainer.fsdp.sharding_strategy"),
         ("trainer.fsdp.cpu_offload=true", "trainer.fsdp.cpu_offload"),
-        ("model.lora.enabled=true", "model.lora.enabled"),
+        (
+            "model.lora.enabled=true model.lora.quantize_4bit=true",
+            "model.lora.quantize_4bit",
+        ),
         ("trainer.strategy=fsdp3", "trainer.strategy"),
     ],
 )
 def test_fsdp2_refuses_what_it_cannot_do(tmp_path, data_dir, override, key):
-    cfg = compose_train(tiny_overrides(tmp_path, data_dir / "sft.jsonl", "x", *TWO, override))
+    cfg = compose_train(
+        tiny_overrides(tmp_path, data_dir / "sft.jsonl", "x", *TWO, *override.split())
+    )
     p = ConfigProblems()
     check_strategy(cfg, p)
     assert [k for k, _ in p.items] == [key]
