@@ -107,3 +107,14 @@ def tiny_overrides(runs: Path, data: Path, name: str, *extra: str) -> list[str]:
         "optimizer.lr=1e-3",
         *extra,
     ]
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-rank gloo process group in this process (removed after the test)."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -17,9 +17,6 @@ next loss by a visible part of the ~1e-2 each step moves it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +24,15 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import OmegaConf
 
-from matrix.common.io import read_jsonl
 from matrix.common.validation import ConfigProblems
 from matrix.train.resume import checkpoint_step, newest_checkpoint, resume_point
 from matrix.train.run import run_train
 from matrix.train.sharding import FSDP2Strategy, build_strategy, check_strategy
 
+from . import two_ranks
 from .conftest import compose_train, tiny_overrides
+from .two_ranks import TWO, metrics
 
-ROOT = Path(__file__).resolve().parents[2]
 # 24 rows / 2 a micro-batch: one process accumulates 2 micro-batches a step, two ranks one each
 STEPS = 4
 COMMON = (
@@ -46,27 +43,10 @@ COMMON = (
     "train.checkpoint.keep=-1",
 )
 ONE = ("trainer=cpu", "trainer.accumulate_grad_batches=2")
-TWO = ("trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true")
-
-
-def metrics(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r}
 
 
 def train_two_ranks(runs: Path, data: Path, name: str, *extra: str) -> Path:
-    """`python train.py` as a user runs it: Lightning launches the second rank itself."""
-    overrides = tiny_overrides(runs, data, name, *COMMON, *TWO, *extra)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    return runs / name / "train"
+    return two_ranks.train_two_ranks(runs, data, name, *COMMON, *extra)[0]
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +158,6 @@ def test_incomplete_sharded_checkpoint_is_not_resumed(tmp_path):
     fresh = OmegaConf.create({"train": {"checkpoint": {"resume": None}}})
     assert resume_point(fresh, tmp_path, "hash").fresh
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # folders removed too
-
-
-@pytest.fixture
-def one_rank_group(tmp_path):
-    """A one-rank gloo process group in this process (removed after the test)."""
-    import torch.distributed as dist
-
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_shard_model_checkpoints_layers_and_routes_the_loss(one_rank_group):

@@ -14,10 +14,7 @@ DPO loss off log 2 at the first step and every later loss by far more.
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +23,10 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from matrix.train.run import run_train
 
+from . import two_ranks
 from .conftest import compose_train, tiny_overrides
-from .test_fsdp2 import TWO, metrics, one_rank_group  # noqa: F401 (a fixture)
+from .two_ranks import TWO, metrics
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
 # 32 pairs less the validation split, 2 pairs a micro-batch: one process accumulates 2 a step
 COMMON = (
@@ -46,20 +43,7 @@ SHARDED_LINE = re.compile(r"reference copy sharded, rank (\d) holds (\d+) of its
 
 
 def train_two_ranks(runs: Path, data: Path, name: str, *extra: str) -> tuple[Path, str]:
-    """`python train.py` on two ranks (Lightning launches the second); the run folder and
-    both ranks' console output."""
-    overrides = tiny_overrides(runs, data, name, *COMMON, *TWO, *extra)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    return runs / name / "train", out.stdout + out.stderr
+    return two_ranks.train_two_ranks(runs, data, name, *COMMON, *extra)
 
 
 @pytest.fixture(scope="module")

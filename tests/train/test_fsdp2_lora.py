@@ -25,7 +25,8 @@ from matrix.common.io import read_json
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
-from .test_fsdp2 import COMMON, ONE, metrics, one_rank_group, train_two_ranks  # noqa: F401
+from .test_fsdp2 import COMMON, ONE, train_two_ranks
+from .two_ranks import metrics
 
 STEPS = 4
 # dropout off: one process and two ranks draw different masks
