@@ -44,7 +44,7 @@ else
     have=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
     if [ "$have" != "$TORCH_VERSION+cpu" ]; then
       echo "installing torch $TORCH_VERSION (CPU build)"
-      # no bytecode here: the lock's install below compiles the whole venv
+      # no bytecode here: compiled below on every core
       "$PY" -m pip install -q --no-deps --no-index --no-compile "torch==$TORCH_VERSION+cpu" 2>/dev/null \
         || "$PY" -m pip install -q --no-deps --no-compile \
           --extra-index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
@@ -64,8 +64,13 @@ else
     [ "${MATRIX_INSTALLER:-uv}" = pip ] || echo "note: uv could not install $lock; pip installs it" >&2
     "$PY" -m pip install -q -r "$lock" 2>&1 | quiet
     "$PY" -m pip install -q --no-deps -e . 2>&1 | quiet
-    # torch went in without bytecode (uv was to compile it): compile it here, once
-    "$PY" -m compileall -q -j 0 "$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" >/dev/null || true
+  fi
+  if [ "$build" = cpu ]; then
+    # torch went in alone, without bytecode, and uv compiles only what it installs itself:
+    # compile it here on every core (9 s), or every process (the test suite starts hundreds)
+    # compiles what it imports of torch again where PYTHONDONTWRITEBYTECODE=1 is set
+    torch_dir=$("$PY" -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')
+    "$PY" -m compileall -q -j 0 "$torch_dir" >/dev/null || true
   fi
   # which lock this venv holds, for every stage's manifest (matrix/core/environment.py)
   "$PY" - "$PWD/$lock" "$VENV/matrix-lock.json" <<'PYEOF'

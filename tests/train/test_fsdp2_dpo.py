@@ -52,19 +52,20 @@ def runs(tmp_path_factory, data_dir):
     data = data_dir / "dpo.jsonl"
     run_train(compose_train(tiny_overrides(runs, data, "one", *COMMON, *ONE)))
     sharded, log = train_two_ranks(runs, data, "sharded")
-    step2 = sharded / "checkpoints" / "step000002.ckpt"
-    resumed, _ = train_two_ranks(runs, data, "resumed", f"train.checkpoint.resume={step2}")
+    return {"one": runs / "one" / "train", "sharded": sharded, "log": log, "data": data}
+
+
+@pytest.fixture(scope="module")
+def later_runs(runs):
+    """Two more two-rank runs (`slow`: about 20 s each, mostly the ranks' start-up): resumed
+    from the sharded run's step-2 checkpoint, and with the precomputed reference."""
+    root, data = runs["sharded"].parents[1], runs["data"]
+    step2 = runs["sharded"] / "checkpoints" / "step000002.ckpt"
+    resumed, _ = train_two_ranks(root, data, "resumed", f"train.checkpoint.resume={step2}")
     pre, pre_log = train_two_ranks(
-        runs, data, "precomputed", "train.objective.reference=precomputed"
+        root, data, "precomputed", "train.objective.reference=precomputed"
     )
-    return {
-        "one": runs / "one" / "train",
-        "sharded": sharded,
-        "resumed": resumed,
-        "precomputed": pre,
-        "log": log,
-        "precomputed_log": pre_log,
-    }
+    return {"resumed": resumed, "precomputed": pre, "precomputed_log": pre_log}
 
 
 def test_two_ranks_train_dpo_as_one_process(runs):
@@ -84,26 +85,31 @@ def test_reference_copy_is_sharded_on_each_rank(runs):
     (n0, total), (n1, total1) = held[0], held[1]
     assert total == total1 and n0 + n1 == total
     assert all(0.4 < n / total < 0.6 for n in (n0, n1)), held
-    assert not SHARDED_LINE.search(runs["precomputed_log"])  # no copy to shard
 
 
-def test_sharded_checkpoint_holds_the_policy_and_resumes(runs):
+def test_sharded_checkpoint_holds_the_policy(runs):
     ckpt = runs["sharded"] / "checkpoints" / "step000002.ckpt"
     keys = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
     weights = [k for k in keys if k.startswith("state_dict.")]
     assert any(k.startswith("state_dict.model.") for k in weights)
     assert not [k for k in weights if "ref_model" in k]
-    full, resumed = metrics(runs["sharded"]), metrics(runs["resumed"])
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes(runs, later_runs):
+    full, resumed = metrics(runs["sharded"]), metrics(later_runs["resumed"])
     assert sorted(resumed) == [3, 4]
     for s in (3, 4):
         assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
 
 
-def test_precomputed_reference_trains_as_the_frozen_copy(runs):
-    copy, pre = metrics(runs["sharded"]), metrics(runs["precomputed"])
+@pytest.mark.slow
+def test_precomputed_reference_trains_as_the_frozen_copy(runs, later_runs):
+    copy, pre = metrics(runs["sharded"]), metrics(later_runs["precomputed"])
     assert sorted(pre) == list(range(1, STEPS + 1))
     for s in copy:
         assert pre[s]["train/loss"] == pytest.approx(copy[s]["train/loss"], rel=1e-5), s
+    assert not SHARDED_LINE.search(later_runs["precomputed_log"])  # no copy to shard
 
 
 def test_export_is_the_policy_of_one_process(runs):

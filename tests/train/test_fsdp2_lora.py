@@ -40,19 +40,25 @@ def runs(tmp_path_factory, data_dir):
     sft, dpo = data_dir / "sft_short.jsonl", data_dir / "dpo.jsonl"
     run_train(compose_train(tiny_overrides(runs, sft, "one", *COMMON, *ONE, *LORA)))
     sharded = train_two_ranks(runs, sft, "sharded", *LORA)
-    step2 = sharded / "checkpoints" / "step000002.ckpt"
-    resumed = train_two_ranks(runs, sft, "resumed", *LORA, f"train.checkpoint.resume={step2}")
     run_train(compose_train(tiny_overrides(runs, dpo, "dpo_one", *COMMON, *ONE, *LORA, *DPO)))
     dpo_two = train_two_ranks(runs, dpo, "dpo_two", *LORA, *DPO)
     yield {
         "one": runs / "one" / "train",
         "sharded": sharded,
-        "resumed": resumed,
+        "sft": sft,
         "dpo_one": runs / "dpo_one" / "train",
         "dpo_two": dpo_two,
         "cfg": compose_train(tiny_overrides(runs, sft, "x", *ONE)),
     }
     shutil.rmtree(runs, ignore_errors=True)  # each run's checkpoints
+
+
+@pytest.fixture(scope="module")
+def resumed(runs):
+    """The sharded run resumed from its step-2 checkpoint (`slow`: a third two-rank run)."""
+    step2 = runs["sharded"] / "checkpoints" / "step000002.ckpt"
+    root = runs["sharded"].parents[1]
+    return train_two_ranks(root, runs["sft"], "resumed", *LORA, f"train.checkpoint.resume={step2}")
 
 
 def test_two_ranks_train_lora_as_one_process(runs):
@@ -64,7 +70,7 @@ def test_two_ranks_train_lora_as_one_process(runs):
     assert two[STEPS]["train/loss"] < two[1]["train/loss"]
 
 
-def test_sharded_checkpoint_holds_the_lora_model_and_resumes(runs):
+def test_sharded_checkpoint_holds_the_lora_model(runs):
     """The checkpoint holds what an unsharded LoRA run's does (the whole PeftModel: base and
     adapter weights), each rank a shard; the optimizer's states are the adapters' only."""
     ckpt = runs["sharded"] / "checkpoints" / "step000002.ckpt"
@@ -75,7 +81,11 @@ def test_sharded_checkpoint_holds_the_lora_model_and_resumes(runs):
     moments = {k for k in keys if k.startswith("optimizer_0.state.") and k.endswith(".exp_avg")}
     assert len(moments) == len(adapters) and all(".lora_" in k for k in moments)
     assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    full, resumed = metrics(runs["sharded"]), metrics(runs["resumed"])
+
+
+@pytest.mark.slow
+def test_sharded_lora_checkpoint_resumes(runs, resumed):
+    full, resumed = metrics(runs["sharded"]), metrics(resumed)
     assert sorted(resumed) == [3, 4]
     for s in (3, 4):
         assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
