@@ -31,7 +31,7 @@ from matrix.train.sharding import FSDP2Strategy, build_strategy, check_strategy
 
 from . import two_ranks
 from .conftest import compose_train, tiny_overrides
-from .two_ranks import TWO, metrics
+from .two_ranks import TWO, assert_resumes_steps_3_and_4, assert_trains_as_one_process
 
 # 24 rows / 2 a micro-batch: one process accumulates 2 micro-batches a step, two ranks one each
 STEPS = 4
@@ -61,11 +61,7 @@ def runs(tmp_path_factory, data_dir):
 
 
 def test_two_ranks_train_as_one_process(runs):
-    one, two = metrics(runs["one"]), metrics(runs["sharded"])
-    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
-    for s in one:
-        assert two[s]["train/loss"] == pytest.approx(one[s]["train/loss"], rel=1e-5), s
-        assert two[s]["train/grad_norm"] == pytest.approx(one[s]["train/grad_norm"], rel=1e-3), s
+    two = assert_trains_as_one_process(runs["one"], runs["sharded"], STEPS)
     assert two[STEPS]["train/loss"] < two[1]["train/loss"]
 
 
@@ -82,10 +78,7 @@ def test_checkpoint_is_sharded_across_the_ranks(runs):
 
 
 def test_sharded_checkpoint_resumes_the_run(runs):
-    full, resumed = metrics(runs["sharded"]), metrics(runs["resumed"])
-    assert sorted(resumed) == [3, 4]  # a new run folder: the steps it trained
-    for s in (3, 4):
-        assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
+    assert_resumes_steps_3_and_4(runs["sharded"], runs["resumed"])
 
 
 def test_export_reloads_with_one_process_weights(runs):

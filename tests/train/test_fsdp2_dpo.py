@@ -25,7 +25,7 @@ from matrix.train.run import run_train
 
 from . import two_ranks
 from .conftest import compose_train, tiny_overrides
-from .two_ranks import TWO, metrics
+from .two_ranks import TWO, assert_resumes_steps_3_and_4, assert_trains_as_one_process, metrics
 
 STEPS = 4
 # 32 pairs less the validation split, 2 pairs a micro-batch: one process accumulates 2 a step
@@ -69,12 +69,8 @@ def later_runs(runs):
 
 
 def test_two_ranks_train_dpo_as_one_process(runs):
-    one, two = metrics(runs["one"]), metrics(runs["sharded"])
-    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    two = assert_trains_as_one_process(runs["one"], runs["sharded"], STEPS)
     assert two[1]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
-    for s in one:
-        assert two[s]["train/loss"] == pytest.approx(one[s]["train/loss"], rel=1e-5), s
-        assert two[s]["train/grad_norm"] == pytest.approx(one[s]["train/grad_norm"], rel=1e-3), s
     assert two[STEPS]["train/loss"] < two[1]["train/loss"]
 
 
@@ -97,10 +93,7 @@ def test_sharded_checkpoint_holds_the_policy(runs):
 
 @pytest.mark.slow
 def test_sharded_checkpoint_resumes(runs, later_runs):
-    full, resumed = metrics(runs["sharded"]), metrics(later_runs["resumed"])
-    assert sorted(resumed) == [3, 4]
-    for s in (3, 4):
-        assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
+    assert_resumes_steps_3_and_4(runs["sharded"], later_runs["resumed"])
 
 
 @pytest.mark.slow

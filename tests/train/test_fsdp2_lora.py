@@ -26,7 +26,7 @@ from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
 from .test_fsdp2 import COMMON, ONE, train_two_ranks
-from .two_ranks import metrics
+from .two_ranks import assert_resumes_steps_3_and_4, assert_trains_as_one_process
 
 STEPS = 4
 # dropout off: one process and two ranks draw different masks
@@ -62,11 +62,7 @@ def resumed(runs):
 
 
 def test_two_ranks_train_lora_as_one_process(runs):
-    one, two = metrics(runs["one"]), metrics(runs["sharded"])
-    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
-    for s in one:
-        assert two[s]["train/loss"] == pytest.approx(one[s]["train/loss"], rel=1e-5), s
-        assert two[s]["train/grad_norm"] == pytest.approx(one[s]["train/grad_norm"], rel=1e-3), s
+    two = assert_trains_as_one_process(runs["one"], runs["sharded"], STEPS)
     assert two[STEPS]["train/loss"] < two[1]["train/loss"]
 
 
@@ -85,10 +81,7 @@ def test_sharded_checkpoint_holds_the_lora_model(runs):
 
 @pytest.mark.slow
 def test_sharded_lora_checkpoint_resumes(runs, resumed):
-    full, resumed = metrics(runs["sharded"]), metrics(resumed)
-    assert sorted(resumed) == [3, 4]
-    for s in (3, 4):
-        assert resumed[s]["train/loss"] == pytest.approx(full[s]["train/loss"], rel=1e-6), s
+    assert_resumes_steps_3_and_4(runs["sharded"], resumed)
 
 
 def test_export_is_the_merged_one_process_lora_model(runs):
@@ -120,12 +113,8 @@ def test_export_is_the_merged_one_process_lora_model(runs):
 def test_dpo_with_lora_reference_on_two_ranks_is_one_process(runs):
     """The reference is the sharded policy with its adapters off: the first loss is log 2
     (adapters start at zero), and every later one is one process's."""
-    one, two = metrics(runs["dpo_one"]), metrics(runs["dpo_two"])
-    assert sorted(one) == sorted(two) == [1, 2]
+    two = assert_trains_as_one_process(runs["dpo_one"], runs["dpo_two"], 2)
     assert two[1]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
-    for s in one:
-        assert two[s]["train/loss"] == pytest.approx(one[s]["train/loss"], rel=1e-5), s
-        assert two[s]["train/grad_norm"] == pytest.approx(one[s]["train/grad_norm"], rel=1e-3), s
     assert two[2]["train/loss"] != pytest.approx(math.log(2), abs=1e-4)  # the policy moved
 
 
