@@ -6,11 +6,11 @@ honouring Retry-After. A request that exhausts it, or meets a dead engine, marks
 endpoint down and moves to another up endpoint (matrix.llm.endpoints); a refused or dropped
 connection moves it at once while another endpoint is up, so a killed replica costs its
 requests one failed try each, and a second 5xx in a row moves it too, so a replica that
-lists its models but fails every completion costs them two. A request never goes back to an endpoint it exhausted, so
-it ends: answered once, or failed with the error of every endpoint it could use. Only when
-none is up (and none answers a probe right then) does the request fail: with one endpoint,
-as that endpoint's error (matrix.llm.openai_failures); with several, `AllEndpointsDown`
-naming each endpoint, its last error and the fix.
+lists its models but fails every completion costs them two. A request never goes back to an
+endpoint it exhausted, so it ends: answered once, or failed with the error of every endpoint
+it could use. Only when none is up (and none answers a probe right then) does the request
+fail: with one endpoint, as that endpoint's error (matrix.llm.openai_failures); with several,
+`AllEndpointsDown` naming each endpoint, its last error and the fix.
 """
 
 from __future__ import annotations
