@@ -49,6 +49,18 @@ def train_two_ranks(runs: Path, data: Path, name: str, *extra: str) -> Path:
     return two_ranks.train_two_ranks(runs, data, name, *COMMON, *extra)[0]
 
 
+def resumed_from_one_file(runs: Path, data: Path, *extra: str) -> tuple[Path, Path]:
+    """A two-rank run with one-file checkpoints (`trainer.fsdp.state_dict_type=full`: the
+    model and optimizer gathered on rank 0 into one file, which every rank loads into its
+    shards), and a second run resumed from its step-2 file."""
+    one_file = ("trainer.fsdp.state_dict_type=full", *extra)
+    whole = train_two_ranks(runs, data, "one_file", *one_file)
+    step2 = whole / "checkpoints" / "step000002.ckpt"
+    assert step2.is_file()  # not a folder of per-rank shards
+    resume = f"train.checkpoint.resume={step2}"
+    return whole, train_two_ranks(runs, data, "one_file_resumed", *one_file, resume)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("fsdp2")
@@ -79,6 +91,13 @@ def test_checkpoint_is_sharded_across_the_ranks(runs):
 
 def test_sharded_checkpoint_resumes_the_run(runs):
     assert_resumes_steps_3_and_4(runs["sharded"], runs["resumed"])
+
+
+@pytest.mark.slow
+def test_one_file_checkpoint_resumes_the_run(runs, tmp_path, data_dir):
+    whole, resumed = resumed_from_one_file(tmp_path, data_dir / "sft_short.jsonl")
+    assert_trains_as_one_process(runs["one"], whole, STEPS)
+    assert_resumes_steps_3_and_4(whole, resumed)
 
 
 def test_export_reloads_with_one_process_weights(runs):

@@ -25,7 +25,7 @@ from matrix.common.io import read_json
 from matrix.train.run import run_train
 
 from .conftest import compose_train, tiny_overrides
-from .test_fsdp2 import COMMON, ONE, train_two_ranks
+from .test_fsdp2 import COMMON, ONE, resumed_from_one_file, train_two_ranks
 from .two_ranks import assert_resumes_steps_3_and_4, assert_trains_as_one_process
 
 STEPS = 4
@@ -82,6 +82,15 @@ def test_sharded_checkpoint_holds_the_lora_model(runs):
 @pytest.mark.slow
 def test_sharded_lora_checkpoint_resumes(runs, resumed):
     assert_resumes_steps_3_and_4(runs["sharded"], resumed)
+
+
+@pytest.mark.slow
+def test_one_file_lora_checkpoint_resumes(runs, tmp_path):
+    """The gathered file holds the whole PeftModel (base and adapters) and the adapters'
+    optimizer states; every rank loads it into its shards."""
+    whole, resumed = resumed_from_one_file(tmp_path, runs["sft"], *LORA)
+    assert_trains_as_one_process(runs["one"], whole, STEPS)
+    assert_resumes_steps_3_and_4(whole, resumed)
 
 
 def test_export_is_the_merged_one_process_lora_model(runs):
