@@ -51,7 +51,10 @@ _NOT_ARM = (
     "pipeline.reuse",
     "pipeline.objective",
     "hydra",
+    "shard",
 )
+# The shards of one run (`-m shard.count=N shard.index=0,...`) are parts of one arm: each job
+# writes <run>/<stage>/shards/<index>-of-<count>, which `python -m matrix.merge` joins.
 # A folder name has at most 255 bytes; arm_name shortens a longer arm (keeping a hash).
 _ARM_MAX_BYTES = 240
 
@@ -107,12 +110,16 @@ def name_sweep_job(cfg: DictConfig, stage: str | None = None) -> None:
         # every `${run.name}` the stage reads (its input folders, the model it evaluates,
         # experiment_name) resolves now, to the run the inputs come from
         OmegaConf.resolve(cfg)
+    task = list(hc.overrides.task)
+    arm = arm_name(task, swept_keys(hc))
+    if not arm and not any(_override_key(o).startswith("shard.") for o in task):
+        arm = str(hc.job.num)  # jobs that differ in nothing that names an arm
     with open_dict(cfg):
-        arm = arm_name(list(hc.overrides.task), swept_keys(hc)) or str(hc.job.num)
         cfg.run.sweep_id = (
             cfg.run.sweep_id or f"{cfg.run.name}-{hc.sweep.dir.rstrip('/').split('/')[-1]}"
         )
-        cfg.run.name = f"{cfg.run.name}/{arm}"
+        if arm:  # the shards of one arm share its run dir
+            cfg.run.name = f"{cfg.run.name}/{arm}"
 
 
 def helper_rank() -> bool:

@@ -185,6 +185,28 @@ def test_name_sweep_job_gives_distinct_runs_under_one_sweep() -> None:
     assert len({config_hash(c, "simulate") for c in cfgs}) == 3
 
 
+def test_the_shards_of_a_sweep_share_their_arm_run_dir() -> None:
+    """`-m shard.index=0,1` splits one run: both jobs write its shards/ folder, which the
+    merge joins (an arm per shard would leave the merge no shards to find). Sharded arms of
+    another swept key are one run dir per arm."""
+    fixed = ["debug=tiny", "run.name=big", "shard.count=2"]
+    names = [_sweep_job([*fixed, f"shard.index={i}"], "", i)[0].run.name for i in (0, 1)]
+    assert names == ["big", "big"]
+    arms = [
+        _sweep_job([*fixed, f"shard.index={i}", f"communication={c}"], "", 2 * j + i)[0]
+        for j, c in enumerate(("none", "random"))
+        for i in (0, 1)
+    ]
+    assert [c.run.name for c in arms] == [
+        "big/communication=none",
+        "big/communication=none",
+        "big/communication=random",
+        "big/communication=random",
+    ]
+    # jobs that differ in nothing that names an arm still get one run dir each
+    assert _sweep_job(["debug=tiny", "run.name=big"], "", 3)[0].run.name == "big/3"
+
+
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
 def test_paper_presets_simulate_until_their_scenario_target(preset: str) -> None:
     from matrix.sim.run import resolve_k

@@ -181,6 +181,7 @@ def test_packed_smollm2_batches_train_within_budget(tmp_path):
             "data.max_seq_len=1024",
             "data.batch_size=8",
             "trainer.max_steps=6",  # growth() compares steps 5-6 with the four warm-up ones
+            "trainer.max_epochs=2",  # 64 chats, two to a packed row: 4 batches an epoch
             "trainer.release_freed_memory=true",
             "trainer.progress_bar=false",
             "train.checkpoint.every_n_steps=0",
