@@ -63,6 +63,12 @@ def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].replace("/", ".")
 
 
+def _sets(override: str, roots: Iterable[str]) -> bool:
+    """Whether `override` sets one of `roots` or a key below it."""
+    key = _override_key(override)
+    return any(key == r or key.startswith(r + ".") for r in roots)
+
+
 def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
     """A job's arm: its overrides that change results as `key=value,key=value`, the `swept`
     keys (the sweeper's params) first, the rest sorted. Too long for a folder name, it keeps
@@ -71,7 +77,7 @@ def arm_name(overrides: list[str], swept: Iterable[str] = ()) -> str:
     keep = [
         o
         for o in overrides
-        if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in _NOT_ARM)
+        if not _sets(o, _NOT_ARM)
         and not is_secret_key(_override_key(o))  # a key never names a folder
     ]
     keep.sort(key=lambda o: (_override_key(o) not in swept, o))
@@ -112,7 +118,7 @@ def name_sweep_job(cfg: DictConfig, stage: str | None = None) -> None:
         OmegaConf.resolve(cfg)
     task = list(hc.overrides.task)
     arm = arm_name(task, swept_keys(hc))
-    if not arm and not any(_override_key(o).startswith("shard.") for o in task):
+    if not arm and not any(_sets(o, ["shard"]) for o in task):
         arm = str(hc.job.num)  # jobs that differ in nothing that names an arm
     with open_dict(cfg):
         cfg.run.sweep_id = (
